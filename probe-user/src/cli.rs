@@ -1,0 +1,151 @@
+//! Command-line options and the parsers that check them.
+
+use std::{ffi::OsString, path::PathBuf, str::FromStr, time::Duration};
+
+use clap::Parser;
+use syscalls::Sysno;
+
+/// Longest `--interval` accepted: longer ones are almost certainly a typo.
+const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// Longest `--duration` accepted.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Per-thread syscall latency, live, from eBPF.
+///
+/// Without --pid or COMMAND, probe traces the whole system (all but itself).
+#[derive(Debug, Parser)]
+#[command(name = "probe", version, about, long_about = None)]
+pub struct Args {
+    /// Trace these running processes, with every thread they have or start.
+    #[arg(short, long, value_name = "PID", value_delimiter = ',', value_parser = parse_pid, conflicts_with = "command")]
+    pub pid: Vec<u32>,
+
+    /// Report every DURATION (e.g. 500ms, 2s, 1m).
+    #[arg(short, long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+
+    /// Stop after DURATION and print the summary.
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Trace only these syscalls.
+    #[arg(short = 'e', long = "syscall", value_name = "NAME", value_delimiter = ',', value_parser = parse_syscall)]
+    pub syscalls: Vec<Sysno>,
+
+    /// Threads shown per interval, busiest first.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+
+    /// Write the report to FILE instead of stdout (a COMMAND keeps its own stdout).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// One JSON object per line instead of text tables.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Show the kernel programs' diagnostics (-v) and probe's own (-vv).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Run COMMAND with its probes attached before its first instruction.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+fn parse_pid(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<i64>() {
+        Ok(pid) if pid > 0 && pid <= i64::from(i32::MAX) => Ok(pid as u32),
+        Ok(_) => Err("a PID is a whole number from 1 up".into()),
+        Err(_) => Err("not a PID: expected a whole number such as 1234".into()),
+    }
+}
+
+fn parse_span(text: &str, max: Duration) -> Result<Duration, String> {
+    let span = humantime::parse_duration(text.trim())
+        .map_err(|err| format!("{err} (examples: 500ms, 2s, 1m)"))?;
+    if span.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    if span > max {
+        return Err(format!("must be at most {}", humantime::format_duration(max)));
+    }
+    Ok(span)
+}
+
+/// Parses an `--interval`.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    parse_span(text, MAX_INTERVAL)
+}
+
+/// Parses a `--duration`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    parse_span(text, MAX_DURATION)
+}
+
+/// Parses a syscall name of the running architecture, suggesting the
+/// nearest known name for a typo.
+pub fn parse_syscall(text: &str) -> Result<Sysno, String> {
+    let name = text.trim();
+    if let Ok(sysno) = Sysno::from_str(name) {
+        return Ok(sysno);
+    }
+    let nearest = Sysno::iter()
+        .map(|sysno| (strsim::levenshtein(name, sysno.name()), sysno.name()))
+        .min();
+    match nearest {
+        Some((distance, suggestion)) if distance <= name.len().max(3) / 2 => {
+            Err(format!("unknown syscall (did you mean '{suggestion}'?)"))
+        }
+        _ => Err("unknown syscall on this architecture".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_take_units_and_reject_zero_garbage_and_huge() {
+        assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_interval("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_interval("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_interval("0s").is_err());
+        assert!(parse_interval("0").is_err());
+        assert!(parse_interval("-1s").is_err());
+        assert!(parse_interval("soon").is_err());
+        assert!(parse_interval("2days").is_err());
+        assert_eq!(parse_duration("2days"), Ok(Duration::from_secs(2 * 86400)));
+        assert!(parse_duration("2000years").is_err());
+    }
+
+    #[test]
+    fn pids_are_positive_numbers() {
+        assert_eq!(parse_pid("1234"), Ok(1234));
+        assert!(parse_pid("0").is_err());
+        assert!(parse_pid("-5").is_err());
+        assert!(parse_pid("abc").is_err());
+        assert!(parse_pid("99999999999").is_err());
+    }
+
+    #[test]
+    fn syscalls_by_name_with_a_suggestion() {
+        assert_eq!(parse_syscall("getppid"), Ok(Sysno::getppid));
+        let err = parse_syscall("getpid2").unwrap_err();
+        assert!(err.contains("did you mean 'getpid'"), "{err}");
+        let err = parse_syscall("opnat").unwrap_err();
+        assert!(err.contains("did you mean 'openat'"), "{err}");
+        assert_eq!(parse_syscall("xyzzyplugh").unwrap_err(), "unknown syscall on this architecture");
+    }
+
+    #[test]
+    fn command_follows_double_dash_and_excludes_pid() {
+        let args = Args::try_parse_from(["probe", "--json", "--", "ls", "-l"]).unwrap();
+        assert_eq!(args.command, ["ls", "-l"]);
+        assert!(args.json);
+        assert!(Args::try_parse_from(["probe", "-p", "1", "--", "ls"]).is_err());
+        let args = Args::try_parse_from(["probe", "-p", "1,2", "-e", "read,write"]).unwrap();
+        assert_eq!(args.pid, [1, 2]);
+        assert_eq!(args.syscalls, [Sysno::read, Sysno::write]);
+    }
+}

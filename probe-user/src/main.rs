@@ -1,0 +1,94 @@
+//! `probe`: per-thread syscall latency, live, from eBPF.
+//!
+//! The flow: [`cli`] checks the options, [`target`] finds or starts what to
+//! trace, [`bpf`] loads and attaches the kernel programs, [`session`] drains
+//! their ring buffer into [`aggregate`] tables and writes [`report`]s through
+//! [`output`].
+
+mod aggregate;
+mod bpf;
+mod cli;
+mod output;
+mod report;
+mod session;
+mod target;
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{error::ErrorKind, Parser};
+
+use crate::{
+    bpf::{Config, Probe},
+    cli::Args,
+    output::Sink,
+    session::{Options, Target},
+    target::{GatedCommand, PidTarget, SpawnError},
+};
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(err) if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            // One line, not clap's usage block: the rest is in --help.
+            let text = err.to_string();
+            let line = text.lines().next().unwrap_or_default();
+            eprintln!("probe: {} (see probe --help)", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    let level = match args.verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    };
+    env_logger::Builder::new().filter_level(level).format_timestamp(None).init();
+    match run(args) {
+        Ok(status) => ExitCode::from(status as u8),
+        Err(err) => {
+            let status = err.downcast_ref::<SpawnError>().map_or(1, |spawn| spawn.exit_code);
+            eprintln!("probe: {err:#}");
+            ExitCode::from(status as u8)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<i32> {
+    let sink = Sink::open(args.output.as_deref(), args.json)?;
+    let pids = args.pid.iter().map(|&pid| PidTarget::open(pid)).collect::<Result<Vec<_>>>()?;
+    // Fork before anything starts a thread: the child must stay
+    // single-threaded until it execs.
+    let gated = match args.command.is_empty() {
+        true => None,
+        false => Some(GatedCommand::fork(&args.command)?),
+    };
+    let config = Config {
+        filter_pids: !pids.is_empty() || gated.is_some(),
+        syscalls: args.syscalls.clone(),
+    };
+    let (mut probe, streams) = Probe::attach(&config, args.verbose > 0)?;
+    let target = if let Some(gated) = gated {
+        probe.trace_pid(gated.pid.as_raw() as u32)?;
+        Target::Command(gated.release()?)
+    } else if pids.is_empty() {
+        eprintln!("probe: tracing the whole system; Ctrl-C for the summary");
+        Target::System
+    } else {
+        for target in &pids {
+            probe.trace_pid(target.pid)?;
+        }
+        let list: Vec<_> = pids.iter().map(|target| target.pid.to_string()).collect();
+        eprintln!("probe: tracing PID {}; Ctrl-C for the summary", list.join(","));
+        Target::Pids(pids)
+    };
+    let options = Options { interval: args.interval, duration: args.duration, top: args.top };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the event loop")?
+        .block_on(session::run(probe, streams, target, options, sink))
+}

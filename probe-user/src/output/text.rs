@@ -1,0 +1,155 @@
+//! Aligned text tables, one block per report.
+
+use std::io::{self, Write};
+
+use crate::report::{Kind, Report, SyscallReport};
+
+/// `1234` → `1.23µs`: three significant digits in the largest fitting unit.
+pub fn human_ns(ns: u64) -> String {
+    const UNITS: [(f64, &str); 3] = [(1e9, "s"), (1e6, "ms"), (1e3, "µs")];
+    // 999.6µs would print as "1000µs": round into the next unit instead.
+    let Some(&(scale, unit)) = UNITS.iter().find(|(scale, _)| ns as f64 >= *scale * 0.9995) else {
+        return format!("{ns}ns");
+    };
+    let value = ns as f64 / scale;
+    if value < 9.995 {
+        format!("{value:.2}{unit}")
+    } else if value < 99.95 {
+        format!("{value:.1}{unit}")
+    } else {
+        format!("{value:.0}{unit}")
+    }
+}
+
+fn latency(ns: Option<u64>) -> String {
+    ns.map_or_else(|| "-".to_owned(), human_ns)
+}
+
+/// Writes `report` as a heading and one row per thread and syscall.
+pub fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
+    let summary = report.kind == Kind::Summary;
+    let elapsed = human_ns(report.elapsed_ns);
+    if summary {
+        writeln!(
+            out,
+            "probe summary: {elapsed} traced, {} events, {} lost",
+            report.events, report.lost_events
+        )?;
+    } else {
+        let per_second = report.events as f64 / (report.span_ns.max(1) as f64 / 1e9);
+        writeln!(
+            out,
+            "[{elapsed:>8}] {} events ({per_second:.0}/s), {} lost",
+            report.events, report.lost_events
+        )?;
+    }
+    if report.lost_events > 0 {
+        writeln!(
+            out,
+            "WARNING: {} events lost (ring buffer full: {}, in-flight map full: {}, undecodable: {}): counts are low by up to that many",
+            report.lost_events, report.lost.ring_buffer, report.lost.in_flight_full, report.lost.undecodable
+        )?;
+    }
+    if report.threads.is_empty() {
+        writeln!(out, "(no syscalls)")?;
+        return writeln!(out);
+    }
+    write!(out, "{:>7} {:>7} {:<16} {:<22} {:>9} {:>7} {:>8}", "PID", "TID", "COMM", "SYSCALL", "COUNT", "ERRORS", "TOTAL")?;
+    if summary {
+        write!(out, " {:>8}", "MIN")?;
+    }
+    write!(out, " {:>8}", "P50")?;
+    if summary {
+        write!(out, " {:>8}", "P90")?;
+    }
+    write!(out, " {:>8} {:>8}", "P99", "MAX")?;
+    if summary {
+        write!(out, "  ERRNOS")?;
+    }
+    writeln!(out)?;
+    for thread in &report.threads {
+        for (i, call) in thread.syscalls.iter().enumerate() {
+            if i == 0 {
+                write!(out, "{:>7} {:>7} {:<16}", thread.pid, thread.tid, thread.comm)?;
+            } else {
+                write!(out, "{:32}", "")?;
+            }
+            write_row(out, call, summary)?;
+        }
+        if summary {
+            writeln!(out)?;
+        }
+    }
+    if !summary {
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+fn write_row(out: &mut dyn Write, call: &SyscallReport, summary: bool) -> io::Result<()> {
+    write!(out, " {:<22} {:>9} {:>7} {:>8}", call.name, call.count, call.errors, human_ns(call.total_ns))?;
+    if summary {
+        write!(out, " {:>8}", latency(call.min_ns))?;
+    }
+    write!(out, " {:>8}", latency(call.p50_ns))?;
+    if summary {
+        write!(out, " {:>8}", latency(call.p90_ns))?;
+    }
+    write!(out, " {:>8} {:>8}", latency(call.p99_ns), latency(call.max_ns))?;
+    if summary && !call.errnos.is_empty() {
+        let errnos: Vec<_> = call.errnos.iter().map(|(name, n)| format!("{name}:{n}")).collect();
+        write!(out, "  {}", errnos.join(","))?;
+    }
+    writeln!(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{tests::event, Table};
+    use crate::report::{Losses, Span};
+
+    #[test]
+    fn human_units_keep_three_digits() {
+        assert_eq!(human_ns(0), "0ns");
+        assert_eq!(human_ns(999), "999ns");
+        assert_eq!(human_ns(1_000), "1.00µs");
+        assert_eq!(human_ns(12_345), "12.3µs");
+        assert_eq!(human_ns(123_456), "123µs");
+        assert_eq!(human_ns(999_999), "1.00ms");
+        assert_eq!(human_ns(10_100_000), "10.1ms");
+        assert_eq!(human_ns(2_500_000_000), "2.50s");
+        assert_eq!(human_ns(3_600_000_000_000), "3600s");
+    }
+
+    fn render(kind: Kind, lost: Losses) -> String {
+        let mut table = Table::default();
+        table.record(&event(11, 39, 0, 250));
+        table.record(&event(11, 257, -2, 12_000));
+        let span = Span { elapsed_ns: 2_000_000_000, span_ns: 1_000_000_000, lost };
+        let mut out = Vec::new();
+        write(&mut out, &Report::new(kind, &table, span, None)).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn summary_rows_line_up_and_name_errnos() {
+        let text = render(Kind::Summary, Losses::default());
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines[0], "probe summary: 2.00s traced, 2 events, 0 lost");
+        assert!(lines[1].starts_with("    PID     TID COMM"), "{text}");
+        assert!(lines[2].contains("openat") && lines[2].ends_with("ENOENT:1"), "{text}");
+        assert!(lines[2].starts_with("    100      11 worker"), "{text}");
+        assert!(lines[3].trim_start().starts_with("getpid "), "{text}");
+        // The last column of a row without errnos ends where its heading ends.
+        let heading_end = lines[1].find("MAX").unwrap() + "MAX".len();
+        assert_eq!(lines[3].chars().count(), lines[1][..heading_end].chars().count(), "{text}");
+    }
+
+    #[test]
+    fn interval_shows_rate_and_loss_warning() {
+        let text = render(Kind::Interval, Losses { ring_buffer: 3, ..Losses::default() });
+        assert!(text.starts_with("[   2.00s] 2 events (2/s), 3 lost\nWARNING: 3 events lost"), "{text}");
+        assert!(!text.contains("P90"));
+    }
+}

@@ -1,0 +1,248 @@
+//! Reports: what an interval or the whole run looked like, in the shape that
+//! both outputs (text and JSON) print. The JSON field names are a contract
+//! (README, "JSON schema"): add fields freely, rename none.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use syscalls::{Errno, Sysno};
+
+use crate::aggregate::{SyscallStats, Table, ThreadStats};
+
+/// Which report this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// What happened during the last `--interval`.
+    Interval,
+    /// Everything, once, at the end.
+    Summary,
+}
+
+/// Events the kernel programs could not deliver, by cause.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Losses {
+    /// Records dropped because the ring buffer was full.
+    pub ring_buffer: u64,
+    /// Syscalls not timed because the in-flight map was full.
+    pub in_flight_full: u64,
+    /// Records userspace could not decode (a bug: please report it).
+    pub undecodable: u64,
+}
+
+impl Losses {
+    /// All events lost, whatever the cause.
+    pub fn total(&self) -> u64 {
+        self.ring_buffer + self.in_flight_full + self.undecodable
+    }
+}
+
+/// One report, printed as a table or as one JSON line.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// `"interval"` or `"summary"`.
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    /// Time since probe attached.
+    pub elapsed_ns: u64,
+    /// Time this report covers.
+    pub span_ns: u64,
+    /// Records received in that time.
+    pub events: u64,
+    /// Events lost since probe attached: never silent.
+    pub lost_events: u64,
+    /// `lost_events` by cause.
+    pub lost: Losses,
+    /// Exit status of the traced COMMAND, in the summary of COMMAND mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Threads, busiest first.
+    pub threads: Vec<ThreadReport>,
+}
+
+/// One thread's syscalls.
+#[derive(Debug, Serialize)]
+pub struct ThreadReport {
+    /// Thread id.
+    pub tid: u32,
+    /// Process id.
+    pub pid: u32,
+    /// Thread name.
+    pub comm: String,
+    /// Syscalls, most total time first.
+    pub syscalls: Vec<SyscallReport>,
+}
+
+/// One syscall of one thread. Latency fields are `null` when no call was
+/// timed (`exit` and `exit_group` never return).
+#[derive(Debug, Serialize)]
+pub struct SyscallReport {
+    /// Syscall name (`syscall_N` for a number this architecture lacks).
+    pub name: String,
+    /// Syscall number.
+    pub nr: u32,
+    /// Calls.
+    pub count: u64,
+    /// Calls that failed.
+    pub errors: u64,
+    /// Failures by errno name.
+    pub errnos: BTreeMap<String, u64>,
+    /// Calls with a latency (all but those that never return).
+    pub timed: u64,
+    /// Sum of latencies.
+    pub total_ns: u64,
+    /// Latency extremes and quantiles.
+    pub min_ns: Option<u64>,
+    pub max_ns: Option<u64>,
+    pub p50_ns: Option<u64>,
+    pub p90_ns: Option<u64>,
+    pub p99_ns: Option<u64>,
+}
+
+/// Context of a report that the table does not hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Span {
+    /// Time since attach.
+    pub elapsed_ns: u64,
+    /// Time the table covers.
+    pub span_ns: u64,
+    /// Losses so far.
+    pub lost: Losses,
+}
+
+impl Report {
+    /// Builds a report of `table`'s busiest `top` threads (all with `None`).
+    pub fn new(kind: Kind, table: &Table, span: Span, top: Option<usize>) -> Self {
+        let busiest = table.busiest();
+        let shown = top.unwrap_or(busiest.len());
+        Self {
+            kind,
+            elapsed_ns: span.elapsed_ns,
+            span_ns: span.span_ns,
+            events: table.events(),
+            lost_events: span.lost.total(),
+            lost: span.lost,
+            exit_code: None,
+            threads: busiest
+                .into_iter()
+                .take(shown)
+                .map(|(key, thread)| ThreadReport {
+                    tid: key.tid,
+                    pid: key.pid,
+                    comm: thread.comm.clone(),
+                    syscalls: syscall_reports(thread),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn syscall_reports(thread: &ThreadStats) -> Vec<SyscallReport> {
+    let mut rows: Vec<_> = thread
+        .syscalls
+        .iter()
+        .map(|(&nr, stats)| syscall_report(nr, stats))
+        .collect();
+    rows.sort_by(|a, b| {
+        (b.total_ns, b.count)
+            .cmp(&(a.total_ns, a.count))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    rows
+}
+
+fn syscall_report(nr: u32, stats: &SyscallStats) -> SyscallReport {
+    SyscallReport {
+        name: syscall_name(nr),
+        nr,
+        count: stats.count,
+        errors: stats.errors,
+        errnos: stats
+            .errnos
+            .iter()
+            .map(|(&errno, &n)| (errno_name(errno), n))
+            .collect(),
+        timed: stats.latency.len(),
+        total_ns: stats.total_ns,
+        min_ns: stats.min(),
+        max_ns: stats.max(),
+        p50_ns: stats.quantile(0.50),
+        p90_ns: stats.quantile(0.90),
+        p99_ns: stats.quantile(0.99),
+    }
+}
+
+/// The running architecture's name for syscall `nr`.
+pub fn syscall_name(nr: u32) -> String {
+    match Sysno::new(nr as usize) {
+        Some(sysno) => sysno.name().to_owned(),
+        None => format!("syscall_{nr}"),
+    }
+}
+
+/// `ENOENT` for 2; the kernel-internal restart codes are named too.
+pub fn errno_name(errno: i32) -> String {
+    match Errno::new(errno).name() {
+        Some(name) => name.to_owned(),
+        None => format!("errno_{errno}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::tests::event;
+
+    #[test]
+    fn names_come_from_the_architecture_tables() {
+        assert_eq!(syscall_name(Sysno::getppid.id() as u32), "getppid");
+        assert_eq!(syscall_name(100_000), "syscall_100000");
+        assert_eq!(errno_name(2), "ENOENT");
+        assert_eq!(errno_name(512), "ERESTARTSYS");
+        assert_eq!(errno_name(100_000), "errno_100000");
+    }
+
+    #[test]
+    fn json_has_the_documented_fields() {
+        let mut table = Table::default();
+        let openat = Sysno::openat.id() as u32;
+        table.record(&event(5, openat, -2, 2000));
+        table.record(&event(5, openat, 3, 1000));
+        let span = Span { elapsed_ns: 10, span_ns: 10, lost: Losses { ring_buffer: 1, in_flight_full: 2, undecodable: 0 } };
+        let report = Report::new(Kind::Summary, &table, span, None);
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["type"], "summary");
+        assert_eq!(json["lost_events"], 3);
+        let thread = &json["threads"][0];
+        assert_eq!((thread["tid"].as_u64(), thread["pid"].as_u64()), (Some(5), Some(100)));
+        assert_eq!(thread["comm"], "worker");
+        let call = &thread["syscalls"][0];
+        assert_eq!(call["name"], "openat");
+        assert_eq!(call["nr"], openat);
+        assert_eq!(call["count"], 2);
+        assert_eq!(call["errors"], 1);
+        assert_eq!(call["errnos"]["ENOENT"], 1);
+        assert_eq!(call["total_ns"], 3000);
+        assert_eq!(call["min_ns"], 1000);
+        assert_eq!(call["max_ns"], 2000);
+        for field in ["p50_ns", "p90_ns", "p99_ns"] {
+            assert!(call[field].is_u64(), "{field}");
+        }
+    }
+
+    #[test]
+    fn top_keeps_the_busiest_threads_and_syscalls_sort_by_time() {
+        let mut table = Table::default();
+        for _ in 0..3 {
+            table.record(&event(1, 0, 0, 10));
+        }
+        table.record(&event(1, 1, 0, 1000));
+        table.record(&event(2, 0, 0, 10));
+        let span = Span { elapsed_ns: 1, span_ns: 1, lost: Losses::default() };
+        let report = Report::new(Kind::Interval, &table, span, Some(1));
+        assert_eq!(report.threads.len(), 1);
+        assert_eq!(report.threads[0].tid, 1);
+        let names: Vec<_> = report.threads[0].syscalls.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["write", "read"]);
+    }
+}

@@ -1,0 +1,187 @@
+//! What probe traces: running processes, a COMMAND it starts, or everything.
+
+use std::{
+    ffi::{CString, OsString},
+    fs,
+    os::{
+        fd::{FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+};
+
+use anyhow::{bail, Context, Result};
+use nix::{
+    errno::Errno,
+    fcntl::OFlag,
+    sys::wait::{waitpid, WaitStatus},
+    unistd::{execvp, fork, pipe2, read, write, ForkResult, Pid},
+};
+
+/// `PF_KTHREAD` in `/proc/PID/stat`'s flags (include/linux/sched.h).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// A COMMAND that probe could not start, with the exit status a shell
+/// would give (127: not found, 126: found but not runnable).
+#[derive(Debug)]
+pub struct SpawnError {
+    /// What went wrong, for the user.
+    pub message: String,
+    /// probe's exit status.
+    pub exit_code: i32,
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SpawnError {}
+
+/// A running process given with `--pid`, held by a pidfd so that its exit
+/// is seen and its PID cannot be confused with a later process's.
+pub struct PidTarget {
+    /// The process id.
+    pub pid: u32,
+    /// Readable once the process has exited.
+    pub pidfd: OwnedFd,
+}
+
+impl PidTarget {
+    /// Opens `pid`, refusing processes that do not exist and kernel threads.
+    pub fn open(pid: u32) -> Result<Self> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            let err = Errno::last();
+            if err == Errno::ESRCH {
+                bail!("no process with PID {pid}");
+            }
+            bail!("cannot open PID {pid}: {}", err.desc());
+        }
+        // SAFETY: the kernel just returned this fd, and nothing else owns it.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        if is_kernel_thread(pid) {
+            bail!("PID {pid} is a kernel thread: it makes no syscalls to trace");
+        }
+        Ok(Self { pid, pidfd })
+    }
+}
+
+fn is_kernel_thread(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The name in parentheses may hold spaces; the fields after it do not.
+    // flags is the 9th field, the 7th after the name.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(6))
+        .and_then(|flags| flags.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+}
+
+/// A COMMAND forked and held just before `exec`, so that probe can put it in
+/// the trace before its first instruction runs.
+pub struct GatedCommand {
+    /// The child's PID, which `exec` keeps.
+    pub pid: Pid,
+    go: OwnedFd,
+    exec_error: OwnedFd,
+    program: String,
+}
+
+impl GatedCommand {
+    /// Forks the child and leaves it waiting. Call before any other thread
+    /// exists: the child only reads, execs, writes and exits.
+    pub fn fork(command: &[OsString]) -> Result<Self> {
+        let argv: Vec<CString> = command
+            .iter()
+            .map(|arg| CString::new(arg.as_bytes()))
+            .collect::<Result<_, _>>()
+            .context("the COMMAND contains a NUL byte")?;
+        let program = command[0].to_string_lossy().into_owned();
+        let (go_read, go_write) = pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
+        let (error_read, error_write) = pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
+        // SAFETY: probe has no other thread yet, and the child calls only
+        // async-signal-safe functions before exec or _exit.
+        match unsafe { fork() }.context("cannot fork")? {
+            ForkResult::Child => {
+                drop(go_write);
+                drop(error_read);
+                let mut byte = [0u8];
+                // EOF instead of the go byte: probe died before attaching.
+                if !matches!(read(&go_read, &mut byte), Ok(1)) {
+                    // SAFETY: _exit is async-signal-safe.
+                    unsafe { libc::_exit(127) };
+                }
+                let errno = execvp(&argv[0], &argv).unwrap_err();
+                let _ = write(&error_write, &(errno as i32).to_ne_bytes());
+                // SAFETY: as above.
+                unsafe { libc::_exit(127) }
+            }
+            ForkResult::Parent { child } => Ok(Self {
+                pid: child,
+                go: go_write,
+                exec_error: error_read,
+                program,
+            }),
+        }
+    }
+
+    /// Lets the child exec; fails, after reaping it, if exec failed.
+    pub fn release(self) -> Result<Pid, SpawnError> {
+        let Self { pid, go, exec_error, program } = self;
+        let released = write(&go, &[1]);
+        drop(go);
+        let mut raw = [0u8; 4];
+        // The error pipe closes on a successful exec: EOF means it ran.
+        let failure = match read(&exec_error, &mut raw) {
+            Ok(4) => Some(Errno::from_raw(i32::from_ne_bytes(raw))),
+            Ok(_) if released.is_ok() => None,
+            Ok(_) => Some(Errno::EPIPE),
+            Err(err) => Some(err),
+        };
+        let Some(errno) = failure else {
+            return Ok(pid);
+        };
+        let _ = waitpid(pid, None);
+        Err(match errno {
+            Errno::ENOENT => SpawnError {
+                message: format!("command not found: {program}"),
+                exit_code: 127,
+            },
+            Errno::EACCES => SpawnError {
+                message: format!("permission denied: {program} is not executable"),
+                exit_code: 126,
+            },
+            other => SpawnError {
+                message: format!("cannot run {program}: {}", other.desc()),
+                exit_code: 126,
+            },
+        })
+    }
+}
+
+/// The exit status a shell reports for a child that ended with `status`.
+pub fn exit_code(status: WaitStatus) -> Option<i32> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(code),
+        WaitStatus::Signaled(_, signal, _) => Some(128 + signal as i32),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_targets_refuse_missing_and_kernel_threads() {
+        assert!(PidTarget::open(std::process::id()).is_ok());
+        // PID 2 is kthreadd on Linux.
+        let err = PidTarget::open(2).err().unwrap().to_string();
+        assert!(err.contains("kernel thread"), "{err}");
+        let err = PidTarget::open(i32::MAX as u32).err().unwrap().to_string();
+        assert_eq!(err, format!("no process with PID {}", i32::MAX));
+    }
+}
