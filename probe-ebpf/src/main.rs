@@ -9,7 +9,9 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+    },
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
@@ -151,7 +153,11 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     let tid = tid_pid as u32;
-    let call = InFlight { start_ns: now, nr, _pad: 0 };
+    let call = InFlight {
+        start_ns: now,
+        nr,
+        _pad: 0,
+    };
     // Overwriting the thread's own slot in place is much cheaper than a
     // hash insert; only a thread's first syscall inserts.
     if let Some(slot) = IN_FLIGHT.get_ptr_mut(tid) {
@@ -159,7 +165,10 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<u32, u32> {
         // anything else right now.
         unsafe { *slot = call };
     } else if IN_FLIGHT.insert(tid, call, 0).is_err() && bump(Counter::InFlightFull) == 1 {
-        warn!(ctx, "in-flight map full: syscalls of new threads go untimed");
+        warn!(
+            ctx,
+            "in-flight map full: syscalls of new threads go untimed"
+        );
     }
     Ok(0)
 }

@@ -86,7 +86,9 @@ impl SyscallStats {
         self.min_ns = self.min_ns.min(other.min_ns);
         self.max_ns = self.max_ns.max(other.max_ns);
         // Both histograms auto-resize, so adding cannot go out of range.
-        self.latency.add(&other.latency).expect("auto-resizing histograms accept any value");
+        self.latency
+            .add(&other.latency)
+            .expect("auto-resizing histograms accept any value");
     }
 
     /// The latency at quantile `q`, or `None` when no call was timed.
@@ -95,8 +97,11 @@ impl SyscallStats {
     /// in it; it is clamped to the exact extremes, so that p99 never exceeds
     /// max.
     pub fn quantile(&self, q: f64) -> Option<u64> {
-        (!self.latency.is_empty())
-            .then(|| self.latency.value_at_quantile(q).clamp(self.min_ns, self.max_ns))
+        (!self.latency.is_empty()).then(|| {
+            self.latency
+                .value_at_quantile(q)
+                .clamp(self.min_ns, self.max_ns)
+        })
     }
 
     /// Smallest timed latency.
@@ -132,7 +137,10 @@ impl Table {
     /// Adds one record.
     pub fn record(&mut self, event: &SyscallEvent) {
         self.events += 1;
-        let key = ThreadKey { pid: event.pid, tid: event.tid };
+        let key = ThreadKey {
+            pid: event.pid,
+            tid: event.tid,
+        };
         let thread = self.threads.entry(key).or_default();
         thread.events += 1;
         // Names change (exec, prctl): keep the newest, decoded only when it does.
@@ -224,7 +232,10 @@ pub(crate) mod tests {
         let stats = &threads[0].1.syscalls[&0];
         for (q, exact) in [(0.5, 5_000_000.0), (0.9, 9_000_000.0), (0.99, 9_900_000.0)] {
             let got = stats.quantile(q).unwrap() as f64;
-            assert!((got - exact).abs() / exact <= 0.01, "q{q}: {got} vs {exact}");
+            assert!(
+                (got - exact).abs() / exact <= 0.01,
+                "q{q}: {got} vs {exact}"
+            );
         }
         assert_eq!(stats.min(), Some(1000));
         assert!(stats.quantile(1.0).unwrap() <= stats.max().unwrap());
@@ -252,19 +263,29 @@ pub(crate) mod tests {
         let mut other = event(1, 0, 0, 5);
         other.pid = 200;
         table.record(&other);
-        let order: Vec<_> = table.busiest().iter().map(|(k, _)| (k.pid, k.tid)).collect();
+        let order: Vec<_> = table
+            .busiest()
+            .iter()
+            .map(|(k, _)| (k.pid, k.tid))
+            .collect();
         assert_eq!(order, [(100, 2), (100, 1), (200, 1)]);
         assert_eq!(table.events(), 5);
     }
 
     #[test]
     fn merging_equals_recording_into_one_table() {
-        let events: Vec<_> = (0..100u64).map(|i| event(1 + (i % 3) as u32, (i % 2) as u32, -((i % 5) as i64), i * 7)).collect();
+        let events: Vec<_> = (0..100u64)
+            .map(|i| event(1 + (i % 3) as u32, (i % 2) as u32, -((i % 5) as i64), i * 7))
+            .collect();
         let mut whole = Table::default();
         let (mut first, mut second) = (Table::default(), Table::default());
         for (i, e) in events.iter().enumerate() {
             whole.record(e);
-            if i < 40 { first.record(e) } else { second.record(e) }
+            if i < 40 {
+                first.record(e)
+            } else {
+                second.record(e)
+            }
         }
         first.merge(second);
         assert_eq!(first.events(), whole.events());
@@ -272,7 +293,10 @@ pub(crate) mod tests {
             assert_eq!((ka, a.events), (&kb, b.events));
             for (nr, x) in &a.syscalls {
                 let y = &b.syscalls[nr];
-                assert_eq!((x.count, x.errors, &x.errnos, x.total_ns), (y.count, y.errors, &y.errnos, y.total_ns));
+                assert_eq!(
+                    (x.count, x.errors, &x.errnos, x.total_ns),
+                    (y.count, y.errors, &y.errnos, y.total_ns)
+                );
                 assert_eq!(x.latency, y.latency);
             }
         }

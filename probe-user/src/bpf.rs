@@ -56,7 +56,8 @@ impl Probe {
     /// syscall is recorded.
     pub fn attach(config: &Config, with_logs: bool) -> Result<(Self, Streams)> {
         check_privileges()?;
-        let cpus = aya::util::nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))? as u32;
+        let cpus =
+            aya::util::nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))? as u32;
         let ring_bytes = (RING_BYTES_PER_CPU * cpus).next_power_of_two();
         let self_pid = std::process::id();
         let exit_nr = Sysno::exit.id() as u32;
@@ -76,7 +77,10 @@ impl Probe {
             .context("cannot load probe's BPF programs (they need Linux 5.8 or later, with BPF ring buffers)")?;
 
         let logs = if with_logs {
-            Some(aya_log::EbpfLogger::init(&mut ebpf).context("cannot read the kernel programs' log")?)
+            Some(
+                aya_log::EbpfLogger::init(&mut ebpf)
+                    .context("cannot read the kernel programs' log")?,
+            )
         } else {
             None
         };
@@ -84,9 +88,14 @@ impl Probe {
         for sysno in &config.syscalls {
             let nr = sysno.id() as u32;
             if nr >= MAX_SYSCALL_NR {
-                bail!("syscall {} (number {nr}) is beyond what -e can filter", sysno.name());
+                bail!(
+                    "syscall {} (number {nr}) is beyond what -e can filter",
+                    sysno.name()
+                );
             }
-            syscalls.set(nr, 1, 0).context("cannot set the syscall filter")?;
+            syscalls
+                .set(nr, 1, 0)
+                .context("cannot set the syscall filter")?;
         }
         let traced = take_map(&mut ebpf, "TRACED")?;
         let counters = take_map(&mut ebpf, "COUNTERS")?;
@@ -106,7 +115,14 @@ impl Probe {
             raw.attach(tracepoint)
                 .with_context(|| format!("cannot attach to the raw tracepoint {tracepoint}"))?;
         }
-        Ok((Self { _ebpf: ebpf, traced, counters }, Streams { events, logs }))
+        Ok((
+            Self {
+                _ebpf: ebpf,
+                traced,
+                counters,
+            },
+            Streams { events, logs },
+        ))
     }
 
     /// Adds a process (all its threads, present and future) to the trace.
@@ -143,7 +159,8 @@ where
 /// Fails early, with what to do, when the capabilities are missing: the
 /// kernel's own answer would be a bare EPERM deep inside the loader.
 fn check_privileges() -> Result<()> {
-    let status = fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
+    let status =
+        fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
     let effective = status
         .lines()
         .find_map(|line| line.strip_prefix("CapEff:"))

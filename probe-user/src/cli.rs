@@ -68,7 +68,10 @@ fn parse_span(text: &str, max: Duration) -> Result<Duration, String> {
         return Err("must be longer than zero".into());
     }
     if span > max {
-        return Err(format!("must be at most {}", humantime::format_duration(max)));
+        return Err(format!(
+            "must be at most {}",
+            humantime::format_duration(max)
+        ));
     }
     Ok(span)
 }
@@ -135,7 +138,10 @@ mod tests {
         assert!(err.contains("did you mean 'getpid'"), "{err}");
         let err = parse_syscall("opnat").unwrap_err();
         assert!(err.contains("did you mean 'openat'"), "{err}");
-        assert_eq!(parse_syscall("xyzzyplugh").unwrap_err(), "unknown syscall on this architecture");
+        assert_eq!(
+            parse_syscall("xyzzyplugh").unwrap_err(),
+            "unknown syscall on this architecture"
+        );
     }
 
     #[test]

@@ -208,13 +208,24 @@ mod tests {
         let openat = Sysno::openat.id() as u32;
         table.record(&event(5, openat, -2, 2000));
         table.record(&event(5, openat, 3, 1000));
-        let span = Span { elapsed_ns: 10, span_ns: 10, lost: Losses { ring_buffer: 1, in_flight_full: 2, undecodable: 0 } };
+        let span = Span {
+            elapsed_ns: 10,
+            span_ns: 10,
+            lost: Losses {
+                ring_buffer: 1,
+                in_flight_full: 2,
+                undecodable: 0,
+            },
+        };
         let report = Report::new(Kind::Summary, &table, span, None);
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["type"], "summary");
         assert_eq!(json["lost_events"], 3);
         let thread = &json["threads"][0];
-        assert_eq!((thread["tid"].as_u64(), thread["pid"].as_u64()), (Some(5), Some(100)));
+        assert_eq!(
+            (thread["tid"].as_u64(), thread["pid"].as_u64()),
+            (Some(5), Some(100))
+        );
         assert_eq!(thread["comm"], "worker");
         let call = &thread["syscalls"][0];
         assert_eq!(call["name"], "openat");
@@ -238,11 +249,19 @@ mod tests {
         }
         table.record(&event(1, 1, 0, 1000));
         table.record(&event(2, 0, 0, 10));
-        let span = Span { elapsed_ns: 1, span_ns: 1, lost: Losses::default() };
+        let span = Span {
+            elapsed_ns: 1,
+            span_ns: 1,
+            lost: Losses::default(),
+        };
         let report = Report::new(Kind::Interval, &table, span, Some(1));
         assert_eq!(report.threads.len(), 1);
         assert_eq!(report.threads[0].tid, 1);
-        let names: Vec<_> = report.threads[0].syscalls.iter().map(|s| s.name.as_str()).collect();
+        let names: Vec<_> = report.threads[0]
+            .syscalls
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
         assert_eq!(names, ["write", "read"]);
     }
 }

@@ -80,10 +80,15 @@ impl Aggregator {
 }
 
 /// Runs the trace to its end and returns probe's exit status.
-pub async fn run(probe: Probe, streams: Streams, target: Target, options: Options, mut sink: Sink) -> Result<i32> {
+pub async fn run(
+    probe: Probe,
+    streams: Streams,
+    target: Target,
+    options: Options,
+    mut sink: Sink,
+) -> Result<i32> {
     let start = Instant::now();
-    let mut events = readable(streams.events)
-        .context("cannot poll the ring buffer")?;
+    let mut events = readable(streams.events).context("cannot poll the ring buffer")?;
     let mut logs = streams
         .logs
         .map(readable)
@@ -192,7 +197,9 @@ pub async fn run(probe: Probe, streams: Streams, target: Target, options: Option
         End::Signal | End::Duration | End::TargetsGone | End::OutputClosed => 0,
     };
     match sink.write(&summary) {
-        Err(err) if err.kind() != io::ErrorKind::BrokenPipe => Err(err).context("cannot write the summary"),
+        Err(err) if err.kind() != io::ErrorKind::BrokenPipe => {
+            Err(err).context("cannot write the summary")
+        }
         _ => Ok(status),
     }
 }

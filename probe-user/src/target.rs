@@ -1,12 +1,16 @@
 //! What probe traces: running processes, a COMMAND it starts, or everything.
 
 use std::{
-    ffi::{CString, OsString},
+    ffi::{CString, OsStr, OsString},
     fs,
     os::{
         fd::{FromRawFd, OwnedFd},
-        unix::ffi::OsStrExt,
+        unix::{
+            ffi::{OsStrExt, OsStringExt},
+            fs::PermissionsExt,
+        },
     },
+    path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context, Result};
@@ -14,7 +18,7 @@ use nix::{
     errno::Errno,
     fcntl::OFlag,
     sys::wait::{waitpid, WaitStatus},
-    unistd::{execvp, fork, pipe2, read, write, ForkResult, Pid},
+    unistd::{execv, fork, pipe2, read, write, ForkResult, Pid},
 };
 
 /// `PF_KTHREAD` in `/proc/PID/stat`'s flags (include/linux/sched.h).
@@ -100,6 +104,14 @@ impl GatedCommand {
             .collect::<Result<_, _>>()
             .context("the COMMAND contains a NUL byte")?;
         let program = command[0].to_string_lossy().into_owned();
+        // Searching PATH here, not with execvp in the child, keeps the
+        // failed execve attempts of the search out of the trace.
+        let path = resolve(&command[0]).ok_or_else(|| SpawnError {
+            message: format!("command not found: {program}"),
+            exit_code: 127,
+        })?;
+        let path = CString::new(path.into_os_string().into_vec())
+            .context("the COMMAND contains a NUL byte")?;
         let (go_read, go_write) = pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
         let (error_read, error_write) = pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
         // SAFETY: probe has no other thread yet, and the child calls only
@@ -114,7 +126,7 @@ impl GatedCommand {
                     // SAFETY: _exit is async-signal-safe.
                     unsafe { libc::_exit(127) };
                 }
-                let errno = execvp(&argv[0], &argv).unwrap_err();
+                let errno = execv(&path, &argv).unwrap_err();
                 let _ = write(&error_write, &(errno as i32).to_ne_bytes());
                 // SAFETY: as above.
                 unsafe { libc::_exit(127) }
@@ -130,7 +142,12 @@ impl GatedCommand {
 
     /// Lets the child exec; fails, after reaping it, if exec failed.
     pub fn release(self) -> Result<Pid, SpawnError> {
-        let Self { pid, go, exec_error, program } = self;
+        let Self {
+            pid,
+            go,
+            exec_error,
+            program,
+        } = self;
         let released = write(&go, &[1]);
         drop(go);
         let mut raw = [0u8; 4];
@@ -160,6 +177,22 @@ impl GatedCommand {
             },
         })
     }
+}
+
+/// Finds `program` the way a shell does: as given when it holds a `/`,
+/// else the first PATH entry that has it.
+fn resolve(program: &OsStr) -> Option<PathBuf> {
+    if program.as_bytes().contains(&b'/') {
+        return Some(PathBuf::from(program));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable_file(candidate))
+}
+
+fn is_executable_file(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
 /// The exit status a shell reports for a child that ended with `status`.

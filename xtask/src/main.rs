@@ -1,1 +1,105 @@
-fn main(){}
+//! `cargo xtask`: bootstrap the eBPF toolchain, build, run and test probe.
+//!
+//! Everything it installs goes under `target/`, so a fresh clone on a new
+//! machine needs nothing but rustup's stable and nightly toolchains.
+
+mod bootstrap;
+mod command;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::command::cargo;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test probe")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building the eBPF programs needs (rust-src, bpf-linker).
+    Bootstrap,
+    /// Build target/release/probe with its eBPF object embedded.
+    Build,
+    /// Build, then run probe with ARGS (as root).
+    Run {
+        /// Arguments for probe, e.g. `-- -- ls -l`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build, check formatting and lints, and run every test (as root).
+    Test,
+}
+
+fn main() {
+    if let Err(err) = run(Cli::parse().task) {
+        eprintln!("xtask: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    let root = workspace_root();
+    match task {
+        Task::Bootstrap => bootstrap::ensure(&root).map(drop),
+        Task::Build => build(&root),
+        Task::Run { args } => {
+            build(&root)?;
+            command::exec(root.join("target/release/probe"), &args)
+        }
+        Task::Test => test(&root),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Builds the eBPF object, then the loader that embeds it.
+fn build(root: &Path) -> Result<()> {
+    build_ebpf(root)?;
+    cargo(root, &["build", "--release", "--package", "probe"])
+}
+
+fn build_ebpf(root: &Path) -> Result<()> {
+    let tools = bootstrap::ensure(root)?;
+    command::run(
+        std::process::Command::new("cargo")
+            .current_dir(root.join("probe-ebpf"))
+            .env("PATH", tools.path_with_linker()?)
+            .args(["+nightly", "build", "--release", "-Z", "build-std=core"])
+            .args(["--target", "bpfel-unknown-none", "--target-dir"])
+            .arg(root.join("target/ebpf")),
+    )
+}
+
+fn test(root: &Path) -> Result<()> {
+    build_ebpf(root)?;
+    cargo(root, &["fmt", "--all", "--check"])?;
+    cargo(
+        root,
+        &["fmt", "--manifest-path", "probe-ebpf/Cargo.toml", "--check"],
+    )?;
+    cargo(
+        root,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    // Release: the workloads' storms and the traced programs run at full speed.
+    cargo(root, &["test", "--workspace", "--release"])
+}

@@ -22,9 +22,11 @@ impl Sink {
     /// Reports to `path`, or to stdout without one.
     pub fn open(path: Option<&Path>, json: bool) -> Result<Self> {
         let out: Box<dyn Write> = match path {
-            Some(path) => Box::new(BufWriter::new(File::create(path).with_context(|| {
-                format!("cannot write the report to {}", path.display())
-            })?)),
+            Some(path) => {
+                Box::new(BufWriter::new(File::create(path).with_context(|| {
+                    format!("cannot write the report to {}", path.display())
+                })?))
+            }
             None => Box::new(BufWriter::new(io::stdout())),
         };
         Ok(Self { out, json })

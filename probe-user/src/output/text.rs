@@ -54,7 +54,11 @@ pub fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
         writeln!(out, "(no syscalls)")?;
         return writeln!(out);
     }
-    write!(out, "{:>7} {:>7} {:<16} {:<22} {:>9} {:>7} {:>8}", "PID", "TID", "COMM", "SYSCALL", "COUNT", "ERRORS", "TOTAL")?;
+    write!(
+        out,
+        "{:>7} {:>7} {:<16} {:<22} {:>9} {:>7} {:>8}",
+        "PID", "TID", "COMM", "SYSCALL", "COUNT", "ERRORS", "TOTAL"
+    )?;
     if summary {
         write!(out, " {:>8}", "MIN")?;
     }
@@ -70,7 +74,11 @@ pub fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
     for thread in &report.threads {
         for (i, call) in thread.syscalls.iter().enumerate() {
             if i == 0 {
-                write!(out, "{:>7} {:>7} {:<16}", thread.pid, thread.tid, thread.comm)?;
+                write!(
+                    out,
+                    "{:>7} {:>7} {:<16}",
+                    thread.pid, thread.tid, thread.comm
+                )?;
             } else {
                 write!(out, "{:32}", "")?;
             }
@@ -87,7 +95,14 @@ pub fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
 }
 
 fn write_row(out: &mut dyn Write, call: &SyscallReport, summary: bool) -> io::Result<()> {
-    write!(out, " {:<22} {:>9} {:>7} {:>8}", call.name, call.count, call.errors, human_ns(call.total_ns))?;
+    write!(
+        out,
+        " {:<22} {:>9} {:>7} {:>8}",
+        call.name,
+        call.count,
+        call.errors,
+        human_ns(call.total_ns)
+    )?;
     if summary {
         write!(out, " {:>8}", latency(call.min_ns))?;
     }
@@ -95,9 +110,18 @@ fn write_row(out: &mut dyn Write, call: &SyscallReport, summary: bool) -> io::Re
     if summary {
         write!(out, " {:>8}", latency(call.p90_ns))?;
     }
-    write!(out, " {:>8} {:>8}", latency(call.p99_ns), latency(call.max_ns))?;
+    write!(
+        out,
+        " {:>8} {:>8}",
+        latency(call.p99_ns),
+        latency(call.max_ns)
+    )?;
     if summary && !call.errnos.is_empty() {
-        let errnos: Vec<_> = call.errnos.iter().map(|(name, n)| format!("{name}:{n}")).collect();
+        let errnos: Vec<_> = call
+            .errnos
+            .iter()
+            .map(|(name, n)| format!("{name}:{n}"))
+            .collect();
         write!(out, "  {}", errnos.join(","))?;
     }
     writeln!(out)
@@ -126,7 +150,11 @@ mod tests {
         let mut table = Table::default();
         table.record(&event(11, 39, 0, 250));
         table.record(&event(11, 257, -2, 12_000));
-        let span = Span { elapsed_ns: 2_000_000_000, span_ns: 1_000_000_000, lost };
+        let span = Span {
+            elapsed_ns: 2_000_000_000,
+            span_ns: 1_000_000_000,
+            lost,
+        };
         let mut out = Vec::new();
         write(&mut out, &Report::new(kind, &table, span, None)).unwrap();
         String::from_utf8(out).unwrap()
@@ -138,18 +166,34 @@ mod tests {
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines[0], "probe summary: 2.00s traced, 2 events, 0 lost");
         assert!(lines[1].starts_with("    PID     TID COMM"), "{text}");
-        assert!(lines[2].contains("openat") && lines[2].ends_with("ENOENT:1"), "{text}");
+        assert!(
+            lines[2].contains("openat") && lines[2].ends_with("ENOENT:1"),
+            "{text}"
+        );
         assert!(lines[2].starts_with("    100      11 worker"), "{text}");
         assert!(lines[3].trim_start().starts_with("getpid "), "{text}");
         // The last column of a row without errnos ends where its heading ends.
         let heading_end = lines[1].find("MAX").unwrap() + "MAX".len();
-        assert_eq!(lines[3].chars().count(), lines[1][..heading_end].chars().count(), "{text}");
+        assert_eq!(
+            lines[3].chars().count(),
+            lines[1][..heading_end].chars().count(),
+            "{text}"
+        );
     }
 
     #[test]
     fn interval_shows_rate_and_loss_warning() {
-        let text = render(Kind::Interval, Losses { ring_buffer: 3, ..Losses::default() });
-        assert!(text.starts_with("[   2.00s] 2 events (2/s), 3 lost\nWARNING: 3 events lost"), "{text}");
+        let text = render(
+            Kind::Interval,
+            Losses {
+                ring_buffer: 3,
+                ..Losses::default()
+            },
+        );
+        assert!(
+            text.starts_with("[   2.00s] 2 events (2/s), 3 lost\nWARNING: 3 events lost"),
+            "{text}"
+        );
         assert!(!text.contains("P90"));
     }
 }
