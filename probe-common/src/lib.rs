@@ -11,6 +11,14 @@
 pub enum EventKind {
     /// A [`SyscallEvent`].
     Syscall = 1,
+    /// A [`SchedEvent`]: the thread left its CPU.
+    SwitchOut = 2,
+    /// A [`SchedEvent`]: the thread got a CPU.
+    SwitchIn = 3,
+    /// A [`SchedEvent`]: the thread became runnable (`sched_wakeup`).
+    Wakeup = 4,
+    /// A [`SchedEvent`]: a new thread became runnable (`sched_wakeup_new`).
+    WakeupNew = 5,
 }
 
 impl EventKind {
@@ -18,6 +26,10 @@ impl EventKind {
     pub fn from_u32(raw: u32) -> Option<Self> {
         match raw {
             1 => Some(Self::Syscall),
+            2 => Some(Self::SwitchOut),
+            3 => Some(Self::SwitchIn),
+            4 => Some(Self::Wakeup),
+            5 => Some(Self::WakeupNew),
             _ => None,
         }
     }
@@ -54,6 +66,48 @@ pub struct SyscallEvent {
     pub duration_ns: u64,
     /// The thread's name when the syscall returned, NUL-padded.
     pub comm: [u8; COMM_LEN],
+}
+
+/// `SchedEvent::flags` of a [`EventKind::SwitchOut`]: the thread gave up its
+/// CPU itself (it blocked), as the kernel counts `nvcsw`; otherwise it was
+/// preempted while runnable (`nivcsw`).
+pub const SWITCH_VOLUNTARY: u32 = 1;
+
+/// One scheduler event of a traced thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchedEvent {
+    /// [`EventKind::SwitchOut`], `SwitchIn`, `Wakeup` or `WakeupNew`.
+    pub kind: u32,
+    /// CPU the event happened on (for a wakeup: the waker's CPU).
+    pub cpu: u32,
+    /// Process id (tgid) of the thread the event is about.
+    pub pid: u32,
+    /// Thread id of the thread the event is about.
+    pub tid: u32,
+    /// `SWITCH_*` flags.
+    pub flags: u32,
+    /// Explicit padding, so that the record has no hole.
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` of the event.
+    pub ts_ns: u64,
+    /// The thread's name, in a `SwitchOut` (the only event that runs as the
+    /// thread itself); zeros otherwise.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// What the start-up check program read from probe's own task, to prove
+/// that the `task_struct` offsets found in BTF are right before any result
+/// depends on them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffsetCheck {
+    /// `bpf_get_current_pid_tgid()`: the truth.
+    pub pid_tgid: u64,
+    /// `pid` read at its offset.
+    pub pid: u32,
+    /// `tgid` read at its offset.
+    pub tgid: u32,
 }
 
 /// What `sys_enter` keeps per thread until the matching `sys_exit`.
@@ -95,6 +149,28 @@ impl SyscallEvent {
     }
 }
 
+impl SchedEvent {
+    /// Decodes one ring-buffer record; `None` unless it is exactly a
+    /// `SchedEvent` with a scheduler tag.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != core::mem::size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: the length is checked and every bit pattern is a valid
+        // `SchedEvent` (integers and a byte array only).
+        let event: Self = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        match EventKind::from_u32(event.kind) {
+            Some(
+                EventKind::SwitchOut
+                | EventKind::SwitchIn
+                | EventKind::Wakeup
+                | EventKind::WakeupNew,
+            ) => Some(event),
+            _ => None,
+        }
+    }
+}
+
 /// Default capacity of the in-flight map: threads inside a syscall at once.
 pub const DEFAULT_MAX_THREADS: u32 = 16_384;
 
@@ -105,3 +181,59 @@ pub const MAX_SYSCALL_NR: u32 = 1024;
 const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 64);
 const _: () = assert!(core::mem::align_of::<SyscallEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<InFlight>() == 16);
+const _: () = assert!(core::mem::size_of::<SchedEvent>() == 48);
+const _: () = assert!(core::mem::align_of::<SchedEvent>() == 8);
+const _: () = assert!(core::mem::size_of::<OffsetCheck>() == 16);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes<T>(value: &T) -> &[u8] {
+        // SAFETY: reading the bytes of a padding-free `#[repr(C)]` value.
+        unsafe {
+            core::slice::from_raw_parts((value as *const T).cast(), core::mem::size_of::<T>())
+        }
+    }
+
+    #[test]
+    fn records_decode_by_tag_and_size_only() {
+        let syscall = SyscallEvent {
+            kind: EventKind::Syscall as u32,
+            cpu: 1,
+            pid: 2,
+            tid: 3,
+            nr: 4,
+            flags: 0,
+            ret: -2,
+            start_ns: 5,
+            duration_ns: 6,
+            comm: [b'x'; COMM_LEN],
+        };
+        assert_eq!(SyscallEvent::decode(bytes(&syscall)), Some(syscall));
+        assert_eq!(SchedEvent::decode(bytes(&syscall)), None);
+        assert_eq!(SyscallEvent::decode(&bytes(&syscall)[1..]), None);
+
+        let mut switch = SchedEvent {
+            kind: EventKind::SwitchIn as u32,
+            cpu: 1,
+            pid: 2,
+            tid: 3,
+            flags: 0,
+            _pad: 0,
+            ts_ns: 7,
+            comm: [0; COMM_LEN],
+        };
+        assert_eq!(SchedEvent::decode(bytes(&switch)), Some(switch));
+        switch.kind = 99;
+        assert_eq!(SchedEvent::decode(bytes(&switch)), None);
+        switch.kind = EventKind::Syscall as u32;
+        assert_eq!(SchedEvent::decode(bytes(&switch)), None);
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: `#[repr(C)]` integers without padding (sizes asserted above).
+    unsafe impl aya::Pod for super::OffsetCheck {}
+}

@@ -1,16 +1,20 @@
 //! probe's kernel programs: time every syscall of the traced threads between
-//! `raw_syscalls:sys_enter` and `sys_exit` and stream one record per
-//! completed syscall to userspace through a ring buffer.
+//! `raw_syscalls:sys_enter` and `sys_exit`, follow them through the
+//! scheduler (`sched_switch`, `sched_wakeup`, `sched_wakeup_new`), and stream
+//! one record per event to userspace through a ring buffer.
 //!
 //! Raw tracepoints are used because they need no tracefs and cost about half
 //! of classic tracepoints on the syscall path, which every traced thread pays.
+//! Their arguments are the tracepoints' `TP_PROTO`; the `task_struct` fields
+//! they point to sit at offsets the loader finds in the kernel's BTF.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -18,8 +22,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use probe_common::{
-    Counter, EventKind, InFlight, SyscallEvent, COMM_LEN, COUNTER_SLOTS, DEFAULT_MAX_THREADS,
-    MAX_SYSCALL_NR, SYSCALL_NO_RETURN,
+    Counter, EventKind, InFlight, OffsetCheck, SchedEvent, SyscallEvent, COMM_LEN, COUNTER_SLOTS,
+    DEFAULT_MAX_THREADS, MAX_SYSCALL_NR, SWITCH_VOLUNTARY, SYSCALL_NO_RETURN,
 };
 
 // Read-only configuration, set by the loader with `override_global` before
@@ -44,6 +48,12 @@ static EXIT_GROUP_NR: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 0;
 
+/// Byte offsets of `task_struct.pid` and `.tgid` in the running kernel.
+#[unsafe(no_mangle)]
+static TASK_PID_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_TGID_OFFSET: u32 = 0;
+
 /// Traced tgids, when `FILTER_PIDS` is set.
 #[map]
 static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
@@ -59,6 +69,10 @@ static IN_FLIGHT: HashMap<u32, InFlight> = HashMap::with_max_entries(DEFAULT_MAX
 /// Completed syscalls, to userspace. The loader sets the size.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// What `check_offsets` read from probe's own task, for the loader to compare.
+#[map]
+static OFFSET_CHECK: Array<OffsetCheck> = Array::with_max_entries(1, 0);
 
 /// Per-CPU counters indexed by `Counter`.
 #[map]
@@ -102,16 +116,39 @@ fn bump(counter: Counter) -> u64 {
     }
 }
 
+/// Sends one record to userspace, or counts it lost.
 #[inline(always)]
-fn emit(tid_pid: u64, nr: u32, flags: u32, ret: i64, start_ns: u64, duration_ns: u64) {
-    let Some(mut entry) = EVENTS.reserve::<SyscallEvent>(0) else {
+fn send<T: 'static>(record: T) {
+    let Some(mut entry) = EVENTS.reserve::<T>(0) else {
         bump(Counter::LostEvents);
         return;
     };
-    entry.write(SyscallEvent {
+    entry.write(record);
+    let wake = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= config(&WAKEUP_BYTES) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(wake as u64);
+}
+
+#[inline(always)]
+fn cpu() -> u32 {
+    // SAFETY: a helper without side effects.
+    unsafe { bpf_get_smp_processor_id() }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: a helper without side effects.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn emit(tid_pid: u64, nr: u32, flags: u32, ret: i64, start_ns: u64, duration_ns: u64) {
+    send(SyscallEvent {
         kind: EventKind::Syscall as u32,
-        // SAFETY: a helper without side effects.
-        cpu: unsafe { bpf_get_smp_processor_id() },
+        cpu: cpu(),
         pid: (tid_pid >> 32) as u32,
         tid: tid_pid as u32,
         nr,
@@ -121,12 +158,6 @@ fn emit(tid_pid: u64, nr: u32, flags: u32, ret: i64, start_ns: u64, duration_ns:
         duration_ns,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     });
-    let wake = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= config(&WAKEUP_BYTES) {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
-    entry.submit(wake as u64);
 }
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
@@ -146,8 +177,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<u32, u32> {
     if !is_wanted(nr) {
         return Ok(0);
     }
-    // SAFETY: a helper without side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now();
     if nr == config(&EXIT_NR) || nr == config(&EXIT_GROUP_NR) {
         emit(tid_pid, nr, SYSCALL_NO_RETURN, 0, now, 0);
         return Ok(0);
@@ -194,8 +224,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
     }
     // SAFETY: as above.
     unsafe { (*slot).start_ns = 0 };
-    // SAFETY: a helper without side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now();
     // TP_PROTO(struct pt_regs *regs, long ret)
     let ret = ctx.arg::<i64>(1);
     emit(tid_pid, call.nr, 0, ret, call.start_ns, now - call.start_ns);
@@ -207,6 +236,138 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: RawTracePointContext) -> u32 {
     let _ = IN_FLIGHT.remove(bpf_get_current_pid_tgid() as u32);
+    0
+}
+
+/// Reads a task's `(tid, tgid)` at the offsets the loader found in BTF.
+#[inline(always)]
+fn task_ids(task: *const u8) -> Result<(u32, u32), u32> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an
+    // error, not a fault.
+    unsafe {
+        let tid = bpf_probe_read_kernel(task.add(config(&TASK_PID_OFFSET) as usize).cast::<u32>())
+            .map_err(|_| 0u32)?;
+        let tgid =
+            bpf_probe_read_kernel(task.add(config(&TASK_TGID_OFFSET) as usize).cast::<u32>())
+                .map_err(|_| 0u32)?;
+        Ok((tid, tgid))
+    }
+}
+
+#[inline(always)]
+fn sched_event(
+    kind: EventKind,
+    tid: u32,
+    pid: u32,
+    flags: u32,
+    ts_ns: u64,
+    comm: [u8; COMM_LEN],
+) -> SchedEvent {
+    SchedEvent {
+        kind: kind as u32,
+        cpu: cpu(),
+        pid,
+        tid,
+        flags,
+        _pad: 0,
+        ts_ns,
+        comm,
+    }
+}
+
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch(ctx: RawTracePointContext) -> u32 {
+    match try_sched_switch(&ctx) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
+    // TP_PROTO(bool preempt, struct task_struct *prev,
+    //          struct task_struct *next, unsigned int prev_state)
+    let now = now();
+    // The tracepoint fires before the switch: prev is still current.
+    let prev = bpf_get_current_pid_tgid();
+    let prev_pid = (prev >> 32) as u32;
+    // pid 0 is the idle task: not a thread anyone traces.
+    if prev_pid != 0 && is_traced(prev_pid) {
+        let preempt = ctx.arg::<u64>(0) & 1 != 0;
+        let prev_state = ctx.arg::<u64>(3) as u32;
+        // The kernel's own rule for nvcsw: it blocked, not preempted.
+        let flags = if !preempt && prev_state != 0 {
+            SWITCH_VOLUNTARY
+        } else {
+            0
+        };
+        let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        send(sched_event(
+            EventKind::SwitchOut,
+            prev as u32,
+            prev_pid,
+            flags,
+            now,
+            comm,
+        ));
+    }
+    let (tid, pid) = task_ids(ctx.arg::<*const u8>(2))?;
+    if pid != 0 && is_traced(pid) {
+        send(sched_event(
+            EventKind::SwitchIn,
+            tid,
+            pid,
+            0,
+            now,
+            [0; COMM_LEN],
+        ));
+    }
+    Ok(0)
+}
+
+#[inline(always)]
+fn woken(ctx: &RawTracePointContext, kind: EventKind) -> Result<u32, u32> {
+    // TP_PROTO(struct task_struct *p): runs as the waker, not as p.
+    let (tid, pid) = task_ids(ctx.arg::<*const u8>(0))?;
+    if pid != 0 && is_traced(pid) {
+        send(sched_event(kind, tid, pid, 0, now(), [0; COMM_LEN]));
+    }
+    Ok(0)
+}
+
+#[raw_tracepoint(tracepoint = "sched_wakeup")]
+pub fn sched_wakeup(ctx: RawTracePointContext) -> u32 {
+    match woken(&ctx, EventKind::Wakeup) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+#[raw_tracepoint(tracepoint = "sched_wakeup_new")]
+pub fn sched_wakeup_new(ctx: RawTracePointContext) -> u32 {
+    match woken(&ctx, EventKind::WakeupNew) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+/// Attached only while probe starts: reads probe's own task at the BTF
+/// offsets, so that the loader can compare with the helper's answer and
+/// refuse a wrong layout instead of reporting wrong threads.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn check_offsets(_ctx: RawTracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 != config(&SELF_PID) {
+        return 0;
+    }
+    // SAFETY: a helper without side effects.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    if let (Ok((pid, tgid)), Some(slot)) = (task_ids(task), OFFSET_CHECK.get_ptr_mut(0)) {
+        // SAFETY: a map slot only this program writes.
+        unsafe {
+            *slot = OffsetCheck {
+                pid_tgid,
+                pid,
+                tgid,
+            }
+        };
+    }
     0
 }
 

@@ -6,10 +6,21 @@
 //! end one JSON line on stdout says which thread did what:
 //!
 //! ```text
-//! workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--enoent N] [--exit CODE]
+//! workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--enoent N]
+//!          [--affinity MOVES] [--spin MS,MS,...] [--exit CODE]
 //! ```
+//!
+//! Per thread it reports its tid, its activity, how many calls or moves it
+//! made, and what the kernel itself counted for it: CPU time
+//! (`CLOCK_THREAD_CPUTIME_ID`) and context switches (`/proc/thread-self`).
 
-use std::{ffi::CString, process::exit, thread, time::Duration};
+use std::{
+    ffi::CString,
+    process::exit,
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
 
 /// What one thread did.
 struct Done {
@@ -18,9 +29,89 @@ struct Done {
     calls: u64,
 }
 
+/// A worker thread's account: what it did, and the kernel's own counts for
+/// it, read by the main thread while the worker waits, so that the reading
+/// adds no syscall to the worker's record.
+fn account(done: Done, worker: libc::pthread_t) -> String {
+    let status =
+        std::fs::read_to_string(format!("/proc/self/task/{}/status", done.tid)).unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    format!(
+        "{{\"tid\":{},\"syscall\":\"{}\",\"calls\":{},\"cpu_ns\":{},\"voluntary\":{},\"involuntary\":{}}}",
+        done.tid,
+        done.activity,
+        done.calls,
+        thread_cpu_ns(worker),
+        field("voluntary_ctxt_switches:"),
+        field("nonvoluntary_ctxt_switches:"),
+    )
+}
+
 fn gettid() -> i64 {
     // SAFETY: gettid takes no arguments and cannot fail.
     unsafe { libc::syscall(libc::SYS_gettid) }
+}
+
+/// CPU time of a live thread, as `CLOCK_THREAD_CPUTIME_ID` counts it.
+fn thread_cpu_ns(thread: libc::pthread_t) -> u64 {
+    let mut clock = 0;
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `thread` is alive (it waits for the main thread), and both
+    // out-pointers are valid.
+    unsafe {
+        assert_eq!(libc::pthread_getcpuclockid(thread, &mut clock), 0);
+        libc::clock_gettime(clock, &mut now);
+    }
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// Moves the thread between CPU 0 and CPU 1, `moves` times, checking that
+/// it runs on the new CPU after each move.
+fn hop(moves: u64) -> Done {
+    let pin = |cpu: usize| {
+        // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+                0,
+                "sched_setaffinity({cpu})"
+            );
+            assert_eq!(libc::sched_getcpu(), cpu as i32, "still not on CPU {cpu}");
+        }
+    };
+    pin(0);
+    for i in 0..moves {
+        pin(1 - (i % 2) as usize);
+    }
+    Done {
+        tid: gettid(),
+        activity: "affinity",
+        calls: moves,
+    }
+}
+
+fn spin(run: Duration) -> Done {
+    let start = Instant::now();
+    let mut turns = 0u64;
+    while start.elapsed() < run {
+        turns = std::hint::black_box(turns + 1);
+    }
+    Done {
+        tid: gettid(),
+        activity: "spin",
+        calls: 0,
+    }
 }
 
 fn getppid_storm(calls: u64) -> Done {
@@ -100,7 +191,9 @@ fn wait_for_sigusr1() {
 
 fn usage(problem: &str) -> ! {
     eprintln!("workload: {problem}");
-    eprintln!("usage: workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--enoent N] [--exit CODE]");
+    eprintln!(
+        "usage: workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--enoent N] [--affinity MOVES] [--spin MS,MS,...] [--exit CODE]"
+    );
     exit(2)
 }
 
@@ -138,6 +231,15 @@ fn main() {
                 let calls = number(&value());
                 jobs.push(Box::new(move || missing_opens(calls)));
             }
+            "--affinity" => {
+                let moves = number(&value());
+                jobs.push(Box::new(move || hop(moves)));
+            }
+            "--spin" => {
+                for ms in value().split(',').map(number) {
+                    jobs.push(Box::new(move || spin(Duration::from_millis(ms))));
+                }
+            }
             "--exit" => exit_code = number(&value()) as i32,
             other => usage(&format!("unknown flag {other}")),
         }
@@ -145,17 +247,36 @@ fn main() {
     if wait_signal {
         wait_for_sigusr1();
     }
-    let handles: Vec<_> = jobs.into_iter().map(thread::spawn).collect();
-    let done: Vec<String> = handles
+    // Each worker hands over its account, then waits until the main thread
+    // has read its counters, so that it is alive while they are read.
+    let (accounts, done) = mpsc::channel();
+    let workers: Vec<_> = jobs
         .into_iter()
-        .map(|handle| {
-            let done = handle.join().expect("a workload thread panicked");
-            format!(
-                "{{\"tid\":{},\"syscall\":\"{}\",\"calls\":{}}}",
-                done.tid, done.activity, done.calls
-            )
+        .map(|job| {
+            let accounts = accounts.clone();
+            let (release, released) = mpsc::channel::<()>();
+            thread::spawn(move || {
+                // SAFETY: pthread_self cannot fail.
+                let me = unsafe { libc::pthread_self() };
+                accounts.send((job(), me, release)).unwrap();
+                let _ = released.recv();
+            })
         })
         .collect();
+    drop(accounts);
+    let done: Vec<String> = done
+        .iter()
+        .map(
+            |(job, worker, release): (Done, libc::pthread_t, mpsc::Sender<()>)| {
+                let line = account(job, worker);
+                drop(release);
+                line
+            },
+        )
+        .collect();
+    for worker in workers {
+        worker.join().expect("a workload thread panicked");
+    }
     println!(
         "{{\"pid\":{},\"threads\":[{}]}}",
         std::process::id(),

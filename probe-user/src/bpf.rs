@@ -5,13 +5,16 @@ use std::fs;
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::RawTracePoint,
+    programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint},
     Ebpf, EbpfLoader,
 };
-use probe_common::{Counter, MAX_SYSCALL_NR};
+use probe_common::{Counter, OffsetCheck, MAX_SYSCALL_NR};
 use syscalls::Sysno;
 
-use crate::report::Losses;
+use crate::{
+    btf::{self, TaskOffsets},
+    report::Losses,
+};
 
 /// The object `cargo xtask build` compiled from `probe-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PROBE_EBPF_OBJECT"));
@@ -25,13 +28,17 @@ const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
-/// How the kernel programs filter.
+/// Which programs run, and how they filter.
 #[derive(Debug, Default)]
 pub struct Config {
     /// Trace only processes added with [`Probe::trace_pid`].
     pub filter_pids: bool,
+    /// Time syscalls (`raw_syscalls`).
+    pub syscalls: bool,
+    /// Follow threads through the scheduler (`sched_switch`, wakeups).
+    pub sched: bool,
     /// Trace only these syscalls; all when empty.
-    pub syscalls: Vec<Sysno>,
+    pub only: Vec<Sysno>,
 }
 
 /// The loaded, attached programs and the maps userspace configures and
@@ -45,7 +52,7 @@ pub struct Probe {
 
 /// What the kernel programs stream to userspace, for the event loop to own.
 pub struct Streams {
-    /// Completed syscalls.
+    /// Completed syscalls and scheduler events.
     pub events: RingBuf<MapData>,
     /// The kernel programs' diagnostics, for `-v`.
     pub logs: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -63,8 +70,12 @@ impl Probe {
         let exit_nr = Sysno::exit.id() as u32;
         let exit_group_nr = Sysno::exit_group.id() as u32;
         let filter_pids = u8::from(config.filter_pids);
-        let filter_syscalls = u8::from(!config.syscalls.is_empty());
+        let filter_syscalls = u8::from(!config.only.is_empty());
         let wakeup_bytes = u64::from(ring_bytes / 8);
+        let offsets = match config.sched {
+            true => btf::task_offsets()?,
+            false => TaskOffsets { pid: 0, tgid: 0 },
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global("SELF_PID", &self_pid, true)
             .override_global("FILTER_PIDS", &filter_pids, true)
@@ -72,6 +83,8 @@ impl Probe {
             .override_global("EXIT_NR", &exit_nr, true)
             .override_global("EXIT_GROUP_NR", &exit_group_nr, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+            .override_global("TASK_PID_OFFSET", &offsets.pid, true)
+            .override_global("TASK_TGID_OFFSET", &offsets.tgid, true)
             .map_max_entries("EVENTS", ring_bytes)
             .load(OBJECT)
             .context("cannot load probe's BPF programs (they need Linux 5.8 or later, with BPF ring buffers)")?;
@@ -85,7 +98,7 @@ impl Probe {
             None
         };
         let mut syscalls: Array<MapData, u8> = take_map(&mut ebpf, "SYSCALLS")?;
-        for sysno in &config.syscalls {
+        for sysno in &config.only {
             let nr = sysno.id() as u32;
             if nr >= MAX_SYSCALL_NR {
                 bail!(
@@ -101,19 +114,18 @@ impl Probe {
         let counters = take_map(&mut ebpf, "COUNTERS")?;
         let events = take_map(&mut ebpf, "EVENTS")?;
 
-        for (program, tracepoint) in [
-            ("sched_process_exit", "sched_process_exit"),
-            ("sys_exit", "sys_exit"),
-            ("sys_enter", "sys_enter"),
-        ] {
-            let raw: &mut RawTracePoint = ebpf
-                .program_mut(program)
-                .with_context(|| format!("the BPF object lacks the program {program}"))?
-                .try_into()?;
-            raw.load()
-                .with_context(|| format!("the kernel refused the BPF program {program}"))?;
-            raw.attach(tracepoint)
-                .with_context(|| format!("cannot attach to the raw tracepoint {tracepoint}"))?;
+        if config.sched {
+            check_offsets(&mut ebpf, offsets)?;
+            // Wakeups first, so that no switch-in lacks the wakeup before it.
+            for program in ["sched_wakeup", "sched_wakeup_new", "sched_switch"] {
+                attach(&mut ebpf, program, program)?;
+            }
+        }
+        if config.syscalls {
+            // Exits before entries, so that no entry is left unmatched.
+            for program in ["sched_process_exit", "sys_exit", "sys_enter"] {
+                attach(&mut ebpf, program, program)?;
+            }
         }
         Ok((
             Self {
@@ -144,6 +156,46 @@ impl Probe {
             undecodable: 0,
         })
     }
+}
+
+fn attach(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<RawTracePointLinkId> {
+    let raw: &mut RawTracePoint = ebpf
+        .program_mut(program)
+        .with_context(|| format!("the BPF object lacks the program {program}"))?
+        .try_into()?;
+    raw.load()
+        .with_context(|| format!("the kernel refused the BPF program {program}"))?;
+    raw.attach(tracepoint)
+        .with_context(|| format!("cannot attach to the raw tracepoint {tracepoint}"))
+}
+
+/// Proves the BTF offsets on probe's own task: a program reads it at those
+/// offsets during one syscall of probe's, and the ids must match the
+/// kernel's own answer. A wrong layout would silently misattribute every
+/// scheduler event, so it stops probe instead.
+fn check_offsets(ebpf: &mut Ebpf, offsets: TaskOffsets) -> Result<()> {
+    let link = attach(ebpf, "check_offsets", "sys_enter")?;
+    // SAFETY: getppid has no arguments and no side effects; it is the
+    // syscall that the check program observes.
+    unsafe { libc::getppid() };
+    let raw: &mut RawTracePoint = ebpf
+        .program_mut("check_offsets")
+        .context("check_offsets vanished")?
+        .try_into()?;
+    raw.detach(link).context("cannot detach check_offsets")?;
+    let checks: Array<&MapData, OffsetCheck> = Array::try_from(
+        ebpf.map("OFFSET_CHECK")
+            .context("the BPF object lacks OFFSET_CHECK")?,
+    )?;
+    let seen = checks.get(&0, 0).context("cannot read OFFSET_CHECK")?;
+    let expected = (seen.pid_tgid as u32, (seen.pid_tgid >> 32) as u32);
+    if seen.pid_tgid == 0 || (seen.pid, seen.tgid) != expected {
+        bail!(
+            "the kernel's BTF gives task_struct offsets (pid at {}, tgid at {}) that do not read this process's ids (read {:?}, expected {:?}); run with --no-sched",
+            offsets.pid, offsets.tgid, (seen.pid, seen.tgid), expected
+        );
+    }
+    Ok(())
 }
 
 fn take_map<M>(ebpf: &mut Ebpf, name: &str) -> Result<M>

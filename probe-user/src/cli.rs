@@ -32,6 +32,14 @@ pub struct Args {
     #[arg(short = 'e', long = "syscall", value_name = "NAME", value_delimiter = ',', value_parser = parse_syscall)]
     pub syscalls: Vec<Sysno>,
 
+    /// Leave syscalls untraced: the scheduler view only.
+    #[arg(long, conflicts_with_all = ["syscalls", "no_sched"])]
+    pub no_syscalls: bool,
+
+    /// Leave the scheduler untraced: syscalls only, at lower overhead.
+    #[arg(long)]
+    pub no_sched: bool,
+
     /// Threads shown per interval, busiest first.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub top: usize,
@@ -153,5 +161,7 @@ mod tests {
         let args = Args::try_parse_from(["probe", "-p", "1,2", "-e", "read,write"]).unwrap();
         assert_eq!(args.pid, [1, 2]);
         assert_eq!(args.syscalls, [Sysno::read, Sysno::write]);
+        assert!(Args::try_parse_from(["probe", "--no-syscalls", "--no-sched"]).is_err());
+        assert!(Args::try_parse_from(["probe", "--no-syscalls", "-e", "read"]).is_err());
     }
 }

@@ -1,4 +1,4 @@
-//! `probe`: per-thread syscall latency, live, from eBPF.
+//! `probe`: per-thread syscall latency and scheduling, live, from eBPF.
 //!
 //! The flow: [`cli`] checks the options, [`target`] finds or starts what to
 //! trace, [`bpf`] loads and attaches the kernel programs, [`session`] drains
@@ -7,6 +7,7 @@
 
 mod aggregate;
 mod bpf;
+mod btf;
 mod cli;
 mod output;
 mod report;
@@ -85,7 +86,9 @@ fn run(args: Args) -> Result<i32> {
     };
     let config = Config {
         filter_pids: !pids.is_empty() || gated.is_some(),
-        syscalls: args.syscalls.clone(),
+        syscalls: !args.no_syscalls,
+        sched: !args.no_sched,
+        only: args.syscalls.clone(),
     };
     let (mut probe, streams) = Probe::attach(&config, args.verbose > 0)?;
     let target = if let Some(gated) = gated {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use syscalls::{Errno, Sysno};
 
-use crate::aggregate::{SyscallStats, Table, ThreadStats};
+use crate::aggregate::{sched::SchedStats, SyscallStats, Table, ThreadStats};
 
 /// Which report this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -71,6 +71,47 @@ pub struct ThreadReport {
     pub comm: String,
     /// Syscalls, most total time first.
     pub syscalls: Vec<SyscallReport>,
+    /// The scheduler's view, unless `--no-sched`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sched: Option<SchedReport>,
+}
+
+/// What the scheduler did to one thread (README, "Scheduler view").
+#[derive(Debug, Serialize)]
+pub struct SchedReport {
+    /// Time running.
+    pub on_cpu_ns: u64,
+    /// Time asleep (not runnable).
+    pub blocked_ns: u64,
+    /// Time runnable, waiting for a CPU.
+    pub runq_wait_ns: u64,
+    /// Switches where the thread blocked.
+    pub voluntary_switches: u64,
+    /// Switches where it was preempted.
+    pub involuntary_switches: u64,
+    /// Runs that began on another CPU than the previous run.
+    pub migrations: u64,
+    /// Run-queue wait quantiles; `null` without a measured wait.
+    pub runq_p50_ns: Option<u64>,
+    pub runq_p99_ns: Option<u64>,
+    pub runq_max_ns: Option<u64>,
+    /// CPU the thread was last seen on.
+    pub last_cpu: Option<u32>,
+    /// on-CPU time per CPU, keyed by the CPU number as a string.
+    pub cpus: BTreeMap<String, u64>,
+    /// Migrations per CPU pair, most frequent first.
+    pub migration_pairs: Vec<MigrationPair>,
+}
+
+/// Migrations from one CPU to another.
+#[derive(Debug, Serialize)]
+pub struct MigrationPair {
+    /// The CPU of the previous run.
+    pub from: u32,
+    /// The CPU of the next run.
+    pub to: u32,
+    /// How many times.
+    pub count: u64,
 }
 
 /// One syscall of one thread. Latency fields are `null` when no call was
@@ -131,6 +172,7 @@ impl Report {
                     pid: key.pid,
                     comm: thread.comm.clone(),
                     syscalls: syscall_reports(thread),
+                    sched: thread.sched.as_ref().map(sched_report),
                 })
                 .collect(),
         }
@@ -169,6 +211,38 @@ fn syscall_report(nr: u32, stats: &SyscallStats) -> SyscallReport {
         p50_ns: stats.quantile(0.50),
         p90_ns: stats.quantile(0.90),
         p99_ns: stats.quantile(0.99),
+    }
+}
+
+fn sched_report(stats: &SchedStats) -> SchedReport {
+    let runq = (!stats.runq.is_empty()).then_some(&stats.runq);
+    let mut pairs: Vec<_> = stats
+        .pairs
+        .iter()
+        .map(|(&(from, to), &count)| MigrationPair { from, to, count })
+        .collect();
+    pairs.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then((a.from, a.to).cmp(&(b.from, b.to)))
+    });
+    SchedReport {
+        on_cpu_ns: stats.on_cpu_ns,
+        blocked_ns: stats.blocked_ns,
+        runq_wait_ns: stats.runq_wait_ns,
+        voluntary_switches: stats.voluntary,
+        involuntary_switches: stats.involuntary,
+        migrations: stats.migrations,
+        runq_p50_ns: runq.map(|h| h.value_at_quantile(0.50)),
+        runq_p99_ns: runq.map(|h| h.value_at_quantile(0.99)),
+        runq_max_ns: runq.map(|h| h.max()),
+        last_cpu: stats.last_cpu,
+        cpus: stats
+            .cpus
+            .iter()
+            .map(|(cpu, &ns)| (cpu.to_string(), ns))
+            .collect(),
+        migration_pairs: pairs,
     }
 }
 

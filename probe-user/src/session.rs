@@ -5,8 +5,12 @@ use std::{future::pending, io, os::fd::AsRawFd, time::Duration};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
-use nix::{sys::wait::waitpid, unistd::Pid};
-use probe_common::SyscallEvent;
+use nix::{
+    sys::wait::waitpid,
+    time::{clock_gettime, ClockId},
+    unistd::Pid,
+};
+use probe_common::{EventKind, SchedEvent, SyscallEvent};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -15,7 +19,7 @@ use tokio::{
 };
 
 use crate::{
-    aggregate::Table,
+    aggregate::{sched::SchedTracker, Table, ThreadKey},
     bpf::{Probe, Streams},
     output::Sink,
     report::{Kind, Report, Span},
@@ -60,23 +64,60 @@ enum End {
 struct Aggregator {
     interval: Table,
     total: Table,
+    tracker: SchedTracker,
     undecodable: u64,
 }
 
 impl Aggregator {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         while let Some(record) = ring.next() {
-            match SyscallEvent::decode(&record) {
-                Some(event) => self.interval.record(&event),
-                None => self.undecodable += 1,
-            }
+            self.ingest(&record);
         }
+    }
+
+    /// Adds one record, whatever its bytes: a record that is not a known
+    /// event of the right size is counted, never trusted.
+    fn ingest(&mut self, record: &[u8]) {
+        let kind = record
+            .get(..4)
+            .and_then(|tag| tag.try_into().ok())
+            .and_then(|tag| EventKind::from_u32(u32::from_ne_bytes(tag)));
+        let decoded = match kind {
+            Some(EventKind::Syscall) => {
+                SyscallEvent::decode(record).map(|event| self.interval.record(&event))
+            }
+            Some(_) => SchedEvent::decode(record).map(|event| {
+                let key = ThreadKey {
+                    pid: event.pid,
+                    tid: event.tid,
+                };
+                let stats = self.interval.record_sched(key, &event.comm);
+                self.tracker.apply(&event, stats);
+            }),
+            None => None,
+        };
+        if decoded.is_none() {
+            self.undecodable += 1;
+        }
+    }
+
+    /// Charges the threads on a CPU now with their time so far, so that
+    /// the interval about to be reported holds it.
+    fn charge_running(&mut self) {
+        self.tracker
+            .charge_running(monotonic_ns(), &mut self.interval);
     }
 
     /// Closes the current interval, folding it into the total.
     fn close_interval(&mut self) {
         self.total.merge(std::mem::take(&mut self.interval));
     }
+}
+
+/// The clock of `bpf_ktime_get_ns()`.
+fn monotonic_ns() -> u64 {
+    let now = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always there");
+    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
 }
 
 /// Runs the trace to its end and returns probe's exit status.
@@ -147,6 +188,7 @@ pub async fn run(
             }
             now = tick.tick() => {
                 aggregator.drain(events.get_mut());
+                aggregator.charge_running();
                 let span = Span {
                     elapsed_ns: (now - start).as_nanos() as u64,
                     span_ns: (now - last_tick).as_nanos() as u64,
@@ -187,6 +229,7 @@ pub async fn run(
         span_ns: (now - start).as_nanos() as u64,
         lost: losses(&probe, &aggregator)?,
     };
+    aggregator.charge_running();
     aggregator.close_interval();
     let mut summary = Report::new(Kind::Summary, &aggregator.total, span, None);
     let status = match end {

@@ -74,6 +74,16 @@ fn has_version(program: &Path, version: &str) -> bool {
         })
 }
 
+/// The major version in "libLLVM.so.22.1-rust-1.97.0-nightly" or
+/// "libLLVM-22-rust-1.97.0-nightly.so".
+fn llvm_major(library: &str) -> Option<String> {
+    let rest = library
+        .strip_prefix("libLLVM.so.")
+        .or_else(|| library.strip_prefix("libLLVM-"))?;
+    let major: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    (!major.is_empty()).then_some(major)
+}
+
 /// bpf-linker must use the LLVM that rustc emits bitcode for. Nightly ships
 /// that LLVM as one shared library; bpf-linker's build finds it through an
 /// `LLVM_PREFIX` whose `lib/` links to it under the names it looks for.
@@ -88,16 +98,8 @@ fn build_bpf_linker(sysroot: &Path, prefix: &Path) -> Result<()> {
                 || (name.starts_with("libLLVM-") && name.ends_with(".so"))
         })
         .with_context(|| format!("nightly ships no libLLVM in {}", lib_dir.display()))?;
-    // "libLLVM.so.22.1-rust-1.97.0-nightly" or "libLLVM-22-rust-….so": the major version.
-    let major: String = library
-        .trim_start_matches("libLLVM.so.")
-        .trim_start_matches("libLLVM-")
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    if major.is_empty() {
-        bail!("cannot tell the LLVM version of {library}");
-    }
+    let major = llvm_major(&library)
+        .with_context(|| format!("cannot tell the LLVM version of {library}"))?;
     let llvm = prefix.join("llvm");
     let llvm_lib = llvm.join("lib");
     fs::create_dir_all(&llvm_lib)
@@ -124,4 +126,23 @@ fn build_bpf_linker(sysroot: &Path, prefix: &Path) -> Result<()> {
             "--root",
         ])
         .arg(prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::llvm_major;
+
+    #[test]
+    fn llvm_major_versions_from_library_names() {
+        assert_eq!(
+            llvm_major("libLLVM.so.22.1-rust-1.97.0-nightly").as_deref(),
+            Some("22")
+        );
+        assert_eq!(
+            llvm_major("libLLVM-19-rust-1.84.0-nightly.so").as_deref(),
+            Some("19")
+        );
+        assert_eq!(llvm_major("libLLVM.so"), None);
+        assert_eq!(llvm_major("librustc_driver.so"), None);
+    }
 }

@@ -2,7 +2,10 @@
 
 use std::io::{self, Write};
 
-use crate::report::{Kind, Report, SyscallReport};
+use crate::report::{Kind, Report, SchedReport, SyscallReport};
+
+/// Migration pairs shown per thread; JSON has them all.
+const PAIRS_SHOWN: usize = 3;
 
 /// `1234` → `1.23µs`: three significant digits in the largest fitting unit.
 pub fn human_ns(ns: u64) -> String {
@@ -72,17 +75,19 @@ pub fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
     }
     writeln!(out)?;
     for thread in &report.threads {
-        for (i, call) in thread.syscalls.iter().enumerate() {
-            if i == 0 {
-                write!(
-                    out,
-                    "{:>7} {:>7} {:<16}",
-                    thread.pid, thread.tid, thread.comm
-                )?;
-            } else {
-                write!(out, "{:32}", "")?;
-            }
+        // The thread's ids head its first row; later rows are indented.
+        let mut ids = Some(format!(
+            "{:>7} {:>7} {:<16}",
+            thread.pid, thread.tid, thread.comm
+        ));
+        let mut lead = |out: &mut dyn Write| write!(out, "{:32}", ids.take().unwrap_or_default());
+        for call in &thread.syscalls {
+            lead(out)?;
             write_row(out, call, summary)?;
+        }
+        if let Some(sched) = &thread.sched {
+            lead(out)?;
+            write_sched(out, sched)?;
         }
         if summary {
             writeln!(out)?;
@@ -123,6 +128,49 @@ fn write_row(out: &mut dyn Write, call: &SyscallReport, summary: bool) -> io::Re
             .map(|(name, n)| format!("{name}:{n}"))
             .collect();
         write!(out, "  {}", errnos.join(","))?;
+    }
+    writeln!(out)
+}
+
+/// One line: where the thread's time went, and how it moved.
+fn write_sched(out: &mut dyn Write, sched: &SchedReport) -> io::Result<()> {
+    write!(out, " sched: on-cpu {}", human_ns(sched.on_cpu_ns))?;
+    if sched.on_cpu_ns > 0 {
+        let shares: Vec<_> = sched
+            .cpus
+            .iter()
+            .map(|(cpu, &ns)| {
+                format!(
+                    "cpu{cpu} {:.0}%",
+                    100.0 * ns as f64 / sched.on_cpu_ns as f64
+                )
+            })
+            .collect();
+        write!(out, " [{}]", shares.join(" "))?;
+    }
+    write!(
+        out,
+        ", blocked {}, runq {} (p50 {} p99 {} max {}), switches {} vol + {} invol, migrations {}",
+        human_ns(sched.blocked_ns),
+        human_ns(sched.runq_wait_ns),
+        latency(sched.runq_p50_ns),
+        latency(sched.runq_p99_ns),
+        latency(sched.runq_max_ns),
+        sched.voluntary_switches,
+        sched.involuntary_switches,
+        sched.migrations,
+    )?;
+    if !sched.migration_pairs.is_empty() {
+        let pairs: Vec<_> = sched
+            .migration_pairs
+            .iter()
+            .take(PAIRS_SHOWN)
+            .map(|pair| format!("{}→{} ×{}", pair.from, pair.to, pair.count))
+            .collect();
+        write!(out, " [{}]", pairs.join(", "))?;
+    }
+    if let Some(cpu) = sched.last_cpu {
+        write!(out, ", last cpu {cpu}")?;
     }
     writeln!(out)
 }

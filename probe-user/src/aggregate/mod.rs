@@ -1,13 +1,33 @@
-//! Per-thread, per-syscall statistics built from the kernel's records.
+//! Per-thread statistics built from the kernel's records: per syscall here,
+//! and the scheduler's view in [`sched`].
+
+pub mod sched;
 
 use std::collections::{BTreeMap, HashMap};
 
 use hdrhistogram::Histogram;
-use probe_common::{SyscallEvent, SYSCALL_NO_RETURN};
+use probe_common::{SyscallEvent, COMM_LEN, SYSCALL_NO_RETURN};
+
+use self::sched::SchedStats;
 
 /// Two significant digits: quantiles within 1% of the true value, with
 /// histograms small enough to keep one per thread and syscall.
 const HISTOGRAM_SIGFIG: u8 = 2;
+
+/// An empty latency histogram.
+pub(crate) fn new_histogram() -> Histogram<u64> {
+    Histogram::new(HISTOGRAM_SIGFIG).expect("2 significant figures is valid")
+}
+
+/// Records a latency; a zero is recorded as 1 ns, the histogram's floor.
+pub(crate) fn record(histogram: &mut Histogram<u64>, ns: u64) {
+    let value = ns.max(1);
+    // `record` grows the histogram to fit; `saturating_record` would clamp to
+    // the current top instead.
+    if histogram.record(value).is_err() {
+        histogram.saturating_record(value);
+    }
+}
 
 /// The kernel returns `-errno` in this range; anything else is a result.
 const MAX_ERRNO: i64 = 4095;
@@ -50,7 +70,7 @@ impl Default for SyscallStats {
             total_ns: 0,
             min_ns: u64::MAX,
             max_ns: 0,
-            latency: Histogram::new(HISTOGRAM_SIGFIG).expect("2 significant figures is valid"),
+            latency: new_histogram(),
         }
     }
 }
@@ -68,12 +88,7 @@ impl SyscallStats {
         self.total_ns += event.duration_ns;
         self.min_ns = self.min_ns.min(event.duration_ns);
         self.max_ns = self.max_ns.max(event.duration_ns);
-        let value = event.duration_ns.max(1);
-        // `record` grows the histogram to fit; `saturating_record` would clamp
-        // to the current top instead.
-        if self.latency.record(value).is_err() {
-            self.latency.saturating_record(value);
-        }
+        record(&mut self.latency, event.duration_ns);
     }
 
     fn merge(&mut self, other: &Self) {
@@ -115,15 +130,30 @@ impl SyscallStats {
     }
 }
 
-/// One thread's syscalls.
+/// One thread's syscalls and scheduling.
 #[derive(Clone, Debug, Default)]
 pub struct ThreadStats {
-    /// The thread's name as of its latest record.
+    /// The thread's name as of its latest record that carries one.
     pub comm: String,
     /// Records seen for this thread.
     pub events: u64,
     /// Per syscall number.
     pub syscalls: HashMap<u32, SyscallStats>,
+    /// What the scheduler did, once a scheduler event was seen.
+    pub sched: Option<SchedStats>,
+}
+
+impl ThreadStats {
+    /// Keeps the newest name; names change (exec, prctl), and decoding is
+    /// only paid when they do. An empty name (no name in the record) is
+    /// ignored.
+    fn set_comm(&mut self, comm: &[u8; COMM_LEN]) {
+        let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+        let comm = &comm[..end];
+        if !comm.is_empty() && self.comm.as_bytes() != comm {
+            self.comm = String::from_utf8_lossy(comm).into_owned();
+        }
+    }
 }
 
 /// Statistics for a set of threads over some span of time.
@@ -134,21 +164,41 @@ pub struct Table {
 }
 
 impl Table {
-    /// Adds one record.
+    /// Adds one syscall record.
     pub fn record(&mut self, event: &SyscallEvent) {
+        let thread = self.thread(
+            ThreadKey {
+                pid: event.pid,
+                tid: event.tid,
+            },
+            &event.comm,
+        );
+        thread.syscalls.entry(event.nr).or_default().record(event);
+    }
+
+    /// Counts one scheduler record of a thread and returns the thread's
+    /// scheduler statistics, for the tracker to update.
+    pub fn record_sched(&mut self, key: ThreadKey, comm: &[u8; COMM_LEN]) -> &mut SchedStats {
+        self.thread(key, comm)
+            .sched
+            .get_or_insert_with(SchedStats::default)
+    }
+
+    /// A thread's scheduler statistics, without counting a record.
+    pub fn sched_mut(&mut self, key: ThreadKey) -> &mut SchedStats {
+        self.threads
+            .entry(key)
+            .or_default()
+            .sched
+            .get_or_insert_with(SchedStats::default)
+    }
+
+    fn thread(&mut self, key: ThreadKey, comm: &[u8; COMM_LEN]) -> &mut ThreadStats {
         self.events += 1;
-        let key = ThreadKey {
-            pid: event.pid,
-            tid: event.tid,
-        };
         let thread = self.threads.entry(key).or_default();
         thread.events += 1;
-        // Names change (exec, prctl): keep the newest, decoded only when it does.
-        let comm = comm_bytes(&event.comm);
-        if thread.comm.as_bytes() != comm {
-            thread.comm = String::from_utf8_lossy(comm).into_owned();
-        }
-        thread.syscalls.entry(event.nr).or_default().record(event);
+        thread.set_comm(comm);
+        thread
     }
 
     /// Adds `other`'s records, as if they had been recorded here after this
@@ -159,9 +209,16 @@ impl Table {
         for (key, theirs) in other.threads {
             let ours = self.threads.entry(key).or_default();
             ours.events += theirs.events;
-            ours.comm = theirs.comm;
+            if !theirs.comm.is_empty() {
+                ours.comm = theirs.comm;
+            }
             for (nr, stats) in &theirs.syscalls {
                 ours.syscalls.entry(*nr).or_default().merge(stats);
+            }
+            if let Some(sched) = &theirs.sched {
+                ours.sched
+                    .get_or_insert_with(SchedStats::default)
+                    .merge(sched);
             }
         }
     }
@@ -179,15 +236,10 @@ impl Table {
     }
 }
 
-fn comm_bytes(comm: &[u8]) -> &[u8] {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    &comm[..end]
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use probe_common::{EventKind, COMM_LEN};
+    use probe_common::EventKind;
 
     pub(crate) fn event(tid: u32, nr: u32, ret: i64, duration_ns: u64) -> SyscallEvent {
         let mut comm = [0; COMM_LEN];

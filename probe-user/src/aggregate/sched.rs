@@ -1,0 +1,298 @@
+//! What the scheduler did to each thread, from its switch and wakeup events.
+//!
+//! A thread is always in one of three states, and the events move it:
+//!
+//! ```text
+//!            SwitchIn                  SwitchOut (voluntary)
+//!   ready ─────────────▶ on CPU ───────────────────────────▶ blocked
+//!     ▲                    │ SwitchOut (preempted)              │
+//!     └────────────────────┘◀──────────── Wakeup ───────────────┘
+//! ```
+//!
+//! on-CPU time runs from SwitchIn to SwitchOut, blocked time from a
+//! voluntary SwitchOut to the Wakeup, and run-queue wait from becoming ready
+//! (Wakeup, or a preempting SwitchOut) to the next SwitchIn. A migration is a
+//! SwitchIn on another CPU than the thread's previous run.
+
+use std::collections::{BTreeMap, HashMap};
+
+use hdrhistogram::Histogram;
+use probe_common::{EventKind, SchedEvent, SWITCH_VOLUNTARY};
+
+use super::{new_histogram, record, Table, ThreadKey};
+
+/// One thread's scheduling over some span of time.
+#[derive(Clone, Debug)]
+pub struct SchedStats {
+    /// Time running.
+    pub on_cpu_ns: u64,
+    /// Time asleep, not runnable.
+    pub blocked_ns: u64,
+    /// Time runnable but waiting for a CPU.
+    pub runq_wait_ns: u64,
+    /// Switches where the thread blocked.
+    pub voluntary: u64,
+    /// Switches where it was preempted while runnable.
+    pub involuntary: u64,
+    /// SwitchIns on another CPU than the one it last ran on.
+    pub migrations: u64,
+    /// CPU of the latest SwitchIn or SwitchOut.
+    pub last_cpu: Option<u32>,
+    /// on-CPU time per CPU.
+    pub cpus: BTreeMap<u32, u64>,
+    /// Migrations per (from, to) CPU pair.
+    pub pairs: BTreeMap<(u32, u32), u64>,
+    /// Run-queue waits, ready to running.
+    pub runq: Histogram<u64>,
+}
+
+impl Default for SchedStats {
+    fn default() -> Self {
+        Self {
+            on_cpu_ns: 0,
+            blocked_ns: 0,
+            runq_wait_ns: 0,
+            voluntary: 0,
+            involuntary: 0,
+            migrations: 0,
+            last_cpu: None,
+            cpus: BTreeMap::new(),
+            pairs: BTreeMap::new(),
+            runq: new_histogram(),
+        }
+    }
+}
+
+impl SchedStats {
+    fn run(&mut self, cpu: u32, ns: u64) {
+        self.on_cpu_ns += ns;
+        *self.cpus.entry(cpu).or_default() += ns;
+    }
+
+    /// Adds a later span's statistics.
+    pub fn merge(&mut self, other: &Self) {
+        self.on_cpu_ns += other.on_cpu_ns;
+        self.blocked_ns += other.blocked_ns;
+        self.runq_wait_ns += other.runq_wait_ns;
+        self.voluntary += other.voluntary;
+        self.involuntary += other.involuntary;
+        self.migrations += other.migrations;
+        self.last_cpu = other.last_cpu.or(self.last_cpu);
+        for (&cpu, &ns) in &other.cpus {
+            *self.cpus.entry(cpu).or_default() += ns;
+        }
+        for (&pair, &n) in &other.pairs {
+            *self.pairs.entry(pair).or_default() += n;
+        }
+        self.runq
+            .add(&other.runq)
+            .expect("auto-resizing histograms accept any value");
+    }
+}
+
+/// Where a thread is, between events.
+#[derive(Clone, Copy, Debug, Default)]
+struct RunState {
+    /// Running since (ns, CPU).
+    running: Option<(u64, u32)>,
+    /// Off CPU since (ns, voluntarily).
+    off: Option<(u64, bool)>,
+    /// Runnable since.
+    ready: Option<u64>,
+    /// CPU of its previous run.
+    last_cpu: Option<u32>,
+}
+
+/// The state of every thread seen, across intervals: spans that cross an
+/// interval's end are charged to the interval each part falls in.
+#[derive(Debug, Default)]
+pub struct SchedTracker {
+    threads: HashMap<ThreadKey, RunState>,
+}
+
+impl SchedTracker {
+    /// Moves the thread of `event` to its new state, charging what it did
+    /// since its previous event to `stats`.
+    pub fn apply(&mut self, event: &SchedEvent, stats: &mut SchedStats) {
+        let key = ThreadKey {
+            pid: event.pid,
+            tid: event.tid,
+        };
+        let state = self.threads.entry(key).or_default();
+        let ts = event.ts_ns;
+        match EventKind::from_u32(event.kind) {
+            Some(EventKind::SwitchOut) => {
+                // A run that began before probe attached has no known start.
+                if let Some((since, cpu)) = state.running.take() {
+                    stats.run(cpu, ts.saturating_sub(since));
+                }
+                let voluntary = event.flags & SWITCH_VOLUNTARY != 0;
+                if voluntary {
+                    stats.voluntary += 1;
+                } else {
+                    stats.involuntary += 1;
+                }
+                state.off = Some((ts, voluntary));
+                state.ready = (!voluntary).then_some(ts);
+                state.last_cpu = Some(event.cpu);
+                stats.last_cpu = Some(event.cpu);
+            }
+            Some(EventKind::Wakeup | EventKind::WakeupNew) => {
+                // Wakeups of a running or already runnable thread change nothing.
+                if state.running.is_none() && state.ready.is_none() {
+                    let since = state.off.map_or(ts, |(off, _)| off);
+                    state.ready = Some(ts.max(since));
+                }
+            }
+            Some(EventKind::SwitchIn) => {
+                match (state.off.take(), state.ready) {
+                    (Some((off, voluntary)), Some(ready)) => {
+                        if voluntary {
+                            stats.blocked_ns += ready - off;
+                        }
+                        wait(stats, ts.saturating_sub(ready));
+                    }
+                    // The wakeup was not seen: all of it counts as blocked.
+                    (Some((off, _)), None) => stats.blocked_ns += ts.saturating_sub(off),
+                    // A new thread's first run.
+                    (None, Some(ready)) => wait(stats, ts.saturating_sub(ready)),
+                    (None, None) => {}
+                }
+                state.ready = None;
+                if let Some(last) = state.last_cpu.filter(|&last| last != event.cpu) {
+                    stats.migrations += 1;
+                    *stats.pairs.entry((last, event.cpu)).or_default() += 1;
+                }
+                state.last_cpu = Some(event.cpu);
+                stats.last_cpu = Some(event.cpu);
+                state.running = Some((ts, event.cpu));
+            }
+            Some(EventKind::Syscall) | None => {}
+        }
+    }
+
+    /// Charges the running threads' time up to `now` to `table`, so that a
+    /// thread that never leaves its CPU still shows its time every interval.
+    pub fn charge_running(&mut self, now: u64, table: &mut Table) {
+        for (key, state) in &mut self.threads {
+            if let Some((since, cpu)) = state.running.filter(|&(since, _)| since < now) {
+                table.sched_mut(*key).run(cpu, now - since);
+                state.running = Some((now, cpu));
+            }
+        }
+    }
+}
+
+fn wait(stats: &mut SchedStats, ns: u64) {
+    stats.runq_wait_ns += ns;
+    record(&mut stats.runq, ns);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use probe_common::COMM_LEN;
+
+    fn ev(kind: EventKind, cpu: u32, ts_ns: u64, flags: u32) -> SchedEvent {
+        SchedEvent {
+            kind: kind as u32,
+            cpu,
+            pid: 1,
+            tid: 2,
+            flags,
+            _pad: 0,
+            ts_ns,
+            comm: [0; COMM_LEN],
+        }
+    }
+
+    fn replay(events: &[SchedEvent]) -> SchedStats {
+        let mut tracker = SchedTracker::default();
+        let mut stats = SchedStats::default();
+        for event in events {
+            tracker.apply(event, &mut stats);
+        }
+        stats
+    }
+
+    #[test]
+    fn sleep_wake_run_splits_blocked_runq_and_on_cpu() {
+        use EventKind::*;
+        let stats = replay(&[
+            ev(SwitchIn, 0, 100, 0),
+            ev(SwitchOut, 0, 150, SWITCH_VOLUNTARY),
+            ev(Wakeup, 1, 1150, 0),
+            ev(SwitchIn, 0, 1200, 0),
+            ev(SwitchOut, 0, 1300, 0),
+            ev(SwitchIn, 1, 1400, 0),
+        ]);
+        assert_eq!(
+            (stats.on_cpu_ns, stats.blocked_ns, stats.runq_wait_ns),
+            (150, 1000, 150)
+        );
+        assert_eq!((stats.voluntary, stats.involuntary), (1, 1));
+        assert_eq!(stats.migrations, 1);
+        assert_eq!(stats.pairs, BTreeMap::from([((0, 1), 1)]));
+        assert_eq!(stats.cpus, BTreeMap::from([(0, 150)]));
+        assert_eq!(stats.last_cpu, Some(1));
+        assert_eq!((stats.runq.len(), stats.runq.max()), (2, 100));
+    }
+
+    #[test]
+    fn unseen_beginnings_are_not_invented() {
+        use EventKind::*;
+        // Running when probe attached: no on-CPU time, and no migration
+        // for the first run seen.
+        let stats = replay(&[ev(SwitchOut, 0, 50, 0), ev(SwitchIn, 1, 80, 0)]);
+        assert_eq!(
+            (stats.on_cpu_ns, stats.runq_wait_ns, stats.migrations),
+            (0, 30, 1)
+        );
+        let stats = replay(&[ev(SwitchIn, 1, 80, 0)]);
+        assert_eq!(
+            (
+                stats.on_cpu_ns,
+                stats.runq_wait_ns,
+                stats.migrations,
+                stats.runq.len()
+            ),
+            (0, 0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn new_threads_wait_from_wakeup_new_and_late_wakeups_are_ignored() {
+        use EventKind::*;
+        let stats = replay(&[
+            ev(WakeupNew, 0, 10, 0),
+            ev(SwitchIn, 1, 25, 0),
+            ev(Wakeup, 0, 30, 0),
+            ev(SwitchOut, 1, 40, SWITCH_VOLUNTARY),
+            // Reordered across CPUs: the wakeup's stamp is before the switch.
+            ev(Wakeup, 0, 39, 0),
+            ev(SwitchIn, 1, 45, 0),
+        ]);
+        assert_eq!(stats.runq_wait_ns, 15 + 5);
+        assert_eq!(stats.blocked_ns, 0);
+        assert_eq!(stats.on_cpu_ns, 15);
+    }
+
+    #[test]
+    fn running_threads_are_charged_at_interval_ends() {
+        use EventKind::*;
+        let mut tracker = SchedTracker::default();
+        let mut table = Table::default();
+        let key = ThreadKey { pid: 1, tid: 2 };
+        tracker.apply(&ev(SwitchIn, 0, 100, 0), table.sched_mut(key));
+        tracker.charge_running(600, &mut table);
+        let mut first = table.sched_mut(key).clone();
+        let mut second = SchedStats::default();
+        tracker.apply(&ev(SwitchOut, 0, 1000, 0), &mut second);
+        assert_eq!((first.on_cpu_ns, second.on_cpu_ns), (500, 400));
+        first.merge(&second);
+        assert_eq!(
+            (first.on_cpu_ns, first.involuntary, first.cpus[&0]),
+            (900, 1, 900)
+        );
+    }
+}

@@ -1,0 +1,194 @@
+//! The harness of the end-to-end tests: the real `probe` binary loads its
+//! programs into the running kernel and traces `examples/workload.rs`, whose
+//! own report is the ground truth. Needs root (CAP_BPF and CAP_PERFMON).
+#![allow(dead_code)] // Each test file uses its own part of the harness.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const PROBE: &str = env!("CARGO_BIN_EXE_probe");
+
+/// `cargo test` builds the examples next to the test binaries' `deps/`.
+pub fn workload() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/workload");
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// What probe wrote with `--json`: interval lines, then the summary.
+pub struct Trace {
+    pub intervals: Vec<Value>,
+    pub summary: Value,
+}
+
+impl Trace {
+    pub fn read(path: &Path) -> Self {
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut lines: Vec<Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect();
+        let summary = lines.pop().expect("no output");
+        assert_eq!(summary["type"], "summary", "the last line is the summary");
+        assert!(lines.iter().all(|line| line["type"] == "interval"));
+        Self {
+            intervals: lines,
+            summary,
+        }
+    }
+
+    pub fn thread(&self, tid: u64) -> &Value {
+        self.summary["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|thread| thread["tid"] == tid)
+            .unwrap_or_else(|| panic!("thread {tid} missing from {}", self.summary))
+    }
+
+    pub fn syscall(&self, tid: u64, name: &str) -> &Value {
+        self.thread(tid)["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|call| call["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing for thread {tid}: {}", self.thread(tid)))
+    }
+}
+
+/// What one workload thread says it did, and what the kernel counted for it.
+#[derive(Debug)]
+pub struct Thread {
+    pub tid: u64,
+    /// The syscall it made (or "affinity", "spin").
+    pub syscall: String,
+    pub calls: u64,
+    /// Its CPU time, from `CLOCK_THREAD_CPUTIME_ID`.
+    pub cpu_ns: u64,
+    /// Its context switches, from `/proc/thread-self/status`.
+    pub voluntary: u64,
+    pub involuntary: u64,
+}
+
+/// The workload's own account, from the last line it printed.
+pub struct Workload {
+    pub pid: u64,
+    pub threads: Vec<Thread>,
+}
+
+impl Workload {
+    pub fn parse(stdout: &str) -> Self {
+        let line = stdout.lines().last().expect("the workload printed nothing");
+        let report: Value = serde_json::from_str(line).unwrap();
+        let number = |thread: &Value, field: &str| thread[field].as_u64().unwrap();
+        let threads = report["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| Thread {
+                tid: number(t, "tid"),
+                syscall: t["syscall"].as_str().unwrap().to_owned(),
+                calls: number(t, "calls"),
+                cpu_ns: number(t, "cpu_ns"),
+                voluntary: number(t, "voluntary"),
+                involuntary: number(t, "involuntary"),
+            })
+            .collect();
+        Self {
+            pid: report["pid"].as_u64().unwrap(),
+            threads,
+        }
+    }
+
+    /// The threads that did `activity`.
+    pub fn doing<'a>(&'a self, activity: &'a str) -> impl Iterator<Item = &'a Thread> {
+        self.threads.iter().filter(move |t| t.syscall == activity)
+    }
+}
+
+/// Runs probe with `args` on the workload with `workload_args` in COMMAND
+/// mode, and returns probe's JSON trace and the workload's account.
+pub fn trace_command(
+    name: &str,
+    args: &[&str],
+    workload_args: &[&str],
+) -> (Trace, Workload, Output) {
+    let report = report_path(name);
+    let output = Command::new(PROBE)
+        .args(["--json", "-o"])
+        .arg(&report)
+        .args(args)
+        .arg("--")
+        .arg(workload())
+        .args(workload_args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.code().is_some(),
+        "probe was killed; stderr: {stderr}"
+    );
+    let trace = Trace::read(&report);
+    std::fs::remove_file(report).unwrap();
+    let workload = Workload::parse(&String::from_utf8_lossy(&output.stdout));
+    (trace, workload, output)
+}
+
+pub fn report_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("probe-test-{name}-{}.json", std::process::id()))
+}
+
+/// Checks that every workload thread's syscall count is exact.
+pub fn assert_exact(trace: &Trace, workload: &Workload) {
+    for thread in &workload.threads {
+        let call = trace.syscall(thread.tid, &thread.syscall);
+        let (tid, syscall) = (thread.tid, &thread.syscall);
+        assert_eq!(
+            call["count"].as_u64(),
+            Some(thread.calls),
+            "{syscall} of thread {tid}: {call}"
+        );
+    }
+}
+
+/// Reads stderr of a probe until it says it is tracing.
+pub fn wait_until_tracing(probe: &mut Child) -> BufReader<std::process::ChildStderr> {
+    let mut stderr = BufReader::new(probe.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(
+        line.starts_with("probe: tracing"),
+        "probe did not start: {line:?}"
+    );
+    stderr
+}
+
+pub fn wait_with_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} still running after {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
