@@ -64,7 +64,9 @@ pub struct SyscallEvent {
     pub start_ns: u64,
     /// Time from `sys_enter` to `sys_exit`; 0 with [`SYSCALL_NO_RETURN`].
     pub duration_ns: u64,
-    /// The thread's name when the syscall returned, NUL-padded.
+    /// The thread's name when the syscall returned, NUL-padded; zeros
+    /// (reading it costs a third of the record) except for calls that never
+    /// return or may rename the thread: see [`syscall_flags`].
     pub comm: [u8; COMM_LEN],
 }
 
@@ -110,16 +112,30 @@ pub struct OffsetCheck {
     pub tgid: u32,
 }
 
-/// What `sys_enter` keeps per thread until the matching `sys_exit`.
+/// A syscall in flight: what `sys_enter` keeps for `sys_exit`.
+///
+/// It sits in a per-CPU slot while its thread stays on the CPU, which is
+/// nearly always; only when the thread leaves the CPU mid-syscall does
+/// `sched_switch` park it in a hash map keyed by thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InFlight {
-    /// `bpf_ktime_get_ns()` at `sys_enter`.
+    /// `bpf_ktime_get_ns()` at `sys_enter`; 0 when the slot is free.
     pub start_ns: u64,
     /// Syscall number (`sys_exit` only has the return value at hand).
     pub nr: u32,
-    /// Explicit padding, so that the map value has no hole.
-    pub _pad: u32,
+    /// The thread making the call.
+    pub tid: u32,
+}
+
+/// `SYSCALL_FLAGS[nr]` bits: what the kernel programs do with syscall `nr`.
+pub mod syscall_flags {
+    /// Traced when `-e` names syscalls.
+    pub const WANTED: u8 = 1;
+    /// Never returns (`exit`, `exit_group`): recorded at entry.
+    pub const NO_RETURN: u8 = 2;
+    /// May rename the thread (`execve`, `prctl`): its record carries `comm`.
+    pub const RENAMES: u8 = 4;
 }
 
 /// Indexes of the per-CPU `COUNTERS` array.
@@ -128,7 +144,7 @@ pub struct InFlight {
 pub enum Counter {
     /// Events dropped because the ring buffer was full.
     LostEvents = 0,
-    /// Syscalls not timed because the in-flight map was full.
+    /// Syscalls lost because the map of calls parked off-CPU was full.
     InFlightFull = 1,
 }
 
@@ -171,10 +187,10 @@ impl SchedEvent {
     }
 }
 
-/// Default capacity of the in-flight map: threads inside a syscall at once.
-pub const DEFAULT_MAX_THREADS: u32 = 16_384;
+/// Capacity of the map of parked calls: threads blocked in a syscall at once.
+pub const MAX_PARKED_CALLS: u32 = 65_536;
 
-/// Highest syscall number the `-e` filter can name, exclusive.
+/// Syscall numbers `SYSCALL_FLAGS` covers, exclusive.
 pub const MAX_SYSCALL_NR: u32 = 1024;
 
 // The layouts are a contract between two compilers: pin them.

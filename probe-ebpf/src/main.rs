@@ -22,8 +22,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use probe_common::{
-    Counter, EventKind, InFlight, OffsetCheck, SchedEvent, SyscallEvent, COMM_LEN, COUNTER_SLOTS,
-    DEFAULT_MAX_THREADS, MAX_SYSCALL_NR, SWITCH_VOLUNTARY, SYSCALL_NO_RETURN,
+    syscall_flags, Counter, EventKind, InFlight, OffsetCheck, SchedEvent, SyscallEvent, COMM_LEN,
+    COUNTER_SLOTS, MAX_PARKED_CALLS, MAX_SYSCALL_NR, SWITCH_VOLUNTARY, SYSCALL_NO_RETURN,
 };
 
 // Read-only configuration, set by the loader with `override_global` before
@@ -32,41 +32,47 @@ use probe_common::{
 /// probe's own tgid: never traced, or it would observe its own reading.
 #[unsafe(no_mangle)]
 static SELF_PID: u32 = 0;
-/// Non-zero: trace only the tgids in `TRACED`; zero: the whole system.
+/// Non-zero: trace only the tgids set in `TRACED`; zero: the whole system.
 #[unsafe(no_mangle)]
 static FILTER_PIDS: u8 = 0;
-/// Non-zero: trace only the syscalls marked in `SYSCALLS`.
+/// Non-zero: trace only the syscalls flagged `WANTED` in `SYSCALL_FLAGS`.
 #[unsafe(no_mangle)]
 static FILTER_SYSCALLS: u8 = 0;
-/// `exit` and `exit_group` never reach `sys_exit`: they are counted at entry.
+/// Non-zero: `sched_switch` and the wakeups send scheduler events; zero:
+/// `sched_switch` only parks the calls of threads that leave their CPU.
 #[unsafe(no_mangle)]
-static EXIT_NR: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static EXIT_GROUP_NR: u32 = u32::MAX;
+static TRACE_SCHED: u8 = 0;
 /// Wake the reader only once this many bytes wait in `EVENTS`: a wakeup per
 /// record would cost more than the record. The reader also polls on a timer.
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 0;
-
 /// Byte offsets of `task_struct.pid` and `.tgid` in the running kernel.
 #[unsafe(no_mangle)]
 static TASK_PID_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_TGID_OFFSET: u32 = 0;
 
-/// Traced tgids, when `FILTER_PIDS` is set.
+/// Traced tgids as a bitmap (bit `tgid % 64` of word `tgid / 64`), when
+/// `FILTER_PIDS` is set: an array lookup is inlined by the verifier, a hash
+/// lookup would cost a helper call on every syscall of the system. The
+/// loader sizes it to `pid_max`.
 #[map]
-static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+static TRACED: Array<u64> = Array::with_max_entries(1, 0);
 
-/// `SYSCALLS[nr] != 0`: syscall `nr` is traced, when `FILTER_SYSCALLS` is set.
+/// `syscall_flags` per syscall number.
 #[map]
-static SYSCALLS: Array<u8> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
+static SYSCALL_FLAGS: Array<u8> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
 
-/// Per thread: the syscall it is in, from `sys_enter` to `sys_exit`.
+/// The syscall in flight on this CPU, if its thread has not left the CPU.
 #[map]
-static IN_FLIGHT: HashMap<u32, InFlight> = HashMap::with_max_entries(DEFAULT_MAX_THREADS, 0);
+static CALL_ON_CPU: PerCpuArray<InFlight> = PerCpuArray::with_max_entries(1, 0);
 
-/// Completed syscalls, to userspace. The loader sets the size.
+/// Syscalls whose thread left its CPU before they returned, by thread.
+#[map]
+static CALLS_OFF_CPU: HashMap<u32, InFlight> = HashMap::with_max_entries(MAX_PARKED_CALLS, 0);
+
+/// Completed syscalls and scheduler events, to userspace. The loader sets
+/// the size.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
@@ -90,15 +96,10 @@ fn is_traced(pid: u32) -> bool {
     if pid == config(&SELF_PID) {
         return false;
     }
-    config(&FILTER_PIDS) == 0 || TRACED.get_ptr(pid).is_some()
-}
-
-#[inline(always)]
-fn is_wanted(nr: u32) -> bool {
-    if config(&FILTER_SYSCALLS) == 0 {
+    if config(&FILTER_PIDS) == 0 {
         return true;
     }
-    matches!(SYSCALLS.get(nr), Some(&wanted) if wanted != 0)
+    matches!(TRACED.get(pid / 64), Some(&word) if word & (1 << (pid % 64)) != 0)
 }
 
 /// Adds one to a counter and returns the new value on this CPU.
@@ -145,19 +146,32 @@ fn now() -> u64 {
 }
 
 #[inline(always)]
-fn emit(tid_pid: u64, nr: u32, flags: u32, ret: i64, start_ns: u64, duration_ns: u64) {
+fn emit(tid_pid: u64, call: InFlight, flags: u8, ret: i64, duration_ns: u64) {
+    let named = flags & (syscall_flags::NO_RETURN | syscall_flags::RENAMES) != 0;
     send(SyscallEvent {
         kind: EventKind::Syscall as u32,
         cpu: cpu(),
         pid: (tid_pid >> 32) as u32,
         tid: tid_pid as u32,
-        nr,
-        flags,
+        nr: call.nr,
+        flags: if flags & syscall_flags::NO_RETURN != 0 {
+            SYSCALL_NO_RETURN
+        } else {
+            0
+        },
         ret,
-        start_ns,
+        start_ns: call.start_ns,
         duration_ns,
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        comm: match named {
+            true => bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+            false => [0; COMM_LEN],
+        },
     });
+}
+
+#[inline(always)]
+fn flags_of(nr: u32) -> u8 {
+    SYSCALL_FLAGS.get(nr).copied().unwrap_or(0)
 }
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
@@ -174,32 +188,23 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<u32, u32> {
     }
     // TP_PROTO(struct pt_regs *regs, long id)
     let nr = ctx.arg::<i64>(1) as u32;
-    if !is_wanted(nr) {
+    let flags = flags_of(nr);
+    if config(&FILTER_SYSCALLS) != 0 && flags & syscall_flags::WANTED == 0 {
         return Ok(0);
     }
-    let now = now();
-    if nr == config(&EXIT_NR) || nr == config(&EXIT_GROUP_NR) {
-        emit(tid_pid, nr, SYSCALL_NO_RETURN, 0, now, 0);
-        return Ok(0);
-    }
-    let tid = tid_pid as u32;
     let call = InFlight {
-        start_ns: now,
+        start_ns: now(),
         nr,
-        _pad: 0,
+        tid: tid_pid as u32,
     };
-    // Overwriting the thread's own slot in place is much cheaper than a
-    // hash insert; only a thread's first syscall inserts.
-    if let Some(slot) = IN_FLIGHT.get_ptr_mut(tid) {
-        // SAFETY: only this thread touches its slot, and it is not running
-        // anything else right now.
-        unsafe { *slot = call };
-    } else if IN_FLIGHT.insert(tid, call, 0).is_err() && bump(Counter::InFlightFull) == 1 {
-        warn!(
-            ctx,
-            "in-flight map full: syscalls of new threads go untimed"
-        );
+    if flags & syscall_flags::NO_RETURN != 0 {
+        emit(tid_pid, call, flags, 0, 0);
+        return Ok(0);
     }
+    let slot = CALL_ON_CPU.get_ptr_mut(0).ok_or(0u32)?;
+    // SAFETY: this CPU's slot; the slot's previous call, if any, was parked
+    // when its thread left the CPU, or completed.
+    unsafe { *slot = call };
     Ok(0)
 }
 
@@ -212,31 +217,59 @@ pub fn sys_exit(ctx: RawTracePointContext) -> u32 {
 
 fn try_sys_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let tid_pid = bpf_get_current_pid_tgid();
-    // A thread not traced at entry has no slot, and a syscall already in
-    // flight when probe attached has none either: it is not invented.
-    let Some(slot) = IN_FLIGHT.get_ptr_mut(tid_pid as u32) else {
-        return Ok(0);
+    let tid = tid_pid as u32;
+    let slot = CALL_ON_CPU.get_ptr_mut(0).ok_or(0u32)?;
+    // SAFETY: this CPU's slot.
+    let on_cpu = unsafe { *slot };
+    let call = if on_cpu.start_ns != 0 && on_cpu.tid == tid {
+        // SAFETY: as above.
+        unsafe { (*slot).start_ns = 0 };
+        on_cpu
+    } else {
+        // The thread left its CPU during the call, or the call was never
+        // timed: a syscall in flight when probe attached is not invented.
+        if !is_traced((tid_pid >> 32) as u32) {
+            return Ok(0);
+        }
+        // SAFETY: only this thread touches its own entry.
+        let parked = unsafe { CALLS_OFF_CPU.get(tid) }.copied().ok_or(0u32)?;
+        let _ = CALLS_OFF_CPU.remove(tid);
+        parked
     };
-    // SAFETY: only this thread touches its slot.
-    let call = unsafe { *slot };
-    if call.start_ns == 0 {
-        return Ok(0);
-    }
-    // SAFETY: as above.
-    unsafe { (*slot).start_ns = 0 };
-    let now = now();
     // TP_PROTO(struct pt_regs *regs, long ret)
     let ret = ctx.arg::<i64>(1);
-    emit(tid_pid, call.nr, 0, ret, call.start_ns, now - call.start_ns);
+    emit(tid_pid, call, flags_of(call.nr), ret, now() - call.start_ns);
     Ok(0)
 }
 
-/// A thread that exits gives its in-flight slot back, so that the map holds
-/// live threads only.
+/// A thread that exits while a call of its is parked (killed mid-call)
+/// gives the entry back, so that the map holds live threads only.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: RawTracePointContext) -> u32 {
-    let _ = IN_FLIGHT.remove(bpf_get_current_pid_tgid() as u32);
+    let _ = CALLS_OFF_CPU.remove(bpf_get_current_pid_tgid() as u32);
     0
+}
+
+/// Moves the call of a thread that leaves its CPU mid-syscall from the
+/// CPU's slot to `CALLS_OFF_CPU`, where `sys_exit` finds it on any CPU.
+#[inline(always)]
+fn park_call(ctx: &RawTracePointContext, tid: u32) {
+    let Some(slot) = CALL_ON_CPU.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot.
+    let call = unsafe { *slot };
+    if call.start_ns == 0 || call.tid != tid {
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { (*slot).start_ns = 0 };
+    if CALLS_OFF_CPU.insert(tid, call, 0).is_err() && bump(Counter::InFlightFull) == 1 {
+        warn!(
+            ctx,
+            "parked-call map full: calls of blocked threads are lost"
+        );
+    }
 }
 
 /// Reads a task's `(tid, tgid)` at the offsets the loader found in BTF.
@@ -285,9 +318,13 @@ pub fn sched_switch(ctx: RawTracePointContext) -> u32 {
 fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
     // TP_PROTO(bool preempt, struct task_struct *prev,
     //          struct task_struct *next, unsigned int prev_state)
-    let now = now();
     // The tracepoint fires before the switch: prev is still current.
     let prev = bpf_get_current_pid_tgid();
+    park_call(ctx, prev as u32);
+    if config(&TRACE_SCHED) == 0 {
+        return Ok(0);
+    }
+    let now = now();
     let prev_pid = (prev >> 32) as u32;
     // pid 0 is the idle task: not a thread anyone traces.
     if prev_pid != 0 && is_traced(prev_pid) {

@@ -4,11 +4,11 @@ use std::fs;
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint},
     Ebpf, EbpfLoader,
 };
-use probe_common::{Counter, OffsetCheck, MAX_SYSCALL_NR};
+use probe_common::{syscall_flags, Counter, OffsetCheck, MAX_SYSCALL_NR};
 use syscalls::Sysno;
 
 use crate::{
@@ -46,7 +46,7 @@ pub struct Config {
 pub struct Probe {
     // Owns the programs and their links.
     _ebpf: Ebpf,
-    traced: HashMap<MapData, u32, u8>,
+    traced: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -67,10 +67,9 @@ impl Probe {
             aya::util::nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))? as u32;
         let ring_bytes = (RING_BYTES_PER_CPU * cpus).next_power_of_two();
         let self_pid = std::process::id();
-        let exit_nr = Sysno::exit.id() as u32;
-        let exit_group_nr = Sysno::exit_group.id() as u32;
         let filter_pids = u8::from(config.filter_pids);
         let filter_syscalls = u8::from(!config.only.is_empty());
+        let trace_sched = u8::from(config.sched);
         let wakeup_bytes = u64::from(ring_bytes / 8);
         let offsets = match config.sched {
             true => btf::task_offsets()?,
@@ -80,52 +79,48 @@ impl Probe {
             .override_global("SELF_PID", &self_pid, true)
             .override_global("FILTER_PIDS", &filter_pids, true)
             .override_global("FILTER_SYSCALLS", &filter_syscalls, true)
-            .override_global("EXIT_NR", &exit_nr, true)
-            .override_global("EXIT_GROUP_NR", &exit_group_nr, true)
+            .override_global("TRACE_SCHED", &trace_sched, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("TASK_PID_OFFSET", &offsets.pid, true)
             .override_global("TASK_TGID_OFFSET", &offsets.tgid, true)
             .map_max_entries("EVENTS", ring_bytes)
+            .map_max_entries("TRACED", pid_max()?.div_ceil(64))
             .load(OBJECT)
-            .context("cannot load probe's BPF programs (they need Linux 5.8 or later, with BPF ring buffers)")?;
+            .context("cannot load probe's BPF programs (they need Linux 5.18 or later, with BPF ring buffers)")?;
 
-        let logs = if with_logs {
-            Some(
+        let logs = match with_logs {
+            true => Some(
                 aya_log::EbpfLogger::init(&mut ebpf)
                     .context("cannot read the kernel programs' log")?,
-            )
-        } else {
-            None
+            ),
+            false => None,
         };
-        let mut syscalls: Array<MapData, u8> = take_map(&mut ebpf, "SYSCALLS")?;
-        for sysno in &config.only {
-            let nr = sysno.id() as u32;
-            if nr >= MAX_SYSCALL_NR {
-                bail!(
-                    "syscall {} (number {nr}) is beyond what -e can filter",
-                    sysno.name()
-                );
-            }
-            syscalls
-                .set(nr, 1, 0)
-                .context("cannot set the syscall filter")?;
-        }
+        set_syscall_flags(&mut ebpf, &config.only)?;
         let traced = take_map(&mut ebpf, "TRACED")?;
         let counters = take_map(&mut ebpf, "COUNTERS")?;
         let events = take_map(&mut ebpf, "EVENTS")?;
 
         if config.sched {
             check_offsets(&mut ebpf, offsets)?;
-            // Wakeups first, so that no switch-in lacks the wakeup before it.
-            for program in ["sched_wakeup", "sched_wakeup_new", "sched_switch"] {
+            for program in ["sched_wakeup", "sched_wakeup_new"] {
                 attach(&mut ebpf, program, program)?;
             }
         }
-        if config.syscalls {
-            // Exits before entries, so that no entry is left unmatched.
-            for program in ["sched_process_exit", "sys_exit", "sys_enter"] {
-                attach(&mut ebpf, program, program)?;
-            }
+        // sched_switch also parks the calls of threads that leave their CPU
+        // mid-syscall, so it goes before sys_enter, and sys_exit before
+        // both: no call is then recorded that nothing would complete.
+        let programs: &[&str] = match (config.syscalls, config.sched) {
+            (true, _) => &[
+                "sched_process_exit",
+                "sys_exit",
+                "sched_switch",
+                "sys_enter",
+            ],
+            (false, true) => &["sched_switch"],
+            (false, false) => &[],
+        };
+        for program in programs {
+            attach(&mut ebpf, program, program)?;
         }
         Ok((
             Self {
@@ -139,9 +134,12 @@ impl Probe {
 
     /// Adds a process (all its threads, present and future) to the trace.
     pub fn trace_pid(&mut self, pid: u32) -> Result<()> {
-        self.traced
-            .insert(pid, 1, 0)
-            .with_context(|| format!("cannot add pid {pid} to the trace"))
+        let (word, bit) = (pid / 64, pid % 64);
+        let add = |traced: &mut Array<MapData, u64>| -> Result<(), aya::maps::MapError> {
+            let bits = traced.get(&word, 0)?;
+            traced.set(word, bits | (1 << bit), 0)
+        };
+        add(&mut self.traced).with_context(|| format!("cannot add pid {pid} to the trace"))
     }
 
     /// Events lost in the kernel so far.
@@ -156,6 +154,53 @@ impl Probe {
             undecodable: 0,
         })
     }
+}
+
+/// The kernel's largest PID plus one, which sizes the traced-PID bitmap.
+fn pid_max() -> Result<u32> {
+    let text = fs::read_to_string("/proc/sys/kernel/pid_max")
+        .context("cannot read /proc/sys/kernel/pid_max")?;
+    text.trim()
+        .parse()
+        .context("cannot parse /proc/sys/kernel/pid_max")
+}
+
+/// Marks which syscalls never return, may rename the thread, and (with
+/// `-e`) are wanted.
+fn set_syscall_flags(ebpf: &mut Ebpf, only: &[Sysno]) -> Result<()> {
+    // Borrowed, not taken: a taken map is closed when dropped, and the
+    // programs, still to be loaded, need it open.
+    let map = ebpf
+        .map_mut("SYSCALL_FLAGS")
+        .context("the BPF object lacks the map SYSCALL_FLAGS")?;
+    let mut table: Array<&mut MapData, u8> = Array::try_from(map)?;
+    let mut flags = vec![0u8; MAX_SYSCALL_NR as usize];
+    let mut mark = |sysno: Sysno, flag: u8| -> Result<()> {
+        let slot = flags.get_mut(sysno.id() as usize).with_context(|| {
+            format!(
+                "syscall {} (number {}) is beyond what probe can flag",
+                sysno.name(),
+                sysno.id()
+            )
+        })?;
+        *slot |= flag;
+        Ok(())
+    };
+    for sysno in [Sysno::exit, Sysno::exit_group] {
+        mark(sysno, syscall_flags::NO_RETURN)?;
+    }
+    for sysno in [Sysno::execve, Sysno::execveat, Sysno::prctl] {
+        mark(sysno, syscall_flags::RENAMES)?;
+    }
+    for &sysno in only {
+        mark(sysno, syscall_flags::WANTED)?;
+    }
+    for (nr, &flag) in flags.iter().enumerate().filter(|(_, &flag)| flag != 0) {
+        table
+            .set(nr as u32, flag, 0)
+            .context("cannot set the syscall flags")?;
+    }
+    Ok(())
 }
 
 fn attach(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<RawTracePointLinkId> {

@@ -65,7 +65,12 @@ fn main() -> ExitCode {
             let status = err
                 .downcast_ref::<SpawnError>()
                 .map_or(1, |spawn| spawn.exit_code);
-            eprintln!("probe: {err:#}");
+            // One line, even when the kernel's verifier log has several.
+            let text = format!("{err:#}")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            eprintln!("probe: {text}");
             ExitCode::from(status as u8)
         }
     }
