@@ -408,6 +408,14 @@ pub fn check_offsets(_ctx: RawTracePointContext) -> u32 {
     0
 }
 
+/// The benchmarks' floor (`probe --bench-floor`): attached to the same
+/// tracepoints as the real programs, it returns at once, so that it costs
+/// what any program there costs.
+#[raw_tracepoint]
+pub fn floor(_ctx: RawTracePointContext) -> u32 {
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -32,7 +32,8 @@ struct Done {
 /// A worker thread's account: what it did, and the kernel's own counts for
 /// it, read by the main thread while the worker waits, so that the reading
 /// adds no syscall to the worker's record.
-fn account(done: Done, worker: libc::pthread_t) -> String {
+/// `elapsed` is the wall time of the activity itself, for benchmarks.
+fn account(done: Done, elapsed: Duration, worker: libc::pthread_t) -> String {
     let status =
         std::fs::read_to_string(format!("/proc/self/task/{}/status", done.tid)).unwrap_or_default();
     let field = |name: &str| -> u64 {
@@ -43,10 +44,11 @@ fn account(done: Done, worker: libc::pthread_t) -> String {
             .unwrap_or(0)
     };
     format!(
-        "{{\"tid\":{},\"syscall\":\"{}\",\"calls\":{},\"cpu_ns\":{},\"voluntary\":{},\"involuntary\":{}}}",
+        "{{\"tid\":{},\"syscall\":\"{}\",\"calls\":{},\"elapsed_ns\":{},\"cpu_ns\":{},\"voluntary\":{},\"involuntary\":{}}}",
         done.tid,
         done.activity,
         done.calls,
+        elapsed.as_nanos(),
         thread_cpu_ns(worker),
         field("voluntary_ctxt_switches:"),
         field("nonvoluntary_ctxt_switches:"),
@@ -258,7 +260,9 @@ fn main() {
             thread::spawn(move || {
                 // SAFETY: pthread_self cannot fail.
                 let me = unsafe { libc::pthread_self() };
-                accounts.send((job(), me, release)).unwrap();
+                let start = Instant::now();
+                let done = job();
+                accounts.send((done, start.elapsed(), me, release)).unwrap();
                 let _ = released.recv();
             })
         })
@@ -267,8 +271,13 @@ fn main() {
     let done: Vec<String> = done
         .iter()
         .map(
-            |(job, worker, release): (Done, libc::pthread_t, mpsc::Sender<()>)| {
-                let line = account(job, worker);
+            |(job, elapsed, worker, release): (
+                Done,
+                Duration,
+                libc::pthread_t,
+                mpsc::Sender<()>,
+            )| {
+                let line = account(job, elapsed, worker);
                 drop(release);
                 line
             },

@@ -39,6 +39,9 @@ pub struct Config {
     pub sched: bool,
     /// Trace only these syscalls; all when empty.
     pub only: Vec<Sysno>,
+    /// Benchmarks only: attach a program that does nothing where the real
+    /// ones would go, to measure what attaching alone costs.
+    pub floor: bool,
 }
 
 /// The loaded, attached programs and the maps userspace configures and
@@ -100,6 +103,34 @@ impl Probe {
         let counters = take_map(&mut ebpf, "COUNTERS")?;
         let events = take_map(&mut ebpf, "EVENTS")?;
 
+        if config.floor {
+            let floor: &mut RawTracePoint = ebpf
+                .program_mut("floor")
+                .context("the BPF object lacks the program floor")?
+                .try_into()?;
+            floor
+                .load()
+                .context("the kernel refused the BPF program floor")?;
+            for tracepoint in [
+                "sys_enter",
+                "sys_exit",
+                "sched_switch",
+                "sched_wakeup",
+                "sched_wakeup_new",
+            ] {
+                floor
+                    .attach(tracepoint)
+                    .with_context(|| format!("cannot attach to the raw tracepoint {tracepoint}"))?;
+            }
+            return Ok((
+                Self {
+                    _ebpf: ebpf,
+                    traced,
+                    counters,
+                },
+                Streams { events, logs },
+            ));
+        }
         if config.sched {
             check_offsets(&mut ebpf, offsets)?;
             for program in ["sched_wakeup", "sched_wakeup_new"] {

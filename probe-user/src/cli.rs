@@ -40,6 +40,10 @@ pub struct Args {
     #[arg(long)]
     pub no_sched: bool,
 
+    /// Benchmarks only: attach do-nothing programs instead (the floor).
+    #[arg(long, hide = true)]
+    pub bench_floor: bool,
+
     /// Threads shown per interval, busiest first.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub top: usize,

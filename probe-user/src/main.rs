@@ -94,6 +94,7 @@ fn run(args: Args) -> Result<i32> {
         syscalls: !args.no_syscalls,
         sched: !args.no_sched,
         only: args.syscalls.clone(),
+        floor: args.bench_floor,
     };
     let (mut probe, streams) = Probe::attach(&config, args.verbose > 0)?;
     let target = if let Some(gated) = gated {
