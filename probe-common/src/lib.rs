@@ -75,6 +75,13 @@ pub struct SyscallEvent {
 /// preempted while runnable (`nivcsw`).
 pub const SWITCH_VOLUNTARY: u32 = 1;
 
+/// `SchedEvent::flags` of a [`EventKind::SwitchOut`]: the thread's last
+/// switch, it has exited.
+pub const SWITCH_EXITED: u32 = 2;
+
+/// The kernel's largest errno; `-4095..=-1` returns are errors.
+pub const MAX_ERRNO: i64 = 4095;
+
 /// One scheduler event of a traced thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,10 +153,32 @@ pub enum Counter {
     LostEvents = 0,
     /// Syscalls lost because the map of calls parked off-CPU was full.
     InFlightFull = 1,
+    /// Syscall records dropped that `LOST_CALLS` could not count either
+    /// (it was full): only then are counts no longer exact.
+    LostUncounted = 2,
 }
 
 /// Number of slots in `COUNTERS`.
-pub const COUNTER_SLOTS: u32 = 2;
+pub const COUNTER_SLOTS: u32 = 3;
+
+/// Key of `LOST_CALLS`: the syscalls whose records the ring buffer had no
+/// room for are counted by thread, syscall and errno, so that userspace
+/// still gets every count exact; only their latencies are missing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LostCall {
+    /// Process id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Syscall number.
+    pub nr: u32,
+    /// The errno it failed with; 0 when it succeeded.
+    pub errno: u32,
+}
+
+/// Capacity of `LOST_CALLS`: (thread, syscall, errno) combinations.
+pub const MAX_LOST_KEYS: u32 = 1 << 20;
 
 impl SyscallEvent {
     /// Decodes one ring-buffer record; `None` unless it is exactly a
@@ -176,12 +205,9 @@ impl SchedEvent {
         // `SchedEvent` (integers and a byte array only).
         let event: Self = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) };
         match EventKind::from_u32(event.kind) {
-            Some(
-                EventKind::SwitchOut
-                | EventKind::SwitchIn
-                | EventKind::Wakeup
-                | EventKind::WakeupNew,
-            ) => Some(event),
+            Some(EventKind::SwitchOut | EventKind::SwitchIn | EventKind::Wakeup | EventKind::WakeupNew) => {
+                Some(event)
+            }
             _ => None,
         }
     }
@@ -200,6 +226,7 @@ const _: () = assert!(core::mem::size_of::<InFlight>() == 16);
 const _: () = assert!(core::mem::size_of::<SchedEvent>() == 48);
 const _: () = assert!(core::mem::align_of::<SchedEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<OffsetCheck>() == 16);
+const _: () = assert!(core::mem::size_of::<LostCall>() == 16);
 
 #[cfg(test)]
 mod tests {
@@ -207,9 +234,7 @@ mod tests {
 
     fn bytes<T>(value: &T) -> &[u8] {
         // SAFETY: reading the bytes of a padding-free `#[repr(C)]` value.
-        unsafe {
-            core::slice::from_raw_parts((value as *const T).cast(), core::mem::size_of::<T>())
-        }
+        unsafe { core::slice::from_raw_parts((value as *const T).cast(), core::mem::size_of::<T>()) }
     }
 
     #[test]
@@ -252,4 +277,8 @@ mod tests {
 mod pod {
     // SAFETY: `#[repr(C)]` integers without padding (sizes asserted above).
     unsafe impl aya::Pod for super::OffsetCheck {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LostCall {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::InFlight {}
 }

@@ -11,10 +11,10 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id,
+        bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -22,9 +22,13 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use probe_common::{
-    syscall_flags, Counter, EventKind, InFlight, OffsetCheck, SchedEvent, SyscallEvent, COMM_LEN,
-    COUNTER_SLOTS, MAX_PARKED_CALLS, MAX_SYSCALL_NR, SWITCH_VOLUNTARY, SYSCALL_NO_RETURN,
+    syscall_flags, Counter, EventKind, InFlight, LostCall, OffsetCheck, SchedEvent, SyscallEvent, COMM_LEN,
+    COUNTER_SLOTS, MAX_ERRNO, MAX_LOST_KEYS, MAX_PARKED_CALLS, MAX_SYSCALL_NR, SWITCH_EXITED,
+    SWITCH_VOLUNTARY, SYSCALL_NO_RETURN,
 };
+
+/// `TASK_DEAD` in a task's state (include/linux/sched.h): its last switch.
+const TASK_DEAD: u32 = 0x80;
 
 // Read-only configuration, set by the loader with `override_global` before
 // the programs are verified, so that branches on them are cheap or pruned.
@@ -38,6 +42,9 @@ static FILTER_PIDS: u8 = 0;
 /// Non-zero: trace only the syscalls flagged `WANTED` in `SYSCALL_FLAGS`.
 #[unsafe(no_mangle)]
 static FILTER_SYSCALLS: u8 = 0;
+/// Non-zero: processes that traced processes fork are traced too.
+#[unsafe(no_mangle)]
+static FOLLOW_FORKS: u8 = 0;
 /// Non-zero: `sched_switch` and the wakeups send scheduler events; zero:
 /// `sched_switch` only parks the calls of threads that leave their CPU.
 #[unsafe(no_mangle)]
@@ -52,12 +59,13 @@ static TASK_PID_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_TGID_OFFSET: u32 = 0;
 
-/// Traced tgids as a bitmap (bit `tgid % 64` of word `tgid / 64`), when
-/// `FILTER_PIDS` is set: an array lookup is inlined by the verifier, a hash
-/// lookup would cost a helper call on every syscall of the system. The
-/// loader sizes it to `pid_max`.
+/// `TRACED[tgid] != 0`: the process is traced, when `FILTER_PIDS` is set.
+/// An array lookup is inlined by the verifier, where a hash lookup would
+/// cost a helper call on every syscall of the system; a byte per PID lets
+/// programs on several CPUs add forked children without atomics. The loader
+/// sizes it to `pid_max`.
 #[map]
-static TRACED: Array<u64> = Array::with_max_entries(1, 0);
+static TRACED: Array<u8> = Array::with_max_entries(1, 0);
 
 /// `syscall_flags` per syscall number.
 #[map]
@@ -70,6 +78,21 @@ static CALL_ON_CPU: PerCpuArray<InFlight> = PerCpuArray::with_max_entries(1, 0);
 /// Syscalls whose thread left its CPU before they returned, by thread.
 #[map]
 static CALLS_OFF_CPU: HashMap<u32, InFlight> = HashMap::with_max_entries(MAX_PARKED_CALLS, 0);
+
+/// Syscalls whose records did not fit in `EVENTS`, counted per
+/// (thread, syscall, errno). Two maps take turns: the programs count into
+/// the one `LOST_CALLS_ACTIVE` names, while userspace empties the other,
+/// which no program has touched since the previous turn; so nothing is
+/// counted into an entry that is being read and removed. Allocated as they
+/// fill: only written while records are lost, and then they may need many
+/// entries.
+#[map]
+static LOST_CALLS_0: HashMap<LostCall, u64> = HashMap::with_max_entries(MAX_LOST_KEYS, BPF_F_NO_PREALLOC);
+#[map]
+static LOST_CALLS_1: HashMap<LostCall, u64> = HashMap::with_max_entries(MAX_LOST_KEYS, BPF_F_NO_PREALLOC);
+/// Which of `LOST_CALLS_0` and `LOST_CALLS_1` the programs count into.
+#[map]
+static LOST_CALLS_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Completed syscalls and scheduler events, to userspace. The loader sets
 /// the size.
@@ -99,7 +122,7 @@ fn is_traced(pid: u32) -> bool {
     if config(&FILTER_PIDS) == 0 {
         return true;
     }
-    matches!(TRACED.get(pid / 64), Some(&word) if word & (1 << (pid % 64)) != 0)
+    matches!(TRACED.get(pid), Some(&traced) if traced != 0)
 }
 
 /// Adds one to a counter and returns the new value on this CPU.
@@ -117,12 +140,12 @@ fn bump(counter: Counter) -> u64 {
     }
 }
 
-/// Sends one record to userspace, or counts it lost.
+/// Sends one record to userspace, or counts it lost and returns false.
 #[inline(always)]
-fn send<T: 'static>(record: T) {
+fn send<T: 'static>(record: T) -> bool {
     let Some(mut entry) = EVENTS.reserve::<T>(0) else {
         bump(Counter::LostEvents);
-        return;
+        return false;
     };
     entry.write(record);
     let wake = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= config(&WAKEUP_BYTES) {
@@ -131,6 +154,7 @@ fn send<T: 'static>(record: T) {
         BPF_RB_NO_WAKEUP
     };
     entry.submit(wake as u64);
+    true
 }
 
 #[inline(always)]
@@ -148,17 +172,13 @@ fn now() -> u64 {
 #[inline(always)]
 fn emit(tid_pid: u64, call: InFlight, flags: u8, ret: i64, duration_ns: u64) {
     let named = flags & (syscall_flags::NO_RETURN | syscall_flags::RENAMES) != 0;
-    send(SyscallEvent {
+    let sent = send(SyscallEvent {
         kind: EventKind::Syscall as u32,
         cpu: cpu(),
         pid: (tid_pid >> 32) as u32,
         tid: tid_pid as u32,
         nr: call.nr,
-        flags: if flags & syscall_flags::NO_RETURN != 0 {
-            SYSCALL_NO_RETURN
-        } else {
-            0
-        },
+        flags: if flags & syscall_flags::NO_RETURN != 0 { SYSCALL_NO_RETURN } else { 0 },
         ret,
         start_ns: call.start_ns,
         duration_ns,
@@ -167,6 +187,28 @@ fn emit(tid_pid: u64, call: InFlight, flags: u8, ret: i64, duration_ns: u64) {
             false => [0; COMM_LEN],
         },
     });
+    if !sent {
+        count_lost(tid_pid, call.nr, ret);
+    }
+}
+
+/// Counts a syscall whose record was dropped, so that its count and errno
+/// stay exact. Only the thread itself counts its calls, and it runs on one
+/// CPU at a time: the increment needs no atomics.
+#[inline(never)]
+fn count_lost(tid_pid: u64, nr: u32, ret: i64) {
+    let errno = if (-MAX_ERRNO..0).contains(&ret) { -ret as u32 } else { 0 };
+    let key = LostCall { pid: (tid_pid >> 32) as u32, tid: tid_pid as u32, nr, errno };
+    let lost = match LOST_CALLS_ACTIVE.get(0) {
+        Some(&1) => &LOST_CALLS_1,
+        _ => &LOST_CALLS_0,
+    };
+    if let Some(count) = lost.get_ptr_mut(key) {
+        // SAFETY: see above.
+        unsafe { *count += 1 };
+    } else if lost.insert(key, 1, 0).is_err() {
+        bump(Counter::LostUncounted);
+    }
 }
 
 #[inline(always)]
@@ -192,11 +234,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<u32, u32> {
     if config(&FILTER_SYSCALLS) != 0 && flags & syscall_flags::WANTED == 0 {
         return Ok(0);
     }
-    let call = InFlight {
-        start_ns: now(),
-        nr,
-        tid: tid_pid as u32,
-    };
+    let call = InFlight { start_ns: now(), nr, tid: tid_pid as u32 };
     if flags & syscall_flags::NO_RETURN != 0 {
         emit(tid_pid, call, flags, 0, 0);
         return Ok(0);
@@ -243,11 +281,38 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
 }
 
 /// A thread that exits while a call of its is parked (killed mid-call)
-/// gives the entry back, so that the map holds live threads only.
+/// gives the entry back, so that the map holds live threads only; a process
+/// that is gone leaves `TRACED`, so that a later process given its PID is
+/// not traced by mistake.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
-pub fn sched_process_exit(_ctx: RawTracePointContext) -> u32 {
-    let _ = CALLS_OFF_CPU.remove(bpf_get_current_pid_tgid() as u32);
+pub fn sched_process_exit(ctx: RawTracePointContext) -> u32 {
+    let tid_pid = bpf_get_current_pid_tgid();
+    let _ = CALLS_OFF_CPU.remove(tid_pid as u32);
+    // TP_PROTO(struct task_struct *p, bool group_dead)
+    if config(&FILTER_PIDS) != 0 && ctx.arg::<u64>(1) & 1 != 0 {
+        let _ = TRACED.set((tid_pid >> 32) as u32, 0u8, 0);
+    }
     0
+}
+
+/// A traced process's new child process is traced from its first
+/// instruction (threads are traced anyway: they share the tgid).
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> u32 {
+    match try_sched_process_fork(&ctx) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+fn try_sched_process_fork(ctx: &RawTracePointContext) -> Result<u32, u32> {
+    // TP_PROTO(struct task_struct *parent, struct task_struct *child),
+    // as the parent.
+    if !is_traced((bpf_get_current_pid_tgid() >> 32) as u32) {
+        return Ok(0);
+    }
+    let (_, child_pid) = task_ids(ctx.arg::<*const u8>(1))?;
+    TRACED.set(child_pid, 1u8, 0).map_err(|_| 0u32)?;
+    Ok(0)
 }
 
 /// Moves the call of a thread that leaves its CPU mid-syscall from the
@@ -265,10 +330,7 @@ fn park_call(ctx: &RawTracePointContext, tid: u32) {
     // SAFETY: as above.
     unsafe { (*slot).start_ns = 0 };
     if CALLS_OFF_CPU.insert(tid, call, 0).is_err() && bump(Counter::InFlightFull) == 1 {
-        warn!(
-            ctx,
-            "parked-call map full: calls of blocked threads are lost"
-        );
+        warn!(ctx, "parked-call map full: calls of blocked threads are lost");
     }
 }
 
@@ -280,9 +342,8 @@ fn task_ids(task: *const u8) -> Result<(u32, u32), u32> {
     unsafe {
         let tid = bpf_probe_read_kernel(task.add(config(&TASK_PID_OFFSET) as usize).cast::<u32>())
             .map_err(|_| 0u32)?;
-        let tgid =
-            bpf_probe_read_kernel(task.add(config(&TASK_TGID_OFFSET) as usize).cast::<u32>())
-                .map_err(|_| 0u32)?;
+        let tgid = bpf_probe_read_kernel(task.add(config(&TASK_TGID_OFFSET) as usize).cast::<u32>())
+            .map_err(|_| 0u32)?;
         Ok((tid, tgid))
     }
 }
@@ -296,16 +357,7 @@ fn sched_event(
     ts_ns: u64,
     comm: [u8; COMM_LEN],
 ) -> SchedEvent {
-    SchedEvent {
-        kind: kind as u32,
-        cpu: cpu(),
-        pid,
-        tid,
-        flags,
-        _pad: 0,
-        ts_ns,
-        comm,
-    }
+    SchedEvent { kind: kind as u32, cpu: cpu(), pid, tid, flags, _pad: 0, ts_ns, comm }
 }
 
 #[raw_tracepoint(tracepoint = "sched_switch")]
@@ -331,31 +383,16 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
         let preempt = ctx.arg::<u64>(0) & 1 != 0;
         let prev_state = ctx.arg::<u64>(3) as u32;
         // The kernel's own rule for nvcsw: it blocked, not preempted.
-        let flags = if !preempt && prev_state != 0 {
-            SWITCH_VOLUNTARY
-        } else {
-            0
-        };
+        let mut flags = if !preempt && prev_state != 0 { SWITCH_VOLUNTARY } else { 0 };
+        if prev_state & TASK_DEAD != 0 {
+            flags |= SWITCH_EXITED;
+        }
         let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-        send(sched_event(
-            EventKind::SwitchOut,
-            prev as u32,
-            prev_pid,
-            flags,
-            now,
-            comm,
-        ));
+        send(sched_event(EventKind::SwitchOut, prev as u32, prev_pid, flags, now, comm));
     }
     let (tid, pid) = task_ids(ctx.arg::<*const u8>(2))?;
     if pid != 0 && is_traced(pid) {
-        send(sched_event(
-            EventKind::SwitchIn,
-            tid,
-            pid,
-            0,
-            now,
-            [0; COMM_LEN],
-        ));
+        send(sched_event(EventKind::SwitchIn, tid, pid, 0, now, [0; COMM_LEN]));
     }
     Ok(0)
 }
@@ -397,13 +434,7 @@ pub fn check_offsets(_ctx: RawTracePointContext) -> u32 {
     let task = unsafe { bpf_get_current_task() } as *const u8;
     if let (Ok((pid, tgid)), Some(slot)) = (task_ids(task), OFFSET_CHECK.get_ptr_mut(0)) {
         // SAFETY: a map slot only this program writes.
-        unsafe {
-            *slot = OffsetCheck {
-                pid_tgid,
-                pid,
-                tgid,
-            }
-        };
+        unsafe { *slot = OffsetCheck { pid_tgid, pid, tgid } };
     }
     0
 }

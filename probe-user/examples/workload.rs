@@ -7,7 +7,8 @@
 //!
 //! ```text
 //! workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--enoent N]
-//!          [--affinity MOVES] [--spin MS,MS,...] [--exit CODE]
+//!          [--affinity MOVES] [--spin MS,MS,...] [--fork N] [--churn SECONDS]
+//!          [--exit CODE]
 //! ```
 //!
 //! Per thread it reports its tid, its activity, how many calls or moves it
@@ -34,8 +35,7 @@ struct Done {
 /// adds no syscall to the worker's record.
 /// `elapsed` is the wall time of the activity itself, for benchmarks.
 fn account(done: Done, elapsed: Duration, worker: libc::pthread_t) -> String {
-    let status =
-        std::fs::read_to_string(format!("/proc/self/task/{}/status", done.tid)).unwrap_or_default();
+    let status = std::fs::read_to_string(format!("/proc/self/task/{}/status", done.tid)).unwrap_or_default();
     let field = |name: &str| -> u64 {
         status
             .lines()
@@ -63,10 +63,7 @@ fn gettid() -> i64 {
 /// CPU time of a live thread, as `CLOCK_THREAD_CPUTIME_ID` counts it.
 fn thread_cpu_ns(thread: libc::pthread_t) -> u64 {
     let mut clock = 0;
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `thread` is alive (it waits for the main thread), and both
     // out-pointers are valid.
     unsafe {
@@ -96,11 +93,7 @@ fn hop(moves: u64) -> Done {
     for i in 0..moves {
         pin(1 - (i % 2) as usize);
     }
-    Done {
-        tid: gettid(),
-        activity: "affinity",
-        calls: moves,
-    }
+    Done { tid: gettid(), activity: "affinity", calls: moves }
 }
 
 fn spin(run: Duration) -> Done {
@@ -109,11 +102,7 @@ fn spin(run: Duration) -> Done {
     while start.elapsed() < run {
         turns = std::hint::black_box(turns + 1);
     }
-    Done {
-        tid: gettid(),
-        activity: "spin",
-        calls: 0,
-    }
+    Done { tid: gettid(), activity: "spin", calls: 0 }
 }
 
 fn getppid_storm(calls: u64) -> Done {
@@ -121,11 +110,7 @@ fn getppid_storm(calls: u64) -> Done {
         // SAFETY: getppid takes no arguments and cannot fail.
         unsafe { libc::syscall(libc::SYS_getppid) };
     }
-    Done {
-        tid: gettid(),
-        activity: "getppid",
-        calls,
-    }
+    Done { tid: gettid(), activity: "getppid", calls }
 }
 
 fn sleeps(calls: u64, each: Duration) -> Done {
@@ -146,36 +131,58 @@ fn sleeps(calls: u64, each: Duration) -> Done {
         };
         assert_eq!(ret, 0, "clock_nanosleep failed");
     }
-    Done {
-        tid: gettid(),
-        activity: "clock_nanosleep",
-        calls,
+    Done { tid: gettid(), activity: "clock_nanosleep", calls }
+}
+
+/// Forks a child process that makes `calls` getppid calls and exits; the
+/// record is the child's (its pid is its tid).
+fn forked_storm(calls: u64) -> Done {
+    // SAFETY: the child only makes raw syscalls and _exits, which is safe
+    // after fork in a multi-threaded process.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork failed");
+    if child == 0 {
+        for _ in 0..calls {
+            // SAFETY: as in getppid_storm.
+            unsafe { libc::syscall(libc::SYS_getppid) };
+        }
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(0) };
     }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    Done { tid: i64::from(child), activity: "getppid", calls }
+}
+
+/// For `seconds`, starts short-lived threads and processes without pause:
+/// each makes a few syscalls and exits. The count is the threads started.
+fn churn(seconds: u64) -> Done {
+    let start = Instant::now();
+    let mut started = 0;
+    while start.elapsed() < Duration::from_secs(seconds) {
+        thread::spawn(|| {
+            // SAFETY: as in getppid_storm.
+            unsafe { libc::syscall(libc::SYS_getppid) };
+        })
+        .join()
+        .expect("a churn thread panicked");
+        started += 1;
+        if started % 64 == 0 {
+            forked_storm(3);
+        }
+    }
+    Done { tid: gettid(), activity: "churn", calls: started }
 }
 
 fn missing_opens(calls: u64) -> Done {
-    let path = CString::new(format!(
-        "/nonexistent/probe-workload-{}",
-        std::process::id()
-    ))
-    .unwrap();
+    let path = CString::new(format!("/nonexistent/probe-workload-{}", std::process::id())).unwrap();
     for _ in 0..calls {
         // SAFETY: a valid NUL-terminated path; the call fails with ENOENT.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat,
-                libc::AT_FDCWD,
-                path.as_ptr(),
-                libc::O_RDONLY,
-            )
-        };
+        let fd = unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY) };
         assert_eq!(fd, -1, "the missing path exists");
     }
-    Done {
-        tid: gettid(),
-        activity: "openat",
-        calls,
-    }
+    Done { tid: gettid(), activity: "openat", calls }
 }
 
 fn wait_for_sigusr1() {
@@ -194,14 +201,13 @@ fn wait_for_sigusr1() {
 fn usage(problem: &str) -> ! {
     eprintln!("workload: {problem}");
     eprintln!(
-        "usage: workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--enoent N] [--affinity MOVES] [--spin MS,MS,...] [--exit CODE]"
+        "usage: workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--enoent N] [--affinity MOVES] [--spin MS,MS,...] [--fork N] [--churn SECONDS] [--exit CODE]"
     );
     exit(2)
 }
 
 fn number(text: &str) -> u64 {
-    text.parse()
-        .unwrap_or_else(|_| usage(&format!("not a number: {text}")))
+    text.parse().unwrap_or_else(|_| usage(&format!("not a number: {text}")))
 }
 
 fn main() {
@@ -210,10 +216,7 @@ fn main() {
     let mut wait_signal = false;
     let mut exit_code = 0;
     while let Some(flag) = args.next() {
-        let mut value = || {
-            args.next()
-                .unwrap_or_else(|| usage(&format!("{flag} needs a value")))
-        };
+        let mut value = || args.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
         match flag.as_str() {
             "--wait-signal" => wait_signal = true,
             "--getppid" => {
@@ -223,9 +226,7 @@ fn main() {
             }
             "--sleep" => {
                 let spec = value();
-                let (count, ms) = spec
-                    .split_once('x')
-                    .unwrap_or_else(|| usage("--sleep takes COUNTxMS"));
+                let (count, ms) = spec.split_once('x').unwrap_or_else(|| usage("--sleep takes COUNTxMS"));
                 let (count, each) = (number(count), Duration::from_millis(number(ms)));
                 jobs.push(Box::new(move || sleeps(count, each)));
             }
@@ -242,6 +243,14 @@ fn main() {
                     jobs.push(Box::new(move || spin(Duration::from_millis(ms))));
                 }
             }
+            "--fork" => {
+                let calls = number(&value());
+                jobs.push(Box::new(move || forked_storm(calls)));
+            }
+            "--churn" => {
+                let seconds = number(&value());
+                jobs.push(Box::new(move || churn(seconds)));
+            }
             "--exit" => exit_code = number(&value()) as i32,
             other => usage(&format!("unknown flag {other}")),
         }
@@ -250,7 +259,7 @@ fn main() {
         wait_for_sigusr1();
     }
     // Each worker hands over its account, then waits until the main thread
-    // has read its counters, so that it is alive while they are read.
+    // has read every worker's counters, so that it is alive while they are.
     let (accounts, done) = mpsc::channel();
     let workers: Vec<_> = jobs
         .into_iter()
@@ -268,28 +277,19 @@ fn main() {
         })
         .collect();
     drop(accounts);
-    let done: Vec<String> = done
+    // Every worker lives until all have finished: the threads of a run are
+    // the threads of its report, none exited and replaced under its tid.
+    let (done, releases): (Vec<String>, Vec<mpsc::Sender<()>>) = done
         .iter()
-        .map(
-            |(job, elapsed, worker, release): (
-                Done,
-                Duration,
-                libc::pthread_t,
-                mpsc::Sender<()>,
-            )| {
-                let line = account(job, elapsed, worker);
-                drop(release);
-                line
-            },
-        )
-        .collect();
+        .take(workers.len())
+        .map(|(job, elapsed, worker, release): (Done, Duration, libc::pthread_t, mpsc::Sender<()>)| {
+            (account(job, elapsed, worker), release)
+        })
+        .unzip();
+    drop(releases);
     for worker in workers {
         worker.join().expect("a workload thread panicked");
     }
-    println!(
-        "{{\"pid\":{},\"threads\":[{}]}}",
-        std::process::id(),
-        done.join(",")
-    );
+    println!("{{\"pid\":{},\"threads\":[{}]}}", std::process::id(), done.join(","));
     exit(exit_code);
 }

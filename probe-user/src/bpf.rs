@@ -1,14 +1,20 @@
 //! Loads the embedded kernel programs, configures them and attaches them.
 
-use std::fs;
+use std::{
+    collections::HashMap as StdHashMap,
+    fs, io,
+    os::fd::{AsFd, AsRawFd, RawFd},
+    path::Path,
+    time::Duration,
+};
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint},
     Ebpf, EbpfLoader,
 };
-use probe_common::{syscall_flags, Counter, OffsetCheck, MAX_SYSCALL_NR};
+use probe_common::{syscall_flags, Counter, InFlight, LostCall, OffsetCheck, MAX_SYSCALL_NR};
 use syscalls::Sysno;
 
 use crate::{
@@ -19,9 +25,13 @@ use crate::{
 /// The object `cargo xtask build` compiled from `probe-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PROBE_EBPF_OBJECT"));
 
-/// Ring-buffer bytes per CPU: at ~2 M syscalls/s a CPU fills 2 MiB in about
-/// 15 ms, several times the reader's wakeup latency.
+/// Ring-buffer bytes per CPU by default: at ~2 M syscalls/s a CPU fills
+/// 2 MiB in about 15 ms, several times the reader's wakeup latency.
 const RING_BYTES_PER_CPU: u32 = 2 << 20;
+
+/// How long programs get to finish counting into a map of lost calls that
+/// was just retired, at the end of a trace: far longer than any program runs.
+const LAST_TURN_GRACE: Duration = Duration::from_millis(20);
 
 /// Capabilities that loading tracing programs needs (from linux/capability.h).
 const CAP_SYS_ADMIN: u32 = 21;
@@ -33,15 +43,25 @@ const CAP_BPF: u32 = 39;
 pub struct Config {
     /// Trace only processes added with [`Probe::trace_pid`].
     pub filter_pids: bool,
+    /// Also trace the processes that traced processes fork.
+    pub follow_forks: bool,
     /// Time syscalls (`raw_syscalls`).
     pub syscalls: bool,
     /// Follow threads through the scheduler (`sched_switch`, wakeups).
     pub sched: bool,
     /// Trace only these syscalls; all when empty.
     pub only: Vec<Sysno>,
+    /// Ring-buffer size in bytes; a size scaled to the CPUs when `None`.
+    pub buffer_bytes: Option<u32>,
     /// Benchmarks only: attach a program that does nothing where the real
     /// ones would go, to measure what attaching alone costs.
     pub floor: bool,
+}
+
+/// The default ring-buffer size for this machine.
+pub fn default_buffer_bytes() -> Result<u32> {
+    let cpus = aya::util::nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))? as u32;
+    Ok((RING_BYTES_PER_CPU * cpus).next_power_of_two())
 }
 
 /// The loaded, attached programs and the maps userspace configures and
@@ -49,8 +69,20 @@ pub struct Config {
 pub struct Probe {
     // Owns the programs and their links.
     _ebpf: Ebpf,
-    traced: Array<MapData, u64>,
+    traced: Array<MapData, u8>,
     counters: PerCpuArray<MapData, u64>,
+    lost_calls: LostCalls,
+    calls_off_cpu: HashMap<MapData, u32, InFlight>,
+}
+
+/// The two `LOST_CALLS_*` maps that take turns, and which one the programs
+/// count into now.
+struct LostCalls {
+    maps: [MapData; 2],
+    active_index: Array<MapData, u32>,
+    active: usize,
+    /// Entries taken at the last turn, for the health report.
+    last_taken: usize,
 }
 
 /// What the kernel programs stream to userspace, for the event loop to own.
@@ -66,111 +98,106 @@ impl Probe {
     /// syscall is recorded.
     pub fn attach(config: &Config, with_logs: bool) -> Result<(Self, Streams)> {
         check_privileges()?;
-        let cpus =
-            aya::util::nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))? as u32;
-        let ring_bytes = (RING_BYTES_PER_CPU * cpus).next_power_of_two();
+        let ring_bytes = match config.buffer_bytes {
+            Some(bytes) => bytes,
+            None => default_buffer_bytes()?,
+        };
         let self_pid = std::process::id();
         let filter_pids = u8::from(config.filter_pids);
+        let follow_forks = u8::from(config.follow_forks);
         let filter_syscalls = u8::from(!config.only.is_empty());
         let trace_sched = u8::from(config.sched);
         let wakeup_bytes = u64::from(ring_bytes / 8);
-        let offsets = match config.sched {
+        // Scheduler events and forks name other tasks than the current one.
+        let reads_tasks = !config.floor && (config.sched || (config.follow_forks && config.filter_pids));
+        let offsets = match reads_tasks {
             true => btf::task_offsets()?,
             false => TaskOffsets { pid: 0, tgid: 0 },
         };
         let mut ebpf = EbpfLoader::new()
             .override_global("SELF_PID", &self_pid, true)
             .override_global("FILTER_PIDS", &filter_pids, true)
+            .override_global("FOLLOW_FORKS", &follow_forks, true)
             .override_global("FILTER_SYSCALLS", &filter_syscalls, true)
             .override_global("TRACE_SCHED", &trace_sched, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("TASK_PID_OFFSET", &offsets.pid, true)
             .override_global("TASK_TGID_OFFSET", &offsets.tgid, true)
             .map_max_entries("EVENTS", ring_bytes)
-            .map_max_entries("TRACED", pid_max()?.div_ceil(64))
+            .map_max_entries("TRACED", pid_max()?)
             .load(OBJECT)
-            .context("cannot load probe's BPF programs (they need Linux 5.18 or later, with BPF ring buffers)")?;
+            .context(
+                "cannot load probe's BPF programs (they need Linux 5.18 or later, with BPF ring buffers)",
+            )?;
 
         let logs = match with_logs {
-            true => Some(
-                aya_log::EbpfLogger::init(&mut ebpf)
-                    .context("cannot read the kernel programs' log")?,
-            ),
+            true => {
+                Some(aya_log::EbpfLogger::init(&mut ebpf).context("cannot read the kernel programs' log")?)
+            }
             false => None,
         };
         set_syscall_flags(&mut ebpf, &config.only)?;
-        let traced = take_map(&mut ebpf, "TRACED")?;
-        let counters = take_map(&mut ebpf, "COUNTERS")?;
-        let events = take_map(&mut ebpf, "EVENTS")?;
 
         if config.floor {
-            let floor: &mut RawTracePoint = ebpf
-                .program_mut("floor")
-                .context("the BPF object lacks the program floor")?
-                .try_into()?;
-            floor
-                .load()
-                .context("the kernel refused the BPF program floor")?;
-            for tracepoint in [
-                "sys_enter",
-                "sys_exit",
-                "sched_switch",
-                "sched_wakeup",
-                "sched_wakeup_new",
-            ] {
+            let floor: &mut RawTracePoint =
+                ebpf.program_mut("floor").context("the BPF object lacks the program floor")?.try_into()?;
+            floor.load().context("the kernel refused the BPF program floor")?;
+            for tracepoint in ["sys_enter", "sys_exit", "sched_switch", "sched_wakeup", "sched_wakeup_new"] {
                 floor
                     .attach(tracepoint)
                     .with_context(|| format!("cannot attach to the raw tracepoint {tracepoint}"))?;
             }
-            return Ok((
-                Self {
-                    _ebpf: ebpf,
-                    traced,
-                    counters,
-                },
-                Streams { events, logs },
-            ));
+            return Self::assemble(ebpf, logs);
         }
-        if config.sched {
+        if reads_tasks {
             check_offsets(&mut ebpf, offsets)?;
-            for program in ["sched_wakeup", "sched_wakeup_new"] {
-                attach(&mut ebpf, program, program)?;
-            }
+        }
+        let mut programs = Vec::new();
+        if config.sched {
+            programs.extend(["sched_wakeup", "sched_wakeup_new"]);
+        }
+        if config.follow_forks && config.filter_pids {
+            programs.push("sched_process_fork");
         }
         // sched_switch also parks the calls of threads that leave their CPU
         // mid-syscall, so it goes before sys_enter, and sys_exit before
         // both: no call is then recorded that nothing would complete.
-        let programs: &[&str] = match (config.syscalls, config.sched) {
-            (true, _) => &[
-                "sched_process_exit",
-                "sys_exit",
-                "sched_switch",
-                "sys_enter",
-            ],
-            (false, true) => &["sched_switch"],
-            (false, false) => &[],
-        };
+        match (config.syscalls, config.sched) {
+            (true, _) => programs.extend(["sched_process_exit", "sys_exit", "sched_switch", "sys_enter"]),
+            (false, true) => programs.extend(["sched_process_exit", "sched_switch"]),
+            (false, false) => {}
+        }
         for program in programs {
             attach(&mut ebpf, program, program)?;
         }
-        Ok((
-            Self {
-                _ebpf: ebpf,
-                traced,
-                counters,
+        Self::assemble(ebpf, logs)
+    }
+
+    /// Takes the maps userspace uses once the programs are loaded (taken
+    /// maps stay open for as long as `Probe` and `Streams` hold them).
+    fn assemble(
+        mut ebpf: Ebpf,
+        logs: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    ) -> Result<(Self, Streams)> {
+        let events = take_map(&mut ebpf, "EVENTS")?;
+        let probe = Self {
+            traced: take_map(&mut ebpf, "TRACED")?,
+            counters: take_map(&mut ebpf, "COUNTERS")?,
+            lost_calls: LostCalls {
+                maps: [raw_map(&mut ebpf, "LOST_CALLS_0")?, raw_map(&mut ebpf, "LOST_CALLS_1")?],
+                active_index: take_map(&mut ebpf, "LOST_CALLS_ACTIVE")?,
+                active: 0,
+                last_taken: 0,
             },
-            Streams { events, logs },
-        ))
+            calls_off_cpu: take_map(&mut ebpf, "CALLS_OFF_CPU")?,
+            _ebpf: ebpf,
+        };
+        Ok((probe, Streams { events, logs }))
     }
 
     /// Adds a process (all its threads, present and future) to the trace.
     pub fn trace_pid(&mut self, pid: u32) -> Result<()> {
-        let (word, bit) = (pid / 64, pid % 64);
-        let add = |traced: &mut Array<MapData, u64>| -> Result<(), aya::maps::MapError> {
-            let bits = traced.get(&word, 0)?;
-            traced.set(word, bits | (1 << bit), 0)
-        };
-        add(&mut self.traced).with_context(|| format!("cannot add pid {pid} to the trace"))
+        self.traced.set(pid, 1, 0).with_context(|| format!("cannot add PID {pid} to the trace"))
     }
 
     /// Events lost in the kernel so far.
@@ -182,18 +209,120 @@ impl Probe {
         Ok(Losses {
             ring_buffer: sum(Counter::LostEvents)?,
             in_flight_full: sum(Counter::InFlightFull)?,
+            uncounted: sum(Counter::LostUncounted)?,
             undecodable: 0,
         })
+    }
+
+    /// Entries in the kernel maps that grow with the traced threads:
+    /// parked calls, and lost-call counters taken at the last turn.
+    pub fn map_entries(&self) -> (usize, usize) {
+        (self.calls_off_cpu.keys().count(), self.lost_calls.last_taken)
+    }
+
+    /// Syscalls whose records were dropped, by thread, syscall and errno,
+    /// and whether the thread is gone: what the kernel counted in the map it
+    /// stopped using at the previous call. With `all`, when the trace is
+    /// over, the other map too, after the programs have had time to finish.
+    pub fn take_lost_calls(&mut self, all: bool) -> Result<Vec<(LostCall, u64, bool)>> {
+        let mut taken = self.lost_calls.turn()?;
+        if all {
+            std::thread::sleep(LAST_TURN_GRACE);
+            taken.extend(self.lost_calls.turn()?);
+        }
+        // A thread has several keys (syscalls, errnos): ask /proc once.
+        let mut dead_threads: StdHashMap<(u32, u32), bool> = StdHashMap::new();
+        Ok(taken
+            .into_iter()
+            .map(|(call, calls)| {
+                let dead = *dead_threads
+                    .entry((call.pid, call.tid))
+                    .or_insert_with(|| !Path::new(&format!("/proc/{}/task/{}", call.pid, call.tid)).exists());
+                (call, calls, dead)
+            })
+            .collect())
+    }
+}
+
+impl LostCalls {
+    /// Empties the map the programs stopped counting into at the previous
+    /// turn, then makes it the one they count into.
+    fn turn(&mut self) -> Result<Vec<(LostCall, u64)>> {
+        let idle = 1 - self.active;
+        let fd = self.maps[idle].fd().as_fd().as_raw_fd();
+        let taken = take_all(fd).context("cannot read the counts of lost calls")?;
+        self.active_index.set(0, idle as u32, 0).context("cannot switch the map of lost calls")?;
+        self.active = idle;
+        self.last_taken = taken.len();
+        Ok(taken)
+    }
+}
+
+/// `BPF_MAP_LOOKUP_AND_DELETE_BATCH` from linux/bpf.h: aya has no batch
+/// operations, and reading a large map one entry at a time costs three
+/// syscalls an entry, more than a trace under load can spare.
+const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
+
+/// The `batch` member of linux/bpf.h's `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Reads and removes every entry of a `LostCall -> u64` hash map.
+fn take_all(fd: RawFd) -> io::Result<Vec<(LostCall, u64)>> {
+    const CHUNK: usize = 4096;
+    let mut keys = vec![LostCall::default(); CHUNK];
+    let mut values = vec![0u64; CHUNK];
+    let mut taken = Vec::new();
+    // A hash map's batch position is its bucket index, a u32.
+    let (mut position, mut next) = (0u32, 0u32);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { &position as *const u32 as u64 },
+            out_batch: &mut next as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: fd as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: the pointers in `attr` point to buffers of `count` keys and
+        // values of the map's sizes, and to u32 positions, all alive here.
+        let ret = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut attr, size_of::<BatchAttr>())
+        };
+        let done = match ret {
+            0 => false,
+            _ => match io::Error::last_os_error() {
+                err if err.raw_os_error() == Some(libc::ENOENT) => true,
+                err => return Err(err),
+            },
+        };
+        let filled = (attr.count as usize).min(CHUNK);
+        taken.extend(keys[..filled].iter().copied().zip(values[..filled].iter().copied()));
+        if done {
+            return Ok(taken);
+        }
+        position = next;
+        first = false;
     }
 }
 
 /// The kernel's largest PID plus one, which sizes the traced-PID bitmap.
 fn pid_max() -> Result<u32> {
-    let text = fs::read_to_string("/proc/sys/kernel/pid_max")
-        .context("cannot read /proc/sys/kernel/pid_max")?;
-    text.trim()
-        .parse()
-        .context("cannot parse /proc/sys/kernel/pid_max")
+    let text =
+        fs::read_to_string("/proc/sys/kernel/pid_max").context("cannot read /proc/sys/kernel/pid_max")?;
+    text.trim().parse().context("cannot parse /proc/sys/kernel/pid_max")
 }
 
 /// Marks which syscalls never return, may rename the thread, and (with
@@ -201,18 +330,12 @@ fn pid_max() -> Result<u32> {
 fn set_syscall_flags(ebpf: &mut Ebpf, only: &[Sysno]) -> Result<()> {
     // Borrowed, not taken: a taken map is closed when dropped, and the
     // programs, still to be loaded, need it open.
-    let map = ebpf
-        .map_mut("SYSCALL_FLAGS")
-        .context("the BPF object lacks the map SYSCALL_FLAGS")?;
+    let map = ebpf.map_mut("SYSCALL_FLAGS").context("the BPF object lacks the map SYSCALL_FLAGS")?;
     let mut table: Array<&mut MapData, u8> = Array::try_from(map)?;
     let mut flags = vec![0u8; MAX_SYSCALL_NR as usize];
     let mut mark = |sysno: Sysno, flag: u8| -> Result<()> {
         let slot = flags.get_mut(sysno.id() as usize).with_context(|| {
-            format!(
-                "syscall {} (number {}) is beyond what probe can flag",
-                sysno.name(),
-                sysno.id()
-            )
+            format!("syscall {} (number {}) is beyond what probe can flag", sysno.name(), sysno.id())
         })?;
         *slot |= flag;
         Ok(())
@@ -227,9 +350,7 @@ fn set_syscall_flags(ebpf: &mut Ebpf, only: &[Sysno]) -> Result<()> {
         mark(sysno, syscall_flags::WANTED)?;
     }
     for (nr, &flag) in flags.iter().enumerate().filter(|(_, &flag)| flag != 0) {
-        table
-            .set(nr as u32, flag, 0)
-            .context("cannot set the syscall flags")?;
+        table.set(nr as u32, flag, 0).context("cannot set the syscall flags")?;
     }
     Ok(())
 }
@@ -239,10 +360,8 @@ fn attach(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<RawTracePo
         .program_mut(program)
         .with_context(|| format!("the BPF object lacks the program {program}"))?
         .try_into()?;
-    raw.load()
-        .with_context(|| format!("the kernel refused the BPF program {program}"))?;
-    raw.attach(tracepoint)
-        .with_context(|| format!("cannot attach to the raw tracepoint {tracepoint}"))
+    raw.load().with_context(|| format!("the kernel refused the BPF program {program}"))?;
+    raw.attach(tracepoint).with_context(|| format!("cannot attach to the raw tracepoint {tracepoint}"))
 }
 
 /// Proves the BTF offsets on probe's own task: a program reads it at those
@@ -254,15 +373,11 @@ fn check_offsets(ebpf: &mut Ebpf, offsets: TaskOffsets) -> Result<()> {
     // SAFETY: getppid has no arguments and no side effects; it is the
     // syscall that the check program observes.
     unsafe { libc::getppid() };
-    let raw: &mut RawTracePoint = ebpf
-        .program_mut("check_offsets")
-        .context("check_offsets vanished")?
-        .try_into()?;
+    let raw: &mut RawTracePoint =
+        ebpf.program_mut("check_offsets").context("check_offsets vanished")?.try_into()?;
     raw.detach(link).context("cannot detach check_offsets")?;
-    let checks: Array<&MapData, OffsetCheck> = Array::try_from(
-        ebpf.map("OFFSET_CHECK")
-            .context("the BPF object lacks OFFSET_CHECK")?,
-    )?;
+    let checks: Array<&MapData, OffsetCheck> =
+        Array::try_from(ebpf.map("OFFSET_CHECK").context("the BPF object lacks OFFSET_CHECK")?)?;
     let seen = checks.get(&0, 0).context("cannot read OFFSET_CHECK")?;
     let expected = (seen.pid_tgid as u32, (seen.pid_tgid >> 32) as u32);
     if seen.pid_tgid == 0 || (seen.pid, seen.tgid) != expected {
@@ -274,21 +389,26 @@ fn check_offsets(ebpf: &mut Ebpf, offsets: TaskOffsets) -> Result<()> {
     Ok(())
 }
 
+/// Takes a map whose raw fd probe drives itself.
+fn raw_map(ebpf: &mut Ebpf, name: &str) -> Result<MapData> {
+    match ebpf.take_map(name).with_context(|| format!("the BPF object lacks the map {name}"))? {
+        aya::maps::Map::HashMap(data) => Ok(data),
+        _ => bail!("the map {name} has an unexpected type"),
+    }
+}
+
 fn take_map<M>(ebpf: &mut Ebpf, name: &str) -> Result<M>
 where
     M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf
-        .take_map(name)
-        .with_context(|| format!("the BPF object lacks the map {name}"))?;
+    let map = ebpf.take_map(name).with_context(|| format!("the BPF object lacks the map {name}"))?;
     M::try_from(map).with_context(|| format!("the map {name} has an unexpected type"))
 }
 
 /// Fails early, with what to do, when the capabilities are missing: the
 /// kernel's own answer would be a bare EPERM deep inside the loader.
 fn check_privileges() -> Result<()> {
-    let status =
-        fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
+    let status = fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
     let effective = status
         .lines()
         .find_map(|line| line.strip_prefix("CapEff:"))

@@ -44,9 +44,7 @@ pub fn task_offsets_in(data: &[u8]) -> Result<TaskOffsets> {
     let str_off = btf.u32(16)? as usize;
     let types = header_len + type_off;
     let strings = header_len + str_off;
-    let end = types
-        .checked_add(type_len)
-        .context("type section out of range")?;
+    let end = types.checked_add(type_len).context("type section out of range")?;
 
     let mut at = types;
     while at < end {
@@ -83,13 +81,7 @@ fn trailing_len(kind: u32, vlen: usize) -> Result<usize> {
     })
 }
 
-fn members(
-    btf: &Reader,
-    body: usize,
-    vlen: usize,
-    strings: usize,
-    kind_flag: bool,
-) -> Result<TaskOffsets> {
+fn members(btf: &Reader, body: usize, vlen: usize, strings: usize, kind_flag: bool) -> Result<TaskOffsets> {
     let (mut pid, mut tgid) = (None, None);
     for i in 0..vlen {
         let member = body + 12 * i;
@@ -133,10 +125,7 @@ impl Reader<'_> {
 
     fn str(&self, at: usize) -> Result<&str> {
         let tail = self.data.get(at..).context("BTF string out of range")?;
-        let len = tail
-            .iter()
-            .position(|&b| b == 0)
-            .context("unterminated BTF string")?;
+        let len = tail.iter().position(|&b| b == 0).context("unterminated BTF string")?;
         std::str::from_utf8(&tail[..len]).context("BTF string is not UTF-8")
     }
 }
@@ -189,13 +178,7 @@ mod tests {
     #[test]
     fn finds_pid_and_tgid_past_other_kinds() {
         let data = blob(&[("state", 0), ("pid", 8 * 1000), ("tgid", 8 * 1004)]);
-        assert_eq!(
-            task_offsets_in(&data).unwrap(),
-            TaskOffsets {
-                pid: 1000,
-                tgid: 1004
-            }
-        );
+        assert_eq!(task_offsets_in(&data).unwrap(), TaskOffsets { pid: 1000, tgid: 1004 });
     }
 
     #[test]

@@ -17,15 +17,15 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 #[command(name = "probe", version, about, long_about = None)]
 pub struct Args {
     /// Trace these running processes, with every thread they have or start.
-    #[arg(short, long, value_name = "PID", value_delimiter = ',', value_parser = parse_pid, conflicts_with = "command")]
+    #[arg(short, long, value_name = "PID", value_delimiter = ',', value_parser = parse_pid, conflicts_with = "command", allow_negative_numbers = true)]
     pub pid: Vec<u32>,
 
     /// Report every DURATION (e.g. 500ms, 2s, 1m).
-    #[arg(short, long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
+    #[arg(short, long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval, allow_hyphen_values = true)]
     pub interval: Duration,
 
     /// Stop after DURATION and print the summary.
-    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
 
     /// Trace only these syscalls.
@@ -39,6 +39,20 @@ pub struct Args {
     /// Leave the scheduler untraced: syscalls only, at lower overhead.
     #[arg(long)]
     pub no_sched: bool,
+
+    /// Also trace the processes that traced processes start (default with
+    /// COMMAND, like strace -f).
+    #[arg(short = 'f', long, conflicts_with = "no_follow_forks")]
+    pub follow_forks: bool,
+
+    /// Do not trace the processes a COMMAND starts.
+    #[arg(long)]
+    pub no_follow_forks: bool,
+
+    /// Ring-buffer size in bytes: a power of two, at least a page
+    /// (default: 2 MiB per CPU).
+    #[arg(long, value_name = "BYTES", value_parser = parse_buffer_size)]
+    pub buffer_size: Option<u32>,
 
     /// Benchmarks only: attach do-nothing programs instead (the floor).
     #[arg(long, hide = true)]
@@ -74,18 +88,34 @@ fn parse_pid(text: &str) -> Result<u32, String> {
 }
 
 fn parse_span(text: &str, max: Duration) -> Result<Duration, String> {
-    let span = humantime::parse_duration(text.trim())
-        .map_err(|err| format!("{err} (examples: 500ms, 2s, 1m)"))?;
+    let span =
+        humantime::parse_duration(text.trim()).map_err(|err| format!("{err} (examples: 500ms, 2s, 1m)"))?;
     if span.is_zero() {
         return Err("must be longer than zero".into());
     }
     if span > max {
-        return Err(format!(
-            "must be at most {}",
-            humantime::format_duration(max)
-        ));
+        return Err(format!("must be at most {}", humantime::format_duration(max)));
     }
     Ok(span)
+}
+
+/// Largest `--buffer-size`: the kernel's own cap on a BPF ring buffer is
+/// higher, but beyond this it is locked memory no trace needs.
+const MAX_BUFFER_BYTES: u64 = 1 << 30;
+
+/// Parses a `--buffer-size`: a power of two and a whole number of pages, as
+/// the kernel requires of a BPF ring buffer.
+pub fn parse_buffer_size(text: &str) -> Result<u32, String> {
+    let bytes: u64 = text.trim().parse().map_err(|_| "not a number of bytes, e.g. 4194304".to_owned())?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    if bytes < page || !bytes.is_power_of_two() {
+        return Err(format!("must be a power of two of at least {page} (a page), e.g. 4194304"));
+    }
+    if bytes > MAX_BUFFER_BYTES {
+        return Err(format!("must be at most {MAX_BUFFER_BYTES}"));
+    }
+    Ok(bytes as u32)
 }
 
 /// Parses an `--interval`.
@@ -105,9 +135,7 @@ pub fn parse_syscall(text: &str) -> Result<Sysno, String> {
     if let Ok(sysno) = Sysno::from_str(name) {
         return Ok(sysno);
     }
-    let nearest = Sysno::iter()
-        .map(|sysno| (strsim::levenshtein(name, sysno.name()), sysno.name()))
-        .min();
+    let nearest = Sysno::iter().map(|sysno| (strsim::levenshtein(name, sysno.name()), sysno.name())).min();
     match nearest {
         Some((distance, suggestion)) if distance <= name.len().max(3) / 2 => {
             Err(format!("unknown syscall (did you mean '{suggestion}'?)"))
@@ -135,6 +163,15 @@ mod tests {
     }
 
     #[test]
+    fn buffer_sizes_are_page_multiple_powers_of_two() {
+        assert_eq!(parse_buffer_size("4096"), Ok(4096));
+        assert_eq!(parse_buffer_size("4194304"), Ok(4 << 20));
+        for bad in ["0", "1000", "6144", "2048", "-4096", "4k", "", "2147483648"] {
+            assert!(parse_buffer_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn pids_are_positive_numbers() {
         assert_eq!(parse_pid("1234"), Ok(1234));
         assert!(parse_pid("0").is_err());
@@ -150,10 +187,7 @@ mod tests {
         assert!(err.contains("did you mean 'getpid'"), "{err}");
         let err = parse_syscall("opnat").unwrap_err();
         assert!(err.contains("did you mean 'openat'"), "{err}");
-        assert_eq!(
-            parse_syscall("xyzzyplugh").unwrap_err(),
-            "unknown syscall on this architecture"
-        );
+        assert_eq!(parse_syscall("xyzzyplugh").unwrap_err(), "unknown syscall on this architecture");
     }
 
     #[test]

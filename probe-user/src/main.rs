@@ -30,12 +30,7 @@ use crate::{
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(args) => args,
-        Err(err)
-            if matches!(
-                err.kind(),
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
-            ) =>
-        {
+        Err(err) if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             let _ = err.print();
             return ExitCode::SUCCESS;
         }
@@ -43,10 +38,7 @@ fn main() -> ExitCode {
             // One line, not clap's usage block: the rest is in --help.
             let text = err.to_string();
             let line = text.lines().next().unwrap_or_default();
-            eprintln!(
-                "probe: {} (see probe --help)",
-                line.trim_start_matches("error: ")
-            );
+            eprintln!("probe: {} (see probe --help)", line.trim_start_matches("error: "));
             return ExitCode::from(2);
         }
     };
@@ -55,21 +47,13 @@ fn main() -> ExitCode {
         1 => log::LevelFilter::Info,
         _ => log::LevelFilter::Debug,
     };
-    env_logger::Builder::new()
-        .filter_level(level)
-        .format_timestamp(None)
-        .init();
+    env_logger::Builder::new().filter_level(level).format_timestamp(None).init();
     match run(args) {
         Ok(status) => ExitCode::from(status as u8),
         Err(err) => {
-            let status = err
-                .downcast_ref::<SpawnError>()
-                .map_or(1, |spawn| spawn.exit_code);
+            let status = err.downcast_ref::<SpawnError>().map_or(1, |spawn| spawn.exit_code);
             // One line, even when the kernel's verifier log has several.
-            let text = format!("{err:#}")
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ");
+            let text = format!("{err:#}").split_whitespace().collect::<Vec<_>>().join(" ");
             eprintln!("probe: {text}");
             ExitCode::from(status as u8)
         }
@@ -78,11 +62,7 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<i32> {
     let sink = Sink::open(args.output.as_deref(), args.json)?;
-    let pids = args
-        .pid
-        .iter()
-        .map(|&pid| PidTarget::open(pid))
-        .collect::<Result<Vec<_>>>()?;
+    let pids = args.pid.iter().map(|&pid| PidTarget::open(pid)).collect::<Result<Vec<_>>>()?;
     // Fork before anything starts a thread: the child must stay
     // single-threaded until it execs.
     let gated = match args.command.is_empty() {
@@ -91,6 +71,8 @@ fn run(args: Args) -> Result<i32> {
     };
     let config = Config {
         filter_pids: !pids.is_empty() || gated.is_some(),
+        follow_forks: args.follow_forks || (gated.is_some() && !args.no_follow_forks),
+        buffer_bytes: args.buffer_size,
         syscalls: !args.no_syscalls,
         sched: !args.no_sched,
         only: args.syscalls.clone(),
@@ -108,17 +90,10 @@ fn run(args: Args) -> Result<i32> {
             probe.trace_pid(target.pid)?;
         }
         let list: Vec<_> = pids.iter().map(|target| target.pid.to_string()).collect();
-        eprintln!(
-            "probe: tracing PID {}; Ctrl-C for the summary",
-            list.join(",")
-        );
+        eprintln!("probe: tracing PID {}; Ctrl-C for the summary", list.join(","));
         Target::Pids(pids)
     };
-    let options = Options {
-        interval: args.interval,
-        duration: args.duration,
-        top: args.top,
-    };
+    let options = Options { interval: args.interval, duration: args.duration, top: args.top };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

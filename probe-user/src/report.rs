@@ -24,8 +24,11 @@ pub enum Kind {
 pub struct Losses {
     /// Records dropped because the ring buffer was full.
     pub ring_buffer: u64,
-    /// Syscalls not timed because the in-flight map was full.
+    /// Syscalls lost because the map of calls parked off-CPU was full.
     pub in_flight_full: u64,
+    /// Of `ring_buffer`, syscall records that the kernel could not count
+    /// per thread either (its map of lost calls was full).
+    pub uncounted: u64,
     /// Records userspace could not decode (a bug: please report it).
     pub undecodable: u64,
 }
@@ -34,6 +37,13 @@ impl Losses {
     /// All events lost, whatever the cause.
     pub fn total(&self) -> u64 {
         self.ring_buffer + self.in_flight_full + self.undecodable
+    }
+
+    /// Whether every syscall count and errno is exact: records dropped from
+    /// a full ring buffer are still counted in the kernel, only their
+    /// latencies are missing.
+    pub fn counts_exact(&self) -> bool {
+        self.in_flight_full == 0 && self.uncounted == 0 && self.undecodable == 0
     }
 }
 
@@ -53,6 +63,11 @@ pub struct Report {
     pub lost_events: u64,
     /// `lost_events` by cause.
     pub lost: Losses,
+    /// Whether syscall counts and errnos are exact despite any loss (only
+    /// latencies are then sampled).
+    pub counts_exact: bool,
+    /// probe's own footprint: it must stay flat however long it runs.
+    pub probe: Health,
     /// Exit status of the traced COMMAND, in the summary of COMMAND mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
@@ -60,11 +75,26 @@ pub struct Report {
     pub threads: Vec<ThreadReport>,
 }
 
+/// probe's own footprint when a report is made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Health {
+    /// Resident memory of the probe process.
+    pub rss_bytes: u64,
+    /// Entries in the kernel map of calls parked off-CPU.
+    pub calls_off_cpu: usize,
+    /// Lost-call counters (thread, syscall, errno) taken from the kernel at
+    /// the last turn of its two maps.
+    pub lost_call_keys: usize,
+}
+
 /// One thread's syscalls.
 #[derive(Debug, Serialize)]
 pub struct ThreadReport {
     /// Thread id.
     pub tid: u32,
+    /// Which thread with this tid in this process: 0 for the first, 1 for
+    /// the next one the kernel gave the same tid after the first exited, ….
+    pub generation: u32,
     /// Process id.
     pub pid: u32,
     /// Thread name.
@@ -128,8 +158,12 @@ pub struct SyscallReport {
     pub errors: u64,
     /// Failures by errno name.
     pub errnos: BTreeMap<String, u64>,
-    /// Calls with a latency (all but those that never return).
+    /// Calls with a latency (all but those that never return or whose
+    /// record was lost).
     pub timed: u64,
+    /// Calls counted in the kernel whose records the full ring buffer
+    /// dropped: in `count` and `errors`, not in the latencies.
+    pub lost: u64,
     /// Sum of latencies.
     pub total_ns: u64,
     /// Latency extremes and quantiles.
@@ -149,6 +183,8 @@ pub struct Span {
     pub span_ns: u64,
     /// Losses so far.
     pub lost: Losses,
+    /// probe's footprint now.
+    pub health: Health,
 }
 
 impl Report {
@@ -163,12 +199,15 @@ impl Report {
             events: table.events(),
             lost_events: span.lost.total(),
             lost: span.lost,
+            counts_exact: span.lost.counts_exact(),
+            probe: span.health,
             exit_code: None,
             threads: busiest
                 .into_iter()
                 .take(shown)
                 .map(|(key, thread)| ThreadReport {
                     tid: key.tid,
+                    generation: key.generation,
                     pid: key.pid,
                     comm: thread.comm.clone(),
                     syscalls: syscall_reports(thread),
@@ -180,16 +219,8 @@ impl Report {
 }
 
 fn syscall_reports(thread: &ThreadStats) -> Vec<SyscallReport> {
-    let mut rows: Vec<_> = thread
-        .syscalls
-        .iter()
-        .map(|(&nr, stats)| syscall_report(nr, stats))
-        .collect();
-    rows.sort_by(|a, b| {
-        (b.total_ns, b.count)
-            .cmp(&(a.total_ns, a.count))
-            .then_with(|| a.name.cmp(&b.name))
-    });
+    let mut rows: Vec<_> = thread.syscalls.iter().map(|(&nr, stats)| syscall_report(nr, stats)).collect();
+    rows.sort_by(|a, b| (b.total_ns, b.count).cmp(&(a.total_ns, a.count)).then_with(|| a.name.cmp(&b.name)));
     rows
 }
 
@@ -199,33 +230,22 @@ fn syscall_report(nr: u32, stats: &SyscallStats) -> SyscallReport {
         nr,
         count: stats.count,
         errors: stats.errors,
-        errnos: stats
-            .errnos
-            .iter()
-            .map(|(&errno, &n)| (errno_name(errno), n))
-            .collect(),
+        errnos: stats.errnos.iter().map(|(&errno, &n)| (errno_name(errno), n)).collect(),
         timed: stats.latency.len(),
+        lost: stats.lost,
         total_ns: stats.total_ns,
-        min_ns: stats.min(),
-        max_ns: stats.max(),
-        p50_ns: stats.quantile(0.50),
-        p90_ns: stats.quantile(0.90),
-        p99_ns: stats.quantile(0.99),
+        min_ns: stats.latency.min(),
+        max_ns: stats.latency.max(),
+        p50_ns: stats.latency.quantile(0.50),
+        p90_ns: stats.latency.quantile(0.90),
+        p99_ns: stats.latency.quantile(0.99),
     }
 }
 
 fn sched_report(stats: &SchedStats) -> SchedReport {
-    let runq = (!stats.runq.is_empty()).then_some(&stats.runq);
-    let mut pairs: Vec<_> = stats
-        .pairs
-        .iter()
-        .map(|(&(from, to), &count)| MigrationPair { from, to, count })
-        .collect();
-    pairs.sort_by(|a, b| {
-        b.count
-            .cmp(&a.count)
-            .then((a.from, a.to).cmp(&(b.from, b.to)))
-    });
+    let mut pairs: Vec<_> =
+        stats.pairs.iter().map(|(&(from, to), &count)| MigrationPair { from, to, count }).collect();
+    pairs.sort_by(|a, b| b.count.cmp(&a.count).then((a.from, a.to).cmp(&(b.from, b.to))));
     SchedReport {
         on_cpu_ns: stats.on_cpu_ns,
         blocked_ns: stats.blocked_ns,
@@ -233,15 +253,11 @@ fn sched_report(stats: &SchedStats) -> SchedReport {
         voluntary_switches: stats.voluntary,
         involuntary_switches: stats.involuntary,
         migrations: stats.migrations,
-        runq_p50_ns: runq.map(|h| h.value_at_quantile(0.50)),
-        runq_p99_ns: runq.map(|h| h.value_at_quantile(0.99)),
-        runq_max_ns: runq.map(|h| h.max()),
+        runq_p50_ns: stats.runq.quantile(0.50),
+        runq_p99_ns: stats.runq.quantile(0.99),
+        runq_max_ns: stats.runq.max(),
         last_cpu: stats.last_cpu,
-        cpus: stats
-            .cpus
-            .iter()
-            .map(|(cpu, &ns)| (cpu.to_string(), ns))
-            .collect(),
+        cpus: stats.cpus.iter().map(|(cpu, &ns)| (cpu.to_string(), ns)).collect(),
         migration_pairs: pairs,
     }
 }
@@ -265,7 +281,7 @@ pub fn errno_name(errno: i32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::tests::event;
+    use crate::aggregate::tests::{event, record};
 
     #[test]
     fn names_come_from_the_architecture_tables() {
@@ -280,26 +296,20 @@ mod tests {
     fn json_has_the_documented_fields() {
         let mut table = Table::default();
         let openat = Sysno::openat.id() as u32;
-        table.record(&event(5, openat, -2, 2000));
-        table.record(&event(5, openat, 3, 1000));
+        record(&mut table, &event(5, openat, -2, 2000));
+        record(&mut table, &event(5, openat, 3, 1000));
         let span = Span {
             elapsed_ns: 10,
             span_ns: 10,
-            lost: Losses {
-                ring_buffer: 1,
-                in_flight_full: 2,
-                undecodable: 0,
-            },
+            lost: Losses { ring_buffer: 1, in_flight_full: 2, ..Losses::default() },
+            health: Health::default(),
         };
         let report = Report::new(Kind::Summary, &table, span, None);
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["type"], "summary");
         assert_eq!(json["lost_events"], 3);
         let thread = &json["threads"][0];
-        assert_eq!(
-            (thread["tid"].as_u64(), thread["pid"].as_u64()),
-            (Some(5), Some(100))
-        );
+        assert_eq!((thread["tid"].as_u64(), thread["pid"].as_u64()), (Some(5), Some(100)));
         assert_eq!(thread["comm"], "worker");
         let call = &thread["syscalls"][0];
         assert_eq!(call["name"], "openat");
@@ -319,23 +329,15 @@ mod tests {
     fn top_keeps_the_busiest_threads_and_syscalls_sort_by_time() {
         let mut table = Table::default();
         for _ in 0..3 {
-            table.record(&event(1, 0, 0, 10));
+            record(&mut table, &event(1, 0, 0, 10));
         }
-        table.record(&event(1, 1, 0, 1000));
-        table.record(&event(2, 0, 0, 10));
-        let span = Span {
-            elapsed_ns: 1,
-            span_ns: 1,
-            lost: Losses::default(),
-        };
+        record(&mut table, &event(1, 1, 0, 1000));
+        record(&mut table, &event(2, 0, 0, 10));
+        let span = Span { elapsed_ns: 1, span_ns: 1, lost: Losses::default(), health: Health::default() };
         let report = Report::new(Kind::Interval, &table, span, Some(1));
         assert_eq!(report.threads.len(), 1);
         assert_eq!(report.threads[0].tid, 1);
-        let names: Vec<_> = report.threads[0]
-            .syscalls
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect();
+        let names: Vec<_> = report.threads[0].syscalls.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["write", "read"]);
     }
 }

@@ -10,7 +10,7 @@ use nix::{
     time::{clock_gettime, ClockId},
     unistd::Pid,
 };
-use probe_common::{EventKind, SchedEvent, SyscallEvent};
+use probe_common::{EventKind, SchedEvent, SyscallEvent, SWITCH_EXITED, SYSCALL_NO_RETURN};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -19,16 +19,19 @@ use tokio::{
 };
 
 use crate::{
-    aggregate::{sched::SchedTracker, Table, ThreadKey},
+    aggregate::{sched::SchedTracker, Generations, Table},
     bpf::{Probe, Streams},
     output::Sink,
-    report::{Kind, Report, Span},
+    report::{Health, Kind, Report, Span},
     target::{exit_code, PidTarget},
 };
 
 /// The kernel wakes the reader only when the ring buffer is filling up;
 /// between wakeups this timer keeps a slow trickle of events live.
 const POLL_PERIOD: Duration = Duration::from_millis(50);
+
+/// How often the kernel's counts of dropped calls are read.
+const LOST_CALLS_PERIOD: Duration = Duration::from_millis(250);
 
 /// What is traced, as the event loop watches it end.
 pub enum Target {
@@ -65,6 +68,7 @@ struct Aggregator {
     interval: Table,
     total: Table,
     tracker: SchedTracker,
+    generations: Generations,
     undecodable: u64,
 }
 
@@ -83,16 +87,24 @@ impl Aggregator {
             .and_then(|tag| tag.try_into().ok())
             .and_then(|tag| EventKind::from_u32(u32::from_ne_bytes(tag)));
         let decoded = match kind {
-            Some(EventKind::Syscall) => {
-                SyscallEvent::decode(record).map(|event| self.interval.record(&event))
-            }
-            Some(_) => SchedEvent::decode(record).map(|event| {
-                let key = ThreadKey {
-                    pid: event.pid,
-                    tid: event.tid,
+            Some(EventKind::Syscall) => SyscallEvent::decode(record).map(|event| {
+                let key = self.generations.syscall(event.pid, event.tid);
+                self.interval.record(key, &event);
+                if event.flags & SYSCALL_NO_RETURN != 0 {
+                    self.generations.exited(key);
+                }
+            }),
+            Some(kind) => SchedEvent::decode(record).map(|event| {
+                let key = match kind {
+                    EventKind::WakeupNew => self.generations.new_thread(event.pid, event.tid),
+                    _ => self.generations.current(event.pid, event.tid),
                 };
-                let stats = self.interval.record_sched(key, &event.comm);
-                self.tracker.apply(&event, stats);
+                self.interval.record_sched(key, &event.comm);
+                self.tracker.apply(key, &event, &mut self.interval);
+                if event.flags & SWITCH_EXITED != 0 {
+                    self.interval.mark_exited(key);
+                    self.generations.exited(key);
+                }
             }),
             None => None,
         };
@@ -101,11 +113,30 @@ impl Aggregator {
         }
     }
 
-    /// Charges the threads on a CPU now with their time so far, so that
-    /// the interval about to be reported holds it.
-    fn charge_running(&mut self) {
-        self.tracker
-            .charge_running(monotonic_ns(), &mut self.interval);
+    /// Brings the interval up to now before it is reported: the threads
+    /// on a CPU are charged their time so far, and the calls the kernel
+    /// counted without records are added.
+    fn settle(&mut self, probe: &mut Probe, last: bool) -> Result<()> {
+        self.tracker.forget_dead();
+        self.tracker.charge_running(monotonic_ns(), &mut self.interval);
+        self.add_lost_calls(probe, last)
+    }
+
+    /// Adds the calls the kernel counted without records. Done often, so
+    /// that the kernel's map of them is emptied of exited threads quickly.
+    fn add_lost_calls(&mut self, probe: &mut Probe, all: bool) -> Result<()> {
+        for (call, calls, dead) in probe.take_lost_calls(all)? {
+            // Counted since the last read, so most likely by the thread
+            // that has these ids now.
+            let key = self.generations.current(call.pid, call.tid);
+            self.interval.record_lost(key, &call, calls);
+            // A dead thread's row can be folded away; its ids are left to
+            // the scheduler's and the syscalls' own signs of a new thread.
+            if dead {
+                self.interval.mark_exited(key);
+            }
+        }
+        Ok(())
     }
 
     /// Closes the current interval, folding it into the total.
@@ -122,7 +153,7 @@ fn monotonic_ns() -> u64 {
 
 /// Runs the trace to its end and returns probe's exit status.
 pub async fn run(
-    probe: Probe,
+    mut probe: Probe,
     streams: Streams,
     target: Target,
     options: Options,
@@ -130,13 +161,11 @@ pub async fn run(
 ) -> Result<i32> {
     let start = Instant::now();
     let mut events = readable(streams.events).context("cannot poll the ring buffer")?;
-    let mut logs = streams
-        .logs
-        .map(readable)
-        .transpose()
-        .context("cannot poll the kernel programs' log")?;
+    let mut logs = streams.logs.map(readable).transpose().context("cannot poll the kernel programs' log")?;
     let mut poll = interval(POLL_PERIOD);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut lost_calls = interval(LOST_CALLS_PERIOD);
+    lost_calls.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut tick = interval_at(start + options.interval, options.interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let deadline = options.duration.map(|duration| start + duration);
@@ -176,6 +205,11 @@ pub async fn run(
                 guard.clear_ready();
             }
             _ = poll.tick() => aggregator.drain(events.get_mut()),
+            _ = lost_calls.tick() => {
+                // Records first: they precede the calls counted since.
+                aggregator.drain(events.get_mut());
+                aggregator.add_lost_calls(&mut probe, false)?;
+            }
             guard = async {
                 match logs.as_mut() {
                     Some(logs) => logs.readable_mut().await,
@@ -188,12 +222,8 @@ pub async fn run(
             }
             now = tick.tick() => {
                 aggregator.drain(events.get_mut());
-                aggregator.charge_running();
-                let span = Span {
-                    elapsed_ns: (now - start).as_nanos() as u64,
-                    span_ns: (now - last_tick).as_nanos() as u64,
-                    lost: losses(&probe, &aggregator)?,
-                };
+                aggregator.settle(&mut probe, false)?;
+                let span = measure(&probe, &aggregator, now - start, now - last_tick)?;
                 last_tick = now;
                 let report = Report::new(Kind::Interval, &aggregator.interval, span, Some(options.top));
                 aggregator.close_interval();
@@ -201,7 +231,13 @@ pub async fn run(
                     break output_error(err)?;
                 }
             }
-            _ = interrupt.recv() => break End::Signal,
+            _ = interrupt.recv() => {
+                // A second Ctrl-C while the summary is written ends probe at
+                // once; the kernel detaches the programs with its fds.
+                // SAFETY: restoring the default disposition of SIGINT.
+                unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+                break End::Signal;
+            }
             _ = terminate.recv() => break End::Signal,
             _ = hangup.recv() => break End::Signal,
             _ = async { sleep_until(deadline.unwrap_or(start)).await }, if deadline.is_some() => break End::Duration,
@@ -223,13 +259,9 @@ pub async fn run(
 
     // Every record of the finished trace is already in the ring buffer.
     aggregator.drain(events.get_mut());
-    let now = Instant::now();
-    let span = Span {
-        elapsed_ns: (now - start).as_nanos() as u64,
-        span_ns: (now - start).as_nanos() as u64,
-        lost: losses(&probe, &aggregator)?,
-    };
-    aggregator.charge_running();
+    aggregator.settle(&mut probe, true)?;
+    let elapsed = start.elapsed();
+    let span = measure(&probe, &aggregator, elapsed, elapsed)?;
     aggregator.close_interval();
     let mut summary = Report::new(Kind::Summary, &aggregator.total, span, None);
     let status = match end {
@@ -240,9 +272,7 @@ pub async fn run(
         End::Signal | End::Duration | End::TargetsGone | End::OutputClosed => 0,
     };
     match sink.write(&summary) {
-        Err(err) if err.kind() != io::ErrorKind::BrokenPipe => {
-            Err(err).context("cannot write the summary")
-        }
+        Err(err) if err.kind() != io::ErrorKind::BrokenPipe => Err(err).context("cannot write the summary"),
         _ => Ok(status),
     }
 }
@@ -254,10 +284,27 @@ fn readable<T: AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
     unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }.map_err(io::Error::from)
 }
 
-fn losses(probe: &Probe, aggregator: &Aggregator) -> Result<crate::report::Losses> {
+/// What a report says beside its table: times, losses, probe's footprint.
+fn measure(probe: &Probe, aggregator: &Aggregator, elapsed: Duration, span: Duration) -> Result<Span> {
     let mut lost = probe.losses().context("cannot read the loss counters")?;
     lost.undecodable = aggregator.undecodable;
-    Ok(lost)
+    let (calls_off_cpu, lost_call_keys) = probe.map_entries();
+    Ok(Span {
+        elapsed_ns: elapsed.as_nanos() as u64,
+        span_ns: span.as_nanos() as u64,
+        lost,
+        health: Health { rss_bytes: rss_bytes(), calls_off_cpu, lost_call_keys },
+    })
+}
+
+/// probe's resident memory, from `/proc/self/status`; 0 if unreadable.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
 }
 
 /// A reader that went away (`probe | head`) ends the trace quietly.
@@ -266,5 +313,75 @@ fn output_error(err: io::Error) -> Result<End> {
         Ok(End::OutputClosed)
     } else {
         Err(err).context("cannot write the report")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use probe_common::{COMM_LEN, SWITCH_VOLUNTARY};
+    use proptest::prelude::*;
+
+    fn tagged(kind: EventKind, len: usize, body: &[u8]) -> Vec<u8> {
+        let mut record = (kind as u32).to_ne_bytes().to_vec();
+        record.extend(body.iter().copied().cycle().take(len.saturating_sub(4)));
+        record.resize(len, 0);
+        record
+    }
+
+    fn sched_record(kind: u32, tid: u32, cpu: u32, flags: u32, ts_ns: u64) -> Vec<u8> {
+        let event = SchedEvent { kind, cpu, pid: 1, tid, flags, _pad: 0, ts_ns, comm: [b'a'; COMM_LEN] };
+        // SAFETY: the bytes of a padding-free `#[repr(C)]` value.
+        unsafe {
+            std::slice::from_raw_parts((&event as *const SchedEvent).cast::<u8>(), size_of::<SchedEvent>())
+        }
+        .to_vec()
+    }
+
+    /// Whatever the ring buffer holds, the aggregator and the reports
+    /// built from it neither panic nor lose count of what they refused.
+    fn ingest_and_report(records: &[Vec<u8>]) -> Aggregator {
+        let mut aggregator = Aggregator::default();
+        for record in records {
+            aggregator.ingest(record);
+        }
+        let span = Span { elapsed_ns: 1, span_ns: 1, lost: Default::default(), health: Default::default() };
+        serde_json::to_string(&Report::new(Kind::Interval, &aggregator.interval, span, Some(3))).unwrap();
+        aggregator.close_interval();
+        let report = Report::new(Kind::Summary, &aggregator.total, span, None);
+        crate::output::render_text(&report).unwrap();
+        aggregator
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(records in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..80), 0..64)) {
+            let aggregator = ingest_and_report(&records);
+            let valid = records.iter().filter(|r| SyscallEvent::decode(r).is_some() || SchedEvent::decode(r).is_some()).count();
+            prop_assert_eq!(aggregator.undecodable as usize, records.len() - valid);
+        }
+
+        #[test]
+        fn well_tagged_records_with_random_fields_never_panic(
+            bodies in prop::collection::vec((1u32..=6, prop::sample::select(vec![0usize, 4, 47, 48, 64, 65]), prop::collection::vec(any::<u8>(), 1..64)), 0..64),
+        ) {
+            let records: Vec<_> = bodies
+                .iter()
+                .map(|(kind, len, body)| tagged(EventKind::from_u32(*kind).unwrap_or(EventKind::Syscall), *len, body))
+                .collect();
+            ingest_and_report(&records);
+        }
+
+        #[test]
+        fn scheduler_events_in_any_order_never_panic(
+            events in prop::collection::vec((2u32..=5, 0u32..4, 0u32..2, 0u32..4, any::<u64>()), 0..200),
+        ) {
+            let records: Vec<_> = events
+                .iter()
+                .map(|&(kind, tid, cpu, flags, ts)| sched_record(kind, tid, cpu, flags & (SWITCH_VOLUNTARY | SWITCH_EXITED), ts))
+                .collect();
+            let aggregator = ingest_and_report(&records);
+            prop_assert_eq!(aggregator.undecodable, 0);
+        }
     }
 }

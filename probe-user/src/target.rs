@@ -106,12 +106,10 @@ impl GatedCommand {
         let program = command[0].to_string_lossy().into_owned();
         // Searching PATH here, not with execvp in the child, keeps the
         // failed execve attempts of the search out of the trace.
-        let path = resolve(&command[0]).ok_or_else(|| SpawnError {
-            message: format!("command not found: {program}"),
-            exit_code: 127,
-        })?;
-        let path = CString::new(path.into_os_string().into_vec())
-            .context("the COMMAND contains a NUL byte")?;
+        let path = resolve(&command[0])
+            .ok_or_else(|| SpawnError { message: format!("command not found: {program}"), exit_code: 127 })?;
+        let path =
+            CString::new(path.into_os_string().into_vec()).context("the COMMAND contains a NUL byte")?;
         let (go_read, go_write) = pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
         let (error_read, error_write) = pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
         // SAFETY: probe has no other thread yet, and the child calls only
@@ -131,23 +129,15 @@ impl GatedCommand {
                 // SAFETY: as above.
                 unsafe { libc::_exit(127) }
             }
-            ForkResult::Parent { child } => Ok(Self {
-                pid: child,
-                go: go_write,
-                exec_error: error_read,
-                program,
-            }),
+            ForkResult::Parent { child } => {
+                Ok(Self { pid: child, go: go_write, exec_error: error_read, program })
+            }
         }
     }
 
     /// Lets the child exec; fails, after reaping it, if exec failed.
     pub fn release(self) -> Result<Pid, SpawnError> {
-        let Self {
-            pid,
-            go,
-            exec_error,
-            program,
-        } = self;
+        let Self { pid, go, exec_error, program } = self;
         let released = write(&go, &[1]);
         drop(go);
         let mut raw = [0u8; 4];
@@ -163,18 +153,14 @@ impl GatedCommand {
         };
         let _ = waitpid(pid, None);
         Err(match errno {
-            Errno::ENOENT => SpawnError {
-                message: format!("command not found: {program}"),
-                exit_code: 127,
-            },
+            Errno::ENOENT => SpawnError { message: format!("command not found: {program}"), exit_code: 127 },
             Errno::EACCES => SpawnError {
                 message: format!("permission denied: {program} is not executable"),
                 exit_code: 126,
             },
-            other => SpawnError {
-                message: format!("cannot run {program}: {}", other.desc()),
-                exit_code: 126,
-            },
+            other => {
+                SpawnError { message: format!("cannot run {program}: {}", other.desc()), exit_code: 126 }
+            }
         })
     }
 }
@@ -186,9 +172,7 @@ fn resolve(program: &OsStr) -> Option<PathBuf> {
         return Some(PathBuf::from(program));
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| is_executable_file(candidate))
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| is_executable_file(candidate))
 }
 
 fn is_executable_file(path: &Path) -> bool {

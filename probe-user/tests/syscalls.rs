@@ -17,47 +17,24 @@ fn command_mode_counts_exactly_times_sleeps_and_names_errors() {
     let (trace, workload, output) = trace_command(
         "command",
         &["-i", "200ms"],
-        &[
-            "--getppid",
-            "1000,25000,70000",
-            "--sleep",
-            "20x10",
-            "--enoent",
-            "37",
-            "--exit",
-            "3",
-        ],
+        &["--getppid", "1000,25000,70000", "--sleep", "20x10", "--enoent", "37", "--exit", "3"],
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        output.status.code(),
-        Some(3),
-        "probe exits with the COMMAND's status; stderr: {stderr}"
-    );
+    assert_eq!(output.status.code(), Some(3), "probe exits with the COMMAND's status; stderr: {stderr}");
     assert_eq!(trace.summary["lost_events"], 0);
     assert_eq!(trace.summary["exit_code"], 3);
     assert_exact(&trace, &workload);
 
     // The first syscall of the new program, its execve, is seen.
     let main = trace.syscall(workload.pid, "execve");
-    assert_eq!(
-        (main["count"].as_u64(), main["errors"].as_u64()),
-        (Some(1), Some(0)),
-        "{main}"
-    );
+    assert_eq!((main["count"].as_u64(), main["errors"].as_u64()), (Some(1), Some(0)), "{main}");
 
     let sleeper = workload.doing("clock_nanosleep").next().unwrap();
     let sleep = trace.syscall(sleeper.tid, "clock_nanosleep");
     let p50 = sleep["p50_ns"].as_u64().unwrap();
-    assert!(
-        (10_000_000..=12_000_000).contains(&p50),
-        "sleep p50 {p50} ns: {sleep}"
-    );
+    assert!((10_000_000..=12_000_000).contains(&p50), "sleep p50 {p50} ns: {sleep}");
     assert!(sleep["min_ns"].as_u64().unwrap() >= 10_000_000, "{sleep}");
-    assert!(
-        sleep["total_ns"].as_u64().unwrap() >= 200_000_000,
-        "{sleep}"
-    );
+    assert!(sleep["total_ns"].as_u64().unwrap() >= 200_000_000, "{sleep}");
 
     let opener = workload.doing("openat").next().unwrap();
     let opens = trace.syscall(opener.tid, "openat");
@@ -67,51 +44,37 @@ fn command_mode_counts_exactly_times_sleeps_and_names_errors() {
     // Threads that exit are counted without a latency.
     let exit = trace.syscall(opener.tid, "exit");
     assert_eq!(
-        (
-            exit["count"].as_u64(),
-            exit["timed"].as_u64(),
-            &exit["p50_ns"]
-        ),
+        (exit["count"].as_u64(), exit["timed"].as_u64(), &exit["p50_ns"]),
         (Some(1), Some(0), &Value::Null)
     );
 
     // The sleeps take 200 ms, so intervals were streamed, and they never
     // hold more than the summary.
     assert!(!trace.intervals.is_empty(), "no interval reports");
-    let streamed: u64 = trace
-        .intervals
-        .iter()
-        .map(|i| i["events"].as_u64().unwrap())
-        .sum();
+    let streamed: u64 = trace.intervals.iter().map(|i| i["events"].as_u64().unwrap()).sum();
     assert!(streamed <= trace.summary["events"].as_u64().unwrap());
 }
 
 #[test]
 fn pid_mode_sees_threads_started_after_attach_and_ends_with_the_target() {
     let report = report_path("pid");
-    let mut workload = Command::new(workload())
-        .args([
-            "--wait-signal",
-            "--getppid",
-            "3000,17000,42000",
-            "--enoent",
-            "5",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut workload = Running::spawn(
+        Command::new(workload())
+            .args(["--wait-signal", "--getppid", "3000,17000,42000", "--enoent", "5"])
+            .stdout(Stdio::piped()),
+    );
     let mut stdout = BufReader::new(workload.stdout.take().unwrap());
     let mut ready = String::new();
     stdout.read_line(&mut ready).unwrap();
     assert!(ready.starts_with("{\"ready\""), "{ready}");
 
-    let mut probe = Command::new(PROBE)
-        .args(["--json", "-o"])
-        .arg(&report)
-        .args(["-p", &workload.id().to_string()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut probe = Running::spawn(
+        Command::new(PROBE)
+            .args(["--json", "-o"])
+            .arg(&report)
+            .args(["-p", &workload.id().to_string()])
+            .stderr(Stdio::piped()),
+    );
     let mut probe_stderr = wait_until_tracing(&mut probe);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(workload.id() as i32, libc::SIGUSR1) };
@@ -134,18 +97,16 @@ fn pid_mode_sees_threads_started_after_attach_and_ends_with_the_target() {
 #[test]
 fn whole_system_mode_finds_the_workload_and_stops_on_sigint() {
     let report = report_path("system");
-    let mut probe = Command::new(PROBE)
-        .args(["--json", "-e", "getppid,openat", "-o"])
-        .arg(&report)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut probe = Running::spawn(
+        Command::new(PROBE)
+            .args(["--json", "-e", "getppid,openat", "-o"])
+            .arg(&report)
+            .stderr(Stdio::piped()),
+    );
     let _stderr = wait_until_tracing(&mut probe);
     let probe_pid = u64::from(probe.id());
-    let output = Command::new(workload())
-        .args(["--getppid", "4321,8765", "--enoent", "12"])
-        .output()
-        .unwrap();
+    let output =
+        Command::new(workload()).args(["--getppid", "4321,8765", "--enoent", "12"]).output().unwrap();
     assert!(output.status.success());
     // SAFETY: signalling our own child.
     unsafe { libc::kill(probe.id() as i32, libc::SIGINT) };
@@ -156,27 +117,17 @@ fn whole_system_mode_finds_the_workload_and_stops_on_sigint() {
     // -e left every other syscall out, for every process.
     for thread in trace.summary["threads"].as_array().unwrap() {
         for call in thread["syscalls"].as_array().unwrap() {
-            assert!(
-                ["getppid", "openat"].contains(&call["name"].as_str().unwrap()),
-                "{call}"
-            );
+            assert!(["getppid", "openat"].contains(&call["name"].as_str().unwrap()), "{call}");
         }
         assert_ne!(thread["pid"], probe_pid, "probe traced itself");
     }
-    assert!(trace.summary["threads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|t| t["pid"] == workload.pid));
+    assert!(trace.summary["threads"].as_array().unwrap().iter().any(|t| t["pid"] == workload.pid));
     std::fs::remove_file(report).unwrap();
 }
 
 #[test]
 fn a_missing_pid_is_one_line_and_a_failure() {
-    let output = Command::new(PROBE)
-        .args(["-p", "2147483647"])
-        .output()
-        .unwrap();
+    let output = Command::new(PROBE).args(["-p", "2147483647"]).output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr, "probe: no process with PID 2147483647\n");
@@ -184,13 +135,7 @@ fn a_missing_pid_is_one_line_and_a_failure() {
 
 #[test]
 fn a_missing_command_fails_like_a_shell() {
-    let output = Command::new(PROBE)
-        .args(["--", "probe-no-such-command"])
-        .output()
-        .unwrap();
+    let output = Command::new(PROBE).args(["--", "probe-no-such-command"]).output().unwrap();
     assert_eq!(output.status.code(), Some(127));
-    assert_eq!(
-        String::from_utf8_lossy(&output.stderr),
-        "probe: command not found: probe-no-such-command\n"
-    );
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "probe: command not found: probe-no-such-command\n");
 }

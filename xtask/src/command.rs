@@ -12,9 +12,7 @@ use anyhow::{bail, Context, Result};
 /// Runs `command`, failing unless it exits 0.
 pub fn run(command: &mut Command) -> Result<()> {
     let shown = format!("{command:?}");
-    let status = command
-        .status()
-        .with_context(|| format!("cannot start {shown}"))?;
+    let status = command.status().with_context(|| format!("cannot start {shown}"))?;
     if !status.success() {
         bail!("{shown} failed: {status}");
     }
@@ -61,10 +59,7 @@ fn test_result(line: &str) -> Option<(u64, u64)> {
     let count = |word: &str| {
         rest.split(';')
             .find_map(|part| {
-                part.trim()
-                    .trim_start_matches("ok. ")
-                    .trim_start_matches("FAILED. ")
-                    .strip_suffix(word)
+                part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word)
             })
             .and_then(|n| n.trim().parse().ok())
     };
@@ -85,10 +80,10 @@ mod tests {
 
     #[test]
     fn totals_come_from_libtest_summaries() {
-        let ok = "test result: ok. 16 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s";
+        let ok =
+            "test result: ok. 16 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s";
         assert_eq!(test_result(ok), Some((16, 0)));
-        let failed =
-            "test result: FAILED. 2 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out";
+        let failed = "test result: FAILED. 2 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out";
         assert_eq!(test_result(failed), Some((2, 3)));
         assert_eq!(test_result("running 5 tests"), None);
     }

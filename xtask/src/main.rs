@@ -57,10 +57,7 @@ fn run(task: Task) -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// Builds the eBPF object, then the loader that embeds it.
@@ -84,27 +81,10 @@ fn build_ebpf(root: &Path) -> Result<()> {
 fn test(root: &Path) -> Result<()> {
     build_ebpf(root)?;
     cargo(root, &["fmt", "--all", "--check"])?;
-    cargo(
-        root,
-        &["fmt", "--manifest-path", "probe-ebpf/Cargo.toml", "--check"],
-    )?;
-    cargo(
-        root,
-        &[
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--release",
-            "--",
-            "-D",
-            "warnings",
-        ],
-    )?;
+    cargo(root, &["fmt", "--manifest-path", "probe-ebpf/Cargo.toml", "--check"])?;
+    cargo(root, &["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"])?;
     // Release: the workloads run at full speed. One test at a time: the
     // scheduler tests measure run-queue waits and CPU time on a small
     // machine, which tests running beside them would distort.
-    command::cargo_test(
-        root,
-        &["test", "--workspace", "--release", "--", "--test-threads=1"],
-    )
+    command::cargo_test(root, &["test", "--workspace", "--release", "--", "--test-threads=1"])
 }

@@ -1,49 +1,98 @@
 //! Per-thread statistics built from the kernel's records: per syscall here,
 //! and the scheduler's view in [`sched`].
 
+pub mod latency;
 pub mod sched;
 
 use std::collections::{BTreeMap, HashMap};
 
-use hdrhistogram::Histogram;
-use probe_common::{SyscallEvent, COMM_LEN, SYSCALL_NO_RETURN};
+use probe_common::{LostCall, SyscallEvent, COMM_LEN, MAX_ERRNO, SYSCALL_NO_RETURN};
 
-use self::sched::SchedStats;
+use self::{latency::Latencies, sched::SchedStats};
 
-/// Two significant digits: quantiles within 1% of the true value, with
-/// histograms small enough to keep one per thread and syscall.
-const HISTOGRAM_SIGFIG: u8 = 2;
+/// Exited threads kept one by one in a run's totals; beyond, the ones with
+/// the fewest records are folded into one row per process, so that a
+/// program that starts threads without end does not grow probe without end.
+pub const MAX_EXITED_THREADS: usize = 1024;
 
-/// An empty latency histogram.
-pub(crate) fn new_histogram() -> Histogram<u64> {
-    Histogram::new(HISTOGRAM_SIGFIG).expect("2 significant figures is valid")
-}
+/// The `tid` of a process's row of folded exited threads; with `pid` 0 too,
+/// the row of every folded process that has exited.
+pub const FOLDED_TID: u32 = 0;
 
-/// Records a latency; a zero is recorded as 1 ns, the histogram's floor.
-pub(crate) fn record(histogram: &mut Histogram<u64>, ns: u64) {
-    let value = ns.max(1);
-    // `record` grows the histogram to fit; `saturating_record` would clamp to
-    // the current top instead.
-    if histogram.record(value).is_err() {
-        histogram.saturating_record(value);
-    }
-}
-
-/// The kernel returns `-errno` in this range; anything else is a result.
-const MAX_ERRNO: i64 = 4095;
-
-/// Identifies a thread for the whole run: a tid is only unique within the
-/// life of its process, so the process id goes with it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Identifies a thread for the whole run. The kernel reuses ids: a tid is
+/// unique only while its thread lives, so a thread is its process id, its
+/// tid, and which of the threads that had that tid in that process it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ThreadKey {
     /// Process id (tgid).
     pub pid: u32,
     /// Thread id.
     pub tid: u32,
+    /// 0 for the first thread seen with this tid in this process, 1 for the
+    /// next one the kernel gave the same tid after the first exited, ….
+    pub generation: u32,
+}
+
+impl ThreadKey {
+    /// The first (or only) thread with these ids.
+    pub fn new(pid: u32, tid: u32) -> Self {
+        Self { pid, tid, generation: 0 }
+    }
+}
+
+/// Tells apart the threads the kernel gives the same tid within one run.
+/// A new thread announces itself with `sched_wakeup_new`; without the
+/// scheduler view, a syscall record after the thread's `exit` is the sign.
+/// One entry per tid, so at most `pid_max` of them.
+#[derive(Debug, Default)]
+pub struct Generations {
+    by_tid: HashMap<u32, Generation>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Generation {
+    pid: u32,
+    generation: u32,
+    exited: bool,
+}
+
+impl Generations {
+    /// The thread these ids name now, as far as is known.
+    pub fn current(&self, pid: u32, tid: u32) -> ThreadKey {
+        match self.by_tid.get(&tid) {
+            Some(seen) if seen.pid == pid => ThreadKey { pid, tid, generation: seen.generation },
+            _ => ThreadKey::new(pid, tid),
+        }
+    }
+
+    /// The thread of a syscall record: a new one if the last thread with
+    /// these ids made its `exit` call.
+    pub fn syscall(&mut self, pid: u32, tid: u32) -> ThreadKey {
+        match self.by_tid.get(&tid) {
+            Some(seen) if seen.pid == pid && seen.exited => self.new_thread(pid, tid),
+            _ => self.current(pid, tid),
+        }
+    }
+
+    /// A thread that has just been created: if its ids were seen before,
+    /// they named another thread.
+    pub fn new_thread(&mut self, pid: u32, tid: u32) -> ThreadKey {
+        let generation = match self.by_tid.get(&tid) {
+            Some(seen) if seen.pid == pid => seen.generation + 1,
+            _ => 0,
+        };
+        self.by_tid.insert(tid, Generation { pid, generation, exited: false });
+        ThreadKey { pid, tid, generation }
+    }
+
+    /// Notes that the thread `key` has exited: its ids may come back.
+    pub fn exited(&mut self, key: ThreadKey) {
+        self.by_tid.insert(key.tid, Generation { pid: key.pid, generation: key.generation, exited: true });
+    }
 }
 
 /// What one thread did with one syscall.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SyscallStats {
     /// Calls, timed or not.
     pub count: u64,
@@ -53,26 +102,11 @@ pub struct SyscallStats {
     pub errnos: BTreeMap<i32, u64>,
     /// Sum of the timed calls' latencies.
     pub total_ns: u64,
-    /// Exact extremes of the timed calls' latencies (the histogram's are
-    /// rounded to its buckets).
-    min_ns: u64,
-    max_ns: u64,
+    /// Calls counted in the kernel after their records were dropped: in
+    /// `count`, `errors` and `errnos`, without a latency.
+    pub lost: u64,
     /// Latencies of the timed calls (calls that never return have none).
-    pub latency: Histogram<u64>,
-}
-
-impl Default for SyscallStats {
-    fn default() -> Self {
-        Self {
-            count: 0,
-            errors: 0,
-            errnos: BTreeMap::new(),
-            total_ns: 0,
-            min_ns: u64::MAX,
-            max_ns: 0,
-            latency: new_histogram(),
-        }
-    }
+    pub latency: Latencies,
 }
 
 impl SyscallStats {
@@ -86,47 +120,27 @@ impl SyscallStats {
             *self.errnos.entry(-event.ret as i32).or_default() += 1;
         }
         self.total_ns += event.duration_ns;
-        self.min_ns = self.min_ns.min(event.duration_ns);
-        self.max_ns = self.max_ns.max(event.duration_ns);
-        record(&mut self.latency, event.duration_ns);
+        self.latency.record(event.duration_ns);
+    }
+
+    fn record_lost(&mut self, errno: u32, calls: u64) {
+        self.count += calls;
+        self.lost += calls;
+        if errno != 0 {
+            self.errors += calls;
+            *self.errnos.entry(errno as i32).or_default() += calls;
+        }
     }
 
     fn merge(&mut self, other: &Self) {
         self.count += other.count;
         self.errors += other.errors;
+        self.lost += other.lost;
         for (&errno, &n) in &other.errnos {
             *self.errnos.entry(errno).or_default() += n;
         }
         self.total_ns += other.total_ns;
-        self.min_ns = self.min_ns.min(other.min_ns);
-        self.max_ns = self.max_ns.max(other.max_ns);
-        // Both histograms auto-resize, so adding cannot go out of range.
-        self.latency
-            .add(&other.latency)
-            .expect("auto-resizing histograms accept any value");
-    }
-
-    /// The latency at quantile `q`, or `None` when no call was timed.
-    ///
-    /// A histogram bucket's representative can lie just outside the values
-    /// in it; it is clamped to the exact extremes, so that p99 never exceeds
-    /// max.
-    pub fn quantile(&self, q: f64) -> Option<u64> {
-        (!self.latency.is_empty()).then(|| {
-            self.latency
-                .value_at_quantile(q)
-                .clamp(self.min_ns, self.max_ns)
-        })
-    }
-
-    /// Smallest timed latency.
-    pub fn min(&self) -> Option<u64> {
-        (!self.latency.is_empty()).then_some(self.min_ns)
-    }
-
-    /// Largest timed latency.
-    pub fn max(&self) -> Option<u64> {
-        (!self.latency.is_empty()).then_some(self.max_ns)
+        self.latency.merge(&other.latency);
     }
 }
 
@@ -141,6 +155,8 @@ pub struct ThreadStats {
     pub syscalls: HashMap<u32, SyscallStats>,
     /// What the scheduler did, once a scheduler event was seen.
     pub sched: Option<SchedStats>,
+    /// The thread was seen to exit.
+    pub exited: bool,
 }
 
 impl ThreadStats {
@@ -161,36 +177,38 @@ impl ThreadStats {
 pub struct Table {
     threads: HashMap<ThreadKey, ThreadStats>,
     events: u64,
+    /// Exited threads still kept one by one.
+    exited: Vec<ThreadKey>,
 }
 
 impl Table {
-    /// Adds one syscall record.
-    pub fn record(&mut self, event: &SyscallEvent) {
-        let thread = self.thread(
-            ThreadKey {
-                pid: event.pid,
-                tid: event.tid,
-            },
-            &event.comm,
-        );
+    /// Adds one syscall record of thread `key`.
+    pub fn record(&mut self, key: ThreadKey, event: &SyscallEvent) {
+        let thread = self.thread(key, &event.comm);
         thread.syscalls.entry(event.nr).or_default().record(event);
+        thread.exited |= event.flags & SYSCALL_NO_RETURN != 0;
     }
 
-    /// Counts one scheduler record of a thread and returns the thread's
-    /// scheduler statistics, for the tracker to update.
-    pub fn record_sched(&mut self, key: ThreadKey, comm: &[u8; COMM_LEN]) -> &mut SchedStats {
-        self.thread(key, comm)
-            .sched
-            .get_or_insert_with(SchedStats::default)
+    /// Adds calls of thread `key` that the kernel counted after their
+    /// records were dropped.
+    pub fn record_lost(&mut self, key: ThreadKey, call: &LostCall, calls: u64) {
+        let thread = self.threads.entry(key).or_default();
+        thread.syscalls.entry(call.nr).or_default().record_lost(call.errno, calls);
+    }
+
+    /// Notes that a thread has exited.
+    pub fn mark_exited(&mut self, key: ThreadKey) {
+        self.threads.entry(key).or_default().exited = true;
+    }
+
+    /// Counts one scheduler record of a thread; the tracker charges it.
+    pub fn record_sched(&mut self, key: ThreadKey, comm: &[u8; COMM_LEN]) {
+        self.thread(key, comm).sched.get_or_insert_with(SchedStats::default);
     }
 
     /// A thread's scheduler statistics, without counting a record.
     pub fn sched_mut(&mut self, key: ThreadKey) -> &mut SchedStats {
-        self.threads
-            .entry(key)
-            .or_default()
-            .sched
-            .get_or_insert_with(SchedStats::default)
+        self.threads.entry(key).or_default().sched.get_or_insert_with(SchedStats::default)
     }
 
     fn thread(&mut self, key: ThreadKey, comm: &[u8; COMM_LEN]) -> &mut ThreadStats {
@@ -208,6 +226,10 @@ impl Table {
         self.events += other.events;
         for (key, theirs) in other.threads {
             let ours = self.threads.entry(key).or_default();
+            if theirs.exited && !ours.exited && key.tid != FOLDED_TID {
+                self.exited.push(key);
+            }
+            ours.exited |= theirs.exited;
             ours.events += theirs.events;
             if !theirs.comm.is_empty() {
                 ours.comm = theirs.comm;
@@ -216,10 +238,47 @@ impl Table {
                 ours.syscalls.entry(*nr).or_default().merge(stats);
             }
             if let Some(sched) = &theirs.sched {
-                ours.sched
-                    .get_or_insert_with(SchedStats::default)
-                    .merge(sched);
+                ours.sched.get_or_insert_with(SchedStats::default).merge(sched);
             }
+        }
+        if self.exited.len() > MAX_EXITED_THREADS {
+            let events = |key: &ThreadKey| self.threads.get(key).map_or(0, |thread| thread.events);
+            let mut exited = std::mem::take(&mut self.exited);
+            exited.sort_by_cached_key(|key| std::cmp::Reverse(events(key)));
+            for key in exited.split_off(MAX_EXITED_THREADS) {
+                self.fold(key);
+            }
+            self.exited = exited;
+        }
+    }
+
+    /// Moves a thread's statistics into its process's row of folded
+    /// exited threads, or, once the process is gone too, into the one row
+    /// of folded exited processes, which then takes the process's row.
+    fn fold(&mut self, key: ThreadKey) {
+        const PROCESSES: ThreadKey = ThreadKey { pid: 0, tid: FOLDED_TID, generation: 0 };
+        let process = ThreadKey::new(key.pid, FOLDED_TID);
+        if std::path::Path::new(&format!("/proc/{}", key.pid)).exists() {
+            self.fold_into(key, process, "[exited threads]");
+        } else {
+            self.fold_into(key, PROCESSES, "[exited processes]");
+            self.fold_into(process, PROCESSES, "[exited processes]");
+        }
+    }
+
+    fn fold_into(&mut self, key: ThreadKey, into: ThreadKey, name: &str) {
+        let Some(thread) = self.threads.remove(&key) else {
+            return;
+        };
+        let folded = self.threads.entry(into).or_default();
+        folded.comm = name.to_owned();
+        folded.exited = true;
+        folded.events += thread.events;
+        for (nr, stats) in &thread.syscalls {
+            folded.syscalls.entry(*nr).or_default().merge(stats);
+        }
+        if let Some(sched) = &thread.sched {
+            folded.sched.get_or_insert_with(SchedStats::default).merge(sched);
         }
     }
 
@@ -240,6 +299,11 @@ impl Table {
 pub(crate) mod tests {
     use super::*;
     use probe_common::EventKind;
+
+    /// Records `event` as the first thread with its ids.
+    pub(crate) fn record(table: &mut Table, event: &SyscallEvent) {
+        table.record(ThreadKey::new(event.pid, event.tid), event);
+    }
 
     pub(crate) fn event(tid: u32, nr: u32, ret: i64, duration_ns: u64) -> SyscallEvent {
         let mut comm = [0; COMM_LEN];
@@ -262,10 +326,10 @@ pub(crate) mod tests {
     fn counts_errors_and_errnos() {
         let mut table = Table::default();
         for _ in 0..5 {
-            table.record(&event(101, 257, -2, 1000));
+            record(&mut table, &event(101, 257, -2, 1000));
         }
-        table.record(&event(101, 257, -13, 1000));
-        table.record(&event(101, 257, 3, 1000));
+        record(&mut table, &event(101, 257, -13, 1000));
+        record(&mut table, &event(101, 257, 3, 1000));
         let threads = table.busiest();
         let stats = &threads[0].1.syscalls[&257];
         assert_eq!((stats.count, stats.errors), (7, 6));
@@ -275,53 +339,117 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn quantiles_are_within_one_percent() {
-        let mut table = Table::default();
-        for i in 1..=10_000u64 {
-            table.record(&event(7, 0, 0, i * 1000));
-        }
-        let threads = table.busiest();
-        let stats = &threads[0].1.syscalls[&0];
-        for (q, exact) in [(0.5, 5_000_000.0), (0.9, 9_000_000.0), (0.99, 9_900_000.0)] {
-            let got = stats.quantile(q).unwrap() as f64;
-            assert!(
-                (got - exact).abs() / exact <= 0.01,
-                "q{q}: {got} vs {exact}"
-            );
-        }
-        assert_eq!(stats.min(), Some(1000));
-        assert!(stats.quantile(1.0).unwrap() <= stats.max().unwrap());
-    }
-
-    #[test]
     fn calls_that_never_return_count_without_latency() {
         let mut table = Table::default();
         let mut exit = event(9, 231, 0, 0);
         exit.flags = SYSCALL_NO_RETURN;
-        table.record(&exit);
+        record(&mut table, &exit);
         let threads = table.busiest();
         let stats = &threads[0].1.syscalls[&231];
         assert_eq!((stats.count, stats.errors), (1, 0));
-        assert_eq!((stats.min(), stats.quantile(0.5)), (None, None));
+        assert_eq!((stats.latency.min(), stats.latency.quantile(0.5)), (None, None));
     }
 
     #[test]
     fn busiest_thread_first_and_same_tid_in_two_processes_kept_apart() {
         let mut table = Table::default();
-        table.record(&event(1, 0, 0, 5));
+        record(&mut table, &event(1, 0, 0, 5));
         for _ in 0..3 {
-            table.record(&event(2, 0, 0, 5));
+            record(&mut table, &event(2, 0, 0, 5));
         }
         let mut other = event(1, 0, 0, 5);
         other.pid = 200;
-        table.record(&other);
-        let order: Vec<_> = table
-            .busiest()
-            .iter()
-            .map(|(k, _)| (k.pid, k.tid))
-            .collect();
+        record(&mut table, &other);
+        let order: Vec<_> = table.busiest().iter().map(|(k, _)| (k.pid, k.tid)).collect();
         assert_eq!(order, [(100, 2), (100, 1), (200, 1)]);
         assert_eq!(table.events(), 5);
+    }
+
+    #[test]
+    fn lost_calls_count_exactly_without_latency() {
+        let mut table = Table::default();
+        record(&mut table, &event(4, 257, -2, 100));
+        let lost = LostCall { pid: 100, tid: 4, nr: 257, errno: 2 };
+        let key = ThreadKey::new(100, 4);
+        table.record_lost(key, &lost, 10);
+        table.record_lost(key, &LostCall { errno: 0, ..lost }, 5);
+        let threads = table.busiest();
+        let stats = &threads[0].1.syscalls[&257];
+        assert_eq!((stats.count, stats.errors, stats.lost), (16, 11, 15));
+        assert_eq!(stats.errnos, BTreeMap::from([(2, 11)]));
+        assert_eq!(stats.latency.len(), 1);
+        // Lost calls are not records received.
+        assert_eq!(table.events(), 1);
+    }
+
+    #[test]
+    fn exited_threads_beyond_the_cap_fold_into_one_row_per_process() {
+        let mut total = Table::default();
+        let threads = MAX_EXITED_THREADS as u32 + 10;
+        for tid in 1..=threads {
+            // The first thread is the busiest.
+            let calls = if tid == 1 { 5 } else { 1 };
+            // A live process: its exited threads keep a row of their own.
+            let pid = std::process::id();
+            let mut interval = Table::default();
+            for _ in 0..calls {
+                record(&mut interval, &SyscallEvent { pid, ..event(tid, 0, 0, 5) });
+            }
+            let exit = SyscallEvent { pid, flags: SYSCALL_NO_RETURN, ..event(tid, 60, 0, 0) };
+            record(&mut interval, &exit);
+            total.merge(interval);
+        }
+        let rows = total.busiest();
+        assert_eq!(rows.len(), MAX_EXITED_THREADS + 1);
+        let folded = &rows.iter().find(|(key, _)| key.tid == FOLDED_TID).unwrap().1;
+        assert_eq!(folded.syscalls[&0].count, 10);
+        assert_eq!(folded.syscalls[&60].count, 10);
+        assert_eq!(folded.comm, "[exited threads]");
+        // The busiest exited threads are kept one by one.
+        assert!(rows.iter().any(|(key, _)| key.tid == 1));
+    }
+
+    #[test]
+    fn exited_processes_fold_into_one_row() {
+        let mut total = Table::default();
+        // Beyond any pid_max: processes that are surely gone.
+        for pid in 5_000_000..5_000_000 + MAX_EXITED_THREADS as u32 + 50 {
+            let mut interval = Table::default();
+            for tid in [pid, pid + 100_000] {
+                let mut call = event(tid, 0, 0, 5);
+                call.pid = pid;
+                record(&mut interval, &call);
+                interval.mark_exited(ThreadKey::new(pid, tid));
+            }
+            total.merge(interval);
+        }
+        let rows = total.busiest();
+        assert!(rows.len() <= MAX_EXITED_THREADS + 2, "{} rows", rows.len());
+        let folded = &rows.iter().find(|(key, _)| key.pid == 0).unwrap().1;
+        assert_eq!(folded.comm, "[exited processes]");
+        let calls: u64 = rows.iter().map(|(_, t)| t.syscalls[&0].count).sum();
+        assert_eq!(calls, 2 * (MAX_EXITED_THREADS as u64 + 50));
+    }
+
+    #[test]
+    fn a_reused_tid_is_a_new_thread() {
+        let mut generations = Generations::default();
+        let first = generations.syscall(10, 11);
+        assert_eq!(first, ThreadKey::new(10, 11));
+        // After its exit call, a dying thread's last events are still its.
+        generations.exited(first);
+        assert_eq!(generations.current(10, 11), first);
+        // A syscall after the exit is a new thread's.
+        let second = generations.syscall(10, 11);
+        assert_eq!(second.generation, 1);
+        assert_eq!(generations.syscall(10, 11), second);
+        // So is a thread the scheduler reports as new.
+        let third = generations.new_thread(10, 11);
+        assert_eq!(third.generation, 2);
+        assert_eq!(generations.current(10, 11), third);
+        // The same tid in another process is a fresh pair of ids.
+        assert_eq!(generations.new_thread(20, 11), ThreadKey::new(20, 11));
+        assert_eq!(generations.current(10, 11), ThreadKey::new(10, 11));
     }
 
     #[test]
@@ -332,11 +460,11 @@ pub(crate) mod tests {
         let mut whole = Table::default();
         let (mut first, mut second) = (Table::default(), Table::default());
         for (i, e) in events.iter().enumerate() {
-            whole.record(e);
+            record(&mut whole, e);
             if i < 40 {
-                first.record(e)
+                record(&mut first, e)
             } else {
-                second.record(e)
+                record(&mut second, e)
             }
         }
         first.merge(second);

@@ -14,15 +14,17 @@
 //! (Wakeup, or a preempting SwitchOut) to the next SwitchIn. A migration is a
 //! SwitchIn on another CPU than the thread's previous run.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+};
 
-use hdrhistogram::Histogram;
-use probe_common::{EventKind, SchedEvent, SWITCH_VOLUNTARY};
+use probe_common::{EventKind, SchedEvent, SWITCH_EXITED, SWITCH_VOLUNTARY};
 
-use super::{new_histogram, record, Table, ThreadKey};
+use super::{latency::Latencies, Table, ThreadKey};
 
 /// One thread's scheduling over some span of time.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SchedStats {
     /// Time running.
     pub on_cpu_ns: u64,
@@ -43,24 +45,7 @@ pub struct SchedStats {
     /// Migrations per (from, to) CPU pair.
     pub pairs: BTreeMap<(u32, u32), u64>,
     /// Run-queue waits, ready to running.
-    pub runq: Histogram<u64>,
-}
-
-impl Default for SchedStats {
-    fn default() -> Self {
-        Self {
-            on_cpu_ns: 0,
-            blocked_ns: 0,
-            runq_wait_ns: 0,
-            voluntary: 0,
-            involuntary: 0,
-            migrations: 0,
-            last_cpu: None,
-            cpus: BTreeMap::new(),
-            pairs: BTreeMap::new(),
-            runq: new_histogram(),
-        }
-    }
+    pub runq: Latencies,
 }
 
 impl SchedStats {
@@ -84,9 +69,7 @@ impl SchedStats {
         for (&pair, &n) in &other.pairs {
             *self.pairs.entry(pair).or_default() += n;
         }
-        self.runq
-            .add(&other.runq)
-            .expect("auto-resizing histograms accept any value");
+        self.runq.merge(&other.runq);
     }
 }
 
@@ -108,18 +91,21 @@ struct RunState {
 #[derive(Debug, Default)]
 pub struct SchedTracker {
     threads: HashMap<ThreadKey, RunState>,
+    /// The traced thread each CPU last switched to, to repair a lost
+    /// SwitchOut: the next SwitchIn on that CPU ends the run.
+    on_cpu: HashMap<u32, ThreadKey>,
 }
 
 impl SchedTracker {
-    /// Moves the thread of `event` to its new state, charging what it did
-    /// since its previous event to `stats`.
-    pub fn apply(&mut self, event: &SchedEvent, stats: &mut SchedStats) {
-        let key = ThreadKey {
-            pid: event.pid,
-            tid: event.tid,
-        };
-        let state = self.threads.entry(key).or_default();
+    /// Moves thread `key` to its new state after `event`, charging what it
+    /// did since its previous event to its statistics in `table`.
+    pub fn apply(&mut self, key: ThreadKey, event: &SchedEvent, table: &mut Table) {
         let ts = event.ts_ns;
+        if EventKind::from_u32(event.kind) == Some(EventKind::SwitchIn) {
+            self.end_lost_run(key, event.cpu, ts, table);
+        }
+        let stats = table.sched_mut(key);
+        let state = self.threads.entry(key).or_default();
         match EventKind::from_u32(event.kind) {
             Some(EventKind::SwitchOut) => {
                 // A run that began before probe attached has no known start.
@@ -136,6 +122,13 @@ impl SchedTracker {
                 state.ready = (!voluntary).then_some(ts);
                 state.last_cpu = Some(event.cpu);
                 stats.last_cpu = Some(event.cpu);
+                if self.on_cpu.get(&event.cpu) == Some(&key) {
+                    self.on_cpu.remove(&event.cpu);
+                }
+                if event.flags & SWITCH_EXITED != 0 {
+                    // Its last switch: nothing will move it again.
+                    self.threads.remove(&key);
+                }
             }
             Some(EventKind::Wakeup | EventKind::WakeupNew) => {
                 // Wakeups of a running or already runnable thread change nothing.
@@ -148,7 +141,7 @@ impl SchedTracker {
                 match (state.off.take(), state.ready) {
                     (Some((off, voluntary)), Some(ready)) => {
                         if voluntary {
-                            stats.blocked_ns += ready - off;
+                            stats.blocked_ns += ready.saturating_sub(off);
                         }
                         wait(stats, ts.saturating_sub(ready));
                     }
@@ -166,9 +159,36 @@ impl SchedTracker {
                 state.last_cpu = Some(event.cpu);
                 stats.last_cpu = Some(event.cpu);
                 state.running = Some((ts, event.cpu));
+                self.on_cpu.insert(event.cpu, key);
             }
             Some(EventKind::Syscall) | None => {}
         }
+    }
+
+    /// A thread switched in on `cpu` ends the run of the traced thread that
+    /// was there, if that thread's SwitchOut was lost (a full ring buffer):
+    /// it is charged up to now and taken off the CPU, not charged forever.
+    fn end_lost_run(&mut self, key: ThreadKey, cpu: u32, ts: u64, table: &mut Table) {
+        let Some(previous) = self.on_cpu.remove(&cpu).filter(|&previous| previous != key) else {
+            return;
+        };
+        let Some(state) = self.threads.get_mut(&previous) else {
+            return;
+        };
+        if let Some((since, ran_on)) = state.running.filter(|&(_, ran_on)| ran_on == cpu) {
+            table.sched_mut(previous).run(ran_on, ts.saturating_sub(since));
+            state.running = None;
+            state.off = Some((ts, false));
+        }
+    }
+
+    /// Drops the state of threads that are gone although their last switch
+    /// was never seen (lost to a full ring buffer), so that they are not
+    /// charged as running forever and the tracker does not grow.
+    pub fn forget_dead(&mut self) {
+        self.threads.retain(|key, _| Path::new(&format!("/proc/{}/task/{}", key.pid, key.tid)).exists());
+        let threads = &self.threads;
+        self.on_cpu.retain(|_, key| threads.contains_key(key));
     }
 
     /// Charges the running threads' time up to `now` to `table`, so that a
@@ -185,7 +205,7 @@ impl SchedTracker {
 
 fn wait(stats: &mut SchedStats, ns: u64) {
     stats.runq_wait_ns += ns;
-    record(&mut stats.runq, ns);
+    stats.runq.record(ns);
 }
 
 #[cfg(test)]
@@ -194,25 +214,17 @@ mod tests {
     use probe_common::COMM_LEN;
 
     fn ev(kind: EventKind, cpu: u32, ts_ns: u64, flags: u32) -> SchedEvent {
-        SchedEvent {
-            kind: kind as u32,
-            cpu,
-            pid: 1,
-            tid: 2,
-            flags,
-            _pad: 0,
-            ts_ns,
-            comm: [0; COMM_LEN],
-        }
+        SchedEvent { kind: kind as u32, cpu, pid: 1, tid: 2, flags, _pad: 0, ts_ns, comm: [0; COMM_LEN] }
     }
 
     fn replay(events: &[SchedEvent]) -> SchedStats {
         let mut tracker = SchedTracker::default();
-        let mut stats = SchedStats::default();
+        let mut table = Table::default();
+        let key = ThreadKey::new(1, 2);
         for event in events {
-            tracker.apply(event, &mut stats);
+            tracker.apply(key, event, &mut table);
         }
-        stats
+        table.sched_mut(key).clone()
     }
 
     #[test]
@@ -226,16 +238,13 @@ mod tests {
             ev(SwitchOut, 0, 1300, 0),
             ev(SwitchIn, 1, 1400, 0),
         ]);
-        assert_eq!(
-            (stats.on_cpu_ns, stats.blocked_ns, stats.runq_wait_ns),
-            (150, 1000, 150)
-        );
+        assert_eq!((stats.on_cpu_ns, stats.blocked_ns, stats.runq_wait_ns), (150, 1000, 150));
         assert_eq!((stats.voluntary, stats.involuntary), (1, 1));
         assert_eq!(stats.migrations, 1);
         assert_eq!(stats.pairs, BTreeMap::from([((0, 1), 1)]));
         assert_eq!(stats.cpus, BTreeMap::from([(0, 150)]));
         assert_eq!(stats.last_cpu, Some(1));
-        assert_eq!((stats.runq.len(), stats.runq.max()), (2, 100));
+        assert_eq!((stats.runq.len(), stats.runq.max()), (2, Some(100)));
     }
 
     #[test]
@@ -244,20 +253,9 @@ mod tests {
         // Running when probe attached: no on-CPU time, and no migration
         // for the first run seen.
         let stats = replay(&[ev(SwitchOut, 0, 50, 0), ev(SwitchIn, 1, 80, 0)]);
-        assert_eq!(
-            (stats.on_cpu_ns, stats.runq_wait_ns, stats.migrations),
-            (0, 30, 1)
-        );
+        assert_eq!((stats.on_cpu_ns, stats.runq_wait_ns, stats.migrations), (0, 30, 1));
         let stats = replay(&[ev(SwitchIn, 1, 80, 0)]);
-        assert_eq!(
-            (
-                stats.on_cpu_ns,
-                stats.runq_wait_ns,
-                stats.migrations,
-                stats.runq.len()
-            ),
-            (0, 0, 0, 0)
-        );
+        assert_eq!((stats.on_cpu_ns, stats.runq_wait_ns, stats.migrations, stats.runq.len()), (0, 0, 0, 0));
     }
 
     #[test]
@@ -278,21 +276,33 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_switch_out_ends_at_the_next_switch_in_on_that_cpu() {
+        use EventKind::*;
+        let mut tracker = SchedTracker::default();
+        let mut table = Table::default();
+        let (lost, next) = (ThreadKey::new(1, 2), ThreadKey::new(1, 3));
+        tracker.apply(lost, &ev(SwitchIn, 0, 100, 0), &mut table);
+        // Its SwitchOut at 300 was dropped; another thread runs at 300.
+        tracker.apply(next, &ev(SwitchIn, 0, 300, 0), &mut table);
+        tracker.charge_running(10_000, &mut table);
+        assert_eq!(table.sched_mut(lost).on_cpu_ns, 200);
+        assert_eq!(table.sched_mut(next).on_cpu_ns, 9_700);
+    }
+
+    #[test]
     fn running_threads_are_charged_at_interval_ends() {
         use EventKind::*;
         let mut tracker = SchedTracker::default();
         let mut table = Table::default();
-        let key = ThreadKey { pid: 1, tid: 2 };
-        tracker.apply(&ev(SwitchIn, 0, 100, 0), table.sched_mut(key));
+        let key = ThreadKey::new(1, 2);
+        tracker.apply(key, &ev(SwitchIn, 0, 100, 0), &mut table);
         tracker.charge_running(600, &mut table);
         let mut first = table.sched_mut(key).clone();
-        let mut second = SchedStats::default();
-        tracker.apply(&ev(SwitchOut, 0, 1000, 0), &mut second);
+        let mut next = Table::default();
+        tracker.apply(key, &ev(SwitchOut, 0, 1000, 0), &mut next);
+        let second = next.sched_mut(key).clone();
         assert_eq!((first.on_cpu_ns, second.on_cpu_ns), (500, 400));
         first.merge(&second);
-        assert_eq!(
-            (first.on_cpu_ns, first.involuntary, first.cpus[&0]),
-            (900, 1, 900)
-        );
+        assert_eq!((first.on_cpu_ns, first.involuntary, first.cpus[&0]), (900, 1, 900));
     }
 }

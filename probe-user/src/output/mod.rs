@@ -12,6 +12,14 @@ use anyhow::{Context, Result};
 
 use crate::report::Report;
 
+/// A report as the text tables show it.
+#[cfg(test)]
+pub fn render_text(report: &Report) -> io::Result<String> {
+    let mut out = Vec::new();
+    text::write(&mut out, report)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
 /// Writes reports in the chosen format.
 pub struct Sink {
     out: Box<dyn Write>,
@@ -22,11 +30,10 @@ impl Sink {
     /// Reports to `path`, or to stdout without one.
     pub fn open(path: Option<&Path>, json: bool) -> Result<Self> {
         let out: Box<dyn Write> = match path {
-            Some(path) => {
-                Box::new(BufWriter::new(File::create(path).with_context(|| {
-                    format!("cannot write the report to {}", path.display())
-                })?))
-            }
+            Some(path) => Box::new(BufWriter::new(
+                File::create(path)
+                    .with_context(|| format!("cannot write the report to {}", path.display()))?,
+            )),
             None => Box::new(BufWriter::new(io::stdout())),
         };
         Ok(Self { out, json })

@@ -46,11 +46,17 @@ pub fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
             report.events, report.lost_events
         )?;
     }
-    if report.lost_events > 0 {
+    if report.lost_events > 0 && report.counts_exact {
         writeln!(
             out,
-            "WARNING: {} events lost (ring buffer full: {}, in-flight map full: {}, undecodable: {}): counts are low by up to that many",
-            report.lost_events, report.lost.ring_buffer, report.lost.in_flight_full, report.lost.undecodable
+            "NOTE: {} events lost to a full ring buffer: counts and errors are exact, latencies and scheduler times are a sample (raise --buffer-size)",
+            report.lost_events
+        )?;
+    } else if report.lost_events > 0 {
+        writeln!(
+            out,
+            "WARNING: {} events lost (ring buffer full: {}, of them uncounted: {}; in-flight map full: {}; undecodable: {}): counts are low by up to that many",
+            report.lost_events, report.lost.ring_buffer, report.lost.uncounted, report.lost.in_flight_full, report.lost.undecodable
         )?;
     }
     if report.threads.is_empty() {
@@ -76,10 +82,7 @@ pub fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
     writeln!(out)?;
     for thread in &report.threads {
         // The thread's ids head its first row; later rows are indented.
-        let mut ids = Some(format!(
-            "{:>7} {:>7} {:<16}",
-            thread.pid, thread.tid, thread.comm
-        ));
+        let mut ids = Some(format!("{:>7} {:>7} {:<16}", thread.pid, thread.tid, thread.comm));
         let mut lead = |out: &mut dyn Write| write!(out, "{:32}", ids.take().unwrap_or_default());
         for call in &thread.syscalls {
             lead(out)?;
@@ -100,14 +103,7 @@ pub fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
 }
 
 fn write_row(out: &mut dyn Write, call: &SyscallReport, summary: bool) -> io::Result<()> {
-    write!(
-        out,
-        " {:<22} {:>9} {:>7} {:>8}",
-        call.name,
-        call.count,
-        call.errors,
-        human_ns(call.total_ns)
-    )?;
+    write!(out, " {:<22} {:>9} {:>7} {:>8}", call.name, call.count, call.errors, human_ns(call.total_ns))?;
     if summary {
         write!(out, " {:>8}", latency(call.min_ns))?;
     }
@@ -115,18 +111,9 @@ fn write_row(out: &mut dyn Write, call: &SyscallReport, summary: bool) -> io::Re
     if summary {
         write!(out, " {:>8}", latency(call.p90_ns))?;
     }
-    write!(
-        out,
-        " {:>8} {:>8}",
-        latency(call.p99_ns),
-        latency(call.max_ns)
-    )?;
+    write!(out, " {:>8} {:>8}", latency(call.p99_ns), latency(call.max_ns))?;
     if summary && !call.errnos.is_empty() {
-        let errnos: Vec<_> = call
-            .errnos
-            .iter()
-            .map(|(name, n)| format!("{name}:{n}"))
-            .collect();
+        let errnos: Vec<_> = call.errnos.iter().map(|(name, n)| format!("{name}:{n}")).collect();
         write!(out, "  {}", errnos.join(","))?;
     }
     writeln!(out)
@@ -139,12 +126,7 @@ fn write_sched(out: &mut dyn Write, sched: &SchedReport) -> io::Result<()> {
         let shares: Vec<_> = sched
             .cpus
             .iter()
-            .map(|(cpu, &ns)| {
-                format!(
-                    "cpu{cpu} {:.0}%",
-                    100.0 * ns as f64 / sched.on_cpu_ns as f64
-                )
-            })
+            .map(|(cpu, &ns)| format!("cpu{cpu} {:.0}%", 100.0 * ns as f64 / sched.on_cpu_ns as f64))
             .collect();
         write!(out, " [{}]", shares.join(" "))?;
     }
@@ -178,8 +160,11 @@ fn write_sched(out: &mut dyn Write, sched: &SchedReport) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::{tests::event, Table};
-    use crate::report::{Losses, Span};
+    use crate::aggregate::{
+        tests::{event, record},
+        Table,
+    };
+    use crate::report::{Health, Losses, Span};
 
     #[test]
     fn human_units_keep_three_digits() {
@@ -196,13 +181,10 @@ mod tests {
 
     fn render(kind: Kind, lost: Losses) -> String {
         let mut table = Table::default();
-        table.record(&event(11, 39, 0, 250));
-        table.record(&event(11, 257, -2, 12_000));
-        let span = Span {
-            elapsed_ns: 2_000_000_000,
-            span_ns: 1_000_000_000,
-            lost,
-        };
+        record(&mut table, &event(11, 39, 0, 250));
+        record(&mut table, &event(11, 257, -2, 12_000));
+        let span =
+            Span { elapsed_ns: 2_000_000_000, span_ns: 1_000_000_000, lost, health: Health::default() };
         let mut out = Vec::new();
         write(&mut out, &Report::new(kind, &table, span, None)).unwrap();
         String::from_utf8(out).unwrap()
@@ -214,34 +196,27 @@ mod tests {
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines[0], "probe summary: 2.00s traced, 2 events, 0 lost");
         assert!(lines[1].starts_with("    PID     TID COMM"), "{text}");
-        assert!(
-            lines[2].contains("openat") && lines[2].ends_with("ENOENT:1"),
-            "{text}"
-        );
+        assert!(lines[2].contains("openat") && lines[2].ends_with("ENOENT:1"), "{text}");
         assert!(lines[2].starts_with("    100      11 worker"), "{text}");
         assert!(lines[3].trim_start().starts_with("getpid "), "{text}");
         // The last column of a row without errnos ends where its heading ends.
         let heading_end = lines[1].find("MAX").unwrap() + "MAX".len();
-        assert_eq!(
-            lines[3].chars().count(),
-            lines[1][..heading_end].chars().count(),
-            "{text}"
-        );
+        assert_eq!(lines[3].chars().count(), lines[1][..heading_end].chars().count(), "{text}");
     }
 
     #[test]
-    fn interval_shows_rate_and_loss_warning() {
-        let text = render(
-            Kind::Interval,
-            Losses {
-                ring_buffer: 3,
-                ..Losses::default()
-            },
-        );
+    fn interval_shows_rate_and_says_what_a_loss_means() {
+        let counted = Losses { ring_buffer: 3, ..Losses::default() };
+        let text = render(Kind::Interval, counted);
+        assert!(text.starts_with("[   2.00s] 2 events (2/s), 3 lost\nNOTE: 3 events lost"), "{text}");
+        assert!(text.contains("counts and errors are exact"), "{text}");
+        assert!(!text.contains("P90"));
+
+        let uncounted = Losses { ring_buffer: 3, uncounted: 1, ..Losses::default() };
+        let text = render(Kind::Interval, uncounted);
         assert!(
-            text.starts_with("[   2.00s] 2 events (2/s), 3 lost\nWARNING: 3 events lost"),
+            text.contains("\nWARNING: 3 events lost (ring buffer full: 3, of them uncounted: 1;"),
             "{text}"
         );
-        assert!(!text.contains("P90"));
     }
 }

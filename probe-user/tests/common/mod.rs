@@ -14,20 +14,41 @@ use serde_json::Value;
 
 pub const PROBE: &str = env!("CARGO_BIN_EXE_probe");
 
+/// A child process that a failing test does not leave running: it is
+/// killed when dropped.
+pub struct Running(pub Child);
+
+impl Running {
+    pub fn spawn(command: &mut Command) -> Self {
+        Self(command.spawn().unwrap())
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `cargo test` builds the examples next to the test binaries' `deps/`.
 pub fn workload() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/workload");
-    assert!(
-        path.is_file(),
-        "{} is missing: run the tests with `cargo xtask test`",
-        path.display()
-    );
+    let path = exe.parent().unwrap().parent().unwrap().join("examples/workload");
+    assert!(path.is_file(), "{} is missing: run the tests with `cargo xtask test`", path.display());
     path
 }
 
@@ -47,19 +68,18 @@ impl Trace {
         let summary = lines.pop().expect("no output");
         assert_eq!(summary["type"], "summary", "the last line is the summary");
         assert!(lines.iter().all(|line| line["type"] == "interval"));
-        Self {
-            intervals: lines,
-            summary,
-        }
+        Self { intervals: lines, summary }
     }
 
     pub fn thread(&self, tid: u64) -> &Value {
-        self.summary["threads"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|thread| thread["tid"] == tid)
-            .unwrap_or_else(|| panic!("thread {tid} missing from {}", self.summary))
+        self.summary["threads"].as_array().unwrap().iter().find(|thread| thread["tid"] == tid).unwrap_or_else(
+            || {
+                panic!(
+                    "thread {tid} missing from the summary's {} rows",
+                    self.summary["threads"].as_array().unwrap().len()
+                )
+            },
+        )
     }
 
     pub fn syscall(&self, tid: u64, name: &str) -> &Value {
@@ -110,10 +130,7 @@ impl Workload {
                 involuntary: number(t, "involuntary"),
             })
             .collect();
-        Self {
-            pid: report["pid"].as_u64().unwrap(),
-            threads,
-        }
+        Self { pid: report["pid"].as_u64().unwrap(), threads }
     }
 
     /// The threads that did `activity`.
@@ -124,11 +141,7 @@ impl Workload {
 
 /// Runs probe with `args` on the workload with `workload_args` in COMMAND
 /// mode, and returns probe's JSON trace and the workload's account.
-pub fn trace_command(
-    name: &str,
-    args: &[&str],
-    workload_args: &[&str],
-) -> (Trace, Workload, Output) {
+pub fn trace_command(name: &str, args: &[&str], workload_args: &[&str]) -> (Trace, Workload, Output) {
     let report = report_path(name);
     let output = Command::new(PROBE)
         .args(["--json", "-o"])
@@ -140,10 +153,7 @@ pub fn trace_command(
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.code().is_some(),
-        "probe was killed; stderr: {stderr}"
-    );
+    assert!(output.status.code().is_some(), "probe was killed; stderr: {stderr}");
     let trace = Trace::read(&report);
     std::fs::remove_file(report).unwrap();
     let workload = Workload::parse(&String::from_utf8_lossy(&output.stdout));
@@ -159,11 +169,7 @@ pub fn assert_exact(trace: &Trace, workload: &Workload) {
     for thread in &workload.threads {
         let call = trace.syscall(thread.tid, &thread.syscall);
         let (tid, syscall) = (thread.tid, &thread.syscall);
-        assert_eq!(
-            call["count"].as_u64(),
-            Some(thread.calls),
-            "{syscall} of thread {tid}: {call}"
-        );
+        assert_eq!(call["count"].as_u64(), Some(thread.calls), "{syscall} of thread {tid}: {call}");
     }
 }
 
@@ -172,10 +178,7 @@ pub fn wait_until_tracing(probe: &mut Child) -> BufReader<std::process::ChildStd
     let mut stderr = BufReader::new(probe.stderr.take().unwrap());
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();
-    assert!(
-        line.starts_with("probe: tracing"),
-        "probe did not start: {line:?}"
-    );
+    assert!(line.starts_with("probe: tracing"), "probe did not start: {line:?}");
     stderr
 }
 

@@ -1,0 +1,171 @@
+//! Latency distributions that stay small for the many threads and syscalls
+//! that see few calls, and precise for the few that see many.
+
+use hdrhistogram::Histogram;
+
+/// Two significant digits: quantiles within 1% of the true value.
+const HISTOGRAM_SIGFIG: u8 = 2;
+
+/// Up to this many latencies are kept as they are, and their quantiles are
+/// exact; beyond, a histogram holds them. A histogram costs kilobytes, and
+/// a process that starts thousands of short threads has thousands of
+/// thread-and-syscall pairs with a handful of calls each.
+const EXACT_SAMPLES: usize = 32;
+
+/// A distribution of latencies in nanoseconds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Latencies {
+    /// The latencies themselves, until there are too many.
+    samples: Vec<u64>,
+    /// All latencies, once there are too many to keep.
+    histogram: Option<Box<Histogram<u64>>>,
+    /// Exact extremes (a histogram's are rounded to its buckets).
+    min: u64,
+    max: u64,
+}
+
+impl Latencies {
+    /// Adds one latency.
+    pub fn record(&mut self, ns: u64) {
+        if self.is_empty() || ns < self.min {
+            self.min = ns;
+        }
+        self.max = self.max.max(ns);
+        if self.histogram.is_none() && self.samples.len() < EXACT_SAMPLES {
+            self.samples.push(ns);
+        } else {
+            add(self.to_histogram(), ns);
+        }
+    }
+
+    /// Adds every latency of `other`.
+    pub fn merge(&mut self, other: &Self) {
+        let Some(theirs) = &other.histogram else {
+            other.samples.iter().for_each(|&ns| self.record(ns));
+            return;
+        };
+        if other.is_empty() {
+            return;
+        }
+        let was_empty = self.is_empty();
+        self.to_histogram().add(theirs.as_ref()).expect("auto-resizing histograms accept any value");
+        self.min = if was_empty { other.min } else { self.min.min(other.min) };
+        self.max = self.max.max(other.max);
+    }
+
+    /// The histogram, made from the samples kept so far if there is none.
+    fn to_histogram(&mut self) -> &mut Histogram<u64> {
+        let samples = std::mem::take(&mut self.samples);
+        self.histogram.get_or_insert_with(|| {
+            let mut histogram =
+                Box::new(Histogram::new(HISTOGRAM_SIGFIG).expect("2 significant figures is valid"));
+            samples.iter().for_each(|&ns| add(&mut histogram, ns));
+            histogram
+        })
+    }
+
+    /// How many latencies.
+    pub fn len(&self) -> u64 {
+        match &self.histogram {
+            Some(histogram) => histogram.len(),
+            None => self.samples.len() as u64,
+        }
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Smallest latency.
+    pub fn min(&self) -> Option<u64> {
+        (!self.is_empty()).then_some(self.min)
+    }
+
+    /// Largest latency.
+    pub fn max(&self) -> Option<u64> {
+        (!self.is_empty()).then_some(self.max)
+    }
+
+    /// The latency at quantile `q` (0 to 1): exact (nearest rank) while the
+    /// latencies are few, within 1% beyond, and never outside min..=max.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        if self.is_empty() {
+            return None;
+        }
+        let value = match &self.histogram {
+            Some(histogram) => histogram.value_at_quantile(q),
+            None => {
+                let mut sorted = self.samples.clone();
+                sorted.sort_unstable();
+                let rank = (q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize;
+                sorted[rank.clamp(1, sorted.len()) - 1]
+            }
+        };
+        Some(value.clamp(self.min, self.max))
+    }
+}
+
+/// Records into a histogram: zero as 1 ns (its floor), growing it to fit.
+fn add(histogram: &mut Histogram<u64>, ns: u64) {
+    let value = ns.max(1);
+    if histogram.record(value).is_err() {
+        histogram.saturating_record(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn few_latencies_have_exact_quantiles() {
+        let mut latencies = Latencies::default();
+        for ns in [50, 10, 40, 20, 30] {
+            latencies.record(ns);
+        }
+        assert_eq!(latencies.quantile(0.5), Some(30));
+        assert_eq!(latencies.quantile(0.99), Some(50));
+        assert_eq!(latencies.quantile(0.0), Some(10));
+        assert_eq!((latencies.min(), latencies.max(), latencies.len()), (Some(10), Some(50), 5));
+        assert_eq!(Latencies::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn many_latencies_are_within_one_percent() {
+        let mut latencies = Latencies::default();
+        for i in 1..=10_000u64 {
+            latencies.record(i * 1000);
+        }
+        for (q, exact) in [(0.5, 5_000_000.0), (0.9, 9_000_000.0), (0.99, 9_900_000.0)] {
+            let got = latencies.quantile(q).unwrap() as f64;
+            assert!((got - exact).abs() / exact <= 0.01, "q{q}: {got} vs {exact}");
+        }
+        assert_eq!((latencies.min(), latencies.max()), (Some(1000), Some(10_000_000)));
+    }
+
+    #[test]
+    fn merging_any_mix_keeps_count_and_extremes() {
+        let few = |from: u64| {
+            let mut latencies = Latencies::default();
+            (from..from + 5).for_each(|ns| latencies.record(ns));
+            latencies
+        };
+        let many = |from: u64| {
+            let mut latencies = Latencies::default();
+            (from..from + 100).for_each(|ns| latencies.record(ns));
+            latencies
+        };
+        for (mut ours, theirs) in
+            [(few(10), few(1)), (few(10), many(1)), (many(10), few(1)), (many(10), many(500))]
+        {
+            let (count, min, max) =
+                (ours.len() + theirs.len(), ours.min().min(theirs.min()), ours.max().max(theirs.max()));
+            ours.merge(&theirs);
+            assert_eq!((ours.len(), ours.min(), ours.max()), (count, min, max));
+        }
+        let mut empty = Latencies::default();
+        empty.merge(&many(3));
+        assert_eq!((empty.min(), empty.max()), (Some(3), Some(102)));
+    }
+}
