@@ -174,11 +174,6 @@ fn without_privileges_probe_says_what_it_needs() {
     );
 }
 
-/// Reads probe's JSON lines as they come.
-fn intervals(reader: impl Read) -> impl Iterator<Item = Value> {
-    BufReader::new(reader).lines().map_while(Result::ok).filter_map(|line| serde_json::from_str(&line).ok())
-}
-
 /// 30 s of threads and processes that start, make a few calls and die, beside
 /// a storm of known size, into a tiny ring buffer: the storm's count stays
 /// exact, losses are reported, and probe's memory and maps stay flat.

@@ -34,7 +34,7 @@ impl Latencies {
         if self.histogram.is_none() && self.samples.len() < EXACT_SAMPLES {
             self.samples.push(ns);
         } else {
-            add(self.to_histogram(), ns);
+            add(self.histogram_mut(), ns);
         }
     }
 
@@ -48,13 +48,13 @@ impl Latencies {
             return;
         }
         let was_empty = self.is_empty();
-        self.to_histogram().add(theirs.as_ref()).expect("auto-resizing histograms accept any value");
+        self.histogram_mut().add(theirs.as_ref()).expect("auto-resizing histograms accept any value");
         self.min = if was_empty { other.min } else { self.min.min(other.min) };
         self.max = self.max.max(other.max);
     }
 
     /// The histogram, made from the samples kept so far if there is none.
-    fn to_histogram(&mut self) -> &mut Histogram<u64> {
+    fn histogram_mut(&mut self) -> &mut Histogram<u64> {
         let samples = std::mem::take(&mut self.samples);
         self.histogram.get_or_insert_with(|| {
             let mut histogram =
