@@ -8,7 +8,7 @@
 //! ```text
 //! workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--enoent N]
 //!          [--affinity MOVES] [--spin MS,MS,...] [--fork N] [--churn SECONDS]
-//!          [--exit CODE]
+//!          [--mixed ROUNDS,ROUNDS,...] [--pingpong ROUNDS] [--exit CODE]
 //! ```
 //!
 //! Per thread it reports its tid, its activity, how many calls or moves it
@@ -175,6 +175,73 @@ fn churn(seconds: u64) -> Done {
     Done { tid: gettid(), activity: "churn", calls: started }
 }
 
+/// `rounds` of: read a byte of /dev/zero, write it to /dev/null, getppid,
+/// and an openat that fails: four syscalls a round, one of them an error.
+fn mixed(rounds: u64) -> Done {
+    let open = |path: &str, flags| {
+        let path = CString::new(path).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        let fd = unsafe { libc::open(path.as_ptr(), flags) };
+        assert!(fd >= 0, "cannot open {path:?}");
+        fd
+    };
+    let (zero, null) = (open("/dev/zero", libc::O_RDONLY), open("/dev/null", libc::O_WRONLY));
+    let missing = CString::new("/nonexistent/probe-workload").unwrap();
+    let mut byte = [0u8; 1];
+    for _ in 0..rounds {
+        // SAFETY: valid fds, a one-byte buffer and a NUL-terminated path.
+        unsafe {
+            libc::syscall(libc::SYS_read, zero, byte.as_mut_ptr(), 1);
+            libc::syscall(libc::SYS_write, null, byte.as_ptr(), 1);
+            libc::syscall(libc::SYS_getppid);
+            libc::syscall(libc::SYS_openat, libc::AT_FDCWD, missing.as_ptr(), libc::O_RDONLY);
+        }
+    }
+    // SAFETY: closing our own fds.
+    unsafe {
+        libc::close(zero);
+        libc::close(null);
+    }
+    Done { tid: gettid(), activity: "mixed", calls: rounds * 4 }
+}
+
+/// `rounds` round trips of one byte between this thread and a partner
+/// thread over two pipes: every write wakes the other thread, a context
+/// switch storm. The count is the round trips.
+fn ping_pong(rounds: u64) -> Done {
+    let pipe = || {
+        let mut fds = [0; 2];
+        // SAFETY: a valid two-int buffer.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe failed");
+        fds
+    };
+    let (ping, pong) = (pipe(), pipe());
+    let partner = thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        for _ in 0..rounds {
+            // SAFETY: valid pipe fds and a one-byte buffer.
+            unsafe {
+                libc::read(ping[0], byte.as_mut_ptr().cast(), 1);
+                libc::write(pong[1], byte.as_ptr().cast(), 1);
+            }
+        }
+    });
+    let mut byte = [0u8; 1];
+    for _ in 0..rounds {
+        // SAFETY: as above.
+        unsafe {
+            libc::write(ping[1], byte.as_ptr().cast(), 1);
+            libc::read(pong[0], byte.as_mut_ptr().cast(), 1);
+        }
+    }
+    partner.join().expect("the ping-pong partner panicked");
+    for fd in ping.into_iter().chain(pong) {
+        // SAFETY: closing our own fds.
+        unsafe { libc::close(fd) };
+    }
+    Done { tid: gettid(), activity: "pingpong", calls: rounds }
+}
+
 fn missing_opens(calls: u64) -> Done {
     let path = CString::new(format!("/nonexistent/probe-workload-{}", std::process::id())).unwrap();
     for _ in 0..calls {
@@ -201,7 +268,7 @@ fn wait_for_sigusr1() {
 fn usage(problem: &str) -> ! {
     eprintln!("workload: {problem}");
     eprintln!(
-        "usage: workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--enoent N] [--affinity MOVES] [--spin MS,MS,...] [--fork N] [--churn SECONDS] [--exit CODE]"
+        "usage: workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--enoent N] [--affinity MOVES] [--spin MS,MS,...] [--fork N] [--churn SECONDS] [--mixed ROUNDS,...] [--pingpong ROUNDS] [--exit CODE]"
     );
     exit(2)
 }
@@ -242,6 +309,15 @@ fn main() {
                 for ms in value().split(',').map(number) {
                     jobs.push(Box::new(move || spin(Duration::from_millis(ms))));
                 }
+            }
+            "--mixed" => {
+                for rounds in value().split(',').map(number) {
+                    jobs.push(Box::new(move || mixed(rounds)));
+                }
+            }
+            "--pingpong" => {
+                let rounds = number(&value());
+                jobs.push(Box::new(move || ping_pong(rounds)));
             }
             "--fork" => {
                 let calls = number(&value());

@@ -83,14 +83,11 @@ fn run(args: Args) -> Result<i32> {
         probe.trace_pid(gated.pid.as_raw() as u32)?;
         Target::Command(gated.release()?)
     } else if pids.is_empty() {
-        eprintln!("probe: tracing the whole system; Ctrl-C for the summary");
         Target::System
     } else {
         for target in &pids {
             probe.trace_pid(target.pid)?;
         }
-        let list: Vec<_> = pids.iter().map(|target| target.pid.to_string()).collect();
-        eprintln!("probe: tracing PID {}; Ctrl-C for the summary", list.join(","));
         Target::Pids(pids)
     };
     let options = Options { interval: args.interval, duration: args.duration, top: args.top };

@@ -70,18 +70,31 @@ struct Aggregator {
     tracker: SchedTracker,
     generations: Generations,
     undecodable: u64,
+    /// Reused from drain to drain.
+    sched_batch: Vec<SchedEvent>,
 }
 
 impl Aggregator {
+    /// Takes every record waiting in the ring buffer.
+    ///
+    /// Records from different CPUs reach the ring buffer in the order they
+    /// were reserved, which can differ from the order of their timestamps by
+    /// a little: a thread's switch-out on one CPU can arrive after its
+    /// switch-in on the next. The scheduler events of a batch are applied in
+    /// timestamp order, so that each thread's moves are seen as they were.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        let mut sched = std::mem::take(&mut self.sched_batch);
         while let Some(record) = ring.next() {
-            self.ingest(&record);
+            self.ingest(&record, &mut sched);
         }
+        self.apply_sched(&mut sched);
+        self.sched_batch = sched;
     }
 
     /// Adds one record, whatever its bytes: a record that is not a known
-    /// event of the right size is counted, never trusted.
-    fn ingest(&mut self, record: &[u8]) {
+    /// event of the right size is counted, never trusted. Scheduler events
+    /// are set aside in `sched` for [`Self::apply_sched`].
+    fn ingest(&mut self, record: &[u8], sched: &mut Vec<SchedEvent>) {
         let kind = record
             .get(..4)
             .and_then(|tag| tag.try_into().ok())
@@ -94,22 +107,28 @@ impl Aggregator {
                     self.generations.exited(key);
                 }
             }),
-            Some(kind) => SchedEvent::decode(record).map(|event| {
-                let key = match kind {
-                    EventKind::WakeupNew => self.generations.new_thread(event.pid, event.tid),
-                    _ => self.generations.current(event.pid, event.tid),
-                };
-                self.interval.record_sched(key, &event.comm);
-                self.tracker.apply(key, &event, &mut self.interval);
-                if event.flags & SWITCH_EXITED != 0 {
-                    self.interval.mark_exited(key);
-                    self.generations.exited(key);
-                }
-            }),
+            Some(_) => SchedEvent::decode(record).map(|event| sched.push(event)),
             None => None,
         };
         if decoded.is_none() {
             self.undecodable += 1;
+        }
+    }
+
+    /// Applies a batch of scheduler events in timestamp order, and empties it.
+    fn apply_sched(&mut self, sched: &mut Vec<SchedEvent>) {
+        sched.sort_by_key(|event| event.ts_ns);
+        for event in sched.drain(..) {
+            let key = match EventKind::from_u32(event.kind) {
+                Some(EventKind::WakeupNew) => self.generations.new_thread(event.pid, event.tid),
+                _ => self.generations.current(event.pid, event.tid),
+            };
+            self.interval.record_sched(key, &event.comm);
+            self.tracker.apply(key, &event, &mut self.interval);
+            if event.flags & SWITCH_EXITED != 0 {
+                self.interval.mark_exited(key);
+                self.generations.exited(key);
+            }
         }
     }
 
@@ -142,6 +161,7 @@ impl Aggregator {
     /// Closes the current interval, folding it into the total.
     fn close_interval(&mut self) {
         self.total.merge(std::mem::take(&mut self.interval));
+        self.total.retire_dead();
     }
 }
 
@@ -172,6 +192,15 @@ pub async fn run(
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
+    // Said only now that a signal ends the trace with its summary.
+    match &target {
+        Target::System => eprintln!("probe: tracing the whole system; Ctrl-C for the summary"),
+        Target::Pids(targets) => {
+            let pids: Vec<_> = targets.iter().map(|target| target.pid.to_string()).collect();
+            eprintln!("probe: tracing PID {}; Ctrl-C for the summary", pids.join(","));
+        }
+        Target::Command(_) => {}
+    }
 
     let (exited, mut exits) = mpsc::unbounded_channel();
     let mut remaining = 0usize;
@@ -342,8 +371,10 @@ mod tests {
     /// built from it neither panic nor lose count of what they refused.
     fn ingest_and_report(records: &[Vec<u8>]) -> Aggregator {
         let mut aggregator = Aggregator::default();
-        for record in records {
-            aggregator.ingest(record);
+        for batch in records.chunks(7) {
+            let mut sched = Vec::new();
+            batch.iter().for_each(|record| aggregator.ingest(record, &mut sched));
+            aggregator.apply_sched(&mut sched);
         }
         let span = Span { elapsed_ns: 1, span_ns: 1, lost: Default::default(), health: Default::default() };
         serde_json::to_string(&Report::new(Kind::Interval, &aggregator.interval, span, Some(3))).unwrap();

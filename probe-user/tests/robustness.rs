@@ -218,13 +218,14 @@ fn stress_churn_and_storm_with_a_tiny_buffer() {
     assert!(trace.summary["lost_events"].as_u64().unwrap() > 0);
     assert_eq!(trace.summary["counts_exact"], true, "{}", trace.summary["lost"]);
 
-    // Memory after the first seconds, against the end: flat, though
-    // tens of thousands of threads came and went.
+    // Memory once warmed up (a third of the way in), against the end:
+    // flat, though hundreds of thousands of threads came and went.
     let rss: Vec<u64> = trace.intervals.iter().map(|i| i["probe"]["rss_bytes"].as_u64().unwrap()).collect();
     assert!(rss.len() >= 20, "{} intervals", rss.len());
-    let early = rss[3..6].iter().copied().max().unwrap();
+    let third = rss.len() / 3;
+    let warm = rss[third..third + 3].iter().copied().max().unwrap();
     let late = rss[rss.len() - 3..].iter().copied().max().unwrap();
-    assert!(late <= early + early / 4 + (8 << 20), "RSS grew from {early} to {late}: {rss:?}");
+    assert!(late <= warm + warm / 10 + (8 << 20), "RSS grew from {warm} to {late}: {rss:?}");
     for interval in &trace.intervals {
         let probe = &interval["probe"];
         assert!(probe["calls_off_cpu"].as_u64().unwrap() < 1000, "{probe}");

@@ -3,8 +3,10 @@
 //! Everything it installs goes under `target/`, so a fresh clone on a new
 //! machine needs nothing but rustup's stable and nightly toolchains.
 
+mod bench;
 mod bootstrap;
 mod command;
+mod soak;
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +36,20 @@ enum Task {
     },
     /// Build, check formatting and lints, and run every test (as root).
     Test,
+    /// Measure probe's overhead beside the floor and bpftrace, perf trace and
+    /// strace (as root; installs the peers from Debian's packages).
+    Bench {
+        /// Rounds of every workload under every tracer.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// Run probe for minutes against a thread and process churn, printing
+    /// its memory and losses (as root).
+    Soak {
+        /// How long.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
 }
 
 fn main() {
@@ -53,6 +69,14 @@ fn run(task: Task) -> Result<()> {
             command::exec(root.join("target/release/probe"), &args)
         }
         Task::Test => test(&root),
+        Task::Bench { rounds } => {
+            build_with_workload(&root)?;
+            bench::bench(&root, rounds)
+        }
+        Task::Soak { minutes } => {
+            build_with_workload(&root)?;
+            soak::soak(&root, minutes)
+        }
     }
 }
 
@@ -64,6 +88,12 @@ fn workspace_root() -> PathBuf {
 fn build(root: &Path) -> Result<()> {
     build_ebpf(root)?;
     cargo(root, &["build", "--release", "--package", "probe"])
+}
+
+/// Builds probe and the workload that benchmarks and soaks run.
+fn build_with_workload(root: &Path) -> Result<()> {
+    build(root)?;
+    cargo(root, &["build", "--release", "--package", "probe", "--example", "workload"])
 }
 
 fn build_ebpf(root: &Path) -> Result<()> {

@@ -4,7 +4,10 @@
 pub mod latency;
 pub mod sched;
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+};
 
 use probe_common::{LostCall, SyscallEvent, COMM_LEN, MAX_ERRNO, SYSCALL_NO_RETURN};
 
@@ -241,6 +244,23 @@ impl Table {
                 ours.sched.get_or_insert_with(SchedStats::default).merge(sched);
             }
         }
+        self.fold_beyond_cap();
+    }
+
+    /// Marks the threads that are gone although their exit was never seen
+    /// (its records lost), so that they too are folded beyond the cap.
+    pub fn retire_dead(&mut self) {
+        for (key, thread) in &mut self.threads {
+            let gone = || !Path::new(&format!("/proc/{}/task/{}", key.pid, key.tid)).exists();
+            if !thread.exited && key.tid != FOLDED_TID && gone() {
+                thread.exited = true;
+                self.exited.push(*key);
+            }
+        }
+        self.fold_beyond_cap();
+    }
+
+    fn fold_beyond_cap(&mut self) {
         if self.exited.len() > MAX_EXITED_THREADS {
             let events = |key: &ThreadKey| self.threads.get(key).map_or(0, |thread| thread.events);
             let mut exited = std::mem::take(&mut self.exited);
@@ -258,7 +278,7 @@ impl Table {
     fn fold(&mut self, key: ThreadKey) {
         const PROCESSES: ThreadKey = ThreadKey { pid: 0, tid: FOLDED_TID, generation: 0 };
         let process = ThreadKey::new(key.pid, FOLDED_TID);
-        if std::path::Path::new(&format!("/proc/{}", key.pid)).exists() {
+        if Path::new(&format!("/proc/{}", key.pid)).exists() {
             self.fold_into(key, process, "[exited threads]");
         } else {
             self.fold_into(key, PROCESSES, "[exited processes]");

@@ -84,6 +84,8 @@ struct RunState {
     ready: Option<u64>,
     /// CPU of its previous run.
     last_cpu: Option<u32>,
+    /// When its latest run began.
+    last_in: u64,
 }
 
 /// The state of every thread seen, across intervals: spans that cross an
@@ -108,15 +110,20 @@ impl SchedTracker {
         let state = self.threads.entry(key).or_default();
         match EventKind::from_u32(event.kind) {
             Some(EventKind::SwitchOut) => {
-                // A run that began before probe attached has no known start.
-                if let Some((since, cpu)) = state.running.take() {
-                    stats.run(cpu, ts.saturating_sub(since));
-                }
                 let voluntary = event.flags & SWITCH_VOLUNTARY != 0;
                 if voluntary {
                     stats.voluntary += 1;
                 } else {
                     stats.involuntary += 1;
+                }
+                // Older than the latest run: its SwitchIn, from another CPU,
+                // overtook it in the ring buffer; that run is not over.
+                if ts < state.last_in {
+                    return;
+                }
+                // A run that began before probe attached has no known start.
+                if let Some((since, cpu)) = state.running.take() {
+                    stats.run(cpu, ts.saturating_sub(since));
                 }
                 state.off = Some((ts, voluntary));
                 state.ready = (!voluntary).then_some(ts);
@@ -159,6 +166,7 @@ impl SchedTracker {
                 state.last_cpu = Some(event.cpu);
                 stats.last_cpu = Some(event.cpu);
                 state.running = Some((ts, event.cpu));
+                state.last_in = ts;
                 self.on_cpu.insert(event.cpu, key);
             }
             Some(EventKind::Syscall) | None => {}
@@ -287,6 +295,22 @@ mod tests {
         tracker.charge_running(10_000, &mut table);
         assert_eq!(table.sched_mut(lost).on_cpu_ns, 200);
         assert_eq!(table.sched_mut(next).on_cpu_ns, 9_700);
+    }
+
+    #[test]
+    fn a_switch_out_overtaken_by_the_next_switch_in_is_still_counted_right() {
+        use EventKind::*;
+        // Moved from CPU 0 to 1 and back: the switch-outs arrive late.
+        let stats = replay(&[
+            ev(SwitchIn, 0, 100, 0),
+            ev(SwitchIn, 1, 210, 0),
+            ev(SwitchOut, 0, 200, SWITCH_VOLUNTARY),
+            ev(SwitchIn, 0, 310, 0),
+            ev(SwitchOut, 1, 300, SWITCH_VOLUNTARY),
+        ]);
+        assert_eq!(stats.migrations, 2);
+        assert_eq!(stats.voluntary, 2);
+        assert_eq!(stats.last_cpu, Some(0));
     }
 
     #[test]

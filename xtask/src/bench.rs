@@ -1,0 +1,412 @@
+//! `cargo xtask bench`: what tracing costs a traced program, for probe
+//! beside the floor (do-nothing programs at the same tracepoints) and its
+//! peers, in one run, interleaved round by round, as medians.
+//!
+//! The workloads time themselves (`examples/workload.rs` reports the wall
+//! time of its own loop), so every tracer is measured from inside the
+//! program it slows down.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::command::run;
+
+/// A workload and how to read its cost per operation.
+struct Workload {
+    name: &'static str,
+    args: &'static [&'static str],
+    unit: &'static str,
+}
+
+const WORKLOADS: [Workload; 3] = [
+    Workload { name: "getppid storm", args: &["--getppid", "2000000"], unit: "ns/syscall" },
+    Workload { name: "mixed storm", args: &["--mixed", "250000,250000"], unit: "ns/syscall" },
+    Workload { name: "pipe ping-pong", args: &["--pingpong", "100000"], unit: "ns/round trip" },
+];
+
+/// How the workload is run.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Tracer {
+    Untraced,
+    Floor,
+    ProbePid,
+    ProbeCommand,
+    ProbeSystem,
+    ProbeNoSched,
+    Bpftrace,
+    PerfTrace,
+    Strace,
+}
+
+const TRACERS: [Tracer; 9] = [
+    Tracer::Untraced,
+    Tracer::Floor,
+    Tracer::ProbePid,
+    Tracer::ProbeCommand,
+    Tracer::ProbeSystem,
+    Tracer::ProbeNoSched,
+    Tracer::Bpftrace,
+    Tracer::PerfTrace,
+    Tracer::Strace,
+];
+
+impl Tracer {
+    fn name(self) -> &'static str {
+        match self {
+            Tracer::Untraced => "untraced",
+            Tracer::Floor => "floor (empty programs)",
+            Tracer::ProbePid => "probe --pid",
+            Tracer::ProbeCommand => "probe -- COMMAND",
+            Tracer::ProbeSystem => "probe (whole system)",
+            Tracer::ProbeNoSched => "probe --no-sched",
+            Tracer::Bpftrace => "bpftrace histogram",
+            Tracer::PerfTrace => "perf trace -s",
+            Tracer::Strace => "strace -f -c",
+        }
+    }
+}
+
+/// bpftrace's per-thread syscall latency histogram of the command it runs.
+const BPFTRACE_PROGRAM: &str = "tracepoint:raw_syscalls:sys_enter /pid == cpid/ { @start[tid] = nsecs; } \
+     tracepoint:raw_syscalls:sys_exit /pid == cpid && @start[tid]/ { @ns[tid] = hist(nsecs - @start[tid]); delete(@start[tid]); }";
+
+/// One run of one workload under one tracer.
+#[derive(Default)]
+struct Sample {
+    ns_per_op: f64,
+    /// probe's own numbers, when probe traced.
+    events: Option<f64>,
+    lost: Option<f64>,
+    events_per_s: Option<f64>,
+    cpu_ns_per_event: Option<f64>,
+    peak_rss_mib: Option<f64>,
+    attach_ms: Option<f64>,
+}
+
+struct Paths {
+    probe: PathBuf,
+    workload: PathBuf,
+    report: PathBuf,
+}
+
+/// Runs every workload under every tracer, `rounds` times, and prints and
+/// saves the medians.
+pub fn bench(root: &Path, rounds: usize) -> Result<()> {
+    install_peers()?;
+    let paths = Paths {
+        probe: root.join("target/release/probe"),
+        workload: root.join("target/release/examples/workload"),
+        report: root.join("target/bench/probe-report.json"),
+    };
+    std::fs::create_dir_all(root.join("target/bench"))?;
+    let mut samples: BTreeMap<(usize, Tracer), Vec<Sample>> = BTreeMap::new();
+    for round in 1..=rounds {
+        eprintln!("xtask: bench round {round} of {rounds}");
+        for (w, workload) in WORKLOADS.iter().enumerate() {
+            for tracer in TRACERS {
+                let sample = measure(&paths, workload, tracer)
+                    .with_context(|| format!("{} under {}", workload.name, tracer.name()))?;
+                samples.entry((w, tracer)).or_default().push(sample);
+            }
+        }
+    }
+    let table = summarize(&samples);
+    print_table(&table);
+    let out = root.join("target/bench/bench.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&table)?)?;
+    eprintln!("xtask: wrote {}", out.display());
+    Ok(())
+}
+
+/// Installs bpftrace, perf and strace from Debian's packages when missing,
+/// and mounts tracefs, which their tracepoints need.
+fn install_peers() -> Result<()> {
+    let missing: Vec<&str> = [("bpftrace", "bpftrace"), ("perf", "linux-perf"), ("strace", "strace")]
+        .into_iter()
+        .filter(|(tool, _)| {
+            !Command::new(tool).arg("--version").output().is_ok_and(|out| out.status.success())
+        })
+        .map(|(_, package)| package)
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("xtask: installing {}", missing.join(", "));
+        run(Command::new("apt-get").arg("update").arg("-qq"))?;
+        run(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing))?;
+    }
+    if !Path::new("/sys/kernel/tracing/events").is_dir() {
+        run(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))?;
+    }
+    Ok(())
+}
+
+fn measure(paths: &Paths, workload: &Workload, tracer: Tracer) -> Result<Sample> {
+    let probe = |args: &[&str]| {
+        let mut command = Command::new(&paths.probe);
+        command.args(["--json", "-o"]).arg(&paths.report).args(args);
+        command
+    };
+    let with_workload = |mut command: Command| {
+        command.arg("--").arg(&paths.workload).args(workload.args);
+        command
+    };
+    match tracer {
+        Tracer::Untraced => {
+            let mut command = Command::new(&paths.workload);
+            command.args(workload.args);
+            Ok(Sample { ns_per_op: ns_per_op(&stdout_of(command)?)?, ..Sample::default() })
+        }
+        Tracer::Floor => traced_by_probe(paths, with_workload(probe(&["--bench-floor"])), false),
+        Tracer::ProbeCommand => traced_by_probe(paths, with_workload(probe(&[])), true),
+        Tracer::ProbeNoSched => traced_by_probe(paths, with_workload(probe(&["--no-sched"])), true),
+        Tracer::ProbePid => probe_pid(paths, workload, probe(&[])),
+        Tracer::ProbeSystem => probe_system(paths, workload, probe(&[])),
+        Tracer::Bpftrace => {
+            let mut command = Command::new("bpftrace");
+            command
+                .args(["-q", "-e", BPFTRACE_PROGRAM, "-c"])
+                .arg(shell_words(&paths.workload, workload.args));
+            Ok(Sample { ns_per_op: ns_per_op(&stdout_of(command)?)?, ..Sample::default() })
+        }
+        Tracer::PerfTrace => {
+            let mut command = Command::new("perf");
+            command.args(["trace", "-s", "-o", "/dev/null", "--"]).arg(&paths.workload).args(workload.args);
+            Ok(Sample { ns_per_op: ns_per_op(&stdout_of(command)?)?, ..Sample::default() })
+        }
+        Tracer::Strace => {
+            let mut command = Command::new("strace");
+            command.args(["-f", "-c", "-o", "/dev/null", "--"]).arg(&paths.workload).args(workload.args);
+            Ok(Sample { ns_per_op: ns_per_op(&stdout_of(command)?)?, ..Sample::default() })
+        }
+    }
+}
+
+fn shell_words(program: &Path, args: &[&str]) -> String {
+    std::iter::once(program.display().to_string())
+        .chain(args.iter().map(|arg| arg.to_string()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn stdout_of(mut command: Command) -> Result<String> {
+    let output = command.stderr(Stdio::null()).output().with_context(|| format!("cannot run {command:?}"))?;
+    if !output.status.success() {
+        bail!("{command:?} failed: {}", output.status);
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The workload's cost per operation: the mean over its threads of their
+/// loop's wall time per call (per round trip for ping-pong).
+fn ns_per_op(stdout: &str) -> Result<f64> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|line| line.starts_with("{\"pid\""))
+        .context("the workload printed no report")?;
+    let report: Value = serde_json::from_str(line)?;
+    let threads = report["threads"].as_array().context("no threads in the workload's report")?;
+    let per_thread: Vec<f64> = threads
+        .iter()
+        .map(|t| t["elapsed_ns"].as_f64().unwrap_or(0.0) / t["calls"].as_f64().unwrap_or(1.0).max(1.0))
+        .collect();
+    Ok(per_thread.iter().sum::<f64>() / per_thread.len().max(1) as f64)
+}
+
+/// Waits for a child and returns its resource usage: CPU time and peak RSS.
+fn wait_rusage(child: &mut Child) -> Result<(i32, libc::rusage)> {
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is valid to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child with valid out-pointers.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    if pid < 0 {
+        bail!("cannot wait for probe: {}", std::io::Error::last_os_error());
+    }
+    Ok((status, usage))
+}
+
+/// Fills in probe's own numbers from its summary and its resource usage.
+fn probe_numbers(paths: &Paths, sample: &mut Sample, usage: &libc::rusage) -> Result<()> {
+    let text = std::fs::read_to_string(&paths.report).context("probe wrote no report")?;
+    let summary: Value = serde_json::from_str(text.lines().last().context("empty report")?)?;
+    let events = summary["events"].as_f64().unwrap_or(0.0);
+    let elapsed_s = summary["elapsed_ns"].as_f64().unwrap_or(1.0) / 1e9;
+    let cpu_ns = |time: libc::timeval| time.tv_sec as f64 * 1e9 + time.tv_usec as f64 * 1e3;
+    sample.events = Some(events);
+    sample.lost = summary["lost_events"].as_f64();
+    sample.events_per_s = Some(events / elapsed_s.max(1e-9));
+    sample.cpu_ns_per_event = Some((cpu_ns(usage.ru_utime) + cpu_ns(usage.ru_stime)) / events.max(1.0));
+    sample.peak_rss_mib = Some(usage.ru_maxrss as f64 / 1024.0);
+    Ok(())
+}
+
+fn traced_by_probe(paths: &Paths, mut command: Command, numbers: bool) -> Result<Sample> {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let mut stdout = String::new();
+    child.stdout.take().context("no stdout")?.read_to_string(&mut stdout)?;
+    let (_, usage) = wait_rusage(&mut child)?;
+    let mut sample = Sample { ns_per_op: ns_per_op(&stdout)?, ..Sample::default() };
+    if numbers {
+        probe_numbers(paths, &mut sample, &usage)?;
+    }
+    Ok(sample)
+}
+
+/// Starts probe and returns how long it took to say it is tracing.
+fn start_probe(command: &mut Command) -> Result<(Child, f64)> {
+    let start = Instant::now();
+    let mut child = command.stderr(Stdio::piped()).spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().context("no stderr")?).read_line(&mut line)?;
+    if !line.starts_with("probe: tracing") {
+        bail!("probe did not start: {line}");
+    }
+    Ok((child, start.elapsed().as_secs_f64() * 1e3))
+}
+
+fn probe_pid(paths: &Paths, workload: &Workload, mut probe: Command) -> Result<Sample> {
+    let mut target = Command::new(&paths.workload)
+        .arg("--wait-signal")
+        .args(workload.args)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut stdout = BufReader::new(target.stdout.take().context("no stdout")?);
+    let mut ready = String::new();
+    stdout.read_line(&mut ready)?;
+    let (mut child, attach_ms) = start_probe(probe.args(["-p", &target.id().to_string()]))?;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(target.id() as i32, libc::SIGUSR1) };
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest)?;
+    target.wait()?;
+    let (_, usage) = wait_rusage(&mut child)?;
+    let mut sample = Sample { ns_per_op: ns_per_op(&rest)?, attach_ms: Some(attach_ms), ..Sample::default() };
+    probe_numbers(paths, &mut sample, &usage)?;
+    Ok(sample)
+}
+
+fn probe_system(paths: &Paths, workload: &Workload, mut probe: Command) -> Result<Sample> {
+    let (mut child, attach_ms) = start_probe(&mut probe)?;
+    let mut command = Command::new(&paths.workload);
+    command.args(workload.args);
+    let stdout = stdout_of(command)?;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let (_, usage) = wait_rusage(&mut child)?;
+    let mut sample =
+        Sample { ns_per_op: ns_per_op(&stdout)?, attach_ms: Some(attach_ms), ..Sample::default() };
+    probe_numbers(paths, &mut sample, &usage)?;
+    Ok(sample)
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    Some(values[values.len() / 2])
+}
+
+/// Medians per workload and tracer, and the ratios that matter.
+fn summarize(samples: &BTreeMap<(usize, Tracer), Vec<Sample>>) -> Value {
+    let pick = |w: usize, tracer: Tracer, field: fn(&Sample) -> Option<f64>| {
+        median(samples.get(&(w, tracer)).map_or_else(Vec::new, |s| s.iter().filter_map(field).collect()))
+    };
+    let workloads: Vec<Value> = WORKLOADS
+        .iter()
+        .enumerate()
+        .map(|(w, workload)| {
+            let ns = |tracer| pick(w, tracer, |s| Some(s.ns_per_op)).unwrap_or(f64::NAN);
+            let base = ns(Tracer::Untraced);
+            let overhead = |tracer| ns(tracer) - base;
+            let rows: Vec<Value> = TRACERS
+                .iter()
+                .map(|&tracer| {
+                    json!({
+                        "tracer": tracer.name(),
+                        "ns_per_op": ns(tracer),
+                        "slowdown": ns(tracer) / base,
+                        "overhead_ns": overhead(tracer),
+                        "overhead_vs_floor": overhead(tracer) / overhead(Tracer::Floor),
+                        "overhead_vs_bpftrace": overhead(tracer) / overhead(Tracer::Bpftrace),
+                        "events_per_s": pick(w, tracer, |s| s.events_per_s),
+                        "lost_events": pick(w, tracer, |s| s.lost),
+                        "cpu_ns_per_event": pick(w, tracer, |s| s.cpu_ns_per_event),
+                        "peak_rss_mib": pick(w, tracer, |s| s.peak_rss_mib),
+                        "attach_ms": pick(w, tracer, |s| s.attach_ms),
+                    })
+                })
+                .collect();
+            json!({"workload": workload.name, "unit": workload.unit, "rows": rows})
+        })
+        .collect();
+    json!({"machine": machine(), "rounds": samples.values().next().map_or(0, Vec::len), "workloads": workloads})
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines().find_map(|l| {
+                l.strip_prefix("model name")?.split(':').nth(1).map(str::trim).map(String::from)
+            })
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    format!("{cpus} × {cpu}, Linux {}", kernel.trim())
+}
+
+fn print_table(table: &Value) {
+    let cell = |value: &Value, format: &dyn Fn(f64) -> String| {
+        value.as_f64().filter(|v| v.is_finite()).map_or("-".to_owned(), format)
+    };
+    println!("machine: {}; {} rounds, medians", table["machine"].as_str().unwrap_or(""), table["rounds"]);
+    for workload in table["workloads"].as_array().into_iter().flatten() {
+        println!();
+        println!(
+            "{} ({})",
+            workload["workload"].as_str().unwrap_or(""),
+            workload["unit"].as_str().unwrap_or("")
+        );
+        println!(
+            "| {:<22} | {:>9} | {:>8} | {:>9} | {:>8} | {:>9} | {:>10} | {:>9} | {:>8} | {:>8} | {:>8} |",
+            "tracer",
+            "ns/op",
+            "slowdown",
+            "overhead",
+            "÷ floor",
+            "÷ bpftrace",
+            "events/s",
+            "lost",
+            "cpu ns/ev",
+            "peak RSS",
+            "attach"
+        );
+        println!("|{}|", ["-"; 11].map(|_| "---").join("|"));
+        for row in workload["rows"].as_array().into_iter().flatten() {
+            println!(
+                "| {:<22} | {:>9} | {:>8} | {:>9} | {:>8} | {:>9} | {:>10} | {:>9} | {:>8} | {:>8} | {:>8} |",
+                row["tracer"].as_str().unwrap_or(""),
+                cell(&row["ns_per_op"], &|v| format!("{v:.0}")),
+                cell(&row["slowdown"], &|v| format!("{v:.2}×")),
+                cell(&row["overhead_ns"], &|v| format!("{v:+.0}")),
+                cell(&row["overhead_vs_floor"], &|v| format!("{v:.2}")),
+                cell(&row["overhead_vs_bpftrace"], &|v| format!("{v:.2}")),
+                cell(&row["events_per_s"], &|v| format!("{:.2}M", v / 1e6)),
+                cell(&row["lost_events"], &|v| format!("{v:.0}")),
+                cell(&row["cpu_ns_per_event"], &|v| format!("{v:.0}")),
+                cell(&row["peak_rss_mib"], &|v| format!("{v:.0} MiB")),
+                cell(&row["attach_ms"], &|v| format!("{v:.0} ms")),
+            );
+        }
+    }
+}
