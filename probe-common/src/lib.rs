@@ -184,26 +184,29 @@ impl SyscallEvent {
     /// Decodes one ring-buffer record; `None` unless it is exactly a
     /// `SyscallEvent` with the right tag.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != core::mem::size_of::<Self>() {
-            return None;
-        }
-        // SAFETY: the length is checked and every bit pattern is a valid
-        // `SyscallEvent` (integers and a byte array only).
-        let event: Self = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let event: Self = read_record(bytes)?;
         (EventKind::from_u32(event.kind) == Some(EventKind::Syscall)).then_some(event)
     }
+}
+
+/// Reads a record type from exactly its size in bytes.
+///
+/// Only for the padding-free `#[repr(C)]` records of this crate, made of
+/// integers and byte arrays, for which every bit pattern is a valid value.
+fn read_record<T: Copy>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() != core::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the length is checked, the read is unaligned, and every bit
+    // pattern is a valid `T` (see above).
+    Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
 impl SchedEvent {
     /// Decodes one ring-buffer record; `None` unless it is exactly a
     /// `SchedEvent` with a scheduler tag.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != core::mem::size_of::<Self>() {
-            return None;
-        }
-        // SAFETY: the length is checked and every bit pattern is a valid
-        // `SchedEvent` (integers and a byte array only).
-        let event: Self = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let event: Self = read_record(bytes)?;
         match EventKind::from_u32(event.kind) {
             Some(EventKind::SwitchOut | EventKind::SwitchIn | EventKind::Wakeup | EventKind::WakeupNew) => {
                 Some(event)

@@ -19,18 +19,28 @@ use serde_json::{json, Value};
 
 use crate::command::run;
 
-/// A workload and how to read its cost per operation.
+/// A workload: its flag, and the size of each of its threads' loops.
 struct Workload {
     name: &'static str,
-    args: &'static [&'static str],
+    flag: &'static str,
+    sizes: &'static [u64],
     unit: &'static str,
 }
 
 const WORKLOADS: [Workload; 3] = [
-    Workload { name: "getppid storm", args: &["--getppid", "2000000"], unit: "ns/syscall" },
-    Workload { name: "mixed storm", args: &["--mixed", "250000,250000"], unit: "ns/syscall" },
-    Workload { name: "pipe ping-pong", args: &["--pingpong", "100000"], unit: "ns/round trip" },
+    Workload { name: "getppid storm", flag: "--getppid", sizes: &[2_000_000], unit: "ns/syscall" },
+    Workload { name: "mixed storm", flag: "--mixed", sizes: &[250_000, 250_000], unit: "ns/syscall" },
+    Workload { name: "pipe ping-pong", flag: "--pingpong", sizes: &[100_000], unit: "ns/round trip" },
 ];
+
+impl Workload {
+    /// The workload's arguments, its loops shortened by `divisor`: a cost
+    /// per operation needs fewer operations under a tracer that is slow.
+    fn args(&self, divisor: u64) -> Vec<String> {
+        let sizes: Vec<String> = self.sizes.iter().map(|size| (size / divisor).to_string()).collect();
+        vec![self.flag.to_owned(), sizes.join(",")]
+    }
+}
 
 /// How the workload is run.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -59,6 +69,16 @@ const TRACERS: [Tracer; 9] = [
 ];
 
 impl Tracer {
+    /// How much shorter its loops are: ptrace-based tracers cost tens of
+    /// microseconds a syscall.
+    fn divisor(self) -> u64 {
+        match self {
+            Tracer::Strace => 50,
+            Tracer::PerfTrace => 20,
+            _ => 1,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Tracer::Untraced => "untraced",
@@ -148,51 +168,47 @@ fn install_peers() -> Result<()> {
 }
 
 fn measure(paths: &Paths, workload: &Workload, tracer: Tracer) -> Result<Sample> {
+    let args = workload.args(tracer.divisor());
     let probe = |args: &[&str]| {
         let mut command = Command::new(&paths.probe);
         command.args(["--json", "-o"]).arg(&paths.report).args(args);
         command
     };
     let with_workload = |mut command: Command| {
-        command.arg("--").arg(&paths.workload).args(workload.args);
+        command.arg("--").arg(&paths.workload).args(&args);
         command
     };
     match tracer {
         Tracer::Untraced => {
             let mut command = Command::new(&paths.workload);
-            command.args(workload.args);
+            command.args(&args);
             Ok(Sample { ns_per_op: ns_per_op(&stdout_of(command)?)?, ..Sample::default() })
         }
         Tracer::Floor => traced_by_probe(paths, with_workload(probe(&["--bench-floor"])), false),
         Tracer::ProbeCommand => traced_by_probe(paths, with_workload(probe(&[])), true),
         Tracer::ProbeNoSched => traced_by_probe(paths, with_workload(probe(&["--no-sched"])), true),
-        Tracer::ProbePid => probe_pid(paths, workload, probe(&[])),
-        Tracer::ProbeSystem => probe_system(paths, workload, probe(&[])),
+        Tracer::ProbePid => probe_pid(paths, &args, probe(&[])),
+        Tracer::ProbeSystem => probe_system(paths, &args, probe(&[])),
         Tracer::Bpftrace => {
             let mut command = Command::new("bpftrace");
-            command
-                .args(["-q", "-e", BPFTRACE_PROGRAM, "-c"])
-                .arg(shell_words(&paths.workload, workload.args));
+            command.args(["-q", "-e", BPFTRACE_PROGRAM, "-c"]).arg(shell_words(&paths.workload, &args));
             Ok(Sample { ns_per_op: ns_per_op(&stdout_of(command)?)?, ..Sample::default() })
         }
         Tracer::PerfTrace => {
             let mut command = Command::new("perf");
-            command.args(["trace", "-s", "-o", "/dev/null", "--"]).arg(&paths.workload).args(workload.args);
+            command.args(["trace", "-s", "-o", "/dev/null", "--"]).arg(&paths.workload).args(&args);
             Ok(Sample { ns_per_op: ns_per_op(&stdout_of(command)?)?, ..Sample::default() })
         }
         Tracer::Strace => {
             let mut command = Command::new("strace");
-            command.args(["-f", "-c", "-o", "/dev/null", "--"]).arg(&paths.workload).args(workload.args);
+            command.args(["-f", "-c", "-o", "/dev/null", "--"]).arg(&paths.workload).args(&args);
             Ok(Sample { ns_per_op: ns_per_op(&stdout_of(command)?)?, ..Sample::default() })
         }
     }
 }
 
-fn shell_words(program: &Path, args: &[&str]) -> String {
-    std::iter::once(program.display().to_string())
-        .chain(args.iter().map(|arg| arg.to_string()))
-        .collect::<Vec<_>>()
-        .join(" ")
+fn shell_words(program: &Path, args: &[String]) -> String {
+    std::iter::once(program.display().to_string()).chain(args.iter().cloned()).collect::<Vec<_>>().join(" ")
 }
 
 fn stdout_of(mut command: Command) -> Result<String> {
@@ -248,6 +264,8 @@ fn probe_numbers(paths: &Paths, sample: &mut Sample, usage: &libc::rusage) -> Re
     Ok(())
 }
 
+/// probe in COMMAND mode. Its resource usage includes the COMMAND's, which
+/// it reaps, so its CPU and memory are measured in the other modes.
 fn traced_by_probe(paths: &Paths, mut command: Command, numbers: bool) -> Result<Sample> {
     let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
     let mut stdout = String::new();
@@ -256,6 +274,8 @@ fn traced_by_probe(paths: &Paths, mut command: Command, numbers: bool) -> Result
     let mut sample = Sample { ns_per_op: ns_per_op(&stdout)?, ..Sample::default() };
     if numbers {
         probe_numbers(paths, &mut sample, &usage)?;
+        sample.cpu_ns_per_event = None;
+        sample.peak_rss_mib = None;
     }
     Ok(sample)
 }
@@ -272,12 +292,9 @@ fn start_probe(command: &mut Command) -> Result<(Child, f64)> {
     Ok((child, start.elapsed().as_secs_f64() * 1e3))
 }
 
-fn probe_pid(paths: &Paths, workload: &Workload, mut probe: Command) -> Result<Sample> {
-    let mut target = Command::new(&paths.workload)
-        .arg("--wait-signal")
-        .args(workload.args)
-        .stdout(Stdio::piped())
-        .spawn()?;
+fn probe_pid(paths: &Paths, args: &[String], mut probe: Command) -> Result<Sample> {
+    let mut target =
+        Command::new(&paths.workload).arg("--wait-signal").args(args).stdout(Stdio::piped()).spawn()?;
     let mut stdout = BufReader::new(target.stdout.take().context("no stdout")?);
     let mut ready = String::new();
     stdout.read_line(&mut ready)?;
@@ -293,10 +310,10 @@ fn probe_pid(paths: &Paths, workload: &Workload, mut probe: Command) -> Result<S
     Ok(sample)
 }
 
-fn probe_system(paths: &Paths, workload: &Workload, mut probe: Command) -> Result<Sample> {
+fn probe_system(paths: &Paths, args: &[String], mut probe: Command) -> Result<Sample> {
     let (mut child, attach_ms) = start_probe(&mut probe)?;
     let mut command = Command::new(&paths.workload);
-    command.args(workload.args);
+    command.args(args);
     let stdout = stdout_of(command)?;
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
