@@ -70,64 +70,57 @@ struct Aggregator {
     tracker: SchedTracker,
     generations: Generations,
     undecodable: u64,
-    /// Reused from drain to drain.
-    sched_batch: Vec<SchedEvent>,
+}
+
+/// A decoded record.
+enum Event {
+    Syscall(SyscallEvent),
+    Sched(SchedEvent),
 }
 
 impl Aggregator {
     /// Takes every record waiting in the ring buffer.
     ///
-    /// Records from different CPUs reach the ring buffer in the order they
-    /// were reserved, which can differ from the order of their timestamps by
-    /// a little: a thread's switch-out on one CPU can arrive after its
-    /// switch-in on the next. The scheduler events of a batch are applied in
-    /// timestamp order, so that each thread's moves are seen as they were.
+    /// Records are applied in ring-buffer order, which is the order the
+    /// programs reserved them in: for any one thread it is the order things
+    /// happened to it (a thread leaves one CPU before another can switch it
+    /// in), where timestamps from different CPUs may disagree by more than a
+    /// migration takes.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
-        let mut sched = std::mem::take(&mut self.sched_batch);
         while let Some(record) = ring.next() {
-            self.ingest(&record, &mut sched);
+            self.ingest(&record);
         }
-        self.apply_sched(&mut sched);
-        self.sched_batch = sched;
     }
 
     /// Adds one record, whatever its bytes: a record that is not a known
-    /// event of the right size is counted, never trusted. Scheduler events
-    /// are set aside in `sched` for [`Self::apply_sched`].
-    fn ingest(&mut self, record: &[u8], sched: &mut Vec<SchedEvent>) {
-        let kind = record
-            .get(..4)
-            .and_then(|tag| tag.try_into().ok())
-            .and_then(|tag| EventKind::from_u32(u32::from_ne_bytes(tag)));
-        let decoded = match kind {
-            Some(EventKind::Syscall) => SyscallEvent::decode(record).map(|event| {
+    /// event of the right size is counted, never trusted.
+    fn ingest(&mut self, record: &[u8]) {
+        match decode(record) {
+            Some(event) => self.apply(event),
+            None => self.undecodable += 1,
+        }
+    }
+
+    fn apply(&mut self, event: Event) {
+        match event {
+            Event::Syscall(event) => {
                 let key = self.generations.syscall(event.pid, event.tid);
                 self.interval.record(key, &event);
                 if event.flags & SYSCALL_NO_RETURN != 0 {
                     self.generations.exited(key);
                 }
-            }),
-            Some(_) => SchedEvent::decode(record).map(|event| sched.push(event)),
-            None => None,
-        };
-        if decoded.is_none() {
-            self.undecodable += 1;
-        }
-    }
-
-    /// Applies a batch of scheduler events in timestamp order, and empties it.
-    fn apply_sched(&mut self, sched: &mut Vec<SchedEvent>) {
-        sched.sort_by_key(|event| event.ts_ns);
-        for event in sched.drain(..) {
-            let key = match EventKind::from_u32(event.kind) {
-                Some(EventKind::WakeupNew) => self.generations.new_thread(event.pid, event.tid),
-                _ => self.generations.current(event.pid, event.tid),
-            };
-            self.interval.record_sched(key, &event.comm);
-            self.tracker.apply(key, &event, &mut self.interval);
-            if event.flags & SWITCH_EXITED != 0 {
-                self.interval.mark_exited(key);
-                self.generations.exited(key);
+            }
+            Event::Sched(event) => {
+                let key = match EventKind::from_u32(event.kind) {
+                    Some(EventKind::WakeupNew) => self.generations.new_thread(event.pid, event.tid),
+                    _ => self.generations.current(event.pid, event.tid),
+                };
+                self.interval.record_sched(key, &event.comm);
+                self.tracker.apply(key, &event, &mut self.interval);
+                if event.flags & SWITCH_EXITED != 0 {
+                    self.interval.mark_exited(key);
+                    self.generations.exited(key);
+                }
             }
         }
     }
@@ -155,6 +148,9 @@ impl Aggregator {
                 self.interval.mark_exited(key);
             }
         }
+        // Threads that come and go by the thousand would otherwise pile up in
+        // the interval's table until its report: fold the dead ones now.
+        self.interval.retire_dead();
         Ok(())
     }
 
@@ -306,6 +302,16 @@ pub async fn run(
     }
 }
 
+/// Decodes one record, whatever its bytes: a record that is not a known
+/// event of the right size is refused, never trusted.
+fn decode(record: &[u8]) -> Option<Event> {
+    let tag = u32::from_ne_bytes(record.get(..4)?.try_into().ok()?);
+    match EventKind::from_u32(tag)? {
+        EventKind::Syscall => SyscallEvent::decode(record).map(Event::Syscall),
+        _ => SchedEvent::decode(record).map(Event::Sched),
+    }
+}
+
 /// Registers an owned fd with the event loop for readiness.
 fn readable<T: AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
     // SAFETY: `inner` owns its fd, and the AsyncFd owns `inner`: the fd
@@ -371,10 +377,8 @@ mod tests {
     /// built from it neither panic nor lose count of what they refused.
     fn ingest_and_report(records: &[Vec<u8>]) -> Aggregator {
         let mut aggregator = Aggregator::default();
-        for batch in records.chunks(7) {
-            let mut sched = Vec::new();
-            batch.iter().for_each(|record| aggregator.ingest(record, &mut sched));
-            aggregator.apply_sched(&mut sched);
+        for record in records {
+            aggregator.ingest(record);
         }
         let span = Span { elapsed_ns: 1, span_ns: 1, lost: Default::default(), health: Default::default() };
         serde_json::to_string(&Report::new(Kind::Interval, &aggregator.interval, span, Some(3))).unwrap();

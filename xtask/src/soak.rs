@@ -12,16 +12,17 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-/// Calls in the storm: more than it can make in the shortest soak, so that
-/// it runs for the whole of it.
-const STORM_CALLS: &str = "400000000";
+/// Storm calls per second of soak: about what the storm makes traced
+/// beside the churn here, so that it runs for most of the soak.
+const STORM_CALLS_PER_SECOND: u64 = 1_000_000;
 
 pub fn soak(root: &Path, minutes: u64) -> Result<()> {
-    let seconds = (minutes * 60).to_string();
+    let seconds = minutes * 60;
+    let storm_calls = (seconds * STORM_CALLS_PER_SECOND).to_string();
     let mut probe = Command::new(root.join("target/release/probe"))
         .args(["--json", "--buffer-size", "65536", "-i", "10s", "--top", "1", "--"])
         .arg(root.join("target/release/examples/workload"))
-        .args(["--churn", &seconds, "--getppid", STORM_CALLS])
+        .args(["--churn", &seconds.to_string(), "--getppid", &storm_calls])
         .stdout(Stdio::piped())
         .spawn()
         .context("cannot start probe")?;

@@ -122,7 +122,7 @@ impl SyscallStats {
             self.errors += 1;
             *self.errnos.entry(-event.ret as i32).or_default() += 1;
         }
-        self.total_ns += event.duration_ns;
+        self.total_ns = self.total_ns.saturating_add(event.duration_ns);
         self.latency.record(event.duration_ns);
     }
 
@@ -142,7 +142,7 @@ impl SyscallStats {
         for (&errno, &n) in &other.errnos {
             *self.errnos.entry(errno).or_default() += n;
         }
-        self.total_ns += other.total_ns;
+        self.total_ns = self.total_ns.saturating_add(other.total_ns);
         self.latency.merge(&other.latency);
     }
 }
@@ -189,7 +189,9 @@ impl Table {
     pub fn record(&mut self, key: ThreadKey, event: &SyscallEvent) {
         let thread = self.thread(key, &event.comm);
         thread.syscalls.entry(event.nr).or_default().record(event);
-        thread.exited |= event.flags & SYSCALL_NO_RETURN != 0;
+        if event.flags & SYSCALL_NO_RETURN != 0 {
+            self.mark_exited(key);
+        }
     }
 
     /// Adds calls of thread `key` that the kernel counted after their
@@ -199,9 +201,14 @@ impl Table {
         thread.syscalls.entry(call.nr).or_default().record_lost(call.errno, calls);
     }
 
-    /// Notes that a thread has exited.
+    /// Notes that a thread has exited, making its row one that can be
+    /// folded beyond the cap.
     pub fn mark_exited(&mut self, key: ThreadKey) {
-        self.threads.entry(key).or_default().exited = true;
+        let thread = self.threads.entry(key).or_default();
+        if !thread.exited && key.tid != FOLDED_TID {
+            self.exited.push(key);
+        }
+        thread.exited = true;
     }
 
     /// Counts one scheduler record of a thread; the tracker charges it.
@@ -228,11 +235,10 @@ impl Table {
     pub fn merge(&mut self, other: Table) {
         self.events += other.events;
         for (key, theirs) in other.threads {
-            let ours = self.threads.entry(key).or_default();
-            if theirs.exited && !ours.exited && key.tid != FOLDED_TID {
-                self.exited.push(key);
+            if theirs.exited {
+                self.mark_exited(key);
             }
-            ours.exited |= theirs.exited;
+            let ours = self.threads.entry(key).or_default();
             ours.events += theirs.events;
             if !theirs.comm.is_empty() {
                 ours.comm = theirs.comm;
@@ -250,12 +256,15 @@ impl Table {
     /// Marks the threads that are gone although their exit was never seen
     /// (its records lost), so that they too are folded beyond the cap.
     pub fn retire_dead(&mut self) {
-        for (key, thread) in &mut self.threads {
-            let gone = || !Path::new(&format!("/proc/{}/task/{}", key.pid, key.tid)).exists();
-            if !thread.exited && key.tid != FOLDED_TID && gone() {
-                thread.exited = true;
-                self.exited.push(*key);
-            }
+        let gone = |key: &ThreadKey| !Path::new(&format!("/proc/{}/task/{}", key.pid, key.tid)).exists();
+        let dead: Vec<ThreadKey> = self
+            .threads
+            .iter()
+            .filter(|(key, thread)| !thread.exited && key.tid != FOLDED_TID && gone(key))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in dead {
+            self.mark_exited(key);
         }
         self.fold_beyond_cap();
     }
