@@ -1,9 +1,9 @@
 //! `probe`: per-thread syscall latency and scheduling, live, from eBPF.
 //!
 //! The flow: [`cli`] checks the options, [`target`] finds or starts what to
-//! trace, [`bpf`] loads and attaches the kernel programs, [`session`] drains
-//! their ring buffer into [`aggregate`] tables and writes [`report`]s through
-//! [`output`].
+//! trace, [`bpf`] loads and attaches the kernel programs (with `task_struct`
+//! offsets from [`btf`]), [`session`] drains their ring buffer into
+//! [`aggregate`] tables and writes [`report`]s through [`output`].
 
 mod aggregate;
 mod bpf;
