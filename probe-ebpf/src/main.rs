@@ -42,9 +42,6 @@ static FILTER_PIDS: u8 = 0;
 /// Non-zero: trace only the syscalls flagged `WANTED` in `SYSCALL_FLAGS`.
 #[unsafe(no_mangle)]
 static FILTER_SYSCALLS: u8 = 0;
-/// Non-zero: processes that traced processes fork are traced too.
-#[unsafe(no_mangle)]
-static FOLLOW_FORKS: u8 = 0;
 /// Non-zero: `sched_switch` and the wakeups send scheduler events; zero:
 /// `sched_switch` only parks the calls of threads that leave their CPU.
 #[unsafe(no_mangle)]

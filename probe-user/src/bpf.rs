@@ -104,7 +104,6 @@ impl Probe {
         };
         let self_pid = std::process::id();
         let filter_pids = u8::from(config.filter_pids);
-        let follow_forks = u8::from(config.follow_forks);
         let filter_syscalls = u8::from(!config.only.is_empty());
         let trace_sched = u8::from(config.sched);
         let wakeup_bytes = u64::from(ring_bytes / 8);
@@ -117,7 +116,6 @@ impl Probe {
         let mut ebpf = EbpfLoader::new()
             .override_global("SELF_PID", &self_pid, true)
             .override_global("FILTER_PIDS", &filter_pids, true)
-            .override_global("FOLLOW_FORKS", &follow_forks, true)
             .override_global("FILTER_SYSCALLS", &filter_syscalls, true)
             .override_global("TRACE_SCHED", &trace_sched, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
