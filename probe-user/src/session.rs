@@ -19,7 +19,7 @@ use tokio::{
 };
 
 use crate::{
-    aggregate::{sched::SchedTracker, Generations, Table},
+    aggregate::{sched::SchedTracker, Generations, Table, MAX_EXITED_THREADS},
     bpf::{Probe, Streams},
     output::Sink,
     report::{Health, Kind, Report, Span},
@@ -149,8 +149,11 @@ impl Aggregator {
             }
         }
         // Threads that come and go by the thousand would otherwise pile up in
-        // the interval's table until its report: fold the dead ones now.
-        self.interval.retire_dead();
+        // the interval's table until its report: fold the dead ones now. Only
+        // then: finding the dead asks /proc about every row.
+        if self.interval.rows() > MAX_EXITED_THREADS {
+            self.interval.retire_dead();
+        }
         Ok(())
     }
 

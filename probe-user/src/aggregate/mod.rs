@@ -311,6 +311,11 @@ impl Table {
         }
     }
 
+    /// Threads (and folded rows) in the table.
+    pub fn rows(&self) -> usize {
+        self.threads.len()
+    }
+
     /// Records added so far.
     pub fn events(&self) -> u64 {
         self.events
