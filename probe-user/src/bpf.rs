@@ -4,7 +4,6 @@ use std::{
     collections::HashMap as StdHashMap,
     fs, io,
     os::fd::{AsFd, AsRawFd, RawFd},
-    path::Path,
     time::Duration,
 };
 
@@ -20,6 +19,7 @@ use syscalls::Sysno;
 use crate::{
     btf::{self, TaskOffsets},
     report::Losses,
+    target::thread_alive,
 };
 
 /// The object `cargo xtask build` compiled from `probe-ebpf`.
@@ -235,7 +235,7 @@ impl Probe {
             .map(|(call, calls)| {
                 let dead = *dead_threads
                     .entry((call.pid, call.tid))
-                    .or_insert_with(|| !Path::new(&format!("/proc/{}/task/{}", call.pid, call.tid)).exists());
+                    .or_insert_with(|| !thread_alive(call.pid, call.tid));
                 (call, calls, dead)
             })
             .collect())

@@ -4,14 +4,12 @@
 pub mod latency;
 pub mod sched;
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    path::Path,
-};
+use std::collections::{BTreeMap, HashMap};
 
 use probe_common::{LostCall, SyscallEvent, COMM_LEN, MAX_ERRNO, SYSCALL_NO_RETURN};
 
 use self::{latency::Latencies, sched::SchedStats};
+use crate::target::{process_alive, thread_alive};
 
 /// Exited threads kept one by one in a run's totals; beyond, the ones with
 /// the fewest records are folded into one row per process, so that a
@@ -256,11 +254,12 @@ impl Table {
     /// Marks the threads that are gone although their exit was never seen
     /// (its records lost), so that they too are folded beyond the cap.
     pub fn retire_dead(&mut self) {
-        let gone = |key: &ThreadKey| !Path::new(&format!("/proc/{}/task/{}", key.pid, key.tid)).exists();
         let dead: Vec<ThreadKey> = self
             .threads
             .iter()
-            .filter(|(key, thread)| !thread.exited && key.tid != FOLDED_TID && gone(key))
+            .filter(|(key, thread)| {
+                !thread.exited && key.tid != FOLDED_TID && !thread_alive(key.pid, key.tid)
+            })
             .map(|(key, _)| *key)
             .collect();
         for key in dead {
@@ -287,7 +286,7 @@ impl Table {
     fn fold(&mut self, key: ThreadKey) {
         const PROCESSES: ThreadKey = ThreadKey { pid: 0, tid: FOLDED_TID, generation: 0 };
         let process = ThreadKey::new(key.pid, FOLDED_TID);
-        if Path::new(&format!("/proc/{}", key.pid)).exists() {
+        if process_alive(key.pid) {
             self.fold_into(key, process, "[exited threads]");
         } else {
             self.fold_into(key, PROCESSES, "[exited processes]");

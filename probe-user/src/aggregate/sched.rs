@@ -14,14 +14,12 @@
 //! (Wakeup, or a preempting SwitchOut) to the next SwitchIn. A migration is a
 //! SwitchIn on another CPU than the thread's previous run.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    path::Path,
-};
+use std::collections::{BTreeMap, HashMap};
 
 use probe_common::{EventKind, SchedEvent, SWITCH_EXITED, SWITCH_VOLUNTARY};
 
 use super::{latency::Latencies, Table, ThreadKey};
+use crate::target::thread_alive;
 
 /// One thread's scheduling over some span of time.
 #[derive(Clone, Debug, Default)]
@@ -186,7 +184,7 @@ impl SchedTracker {
     /// was never seen (lost to a full ring buffer), so that they are not
     /// charged as running forever and the tracker does not grow.
     pub fn forget_dead(&mut self) {
-        self.threads.retain(|key, _| Path::new(&format!("/proc/{}/task/{}", key.pid, key.tid)).exists());
+        self.threads.retain(|key, _| thread_alive(key.pid, key.tid));
         let threads = &self.threads;
         self.on_cpu.retain(|_, key| threads.contains_key(key));
     }
