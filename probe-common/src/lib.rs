@@ -131,8 +131,12 @@ pub struct InFlight {
     pub start_ns: u64,
     /// Syscall number (`sys_exit` only has the return value at hand).
     pub nr: u32,
-    /// The thread making the call.
+    /// The thread making the call, and its process: `sys_exit` then needs
+    /// no helper call to name them.
     pub tid: u32,
+    pub pid: u32,
+    /// `SYSCALL_FLAGS[nr]`, looked up once.
+    pub flags: u32,
 }
 
 /// `SYSCALL_FLAGS[nr]` bits: what the kernel programs do with syscall `nr`.
@@ -225,7 +229,7 @@ pub const MAX_SYSCALL_NR: u32 = 1024;
 // The layouts are a contract between two compilers: pin them.
 const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 64);
 const _: () = assert!(core::mem::align_of::<SyscallEvent>() == 8);
-const _: () = assert!(core::mem::size_of::<InFlight>() == 16);
+const _: () = assert!(core::mem::size_of::<InFlight>() == 24);
 const _: () = assert!(core::mem::size_of::<SchedEvent>() == 48);
 const _: () = assert!(core::mem::align_of::<SchedEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<OffsetCheck>() == 16);

@@ -10,11 +10,13 @@
 #![no_std]
 #![no_main]
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_F_NO_PREALLOC, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id,
-        bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, generated,
     },
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -46,10 +48,12 @@ static FILTER_SYSCALLS: u8 = 0;
 /// `sched_switch` only parks the calls of threads that leave their CPU.
 #[unsafe(no_mangle)]
 static TRACE_SCHED: u8 = 0;
-/// Wake the reader only once this many bytes wait in `EVENTS`: a wakeup per
-/// record would cost more than the record. The reader also polls on a timer.
+/// Each CPU wakes the reader once it has sent this many records since its
+/// last wakeup: a wakeup per record would cost more than the record, and so
+/// would asking the ring buffer how full it is. The reader also polls on a
+/// timer, for the records no wakeup announced.
 #[unsafe(no_mangle)]
-static WAKEUP_BYTES: u64 = 0;
+static WAKEUP_RECORDS: u32 = 0;
 /// Byte offsets of `task_struct.pid` and `.tgid` in the running kernel.
 #[unsafe(no_mangle)]
 static TASK_PID_OFFSET: u32 = 0;
@@ -68,9 +72,21 @@ static TRACED: Array<u8> = Array::with_max_entries(1, 0);
 #[map]
 static SYSCALL_FLAGS: Array<u8> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
 
-/// The syscall in flight on this CPU, if its thread has not left the CPU.
+/// What each CPU keeps between programs.
+#[repr(C)]
+struct CpuState {
+    /// The syscall in flight on this CPU, if its thread has not left the
+    /// CPU; `start_ns` is 0 when there is none. `sched_switch` empties it
+    /// whenever a thread leaves, so a call found here at `sys_exit` is the
+    /// current thread's: `sys_exit` need not ask who is running.
+    call: InFlight,
+    /// Records this CPU sent since it last woke the reader.
+    unsent: u32,
+    _pad: u32,
+}
+
 #[map]
-static CALL_ON_CPU: PerCpuArray<InFlight> = PerCpuArray::with_max_entries(1, 0);
+static CPU_STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
 
 /// Syscalls whose thread left its CPU before they returned, by thread.
 #[map]
@@ -103,6 +119,32 @@ static OFFSET_CHECK: Array<OffsetCheck> = Array::with_max_entries(1, 0);
 /// Per-CPU counters indexed by `Counter`.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+// `write_comm` writes names as two aligned words.
+const _: () = assert!(core::mem::offset_of!(SyscallEvent, comm) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(SchedEvent, comm) % 8 == 0);
+
+/// Fills a record's name field: the current task's name when `named`, else
+/// zeros. Raw writes, because on the BPF target a zeroed byte array becomes
+/// a call to a byte-by-byte `memset`, and aya's `bpf_get_current_comm`
+/// zeroes its own buffer that way before copying it.
+///
+/// # Safety
+/// `comm` is the name field of a record on the stack, 8-byte aligned.
+#[inline(always)]
+unsafe fn write_comm(comm: *mut [u8; COMM_LEN], named: bool) {
+    // SAFETY: the helper writes at most COMM_LEN bytes into the field.
+    if named && unsafe { generated::bpf_get_current_comm(comm.cast(), COMM_LEN as u32) } == 0 {
+        return;
+    }
+    let words = comm.cast::<u64>();
+    // SAFETY: the field is 16 bytes, 8-byte aligned; volatile, so that the
+    // compiler does not merge the two stores back into a `memset`.
+    unsafe {
+        words.write_volatile(0);
+        words.add(1).write_volatile(0);
+    }
+}
 
 #[inline(always)]
 fn config<T: Copy>(global: &T) -> T {
@@ -137,20 +179,29 @@ fn bump(counter: Counter) -> u64 {
     }
 }
 
-/// Sends one record to userspace, or counts it lost and returns false.
 #[inline(always)]
-fn send<T: 'static>(record: T) -> bool {
-    let Some(mut entry) = EVENTS.reserve::<T>(0) else {
-        bump(Counter::LostEvents);
-        return false;
-    };
-    entry.write(record);
-    let wake = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= config(&WAKEUP_BYTES) {
+fn cpu_state() -> Result<*mut CpuState, u32> {
+    CPU_STATE.get_ptr_mut(0).ok_or(0u32)
+}
+
+/// Sends one record to userspace, or counts it lost and returns false.
+/// `bpf_ringbuf_output` is one helper call where reserve and submit are two;
+/// on the syscall path every call counts.
+#[inline(always)]
+fn send<T: 'static>(state: *mut CpuState, record: &T) -> bool {
+    // SAFETY: this CPU's state; programs on one CPU do not run concurrently.
+    let unsent = unsafe { &mut (*state).unsent };
+    *unsent += 1;
+    let wake = if *unsent >= config(&WAKEUP_RECORDS) {
+        *unsent = 0;
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
-    entry.submit(wake as u64);
+    if EVENTS.output::<T>(record, wake as u64).is_err() {
+        bump(Counter::LostEvents);
+        return false;
+    }
     true
 }
 
@@ -167,25 +218,26 @@ fn now() -> u64 {
 }
 
 #[inline(always)]
-fn emit(tid_pid: u64, call: InFlight, flags: u8, ret: i64, duration_ns: u64) {
-    let named = flags & (syscall_flags::NO_RETURN | syscall_flags::RENAMES) != 0;
-    let sent = send(SyscallEvent {
-        kind: EventKind::Syscall as u32,
-        cpu: cpu(),
-        pid: (tid_pid >> 32) as u32,
-        tid: tid_pid as u32,
-        nr: call.nr,
-        flags: if flags & syscall_flags::NO_RETURN != 0 { SYSCALL_NO_RETURN } else { 0 },
-        ret,
-        start_ns: call.start_ns,
-        duration_ns,
-        comm: match named {
-            true => bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-            false => [0; COMM_LEN],
-        },
-    });
-    if !sent {
-        count_lost(tid_pid, call.nr, ret);
+fn emit(state: *mut CpuState, call: &InFlight, ret: i64, duration_ns: u64) {
+    let flags = call.flags as u8;
+    let mut record = MaybeUninit::<SyscallEvent>::uninit();
+    let r = record.as_mut_ptr();
+    // SAFETY: every field is written before the record is read.
+    let record = unsafe {
+        (*r).kind = EventKind::Syscall as u32;
+        (*r).cpu = cpu();
+        (*r).pid = call.pid;
+        (*r).tid = call.tid;
+        (*r).nr = call.nr;
+        (*r).flags = if flags & syscall_flags::NO_RETURN != 0 { SYSCALL_NO_RETURN } else { 0 };
+        (*r).ret = ret;
+        (*r).start_ns = call.start_ns;
+        (*r).duration_ns = duration_ns;
+        write_comm(&raw mut (*r).comm, flags & (syscall_flags::NO_RETURN | syscall_flags::RENAMES) != 0);
+        record.assume_init()
+    };
+    if !send(state, &record) {
+        count_lost(call, ret);
     }
 }
 
@@ -193,9 +245,9 @@ fn emit(tid_pid: u64, call: InFlight, flags: u8, ret: i64, duration_ns: u64) {
 /// stay exact. Only the thread itself counts its calls, and it runs on one
 /// CPU at a time: the increment needs no atomics.
 #[inline(never)]
-fn count_lost(tid_pid: u64, nr: u32, ret: i64) {
+fn count_lost(call: &InFlight, ret: i64) {
     let errno = if (-MAX_ERRNO..0).contains(&ret) { -ret as u32 } else { 0 };
-    let key = LostCall { pid: (tid_pid >> 32) as u32, tid: tid_pid as u32, nr, errno };
+    let key = LostCall { pid: call.pid, tid: call.tid, nr: call.nr, errno };
     let lost = match LOST_CALLS_ACTIVE.get(0) {
         Some(&1) => &LOST_CALLS_1,
         _ => &LOST_CALLS_0,
@@ -222,7 +274,8 @@ pub fn sys_enter(ctx: RawTracePointContext) -> u32 {
 
 fn try_sys_enter(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let tid_pid = bpf_get_current_pid_tgid();
-    if !is_traced((tid_pid >> 32) as u32) {
+    let pid = (tid_pid >> 32) as u32;
+    if !is_traced(pid) {
         return Ok(0);
     }
     // TP_PROTO(struct pt_regs *regs, long id)
@@ -231,15 +284,15 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<u32, u32> {
     if config(&FILTER_SYSCALLS) != 0 && flags & syscall_flags::WANTED == 0 {
         return Ok(0);
     }
-    let call = InFlight { start_ns: now(), nr, tid: tid_pid as u32 };
+    let call = InFlight { start_ns: now(), nr, tid: tid_pid as u32, pid, flags: u32::from(flags) };
+    let state = cpu_state()?;
     if flags & syscall_flags::NO_RETURN != 0 {
-        emit(tid_pid, call, flags, 0, 0);
+        emit(state, &call, 0, 0);
         return Ok(0);
     }
-    let slot = CALL_ON_CPU.get_ptr_mut(0).ok_or(0u32)?;
-    // SAFETY: this CPU's slot; the slot's previous call, if any, was parked
-    // when its thread left the CPU, or completed.
-    unsafe { *slot = call };
+    // SAFETY: this CPU's state; its previous call, if any, was parked when
+    // its thread left the CPU, or completed.
+    unsafe { (*state).call = call };
     Ok(0)
 }
 
@@ -251,21 +304,21 @@ pub fn sys_exit(ctx: RawTracePointContext) -> u32 {
 }
 
 fn try_sys_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
-    let tid_pid = bpf_get_current_pid_tgid();
-    let tid = tid_pid as u32;
-    let slot = CALL_ON_CPU.get_ptr_mut(0).ok_or(0u32)?;
-    // SAFETY: this CPU's slot.
-    let on_cpu = unsafe { *slot };
-    let call = if on_cpu.start_ns != 0 && on_cpu.tid == tid {
-        // SAFETY: as above.
-        unsafe { (*slot).start_ns = 0 };
-        on_cpu
+    let state = cpu_state()?;
+    // SAFETY: this CPU's state.
+    let on_cpu = unsafe { &mut (*state).call };
+    let call = if on_cpu.start_ns != 0 {
+        let call = *on_cpu;
+        on_cpu.start_ns = 0;
+        call
     } else {
         // The thread left its CPU during the call, or the call was never
         // timed: a syscall in flight when probe attached is not invented.
+        let tid_pid = bpf_get_current_pid_tgid();
         if !is_traced((tid_pid >> 32) as u32) {
             return Ok(0);
         }
+        let tid = tid_pid as u32;
         // SAFETY: only this thread touches its own entry.
         let parked = unsafe { CALLS_OFF_CPU.get(tid) }.copied().ok_or(0u32)?;
         let _ = CALLS_OFF_CPU.remove(tid);
@@ -273,7 +326,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
     };
     // TP_PROTO(struct pt_regs *regs, long ret)
     let ret = ctx.arg::<i64>(1);
-    emit(tid_pid, call, flags_of(call.nr), ret, now() - call.start_ns);
+    emit(state, &call, ret, now() - call.start_ns);
     Ok(0)
 }
 
@@ -313,20 +366,17 @@ fn try_sched_process_fork(ctx: &RawTracePointContext) -> Result<u32, u32> {
 }
 
 /// Moves the call of a thread that leaves its CPU mid-syscall from the
-/// CPU's slot to `CALLS_OFF_CPU`, where `sys_exit` finds it on any CPU.
+/// CPU's state to `CALLS_OFF_CPU`, where `sys_exit` finds it on any CPU.
 #[inline(always)]
-fn park_call(ctx: &RawTracePointContext, tid: u32) {
-    let Some(slot) = CALL_ON_CPU.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's slot.
-    let call = unsafe { *slot };
-    if call.start_ns == 0 || call.tid != tid {
+fn park_call(ctx: &RawTracePointContext, state: *mut CpuState) {
+    // SAFETY: this CPU's state.
+    let on_cpu = unsafe { &mut (*state).call };
+    if on_cpu.start_ns == 0 {
         return;
     }
-    // SAFETY: as above.
-    unsafe { (*slot).start_ns = 0 };
-    if CALLS_OFF_CPU.insert(tid, call, 0).is_err() && bump(Counter::InFlightFull) == 1 {
+    let call = *on_cpu;
+    on_cpu.start_ns = 0;
+    if CALLS_OFF_CPU.insert(call.tid, call, 0).is_err() && bump(Counter::InFlightFull) == 1 {
         warn!(ctx, "parked-call map full: calls of blocked threads are lost");
     }
 }
@@ -346,15 +396,21 @@ fn task_ids(task: *const u8) -> Result<(u32, u32), u32> {
 }
 
 #[inline(always)]
-fn sched_event(
-    kind: EventKind,
-    tid: u32,
-    pid: u32,
-    flags: u32,
-    ts_ns: u64,
-    comm: [u8; COMM_LEN],
-) -> SchedEvent {
-    SchedEvent { kind: kind as u32, cpu: cpu(), pid, tid, flags, _pad: 0, ts_ns, comm }
+fn sched_event(kind: EventKind, tid: u32, pid: u32, flags: u32, ts_ns: u64, named: bool) -> SchedEvent {
+    let mut record = MaybeUninit::<SchedEvent>::uninit();
+    let r = record.as_mut_ptr();
+    // SAFETY: every field is written before the record is read.
+    unsafe {
+        (*r).kind = kind as u32;
+        (*r).cpu = cpu();
+        (*r).pid = pid;
+        (*r).tid = tid;
+        (*r).flags = flags;
+        (*r)._pad = 0;
+        (*r).ts_ns = ts_ns;
+        write_comm(&raw mut (*r).comm, named);
+        record.assume_init()
+    }
 }
 
 #[raw_tracepoint(tracepoint = "sched_switch")]
@@ -368,11 +424,12 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
     // TP_PROTO(bool preempt, struct task_struct *prev,
     //          struct task_struct *next, unsigned int prev_state)
     // The tracepoint fires before the switch: prev is still current.
-    let prev = bpf_get_current_pid_tgid();
-    park_call(ctx, prev as u32);
+    let state = cpu_state()?;
+    park_call(ctx, state);
     if config(&TRACE_SCHED) == 0 {
         return Ok(0);
     }
+    let prev = bpf_get_current_pid_tgid();
     let now = now();
     let prev_pid = (prev >> 32) as u32;
     // pid 0 is the idle task: not a thread anyone traces.
@@ -384,12 +441,11 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
         if prev_state & TASK_DEAD != 0 {
             flags |= SWITCH_EXITED;
         }
-        let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-        send(sched_event(EventKind::SwitchOut, prev as u32, prev_pid, flags, now, comm));
+        send(state, &sched_event(EventKind::SwitchOut, prev as u32, prev_pid, flags, now, true));
     }
     let (tid, pid) = task_ids(ctx.arg::<*const u8>(2))?;
     if pid != 0 && is_traced(pid) {
-        send(sched_event(EventKind::SwitchIn, tid, pid, 0, now, [0; COMM_LEN]));
+        send(state, &sched_event(EventKind::SwitchIn, tid, pid, 0, now, false));
     }
     Ok(0)
 }
@@ -399,7 +455,7 @@ fn woken(ctx: &RawTracePointContext, kind: EventKind) -> Result<u32, u32> {
     // TP_PROTO(struct task_struct *p): runs as the waker, not as p.
     let (tid, pid) = task_ids(ctx.arg::<*const u8>(0))?;
     if pid != 0 && is_traced(pid) {
-        send(sched_event(kind, tid, pid, 0, now(), [0; COMM_LEN]));
+        send(cpu_state()?, &sched_event(kind, tid, pid, 0, now(), false));
     }
     Ok(0)
 }

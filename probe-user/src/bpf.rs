@@ -13,7 +13,7 @@ use aya::{
     programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint},
     Ebpf, EbpfLoader,
 };
-use probe_common::{syscall_flags, Counter, InFlight, LostCall, OffsetCheck, MAX_SYSCALL_NR};
+use probe_common::{syscall_flags, Counter, InFlight, LostCall, OffsetCheck, SyscallEvent, MAX_SYSCALL_NR};
 use syscalls::Sysno;
 
 use crate::{
@@ -60,8 +60,13 @@ pub struct Config {
 
 /// The default ring-buffer size for this machine.
 pub fn default_buffer_bytes() -> Result<u32> {
-    let cpus = aya::util::nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))? as u32;
-    Ok((RING_BYTES_PER_CPU * cpus).next_power_of_two())
+    Ok((RING_BYTES_PER_CPU * nr_cpus()?).next_power_of_two())
+}
+
+/// The number of CPUs the kernel may run programs on.
+fn nr_cpus() -> Result<u32> {
+    let cpus = aya::util::nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
+    Ok(cpus as u32)
 }
 
 /// The loaded, attached programs and the maps userspace configures and
@@ -106,7 +111,10 @@ impl Probe {
         let filter_pids = u8::from(config.filter_pids);
         let filter_syscalls = u8::from(!config.only.is_empty());
         let trace_sched = u8::from(config.sched);
-        let wakeup_bytes = u64::from(ring_bytes / 8);
+        // Together the CPUs wake the reader about when the ring is an eighth
+        // full (a record takes its size plus an 8-byte header).
+        let record_bytes = (std::mem::size_of::<SyscallEvent>() + 8) as u32;
+        let wakeup_records = (ring_bytes / 8 / record_bytes / nr_cpus()?).max(1);
         // Scheduler events and forks name other tasks than the current one.
         let reads_tasks = !config.floor && (config.sched || (config.follow_forks && config.filter_pids));
         let offsets = match reads_tasks {
@@ -118,7 +126,7 @@ impl Probe {
             .override_global("FILTER_PIDS", &filter_pids, true)
             .override_global("FILTER_SYSCALLS", &filter_syscalls, true)
             .override_global("TRACE_SCHED", &trace_sched, true)
-            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+            .override_global("WAKEUP_RECORDS", &wakeup_records, true)
             .override_global("TASK_PID_OFFSET", &offsets.pid, true)
             .override_global("TASK_TGID_OFFSET", &offsets.tgid, true)
             .map_max_entries("EVENTS", ring_bytes)

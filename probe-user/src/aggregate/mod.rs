@@ -4,7 +4,11 @@
 pub mod latency;
 pub mod sched;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// FxHash: these maps are keyed by kernel-assigned ids and looked up on every
+// event; SipHash's resistance to chosen keys buys nothing here.
+use rustc_hash::FxHashMap;
 
 use probe_common::{LostCall, SyscallEvent, COMM_LEN, MAX_ERRNO, SYSCALL_NO_RETURN};
 
@@ -47,7 +51,7 @@ impl ThreadKey {
 /// One entry per tid, so at most `pid_max` of them.
 #[derive(Debug, Default)]
 pub struct Generations {
-    by_tid: HashMap<u32, Generation>,
+    by_tid: FxHashMap<u32, Generation>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -153,7 +157,7 @@ pub struct ThreadStats {
     /// Records seen for this thread.
     pub events: u64,
     /// Per syscall number.
-    pub syscalls: HashMap<u32, SyscallStats>,
+    pub syscalls: FxHashMap<u32, SyscallStats>,
     /// What the scheduler did, once a scheduler event was seen.
     pub sched: Option<SchedStats>,
     /// The thread was seen to exit.
@@ -176,7 +180,7 @@ impl ThreadStats {
 /// Statistics for a set of threads over some span of time.
 #[derive(Clone, Debug, Default)]
 pub struct Table {
-    threads: HashMap<ThreadKey, ThreadStats>,
+    threads: FxHashMap<ThreadKey, ThreadStats>,
     events: u64,
     /// Exited threads still kept one by one.
     exited: Vec<ThreadKey>,

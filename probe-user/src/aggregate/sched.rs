@@ -14,7 +14,9 @@
 //! (Wakeup, or a preempting SwitchOut) to the next SwitchIn. A migration is a
 //! SwitchIn on another CPU than the thread's previous run.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 
 use probe_common::{EventKind, SchedEvent, SWITCH_EXITED, SWITCH_VOLUNTARY};
 
@@ -88,10 +90,10 @@ struct RunState {
 /// interval's end are charged to the interval each part falls in.
 #[derive(Debug, Default)]
 pub struct SchedTracker {
-    threads: HashMap<ThreadKey, RunState>,
+    threads: FxHashMap<ThreadKey, RunState>,
     /// The traced thread each CPU last switched to, to repair a lost
     /// SwitchOut: the next SwitchIn on that CPU ends the run.
-    on_cpu: HashMap<u32, ThreadKey>,
+    on_cpu: FxHashMap<u32, ThreadKey>,
 }
 
 impl SchedTracker {
