@@ -3,7 +3,7 @@
 use std::{
     collections::HashMap as StdHashMap,
     fs, io,
-    os::fd::{AsFd, AsRawFd, RawFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
     time::Duration,
 };
 
@@ -73,7 +73,9 @@ fn nr_cpus() -> Result<u32> {
 /// polls. Dropping it detaches every program.
 pub struct Probe {
     // Owns the programs and their links.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    /// Keeps the kernel's BPF run-time statistics on, once asked for.
+    stats: Option<OwnedFd>,
     traced: Array<MapData, u8>,
     counters: PerCpuArray<MapData, u64>,
     lost_calls: LostCalls,
@@ -196,7 +198,8 @@ impl Probe {
                 last_taken: 0,
             },
             calls_off_cpu: take_map(&mut ebpf, "CALLS_OFF_CPU")?,
-            _ebpf: ebpf,
+            ebpf,
+            stats: None,
         };
         Ok((probe, Streams { events, logs }))
     }
@@ -204,6 +207,22 @@ impl Probe {
     /// Adds a process (all its threads, present and future) to the trace.
     pub fn trace_pid(&mut self, pid: u32) -> Result<()> {
         self.traced.set(pid, 1, 0).with_context(|| format!("cannot add PID {pid} to the trace"))
+    }
+
+    /// Has the kernel time every run of every BPF program from now on, for
+    /// [`Probe::run_time_ns`]. It costs each run two clock reads.
+    pub fn enable_stats(&mut self) -> Result<()> {
+        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .context("cannot enable the kernel's BPF statistics")?;
+        self.stats = Some(fd);
+        Ok(())
+    }
+
+    /// Time probe's programs have run, if statistics are on.
+    pub fn run_time_ns(&self) -> Option<u64> {
+        self.stats.as_ref()?;
+        let loaded = self.ebpf.programs().filter_map(|(_, program)| program.info().ok());
+        Some(loaded.map(|info| info.run_time().as_nanos() as u64).sum())
     }
 
     /// Events lost in the kernel so far.

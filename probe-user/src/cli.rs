@@ -70,6 +70,16 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
 
+    /// Full-screen live view, the default when stdout is a terminal and
+    /// neither --json nor --output is given. A COMMAND's output then goes to
+    /// a pane of the view, and its stdin is /dev/null.
+    #[arg(long, conflicts_with_all = ["json", "no_tui"])]
+    pub tui: bool,
+
+    /// Text reports even when stdout is a terminal.
+    #[arg(long)]
+    pub no_tui: bool,
+
     /// Show the kernel programs' diagnostics (-v) and probe's own (-vv).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -3,7 +3,8 @@
 //! The flow: [`cli`] checks the options, [`target`] finds or starts what to
 //! trace, [`bpf`] loads and attaches the kernel programs (with `task_struct`
 //! offsets from [`btf`]), [`session`] drains their ring buffer into
-//! [`aggregate`] tables and writes [`report`]s through [`output`].
+//! [`aggregate`] tables and writes [`report`]s through [`output`], or shows
+//! them live in a terminal through [`tui`].
 
 mod aggregate;
 mod bpf;
@@ -13,18 +14,20 @@ mod output;
 mod report;
 mod session;
 mod target;
+mod tui;
 
-use std::process::ExitCode;
+use std::{io::IsTerminal, process::ExitCode};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{error::ErrorKind, Parser};
 
 use crate::{
     bpf::{Config, Probe},
     cli::Args,
     output::Sink,
-    session::{Options, Target},
+    session::{Options, Output, Target},
     target::{GatedCommand, PidTarget, SpawnError},
+    tui::Live,
 };
 
 fn main() -> ExitCode {
@@ -61,13 +64,18 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<i32> {
+    let stdout_is_terminal = std::io::stdout().is_terminal();
+    if args.tui && !stdout_is_terminal {
+        bail!("--tui needs a terminal on stdout");
+    }
+    let live = args.tui || (!args.no_tui && !args.json && args.output.is_none() && stdout_is_terminal);
     let sink = Sink::open(args.output.as_deref(), args.json)?;
     let pids = args.pid.iter().map(|&pid| PidTarget::open(pid)).collect::<Result<Vec<_>>>()?;
     // Fork before anything starts a thread: the child must stay
     // single-threaded until it execs.
     let gated = match args.command.is_empty() {
         true => None,
-        false => Some(GatedCommand::fork(&args.command)?),
+        false => Some(GatedCommand::fork(&args.command, live)?),
     };
     let config = Config {
         filter_pids: !pids.is_empty() || gated.is_some(),
@@ -79,21 +87,40 @@ fn run(args: Args) -> Result<i32> {
         floor: args.bench_floor,
     };
     let (mut probe, streams) = Probe::attach(&config, args.verbose > 0)?;
-    let target = if let Some(gated) = gated {
+    let traced = match (&gated, pids.is_empty()) {
+        (Some(_), _) => args.command.iter().map(|arg| arg.to_string_lossy()).collect::<Vec<_>>().join(" "),
+        (None, true) => "whole system".to_owned(),
+        (None, false) => {
+            format!("PID {}", pids.iter().map(|target| target.pid.to_string()).collect::<Vec<_>>().join(","))
+        }
+    };
+    let output = match live {
+        true => {
+            // The header shows what the programs cost; without the kernel's
+            // statistics it says n/a.
+            if let Err(err) = probe.enable_stats() {
+                log::info!("{err:#}");
+            }
+            Output::Live(Box::new(Live::open(traced)?), sink)
+        }
+        false => Output::Reports(sink),
+    };
+    let (target, command_output) = if let Some(mut gated) = gated {
         probe.trace_pid(gated.pid.as_raw() as u32)?;
-        Target::Command(gated.release()?)
+        let command_output = gated.output.take();
+        (Target::Command(gated.release()?), command_output)
     } else if pids.is_empty() {
-        Target::System
+        (Target::System, None)
     } else {
         for target in &pids {
             probe.trace_pid(target.pid)?;
         }
-        Target::Pids(pids)
+        (Target::Pids(pids), None)
     };
-    let options = Options { interval: args.interval, duration: args.duration, top: args.top };
+    let options = Options { interval: args.interval, duration: args.duration, top: args.top, command_output };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the event loop")?
-        .block_on(session::run(probe, streams, target, options, sink))
+        .block_on(session::run(probe, streams, target, options, output))
 }

@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use syscalls::{Errno, Sysno};
 
-use crate::aggregate::{sched::SchedStats, SyscallStats, Table, ThreadStats};
+use crate::{
+    aggregate::{sched::SchedStats, SyscallStats, Table, ThreadKey, ThreadStats},
+    target::thread_name,
+};
 
 /// Which report this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -99,6 +102,8 @@ pub struct ThreadReport {
     pub pid: u32,
     /// Thread name.
     pub comm: String,
+    /// The thread was seen to exit.
+    pub exited: bool,
     /// Syscalls, most total time first.
     pub syscalls: Vec<SyscallReport>,
     /// The scheduler's view, unless `--no-sched`.
@@ -205,16 +210,47 @@ impl Report {
             threads: busiest
                 .into_iter()
                 .take(shown)
-                .map(|(key, thread)| ThreadReport {
-                    tid: key.tid,
-                    generation: key.generation,
-                    pid: key.pid,
-                    comm: thread.comm.clone(),
-                    syscalls: syscall_reports(thread),
-                    sched: thread.sched.as_ref().map(sched_report),
-                })
+                .map(|(key, thread)| thread_report(key, thread))
                 .collect(),
         }
+    }
+}
+
+/// One thread in full, for the live view's detail screen: its report and
+/// each syscall's latencies in power-of-two buckets (see
+/// [`Latencies::log2_buckets`](crate::aggregate::latency::Latencies::log2_buckets)),
+/// by syscall number.
+#[derive(Debug)]
+pub struct ThreadDetail {
+    pub thread: ThreadReport,
+    pub buckets: BTreeMap<u32, Vec<(u64, u64)>>,
+}
+
+impl ThreadDetail {
+    /// `key`'s thread in `table`, if it has a row there.
+    pub fn new(table: &Table, key: ThreadKey) -> Option<Self> {
+        let stats = table.get(key)?;
+        Some(Self {
+            thread: thread_report(key, stats),
+            buckets: stats.syscalls.iter().map(|(&nr, call)| (nr, call.latency.log2_buckets())).collect(),
+        })
+    }
+}
+
+fn thread_report(key: ThreadKey, thread: &ThreadStats) -> ThreadReport {
+    ThreadReport {
+        tid: key.tid,
+        generation: key.generation,
+        pid: key.pid,
+        comm: match thread.comm.is_empty() {
+            // Only seen switching in or woken up, never as itself (records
+            // made by the thread carry its name): ask the kernel.
+            true => thread_name(key.pid, key.tid).unwrap_or_default(),
+            false => thread.comm.clone(),
+        },
+        exited: thread.exited,
+        syscalls: syscall_reports(thread),
+        sched: thread.sched.as_ref().map(sched_report),
     }
 }
 

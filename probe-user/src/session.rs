@@ -1,7 +1,12 @@
 //! The event loop: drains the ring buffer into tables, reports every
 //! interval, and ends with a summary when the trace is over.
 
-use std::{future::pending, io, os::fd::AsRawFd, time::Duration};
+use std::{
+    future::pending,
+    io,
+    os::fd::{AsRawFd, OwnedFd},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
@@ -22,8 +27,9 @@ use crate::{
     aggregate::{sched::SchedTracker, Generations, Table, MAX_EXITED_THREADS},
     bpf::{Probe, Streams},
     output::Sink,
-    report::{Health, Kind, Report, Span},
-    target::{exit_code, PidTarget},
+    report::{Health, Kind, Report, Span, ThreadDetail},
+    target::{exit_code, thread_alive, PidTarget},
+    tui::{Control, Cost, Live, OutputLines},
 };
 
 /// The kernel wakes the reader only when the ring buffer is filling up;
@@ -51,6 +57,16 @@ pub struct Options {
     pub duration: Option<Duration>,
     /// Threads per interval report.
     pub top: usize,
+    /// The COMMAND's stdout and stderr, when the live view shows them.
+    pub command_output: Option<OwnedFd>,
+}
+
+/// Where reports go.
+pub enum Output {
+    /// Text or JSON, every interval and at the end.
+    Reports(Sink),
+    /// The live view while the trace runs, then the summary to the sink.
+    Live(Box<Live>, Sink),
 }
 
 /// Why the trace ended.
@@ -60,6 +76,8 @@ enum End {
     TargetsGone,
     CommandExited(Option<i32>),
     OutputClosed,
+    /// The live view's user quit.
+    Quit,
 }
 
 /// Receives records; turns them into tables.
@@ -164,6 +182,12 @@ impl Aggregator {
     }
 }
 
+/// CPU time probe has used so far.
+fn process_cpu_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID)
+        .map_or(0, |now| now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
+}
+
 /// The clock of `bpf_ktime_get_ns()`.
 fn monotonic_ns() -> u64 {
     let now = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always there");
@@ -176,7 +200,7 @@ pub async fn run(
     streams: Streams,
     target: Target,
     options: Options,
-    mut sink: Sink,
+    mut output: Output,
 ) -> Result<i32> {
     let start = Instant::now();
     let mut events = readable(streams.events).context("cannot poll the ring buffer")?;
@@ -191,8 +215,10 @@ pub async fn run(
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
-    // Said only now that a signal ends the trace with its summary.
+    // Said only now that a signal ends the trace with its summary; the
+    // live view says it on screen, where a line on stderr would garble it.
     match &target {
+        _ if matches!(output, Output::Live(..)) => {}
         Target::System => eprintln!("probe: tracing the whole system; Ctrl-C for the summary"),
         Target::Pids(targets) => {
             let pids: Vec<_> = targets.iter().map(|target| target.pid.to_string()).collect();
@@ -201,9 +227,12 @@ pub async fn run(
         Target::Command(_) => {}
     }
 
+    let mut command_output = options.command_output.map(readable).transpose()?;
+    let mut output_lines = OutputLines::default();
     let (exited, mut exits) = mpsc::unbounded_channel();
     let mut remaining = 0usize;
     let mut command = None;
+    let mut command_pid = None;
     match target {
         Target::System => {}
         Target::Pids(targets) => {
@@ -219,6 +248,7 @@ pub async fn run(
             }
         }
         Target::Command(pid) => {
+            command_pid = Some(pid);
             command = Some(tokio::task::spawn_blocking(move || waitpid(pid, None)));
         }
     }
@@ -253,10 +283,58 @@ pub async fn run(
                 aggregator.settle(&mut probe, false)?;
                 let span = measure(&probe, &aggregator, now - start, now - last_tick)?;
                 last_tick = now;
-                let report = Report::new(Kind::Interval, &aggregator.interval, span, Some(options.top));
-                aggregator.close_interval();
-                if let Err(err) = sink.write(&report) {
-                    break output_error(err)?;
+                match &mut output {
+                    Output::Reports(sink) => {
+                        let report = Report::new(Kind::Interval, &aggregator.interval, span, Some(options.top));
+                        aggregator.close_interval();
+                        if let Err(err) = sink.write(&report) {
+                            break output_error(err)?;
+                        }
+                    }
+                    Output::Live(live, _) => {
+                        // Every thread: the view sorts and filters them.
+                        let report = Report::new(Kind::Interval, &aggregator.interval, span, None);
+                        aggregator.close_interval();
+                        let cost = Cost { bpf_ns: probe.run_time_ns(), cpu_ns: process_cpu_ns() };
+                        live.update(&report, cost, |key| thread_alive(key.pid, key.tid));
+                        live.update_detail(live.wants_detail().and_then(|key| ThreadDetail::new(&aggregator.total, key)));
+                        live.draw()?;
+                    }
+                }
+            }
+            event = async {
+                match &mut output {
+                    Output::Live(live, _) => live.next_event().await,
+                    Output::Reports(_) => pending().await,
+                }
+            } => {
+                let Output::Live(live, _) = &mut output else { unreachable!("only the live view has input") };
+                if live.handle(event)? == Control::Quit {
+                    break End::Quit;
+                }
+                if live.lacks_detail() {
+                    live.update_detail(live.wants_detail().and_then(|key| ThreadDetail::new(&aggregator.total, key)));
+                    live.draw()?;
+                }
+            }
+            guard = async { command_output.as_mut().unwrap().readable_mut().await }, if command_output.is_some() => {
+                let mut guard = guard?;
+                let mut buffer = [0u8; 4096];
+                match guard.try_io(|fd| nix::unistd::read(fd.get_ref(), &mut buffer).map_err(io::Error::from)) {
+                    Ok(Ok(0)) | Ok(Err(_)) => {
+                        let last = output_lines.finish();
+                        if let (Output::Live(live, _), Some(line)) = (&mut output, last) {
+                            live.add_output(line);
+                        }
+                        command_output = None;
+                    }
+                    Ok(Ok(read)) => {
+                        if let Output::Live(live, _) = &mut output {
+                            output_lines.push(&buffer[..read]).into_iter().for_each(|line| live.add_output(line));
+                            live.draw()?;
+                        }
+                    }
+                    Err(_would_block) => {}
                 }
             }
             _ = interrupt.recv() => {
@@ -284,6 +362,18 @@ pub async fn run(
     if let End::OutputClosed = end {
         return Ok(0);
     }
+    let mut sink = match output {
+        Output::Reports(sink) => sink,
+        // The terminal is given back before the summary is written to it.
+        Output::Live(live, sink) => {
+            drop(live);
+            sink
+        }
+    };
+    if let (End::Quit, Some(pid)) = (&end, command_pid) {
+        // What Ctrl-C would have done in the terminal the view took over.
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+    }
 
     // Every record of the finished trace is already in the ring buffer.
     aggregator.drain(events.get_mut());
@@ -297,7 +387,7 @@ pub async fn run(
             summary.exit_code = code;
             code.unwrap_or(0)
         }
-        End::Signal | End::Duration | End::TargetsGone | End::OutputClosed => 0,
+        End::Signal | End::Duration | End::TargetsGone | End::OutputClosed | End::Quit => 0,
     };
     match sink.write(&summary) {
         Err(err) if err.kind() != io::ErrorKind::BrokenPipe => Err(err).context("cannot write the summary"),

@@ -4,7 +4,7 @@ use std::{
     ffi::{CString, OsStr, OsString},
     fs,
     os::{
-        fd::{FromRawFd, OwnedFd},
+        fd::{AsRawFd, FromRawFd, OwnedFd},
         unix::{
             ffi::{OsStrExt, OsStringExt},
             fs::PermissionsExt,
@@ -16,7 +16,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use nix::{
     errno::Errno,
-    fcntl::OFlag,
+    fcntl::{fcntl, FcntlArg, OFlag},
     sys::wait::{waitpid, WaitStatus},
     unistd::{execv, fork, pipe2, read, write, ForkResult, Pid},
 };
@@ -77,6 +77,12 @@ pub fn thread_alive(pid: u32, tid: u32) -> bool {
     Path::new(&format!("/proc/{pid}/task/{tid}")).exists()
 }
 
+/// A live thread's name, from `/proc`.
+pub fn thread_name(pid: u32, tid: u32) -> Option<String> {
+    let comm = fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok()?;
+    Some(comm.trim_end_matches('\n').to_owned())
+}
+
 /// Whether process `pid` still exists.
 pub fn process_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
@@ -99,6 +105,9 @@ fn is_kernel_thread(pid: u32) -> bool {
 pub struct GatedCommand {
     /// The child's PID, which `exec` keeps.
     pub pid: Pid,
+    /// The read end of the child's stdout and stderr, when they are kept
+    /// off the terminal.
+    pub output: Option<OwnedFd>,
     go: OwnedFd,
     exec_error: OwnedFd,
     program: String,
@@ -106,8 +115,10 @@ pub struct GatedCommand {
 
 impl GatedCommand {
     /// Forks the child and leaves it waiting. Call before any other thread
-    /// exists: the child only reads, execs, writes and exits.
-    pub fn fork(command: &[OsString]) -> Result<Self> {
+    /// exists: the child only reads, execs, writes and exits. `capture`:
+    /// the child's stdin is /dev/null and its stdout and stderr go to a pipe
+    /// (`output`), so that it leaves a terminal probe draws on alone.
+    pub fn fork(command: &[OsString], capture: bool) -> Result<Self> {
         let argv: Vec<CString> = command
             .iter()
             .map(|arg| CString::new(arg.as_bytes()))
@@ -122,12 +133,31 @@ impl GatedCommand {
             CString::new(path.into_os_string().into_vec()).context("the COMMAND contains a NUL byte")?;
         let (go_read, go_write) = pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
         let (error_read, error_write) = pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
+        let captured = match capture {
+            true => {
+                let null = fs::File::open("/dev/null").context("cannot open /dev/null")?;
+                let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
+                // probe's end only: the event loop must never block on it.
+                fcntl(&read_end, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).context("cannot set up a pipe")?;
+                Some((OwnedFd::from(null), read_end, write_end))
+            }
+            false => None,
+        };
         // SAFETY: probe has no other thread yet, and the child calls only
         // async-signal-safe functions before exec or _exit.
         match unsafe { fork() }.context("cannot fork")? {
             ForkResult::Child => {
                 drop(go_write);
                 drop(error_read);
+                if let Some((null, _, write_end)) = &captured {
+                    // SAFETY: dup2 is async-signal-safe; the copies it makes
+                    // do not close on exec, unlike the originals.
+                    unsafe {
+                        libc::dup2(null.as_raw_fd(), 0);
+                        libc::dup2(write_end.as_raw_fd(), 1);
+                        libc::dup2(write_end.as_raw_fd(), 2);
+                    }
+                }
                 let mut byte = [0u8];
                 // EOF instead of the go byte: probe died before attaching.
                 if !matches!(read(&go_read, &mut byte), Ok(1)) {
@@ -139,15 +169,19 @@ impl GatedCommand {
                 // SAFETY: as above.
                 unsafe { libc::_exit(127) }
             }
-            ForkResult::Parent { child } => {
-                Ok(Self { pid: child, go: go_write, exec_error: error_read, program })
-            }
+            ForkResult::Parent { child } => Ok(Self {
+                pid: child,
+                output: captured.map(|(_, read_end, _)| read_end),
+                go: go_write,
+                exec_error: error_read,
+                program,
+            }),
         }
     }
 
     /// Lets the child exec; fails, after reaping it, if exec failed.
     pub fn release(self) -> Result<Pid, SpawnError> {
-        let Self { pid, go, exec_error, program } = self;
+        let Self { pid, go, exec_error, program, .. } = self;
         let released = write(&go, &[1]);
         drop(go);
         let mut raw = [0u8; 4];

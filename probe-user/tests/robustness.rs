@@ -148,6 +148,8 @@ fn bad_input_is_one_line_and_a_failure() {
         (&["--", "probe-no-such-command"], 127, "command not found"),
         (&["--no-sched", "--no-syscalls"], 2, "cannot be used with"),
         (&["-p", "2147483647"], 1, "no process with PID 2147483647"),
+        (&["--tui"], 1, "--tui needs a terminal on stdout"),
+        (&["--tui", "--json"], 2, "cannot be used with"),
     ];
     for (args, code, says) in cases {
         let output = Command::new(PROBE).args(*args).output().unwrap();

@@ -17,7 +17,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::command::run;
+use crate::command::{self, run};
 
 /// A workload: its flag, and the size of each of its threads' loops.
 struct Workload {
@@ -149,18 +149,7 @@ pub fn bench(root: &Path, rounds: usize) -> Result<()> {
 /// Installs bpftrace, perf and strace from Debian's packages when missing,
 /// and mounts tracefs, which their tracepoints need.
 fn install_peers() -> Result<()> {
-    let missing: Vec<&str> = [("bpftrace", "bpftrace"), ("perf", "linux-perf"), ("strace", "strace")]
-        .into_iter()
-        .filter(|(tool, _)| {
-            !Command::new(tool).arg("--version").output().is_ok_and(|out| out.status.success())
-        })
-        .map(|(_, package)| package)
-        .collect();
-    if !missing.is_empty() {
-        eprintln!("xtask: installing {}", missing.join(", "));
-        run(Command::new("apt-get").arg("update").arg("-qq"))?;
-        run(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing))?;
-    }
+    command::install_missing(&[("bpftrace", "bpftrace"), ("perf", "linux-perf"), ("strace", "strace")])?;
     if !Path::new("/sys/kernel/tracing/events").is_dir() {
         run(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))?;
     }

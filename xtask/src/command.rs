@@ -19,6 +19,23 @@ pub fn run(command: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Installs from Debian's packages each `(program, package)` whose program
+/// is not on PATH.
+pub fn install_missing(programs: &[(&str, &str)]) -> Result<()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let missing: Vec<&str> = programs
+        .iter()
+        .filter(|(program, _)| !std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(", "));
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing))
+}
+
 /// Runs `cargo ARGS` in the workspace with the default toolchain.
 pub fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     run(Command::new("cargo").current_dir(root).args(args))

@@ -104,6 +104,27 @@ impl Latencies {
         };
         Some(value.clamp(self.min, self.max))
     }
+
+    /// How many latencies fall in each power-of-two range of nanoseconds:
+    /// `(upper, count)` for `upper / 2 <= ns < upper`, from the first
+    /// non-empty range to the last (within 1% at the edges once a histogram
+    /// holds them).
+    pub fn log2_buckets(&self) -> Vec<(u64, u64)> {
+        let mut counts = [0u64; 65];
+        let mut add = |ns: u64, n: u64| counts[(u64::BITS - ns.leading_zeros()) as usize] += n;
+        match &self.histogram {
+            Some(histogram) => {
+                histogram.iter_recorded().for_each(|v| add(v.value_iterated_to(), v.count_at_value()))
+            }
+            None => self.samples.iter().for_each(|&ns| add(ns, 1)),
+        }
+        let (Some(first), Some(last)) =
+            (counts.iter().position(|&n| n > 0), counts.iter().rposition(|&n| n > 0))
+        else {
+            return Vec::new();
+        };
+        (first..=last).map(|bit| (1u64.checked_shl(bit as u32).unwrap_or(u64::MAX), counts[bit])).collect()
+    }
 }
 
 /// Records into a histogram: zero as 1 ns (its floor), growing it to fit.
@@ -142,6 +163,26 @@ mod tests {
             assert!((got - exact).abs() / exact <= 0.01, "q{q}: {got} vs {exact}");
         }
         assert_eq!((latencies.min(), latencies.max()), (Some(1000), Some(10_000_000)));
+    }
+
+    #[test]
+    fn buckets_split_at_powers_of_two_and_hold_every_latency() {
+        let mut few = Latencies::default();
+        for ns in [0, 1, 3, 4, 7, 1000] {
+            few.record(ns);
+        }
+        let buckets = few.log2_buckets();
+        assert_eq!(buckets[..4], [(1, 1), (2, 1), (4, 1), (8, 2)]);
+        assert_eq!(buckets.last(), Some(&(1024, 1)));
+        assert_eq!(buckets.len(), 11);
+        let mut many = Latencies::default();
+        (0..1000).for_each(|_| many.record(1500));
+        (0..10).for_each(|_| many.record(3_000_000));
+        let buckets = many.log2_buckets();
+        assert_eq!(buckets.first(), Some(&(2048, 1000)));
+        assert_eq!(buckets.last(), Some(&(4_194_304, 10)));
+        assert_eq!(buckets.iter().map(|b| b.1).sum::<u64>(), 1010);
+        assert!(Latencies::default().log2_buckets().is_empty());
     }
 
     #[test]

@@ -319,6 +319,11 @@ impl Table {
         self.threads.len()
     }
 
+    /// One thread's row.
+    pub fn get(&self, key: ThreadKey) -> Option<&ThreadStats> {
+        self.threads.get(&key)
+    }
+
     /// Records added so far.
     pub fn events(&self) -> u64 {
         self.events

@@ -2,6 +2,8 @@
 
 mod text;
 
+pub use text::human_ns;
+
 use std::{
     fs::File,
     io::{self, BufWriter, Write},

@@ -1,0 +1,486 @@
+//! Draws a [`View`]: header, thread table or one thread's detail, the
+//! COMMAND's output pane, and a footer of keys.
+
+use ratatui::{
+    layout::{Constraint, Layout, Rect},
+    style::{Modifier, Style, Stylize},
+    text::{Line as TextLine, Span},
+    widgets::{Block, Borders, Paragraph, Row as TableRow, Table, TableState, Wrap},
+    Frame,
+};
+
+use super::view::{Column, Line, View};
+use crate::{output::human_ns, report::ThreadDetail};
+
+/// Lines of the COMMAND's output shown under the table.
+const OUTPUT_PANE_LINES: u16 = 4;
+
+/// Columns in the order they are given up when the terminal is narrow:
+/// the last ones first.
+const PRIORITY: [Column; 11] = [
+    Column::Id,
+    Column::Name,
+    Column::Syscalls,
+    Column::Busiest,
+    Column::P99,
+    Column::OnCpu,
+    Column::Runq,
+    Column::Migrations,
+    Column::Cpu,
+    Column::Voluntary,
+    Column::Involuntary,
+];
+
+fn title(column: Column) -> &'static str {
+    match column {
+        Column::Id => "PID/TID",
+        Column::Name => "NAME",
+        Column::Syscalls => "SYS/s",
+        Column::Busiest => "BUSIEST",
+        Column::P99 => "P99",
+        Column::OnCpu => "CPU%",
+        Column::Runq => "RUNQ",
+        Column::Migrations => "MIGR/s",
+        Column::Voluntary => "VOL/s",
+        Column::Involuntary => "INV/s",
+        Column::Cpu => "CPU",
+    }
+}
+
+/// Cells per column: names are at most 15 bytes (`TASK_COMM_LEN`), so are
+/// most syscall names.
+fn width(column: Column) -> u16 {
+    match column {
+        Column::Id => 9,
+        Column::Name | Column::Busiest => 15,
+        Column::OnCpu => 5,
+        Column::Syscalls
+        | Column::P99
+        | Column::Runq
+        | Column::Migrations
+        | Column::Voluntary
+        | Column::Involuntary => 6,
+        Column::Cpu => 3,
+    }
+}
+
+/// The columns that fit in `available` cells, left to right.
+fn columns(available: u16) -> Vec<Column> {
+    let mut used = 0;
+    let mut shown = Vec::new();
+    for column in PRIORITY {
+        let needed = width(column) + u16::from(!shown.is_empty());
+        if used + needed > available {
+            break;
+        }
+        used += needed;
+        shown.push(column);
+    }
+    Column::ALL.into_iter().filter(|column| shown.contains(column)).collect()
+}
+
+/// `1234567.0` → `1.2M`: rates in four or five cells.
+fn rate(per_s: f64) -> String {
+    match per_s {
+        x if x >= 999_950.0 => format!("{:.1}M", x / 1e6),
+        x if x >= 9_999.5 => format!("{:.0}k", x / 1e3),
+        x if x >= 999.95 => format!("{:.1}k", x / 1e3),
+        x if x >= 9.995 || x == 0.0 => format!("{x:.0}"),
+        x => format!("{x:.1}"),
+    }
+}
+
+fn latency(ns: Option<u64>) -> String {
+    ns.map_or_else(|| "-".to_owned(), human_ns)
+}
+
+fn cell(column: Column, line: &Line) -> String {
+    let row = &line.row;
+    match column {
+        Column::Id => match line.threads {
+            Some(_) => row.key.pid.to_string(),
+            None => format!("  {}", row.key.tid),
+        },
+        Column::Name => match line.threads {
+            Some(threads) if threads > 1 => format!("{} ({threads})", row.comm),
+            _ => row.comm.clone(),
+        },
+        Column::Syscalls => rate(row.syscalls_per_s),
+        Column::Busiest => row.busiest.clone().unwrap_or_else(|| "-".to_owned()),
+        Column::P99 => latency(row.busiest_p99_ns),
+        Column::OnCpu => row.on_cpu_pct.map_or_else(|| "-".to_owned(), |pct| format!("{pct:.1}")),
+        Column::Runq => latency(row.runq_p99_ns),
+        Column::Migrations => rate(row.migrations_per_s),
+        Column::Voluntary => rate(row.voluntary_per_s),
+        Column::Involuntary => rate(row.involuntary_per_s),
+        Column::Cpu => row.last_cpu.map_or_else(|| "-".to_owned(), |cpu| cpu.to_string()),
+    }
+}
+
+/// Draws the whole screen.
+pub fn draw(frame: &mut Frame, view: &View) {
+    // The detail needs the room more than the pane.
+    let output = if view.output.is_empty() || view.detail.is_some() { 0 } else { OUTPUT_PANE_LINES + 1 };
+    let [header, body, pane, footer] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Min(3),
+        Constraint::Length(output),
+        Constraint::Length(2),
+    ])
+    .areas(frame.area());
+    draw_header(frame, header, view);
+    match &view.detail {
+        Some((_, Some(detail))) => draw_detail(frame, body, detail, view.detail_row),
+        Some((key, None)) => frame.render_widget(
+            Paragraph::new(format!("thread {} of process {}: no data yet", key.tid, key.pid)),
+            body,
+        ),
+        None => draw_table(frame, body, view),
+    }
+    if output > 0 {
+        draw_output(frame, pane, view);
+    }
+    draw_footer(frame, footer, view);
+}
+
+fn draw_header(frame: &mut Frame, area: Rect, view: &View) {
+    let header = &view.header;
+    let mut first = vec![
+        Span::styled("probe", Style::new().bold()),
+        Span::raw(format!(" · {} · {} events/s · ", human_ns(header.elapsed_ns), rate(header.events_per_s))),
+    ];
+    let lost = format!("lost {}", header.lost_events);
+    first.push(match (header.lost_events, header.counts_exact) {
+        (0, _) => Span::raw(lost),
+        (_, true) => Span::styled(format!("{lost} (counts exact)"), Style::new().yellow().bold()),
+        (_, false) => Span::styled(format!("{lost} (counts low)"), Style::new().red().bold()),
+    });
+    if view.paused {
+        first.push(Span::raw(" "));
+        first.push(Span::styled(" PAUSED ", Style::new().add_modifier(Modifier::REVERSED)));
+    }
+    // Last: a long COMMAND line is cut at the edge, nothing else.
+    first.push(Span::raw(format!(" · {}", header.traced)));
+    let bpf = header.bpf_cpu.map_or_else(|| "n/a".to_owned(), |share| format!("{:.1}%", share * 100.0));
+    let second = format!(
+        "cost: BPF programs {bpf} of a CPU · probe {:.1}% of a CPU · RSS {} MiB",
+        header.user_cpu * 100.0,
+        header.rss_bytes >> 20
+    );
+    frame.render_widget(Paragraph::new(vec![TextLine::from(first), TextLine::from(second)]), area);
+}
+
+fn draw_table(frame: &mut Frame, area: Rect, view: &View) {
+    let lines = view.lines();
+    let columns = columns(area.width);
+    let titles = columns.iter().map(|&column| title_line(column, column == view.sort));
+    let rows = lines.iter().map(|line| {
+        let row = TableRow::new(columns.iter().map(|&column| cell(column, line)));
+        match line.threads {
+            Some(_) => row.style(Style::new().bold()),
+            None => row,
+        }
+    });
+    let table = Table::new(rows, columns.iter().map(|&column| Constraint::Length(width(column))))
+        .header(TableRow::new(titles).style(Style::new().add_modifier(Modifier::REVERSED)))
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
+    let mut state = TableState::default().with_selected(view.selected_index(&lines));
+    if lines.is_empty() {
+        let [head, rest] = Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(area);
+        frame.render_stateful_widget(table, head, &mut state);
+        frame.render_widget(Paragraph::new("(nothing traced has run yet)"), rest);
+    } else {
+        frame.render_stateful_widget(table, area, &mut state);
+    }
+}
+
+/// A column's title with its sort key underlined; the sort column's is
+/// also bold and not reversed (an arrow would not fit the narrow ones).
+fn title_line(column: Column, sorted: bool) -> TextLine<'static> {
+    let title = title(column);
+    let style = match sorted {
+        true => Style::new().bold().not_reversed(),
+        false => Style::new(),
+    };
+    let at = title.to_lowercase().find(column.key()).unwrap_or(0);
+    let (before, rest) = title.split_at(at);
+    let (key, after) = rest.split_at(rest.chars().next().map_or(0, char::len_utf8));
+    TextLine::from(vec![
+        Span::styled(before, style),
+        Span::styled(key, style.underlined()),
+        Span::styled(after, style),
+    ])
+}
+
+fn draw_detail(frame: &mut Frame, area: Rect, detail: &ThreadDetail, selected: usize) {
+    let thread = &detail.thread;
+    // The syscalls get up to half the room; the histogram and the scheduler
+    // the rest.
+    let shown_calls = (thread.syscalls.len() as u16).min((area.height / 2).saturating_sub(2).max(3));
+    let [title, calls, lower] =
+        Layout::vertical([Constraint::Length(1), Constraint::Length(shown_calls + 1), Constraint::Min(4)])
+            .areas(area);
+    frame.render_widget(
+        Paragraph::new(format!(
+            "{} (tid {}, pid {}) since probe started{}",
+            thread.comm,
+            thread.tid,
+            thread.pid,
+            if thread.exited { ", exited" } else { "" }
+        ))
+        .bold(),
+        title,
+    );
+    let header = ["SYSCALL", "COUNT", "ERRORS", "P50", "P99", "MAX", "TOTAL"];
+    let rows = thread.syscalls.iter().map(|call| {
+        TableRow::new([
+            call.name.clone(),
+            call.count.to_string(),
+            call.errors.to_string(),
+            latency(call.p50_ns),
+            latency(call.p99_ns),
+            latency(call.max_ns),
+            human_ns(call.total_ns),
+        ])
+    });
+    let widths = [18, 10, 7, 8, 8, 8, 8].map(Constraint::Length);
+    let table = Table::new(rows, widths)
+        .header(TableRow::new(header).style(Style::new().add_modifier(Modifier::REVERSED)))
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
+    let selected = selected.min(thread.syscalls.len().saturating_sub(1));
+    let mut state = TableState::default().with_selected((!thread.syscalls.is_empty()).then_some(selected));
+    frame.render_stateful_widget(table, calls, &mut state);
+
+    let [histogram, scheduler] =
+        Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(lower);
+    let call = thread.syscalls.get(selected);
+    let buckets = call.and_then(|call| detail.buckets.get(&call.nr)).map_or(&[][..], Vec::as_slice);
+    let name = call.map_or("", |call| call.name.as_str());
+    frame.render_widget(
+        Paragraph::new(histogram_lines(buckets, histogram.width.saturating_sub(24)))
+            .block(Block::new().borders(Borders::TOP).title(format!("{name} latency"))),
+        histogram,
+    );
+    frame.render_widget(
+        Paragraph::new(scheduler_lines(thread))
+            .wrap(Wrap { trim: false })
+            .block(Block::new().borders(Borders::TOP | Borders::LEFT).title("scheduler")),
+        scheduler,
+    );
+}
+
+/// `< 2.05µs ████▌ 123`: one line per power-of-two bucket, bars scaled to
+/// the fullest.
+fn histogram_lines(buckets: &[(u64, u64)], bar_cells: u16) -> Vec<TextLine<'static>> {
+    let fullest = buckets.iter().map(|&(_, count)| count).max().unwrap_or(0).max(1);
+    buckets
+        .iter()
+        .map(|&(upper, count)| {
+            let cells = (count as f64 / fullest as f64 * f64::from(bar_cells)).round() as usize;
+            let bar = "█".repeat(if count > 0 { cells.max(1) } else { 0 });
+            TextLine::from(format!("< {:>8} {bar} {count}", human_ns(upper)))
+        })
+        .collect()
+}
+
+fn scheduler_lines(thread: &crate::report::ThreadReport) -> Vec<TextLine<'static>> {
+    let Some(sched) = &thread.sched else {
+        return vec![TextLine::from("no scheduler data (--no-sched)")];
+    };
+    let mut lines = vec![
+        TextLine::from(format!(
+            "on-CPU {} · blocked {} · runq {}",
+            human_ns(sched.on_cpu_ns),
+            human_ns(sched.blocked_ns),
+            human_ns(sched.runq_wait_ns)
+        )),
+        TextLine::from(format!(
+            "switches {} vol, {} invol · {} migrations",
+            sched.voluntary_switches, sched.involuntary_switches, sched.migrations
+        )),
+        TextLine::from("on-CPU share by CPU:".bold()),
+    ];
+    let on_cpu = sched.cpus.values().sum::<u64>().max(1);
+    lines.extend(sched.cpus.iter().map(|(cpu, &ns)| {
+        TextLine::from(format!("  cpu {cpu:>3}  {:>5.1}%", ns as f64 * 100.0 / on_cpu as f64))
+    }));
+    if !sched.migration_pairs.is_empty() {
+        lines.push(TextLine::from("migrations:".bold()));
+        lines.extend(
+            sched
+                .migration_pairs
+                .iter()
+                .map(|pair| TextLine::from(format!("  {} → {}  ×{}", pair.from, pair.to, pair.count))),
+        );
+    }
+    lines
+}
+
+fn draw_output(frame: &mut Frame, area: Rect, view: &View) {
+    let shown = view.output.len().min(OUTPUT_PANE_LINES as usize);
+    let lines: Vec<TextLine> = view
+        .output
+        .iter()
+        .skip(view.output.len() - shown)
+        .map(|line| TextLine::from(line.as_str()))
+        .collect();
+    let plural = if view.output_lines == 1 { "" } else { "s" };
+    let title = format!("COMMAND output ({} line{plural})", view.output_lines);
+    frame.render_widget(Paragraph::new(lines).block(Block::new().borders(Borders::TOP).title(title)), area);
+}
+
+fn draw_footer(frame: &mut Frame, area: Rect, view: &View) {
+    let text = if view.editing_filter {
+        format!("filter (name, pid or tid): {}▏ · enter: keep · esc: clear", view.filter)
+    } else if view.detail.is_some() {
+        "↑↓ syscall · esc: back · space: pause · q: quit".to_owned()
+    } else {
+        let filter = match view.filter.is_empty() {
+            true => String::new(),
+            false => format!(" · filter \"{}\" (esc clears)", view.filter),
+        };
+        let order = if view.descending { "▼" } else { "▲" };
+        format!(
+            "sorted by {}{order} · underlined key: sort by it (again: reverse) · /: filter · space: pause · enter: thread · q: quit{filter}",
+            title(view.sort)
+        )
+    };
+    frame.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }).dim(), area);
+}
+
+/// Tests draw into ratatui's `TestBackend` from views built here.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        aggregate::ThreadKey,
+        tui::view::{
+            tests::{interval, view_of},
+            Row,
+        },
+    };
+    use ratatui::{backend::TestBackend, Terminal};
+
+    fn screen(view: &View, width: u16, height: u16) -> String {
+        let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+        terminal.draw(|frame| draw(frame, view)).unwrap();
+        let buffer = terminal.backend().buffer();
+        (0..height)
+            .map(|y| (0..width).map(|x| buffer[(x, y)].symbol()).collect::<String>().trim_end().to_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn rates_fit_their_cells() {
+        assert_eq!(rate(0.0), "0");
+        assert_eq!(rate(0.25), "0.2");
+        assert_eq!(rate(12.4), "12");
+        assert_eq!(rate(1234.0), "1.2k");
+        assert_eq!(rate(98_765.0), "99k");
+        assert_eq!(rate(1_900_000.0), "1.9M");
+        assert_eq!(rate(1e15), "1000000000.0M");
+    }
+
+    #[test]
+    fn narrow_terminals_drop_the_last_columns_first() {
+        assert_eq!(columns(80).len(), 9, "{:?}", columns(80));
+        assert!(!columns(80).contains(&Column::Voluntary));
+        assert!(columns(80).contains(&Column::Cpu));
+        assert_eq!(columns(200), Column::ALL);
+        assert_eq!(columns(20), [Column::Id]);
+    }
+
+    #[test]
+    fn histograms_scale_to_the_fullest_bucket() {
+        let lines = histogram_lines(&[(1024, 10), (2048, 0), (4096, 5)], 10);
+        let text: Vec<String> = lines.iter().map(ToString::to_string).collect();
+        assert_eq!(text[0], format!("< {:>8} {} 10", "1.02µs", "█".repeat(10)));
+        assert_eq!(text[1], format!("< {:>8}  0", "2.05µs"));
+        assert_eq!(text[2], format!("< {:>8} {} 5", "4.10µs", "█".repeat(5)));
+    }
+
+    fn key(pid: u32, tid: u32) -> ThreadKey {
+        ThreadKey { pid, tid, generation: 0 }
+    }
+
+    #[test]
+    fn an_empty_trace_says_so_at_80_by_24() {
+        let text = screen(&View::default(), 80, 24);
+        assert!(text.contains("nothing traced has run yet"), "{text}");
+        assert!(text.contains("PID/TID"), "{text}");
+        assert!(text.contains("q: quit"), "{text}");
+    }
+
+    #[test]
+    fn the_table_shows_processes_then_their_threads_at_80_by_24() {
+        let view = view_of(&[(10, 10, "server", 5), (10, 11, "worker", 50), (20, 20, "db", 30)]);
+        let text = screen(&view, 80, 24);
+        let rows: Vec<&str> = text.lines().skip(3).take(5).collect();
+        assert!(rows[0].starts_with("10        server (2)      57     read"), "{text}");
+        assert!(rows[1].starts_with("  11      worker          51     read"), "{text}");
+        assert!(rows[2].starts_with("  10      server"), "{text}");
+        assert!(rows[3].starts_with("20        db              31"), "{text}");
+        assert!(text.lines().all(|line| line.chars().count() <= 80));
+    }
+
+    #[test]
+    fn the_detail_shows_each_syscall_and_the_selected_ones_histogram() {
+        let report = interval(&[(10, 11, "worker", 50)]);
+        let mut table = crate::aggregate::Table::default();
+        let mut call = crate::aggregate::tests::event(11, syscalls::Sysno::getppid.id() as u32, 0, 1000);
+        call.pid = 10;
+        (0..50).for_each(|_| crate::aggregate::tests::record(&mut table, &call));
+        let mut view = View::default();
+        view.update(Default::default(), &report, |_| true);
+        let key = ThreadKey { pid: 10, tid: 11, generation: 0 };
+        view.detail = Some((key, ThreadDetail::new(&table, key)));
+        let text = screen(&view, 80, 24);
+        assert!(text.contains("getppid            50"), "{text}");
+        assert!(text.contains("getppid latency"), "{text}");
+        assert!(text.contains(&format!("< {:>8} {}", "1.02µs", "█")), "{text}");
+        assert!(text.contains("esc: back"), "{text}");
+    }
+
+    #[test]
+    fn tiny_terminals_do_not_panic() {
+        for (width, height) in [(1, 1), (10, 3), (80, 5), (30, 40)] {
+            screen(&View::default(), width, height);
+        }
+    }
+
+    #[test]
+    fn lost_events_are_highlighted() {
+        let mut view = View::default();
+        view.header.lost_events = 7;
+        let mut terminal = Terminal::new(TestBackend::new(100, 10)).unwrap();
+        terminal.draw(|frame| draw(frame, &view)).unwrap();
+        let buffer = terminal.backend().buffer();
+        let line: String = (0..100).map(|x| buffer[(x, 0)].symbol()).collect();
+        let at = line.find("lost 7").expect("the header names the losses");
+        let x = line[..at].chars().count() as u16;
+        assert_eq!(buffer[(x, 0)].fg, ratatui::style::Color::Red);
+    }
+
+    #[test]
+    fn huge_numbers_and_long_names_stay_in_their_cells() {
+        let row = Row {
+            key: key(4_194_303, 4_194_303),
+            comm: "a-very-long-thread-name".to_owned(),
+            syscalls_per_s: 1e18,
+            busiest: Some("clock_nanosleep".to_owned()),
+            busiest_p99_ns: Some(u64::MAX),
+            on_cpu_pct: Some(100.0),
+            runq_p99_ns: Some(u64::MAX),
+            ..Row::default()
+        };
+        let line = Line { row, threads: None };
+        for column in Column::ALL {
+            let text = cell(column, &line);
+            assert!(!text.is_empty(), "{column:?}");
+        }
+        let mut view = View::default();
+        view.header.events_per_s = 1e18;
+        screen(&view, 80, 24);
+    }
+}

@@ -1,0 +1,124 @@
+//! The live view in a real terminal: tmux runs the real binary against a
+//! real workload, and the test reads the screen and presses keys.
+
+mod common;
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{workload, PROBE};
+
+/// A tmux session, killed when dropped.
+struct Tmux {
+    name: String,
+}
+
+impl Tmux {
+    fn start(width: u16, height: u16, command: &str) -> Self {
+        let name = format!("probe-test-{}", std::process::id());
+        let status = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &name, "-x", &width.to_string(), "-y", &height.to_string()])
+            .arg(command)
+            .status()
+            .expect("tmux is missing: run the tests with `cargo xtask test`, which installs it");
+        assert!(status.success());
+        Self { name }
+    }
+
+    fn screen(&self) -> String {
+        self.capture(&[])
+    }
+
+    /// The screen with the lines scrolled off it.
+    fn history(&self) -> String {
+        self.capture(&["-S", "-"])
+    }
+
+    fn capture(&self, options: &[&str]) -> String {
+        let output = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.name])
+            .args(options)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let status = Command::new("tmux").args(["send-keys", "-t", &self.name]).args(keys).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits until the screen satisfies `done`, and returns it.
+    fn wait_for(&self, limit: Duration, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let screen = self.screen();
+            if done(&screen) {
+                return screen;
+            }
+            assert!(Instant::now() < deadline, "no {what} after {limit:?}; the screen:\n{screen}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["kill-session", "-t", &self.name]).status();
+    }
+}
+
+/// The line of the first thread row (indented, under its process) that
+/// holds `text`.
+fn line_of(screen: &str, text: &str) -> usize {
+    screen
+        .lines()
+        .position(|line| line.starts_with("  ") && line.contains(text))
+        .unwrap_or_else(|| panic!("no thread row with {text:?} in:\n{screen}"))
+}
+
+#[test]
+fn the_live_view_shows_sorts_and_quits_to_the_summary() {
+    // One thread storms getppid, one sleeps 2 ms at a time; the COMMAND's
+    // own output must land in its pane, not over the table.
+    let command = format!(
+        "{PROBE} -i 300ms -- sh -c 'echo hello-from-the-command; exec {} --getppid 1000000000 --sleep 100000x2'; echo probe-exit=$?; sleep 60",
+        workload().display()
+    );
+    let tmux = Tmux::start(100, 30, &command);
+    let screen = tmux.wait_for(Duration::from_secs(10), "rows for both threads", |screen| {
+        screen.contains("getppid") && screen.contains("clock_nanosleep")
+    });
+    assert!(screen.contains("COMMAND output"), "{screen}");
+    assert!(screen.contains("hello-from-the-command"), "{screen}");
+    assert!(screen.lines().next().unwrap().starts_with("probe · "), "{screen}");
+    // Busiest first: the storm's row is above the sleeper's.
+    assert!(line_of(&screen, "getppid") < line_of(&screen, "clock_nanosleep"), "{screen}");
+
+    // `s` again reverses the order.
+    tmux.keys(&["s"]);
+    let screen = tmux.wait_for(Duration::from_secs(3), "the reversed order", |screen| {
+        line_of(screen, "clock_nanosleep") < line_of(screen, "getppid")
+    });
+    assert!(screen.contains("SYS/s▲"), "{screen}");
+
+    // A thread's detail, then back.
+    tmux.keys(&["Down", "Down", "Enter"]);
+    tmux.wait_for(Duration::from_secs(3), "the detail screen", |screen| {
+        screen.contains("since probe started")
+    });
+    tmux.keys(&["Escape"]);
+    tmux.wait_for(Duration::from_secs(3), "the table", |screen| screen.contains("PID/TID"));
+
+    let quit = Instant::now();
+    tmux.keys(&["q"]);
+    let screen =
+        tmux.wait_for(Duration::from_secs(5), "the summary", |screen| screen.contains("probe-exit="));
+    assert!(quit.elapsed() < Duration::from_secs(2), "q took {:?}", quit.elapsed());
+    let history = tmux.history();
+    assert!(history.contains("probe summary:"), "{history}");
+    assert!(screen.contains("probe-exit=0"), "{screen}");
+    assert!(!screen.contains("PID/TID "), "the live view is gone: {screen}");
+}
