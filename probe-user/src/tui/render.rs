@@ -15,21 +15,9 @@ use crate::{output::human_ns, report::ThreadDetail};
 /// Lines of the COMMAND's output shown under the table.
 const OUTPUT_PANE_LINES: u16 = 4;
 
-/// Columns in the order they are given up when the terminal is narrow:
-/// the last ones first.
-const PRIORITY: [Column; 11] = [
-    Column::Id,
-    Column::Name,
-    Column::Syscalls,
-    Column::Busiest,
-    Column::P99,
-    Column::OnCpu,
-    Column::Runq,
-    Column::Migrations,
-    Column::Cpu,
-    Column::Voluntary,
-    Column::Involuntary,
-];
+/// The columns a narrow terminal gives up first; then the others from the
+/// right.
+const EXPENDABLE: [Column; 2] = [Column::Voluntary, Column::Involuntary];
 
 fn title(column: Column) -> &'static str {
     match column {
@@ -68,7 +56,8 @@ fn width(column: Column) -> u16 {
 fn columns(available: u16) -> Vec<Column> {
     let mut used = 0;
     let mut shown = Vec::new();
-    for column in PRIORITY {
+    let essential = Column::ALL.into_iter().filter(|column| !EXPENDABLE.contains(column));
+    for column in essential.chain(EXPENDABLE) {
         let needed = width(column) + u16::from(!shown.is_empty());
         if used + needed > available {
             break;
