@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--enoent N]
-//!          [--affinity MOVES] [--spin MS,MS,...] [--fork N] [--churn SECONDS]
+//!          [--affinity MOVES] [--spin MS,MS,...] [--fork N] [--threads N] [--churn SECONDS]
 //!          [--mixed ROUNDS,ROUNDS,...] [--pingpong ROUNDS] [--exit CODE]
 //! ```
 //!
@@ -175,6 +175,20 @@ fn churn(seconds: u64) -> Done {
     Done { tid: gettid(), activity: "churn", calls: started }
 }
 
+/// Starts `count` threads one after the other, each making one getppid and
+/// exiting. The count is the threads started.
+fn short_threads(count: u64) -> Done {
+    for _ in 0..count {
+        thread::spawn(|| {
+            // SAFETY: as in getppid_storm.
+            unsafe { libc::syscall(libc::SYS_getppid) };
+        })
+        .join()
+        .expect("a short thread panicked");
+    }
+    Done { tid: gettid(), activity: "threads", calls: count }
+}
+
 /// `rounds` of: read a byte of /dev/zero, write it to /dev/null, getppid,
 /// and an openat that fails: four syscalls a round, one of them an error.
 fn mixed(rounds: u64) -> Done {
@@ -268,7 +282,7 @@ fn wait_for_sigusr1() {
 fn usage(problem: &str) -> ! {
     eprintln!("workload: {problem}");
     eprintln!(
-        "usage: workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--enoent N] [--affinity MOVES] [--spin MS,MS,...] [--fork N] [--churn SECONDS] [--mixed ROUNDS,...] [--pingpong ROUNDS] [--exit CODE]"
+        "usage: workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--enoent N] [--affinity MOVES] [--spin MS,MS,...] [--fork N] [--threads N] [--churn SECONDS] [--mixed ROUNDS,...] [--pingpong ROUNDS] [--exit CODE]"
     );
     exit(2)
 }
@@ -322,6 +336,10 @@ fn main() {
             "--fork" => {
                 let calls = number(&value());
                 jobs.push(Box::new(move || forked_storm(calls)));
+            }
+            "--threads" => {
+                let count = number(&value());
+                jobs.push(Box::new(move || short_threads(count)));
             }
             "--churn" => {
                 let seconds = number(&value());

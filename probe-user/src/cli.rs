@@ -1,9 +1,11 @@
 //! Command-line options and the parsers that check them.
 
-use std::{ffi::OsString, path::PathBuf, str::FromStr, time::Duration};
+use std::{ffi::OsString, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::Parser;
 use syscalls::Sysno;
+
+use crate::timeline::Limit;
 
 /// Longest `--interval` accepted: longer ones are almost certainly a typo.
 const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
@@ -80,6 +82,30 @@ pub struct Args {
     #[arg(long)]
     pub no_tui: bool,
 
+    /// Serve Prometheus / OpenMetrics metrics on ADDR (e.g. 127.0.0.1:9464)
+    /// at /metrics; interval reports are then not printed.
+    #[arg(long, value_name = "ADDR", value_parser = parse_address, conflicts_with = "tui")]
+    pub prometheus: Option<SocketAddr>,
+
+    /// With --prometheus: give up to N threads series of their own (the
+    /// rest are added up per process under tid="other").
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "prometheus")]
+    pub prometheus_threads: usize,
+
+    /// With --prometheus: how long the series of a process or thread stay
+    /// after it is gone (a thread's also after it went quiet).
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_interval, requires = "prometheus")]
+    pub prometheus_grace: Duration,
+
+    /// Write a timeline to FILE in the Chrome trace-event format (opens in
+    /// Perfetto UI and chrome://tracing).
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+
+    /// Stop the timeline after N events, or after a DURATION such as 30s.
+    #[arg(long, value_name = "N|DURATION", value_parser = parse_trace_limit, requires = "trace")]
+    pub trace_limit: Option<Limit>,
+
     /// Show the kernel programs' diagnostics (-v) and probe's own (-vv).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -87,6 +113,23 @@ pub struct Args {
     /// Run COMMAND with its probes attached before its first instruction.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+fn parse_address(text: &str) -> Result<SocketAddr, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| "not an address: expected IP:PORT such as 127.0.0.1:9464 or [::]:9464".into())
+}
+
+fn parse_trace_limit(text: &str) -> Result<Limit, String> {
+    let text = text.trim();
+    if let Ok(events) = text.parse::<u64>() {
+        return match events {
+            0 => Err("must be more than zero".into()),
+            n => Ok(Limit::Events(n)),
+        };
+    }
+    parse_span(text, MAX_DURATION).map(Limit::Time).map_err(|err| format!("{err}; or a number of events"))
 }
 
 fn parse_pid(text: &str) -> Result<u32, String> {

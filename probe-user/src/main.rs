@@ -4,19 +4,26 @@
 //! trace, [`bpf`] loads and attaches the kernel programs (with `task_struct`
 //! offsets from [`btf`]), [`session`] drains their ring buffer into
 //! [`aggregate`] tables and writes [`report`]s through [`output`], or shows
-//! them live in a terminal through [`tui`].
+//! them live in a terminal through [`tui`]; [`metrics`] serves them to
+//! Prometheus, [`timeline`] writes every event for Perfetto.
 
 mod aggregate;
 mod bpf;
 mod btf;
 mod cli;
+mod metrics;
 mod output;
 mod report;
 mod session;
 mod target;
+mod timeline;
 mod tui;
 
-use std::{io::IsTerminal, process::ExitCode};
+use std::{
+    io::IsTerminal,
+    process::ExitCode,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::{bail, Context, Result};
 use clap::{error::ErrorKind, Parser};
@@ -24,9 +31,11 @@ use clap::{error::ErrorKind, Parser};
 use crate::{
     bpf::{Config, Probe},
     cli::Args,
+    metrics::{server::Endpoint, Limits, Metrics, Store},
     output::Sink,
     session::{Options, Output, Target},
     target::{GatedCommand, PidTarget, SpawnError},
+    timeline::Timeline,
     tui::Live,
 };
 
@@ -38,10 +47,16 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(err) => {
-            // One line, not clap's usage block: the rest is in --help.
+            // One line, not clap's usage block: the rest is in --help. A
+            // first line that ends in ':' takes the list that follows it.
             let text = err.to_string();
-            let line = text.lines().next().unwrap_or_default();
-            eprintln!("probe: {} (see probe --help)", line.trim_start_matches("error: "));
+            let mut lines = text.lines().map(str::trim).filter(|line| !line.is_empty());
+            let mut line = lines.next().unwrap_or_default().trim_start_matches("error: ").to_owned();
+            if line.ends_with(':') {
+                let list: Vec<&str> = lines.take_while(|line| !line.starts_with("Usage:")).collect();
+                line = format!("{line} {}", list.join(", "));
+            }
+            eprintln!("probe: {line} (see probe --help)");
             return ExitCode::from(2);
         }
     };
@@ -68,8 +83,16 @@ fn run(args: Args) -> Result<i32> {
     if args.tui && !stdout_is_terminal {
         bail!("--tui needs a terminal on stdout");
     }
-    let live = args.tui || (!args.no_tui && !args.json && args.output.is_none() && stdout_is_terminal);
+    let live = args.tui
+        || (!args.no_tui
+            && !args.json
+            && args.output.is_none()
+            && args.prometheus.is_none()
+            && stdout_is_terminal);
     let sink = Sink::open(args.output.as_deref(), args.json)?;
+    // Ports and paths are checked before anything is loaded or started.
+    let endpoint = args.prometheus.map(Endpoint::bind).transpose()?;
+    let timeline = args.trace.as_deref().map(|path| Timeline::create(path, args.trace_limit)).transpose()?;
     let pids = args.pid.iter().map(|&pid| PidTarget::open(pid)).collect::<Result<Vec<_>>>()?;
     // Fork before anything starts a thread: the child must stay
     // single-threaded until it execs.
@@ -94,16 +117,25 @@ fn run(args: Args) -> Result<i32> {
             format!("PID {}", pids.iter().map(|target| target.pid.to_string()).collect::<Vec<_>>().join(","))
         }
     };
-    let output = match live {
-        true => {
-            // The header shows what the programs cost; without the kernel's
-            // statistics it says n/a.
-            if let Err(err) = probe.enable_stats() {
-                log::info!("{err:#}");
-            }
-            Output::Live(Box::new(Live::open(traced)?), sink)
+    // The live view and the metrics show what the programs cost; without
+    // the kernel's statistics they say nothing of it.
+    if live || endpoint.is_some() {
+        if let Err(err) = probe.enable_stats() {
+            log::info!("{err:#}");
         }
-        false => Output::Reports(sink),
+    }
+    let metrics = match endpoint {
+        Some(endpoint) => {
+            let limits = Limits { threads: args.prometheus_threads, grace: args.prometheus_grace };
+            let store = Arc::new(Mutex::new(Store::new(limits)));
+            Some((endpoint, store))
+        }
+        None => None,
+    };
+    let output = match (live, &metrics) {
+        (true, _) => Output::Live(Box::new(Live::open(traced)?), sink),
+        (false, Some(_)) => Output::Summary(sink),
+        (false, None) => Output::Reports(sink),
     };
     let (target, command_output) = if let Some(mut gated) = gated {
         probe.trace_pid(gated.pid.as_raw() as u32)?;
@@ -117,10 +149,25 @@ fn run(args: Args) -> Result<i32> {
         }
         (Target::Pids(pids), None)
     };
-    let options = Options { interval: args.interval, duration: args.duration, top: args.top, command_output };
-    tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start the event loop")?
-        .block_on(session::run(probe, streams, target, options, output))
+        .context("cannot start the event loop")?;
+    let store = match metrics {
+        Some((endpoint, store)) => {
+            let _guard = runtime.enter();
+            endpoint.serve(Metrics(store.clone()))?;
+            Some(store)
+        }
+        None => None,
+    };
+    let options = Options {
+        interval: args.interval,
+        duration: args.duration,
+        top: args.top,
+        command_output,
+        metrics: store,
+        timeline,
+    };
+    runtime.block_on(session::run(probe, streams, target, options, output))
 }

@@ -5,6 +5,7 @@ use std::{
     future::pending,
     io,
     os::fd::{AsRawFd, OwnedFd},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -26,9 +27,11 @@ use tokio::{
 use crate::{
     aggregate::{sched::SchedTracker, Generations, Table, MAX_EXITED_THREADS},
     bpf::{Probe, Streams},
+    metrics::{Health as MetricsHealth, Store},
     output::Sink,
     report::{Health, Kind, Report, Span, ThreadDetail},
-    target::{exit_code, thread_alive, PidTarget},
+    target::{exit_code, process_alive, thread_alive, PidTarget},
+    timeline::Timeline,
     tui::{Control, Cost, Live, OutputLines},
 };
 
@@ -59,12 +62,18 @@ pub struct Options {
     pub top: usize,
     /// The COMMAND's stdout and stderr, when the live view shows them.
     pub command_output: Option<OwnedFd>,
+    /// The series `--prometheus` serves, updated every interval.
+    pub metrics: Option<Arc<Mutex<Store>>>,
+    /// The `--trace` file, written as records arrive.
+    pub timeline: Option<Timeline>,
 }
 
 /// Where reports go.
 pub enum Output {
     /// Text or JSON, every interval and at the end.
     Reports(Sink),
+    /// The summary only (the metrics endpoint shows the intervals).
+    Summary(Sink),
     /// The live view while the trace runs, then the summary to the sink.
     Live(Box<Live>, Sink),
 }
@@ -81,19 +90,32 @@ enum End {
 }
 
 /// Receives records; turns them into tables.
-#[derive(Default)]
 struct Aggregator {
     interval: Table,
     total: Table,
     tracker: SchedTracker,
     generations: Generations,
     undecodable: u64,
+    timeline: Option<Timeline>,
 }
 
 /// A decoded record.
 enum Event {
     Syscall(SyscallEvent),
     Sched(SchedEvent),
+}
+
+impl Default for Aggregator {
+    fn default() -> Self {
+        Self {
+            interval: Table::default(),
+            total: Table::folding_processes(),
+            tracker: SchedTracker::default(),
+            generations: Generations::default(),
+            undecodable: 0,
+            timeline: None,
+        }
+    }
 }
 
 impl Aggregator {
@@ -122,6 +144,9 @@ impl Aggregator {
     fn apply(&mut self, event: Event) {
         match event {
             Event::Syscall(event) => {
+                if let Some(timeline) = &mut self.timeline {
+                    timeline.syscall(&event);
+                }
                 let key = self.generations.syscall(event.pid, event.tid);
                 self.interval.record(key, &event);
                 if event.flags & SYSCALL_NO_RETURN != 0 {
@@ -129,6 +154,9 @@ impl Aggregator {
                 }
             }
             Event::Sched(event) => {
+                if let Some(timeline) = &mut self.timeline {
+                    timeline.sched(&event);
+                }
                 let key = match EventKind::from_u32(event.kind) {
                     Some(EventKind::WakeupNew) => self.generations.new_thread(event.pid, event.tid),
                     _ => self.generations.current(event.pid, event.tid),
@@ -253,7 +281,8 @@ pub async fn run(
         }
     }
 
-    let mut aggregator = Aggregator::default();
+    let mut aggregator = Aggregator { timeline: options.timeline, ..Aggregator::default() };
+    let metrics = options.metrics;
     let mut last_tick = start;
     let end = loop {
         tokio::select! {
@@ -283,7 +312,21 @@ pub async fn run(
                 aggregator.settle(&mut probe, false)?;
                 let span = measure(&probe, &aggregator, now - start, now - last_tick)?;
                 last_tick = now;
+                if let Some(metrics) = &metrics {
+                    let health = MetricsHealth {
+                        events: aggregator.total.events() + aggregator.interval.events(),
+                        lost_events: span.lost.total(),
+                        bpf_run_ns: probe.run_time_ns(),
+                        cpu_ns: process_cpu_ns(),
+                    };
+                    let mut store = metrics.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    store.add_interval(&aggregator.interval, health, now.into_std(), |pid, tid| match tid {
+                        Some(tid) => thread_alive(pid, tid),
+                        None => process_alive(pid),
+                    });
+                }
                 match &mut output {
+                    Output::Summary(_) => aggregator.close_interval(),
                     Output::Reports(sink) => {
                         let report = Report::new(Kind::Interval, &aggregator.interval, span, Some(options.top));
                         aggregator.close_interval();
@@ -305,7 +348,7 @@ pub async fn run(
             event = async {
                 match &mut output {
                     Output::Live(live, _) => live.next_event().await,
-                    Output::Reports(_) => pending().await,
+                    Output::Reports(_) | Output::Summary(_) => pending().await,
                 }
             } => {
                 let Output::Live(live, _) = &mut output else { unreachable!("only the live view has input") };
@@ -363,7 +406,7 @@ pub async fn run(
         return Ok(0);
     }
     let mut sink = match output {
-        Output::Reports(sink) => sink,
+        Output::Reports(sink) | Output::Summary(sink) => sink,
         // The terminal is given back before the summary is written to it.
         Output::Live(live, sink) => {
             drop(live);
@@ -382,6 +425,11 @@ pub async fn run(
     let span = measure(&probe, &aggregator, elapsed, elapsed)?;
     aggregator.close_interval();
     let mut summary = Report::new(Kind::Summary, &aggregator.total, span, None);
+    if let Some(timeline) = aggregator.timeline.take() {
+        if let Some(cut) = timeline.finish()? {
+            eprintln!("{cut}");
+        }
+    }
     let status = match end {
         End::CommandExited(code) => {
             summary.exit_code = code;

@@ -150,6 +150,10 @@ fn bad_input_is_one_line_and_a_failure() {
         (&["-p", "2147483647"], 1, "no process with PID 2147483647"),
         (&["--tui"], 1, "--tui needs a terminal on stdout"),
         (&["--tui", "--json"], 2, "cannot be used with"),
+        (&["--prometheus", "localhost"], 2, "not an address"),
+        (&["--prometheus-threads", "5"], 2, "--prometheus"),
+        (&["--trace", "/nonexistent/dir/timeline.json"], 1, "cannot write the timeline to /nonexistent/dir"),
+        (&["--trace", "/tmp/probe-unused.json", "--trace-limit", "0"], 2, "more than zero"),
     ];
     for (args, code, says) in cases {
         let output = Command::new(PROBE).args(*args).output().unwrap();

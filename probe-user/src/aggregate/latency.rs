@@ -105,18 +105,28 @@ impl Latencies {
         Some(value.clamp(self.min, self.max))
     }
 
-    /// How many latencies fall in each power-of-two range of nanoseconds:
-    /// `(upper, count)` for `upper / 2 <= ns < upper`, from the first
-    /// non-empty range to the last (within 1% at the edges once a histogram
-    /// holds them).
-    pub fn log2_buckets(&self) -> Vec<(u64, u64)> {
-        let mut counts = [0u64; 65];
-        let mut add = |ns: u64, n: u64| counts[(u64::BITS - ns.leading_zeros()) as usize] += n;
+    /// Each latency with how many times it was seen, smallest first (within
+    /// 1% once a histogram holds them).
+    pub fn values(&self) -> Vec<(u64, u64)> {
         match &self.histogram {
             Some(histogram) => {
-                histogram.iter_recorded().for_each(|v| add(v.value_iterated_to(), v.count_at_value()))
+                histogram.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect()
             }
-            None => self.samples.iter().for_each(|&ns| add(ns, 1)),
+            None => {
+                let mut sorted = self.samples.clone();
+                sorted.sort_unstable();
+                sorted.into_iter().map(|ns| (ns, 1)).collect()
+            }
+        }
+    }
+
+    /// How many latencies fall in each power-of-two range of nanoseconds:
+    /// `(upper, count)` for `upper / 2 <= ns < upper`, from the first
+    /// non-empty range to the last.
+    pub fn log2_buckets(&self) -> Vec<(u64, u64)> {
+        let mut counts = [0u64; 65];
+        for (ns, n) in self.values() {
+            counts[(u64::BITS - ns.leading_zeros()) as usize] += n;
         }
         let (Some(first), Some(last)) =
             (counts.iter().position(|&n| n > 0), counts.iter().rposition(|&n| n > 0))

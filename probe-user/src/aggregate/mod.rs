@@ -24,6 +24,9 @@ pub const MAX_EXITED_THREADS: usize = 1024;
 /// the row of every folded process that has exited.
 pub const FOLDED_TID: u32 = 0;
 
+/// The row of every folded process that has exited.
+const FOLDED_PROCESSES: ThreadKey = ThreadKey { pid: 0, tid: FOLDED_TID, generation: 0 };
+
 /// Identifies a thread for the whole run. The kernel reuses ids: a tid is
 /// unique only while its thread lives, so a thread is its process id, its
 /// tid, and which of the threads that had that tid in that process it is.
@@ -184,9 +187,19 @@ pub struct Table {
     events: u64,
     /// Exited threads still kept one by one.
     exited: Vec<ThreadKey>,
+    /// Whether exited threads beyond the cap whose process is gone too are
+    /// folded across processes. An interval's table keeps processes apart,
+    /// for the per-process metrics; the run's total folds them.
+    fold_processes: bool,
 }
 
 impl Table {
+    /// A table that folds the exited threads of exited processes beyond the
+    /// cap into one row, for a whole run.
+    pub fn folding_processes() -> Self {
+        Self { fold_processes: true, ..Self::default() }
+    }
+
     /// Adds one syscall record of thread `key`.
     pub fn record(&mut self, key: ThreadKey, event: &SyscallEvent) {
         let thread = self.thread(key, &event.comm);
@@ -270,6 +283,18 @@ impl Table {
             self.mark_exited(key);
         }
         self.fold_beyond_cap();
+        if self.fold_processes {
+            // The rows of folded threads that intervals kept per process.
+            let gone: Vec<ThreadKey> = self
+                .threads
+                .keys()
+                .filter(|&&key| key.tid == FOLDED_TID && key != FOLDED_PROCESSES && !process_alive(key.pid))
+                .copied()
+                .collect();
+            for key in gone {
+                self.fold_into(key, FOLDED_PROCESSES, "[exited processes]");
+            }
+        }
     }
 
     fn fold_beyond_cap(&mut self) {
@@ -288,13 +313,12 @@ impl Table {
     /// exited threads, or, once the process is gone too, into the one row
     /// of folded exited processes, which then takes the process's row.
     fn fold(&mut self, key: ThreadKey) {
-        const PROCESSES: ThreadKey = ThreadKey { pid: 0, tid: FOLDED_TID, generation: 0 };
         let process = ThreadKey::new(key.pid, FOLDED_TID);
-        if process_alive(key.pid) {
+        if !self.fold_processes || process_alive(key.pid) {
             self.fold_into(key, process, "[exited threads]");
         } else {
-            self.fold_into(key, PROCESSES, "[exited processes]");
-            self.fold_into(process, PROCESSES, "[exited processes]");
+            self.fold_into(key, FOLDED_PROCESSES, "[exited processes]");
+            self.fold_into(process, FOLDED_PROCESSES, "[exited processes]");
         }
     }
 
@@ -319,6 +343,11 @@ impl Table {
         self.threads.len()
     }
 
+    /// Every row, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = (ThreadKey, &ThreadStats)> {
+        self.threads.iter().map(|(key, thread)| (*key, thread))
+    }
+
     /// One thread's row.
     pub fn get(&self, key: ThreadKey) -> Option<&ThreadStats> {
         self.threads.get(&key)
@@ -331,7 +360,7 @@ impl Table {
 
     /// Threads, busiest (most records) first; ties by key for stable output.
     pub fn busiest(&self) -> Vec<(ThreadKey, &ThreadStats)> {
-        let mut threads: Vec<_> = self.threads.iter().map(|(k, t)| (*k, t)).collect();
+        let mut threads: Vec<_> = self.iter().collect();
         threads.sort_by(|a, b| b.1.events.cmp(&a.1.events).then(a.0.cmp(&b.0)));
         threads
     }
@@ -452,8 +481,9 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn exited_processes_fold_into_one_row() {
-        let mut total = Table::default();
+    fn exited_processes_fold_into_one_row_of_the_total_only() {
+        let mut total = Table::folding_processes();
+        let mut apart = Table::default();
         // Beyond any pid_max: processes that are surely gone.
         for pid in 5_000_000..5_000_000 + MAX_EXITED_THREADS as u32 + 50 {
             let mut interval = Table::default();
@@ -463,8 +493,11 @@ pub(crate) mod tests {
                 record(&mut interval, &call);
                 interval.mark_exited(ThreadKey::new(pid, tid));
             }
-            total.merge(interval);
+            total.merge(interval.clone());
+            apart.merge(interval);
         }
+        // An interval's table folds threads per process, never processes.
+        assert!(apart.busiest().iter().all(|(key, _)| key.pid != 0));
         let rows = total.busiest();
         assert!(rows.len() <= MAX_EXITED_THREADS + 2, "{} rows", rows.len());
         let folded = &rows.iter().find(|(key, _)| key.pid == 0).unwrap().1;

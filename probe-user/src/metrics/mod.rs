@@ -1,0 +1,413 @@
+//! Prometheus / OpenMetrics export (`--prometheus`): what every process
+//! (and, with `--prometheus-threads`, every thread) has done since probe
+//! started, as counters and latency histograms, kept bounded on a busy
+//! host. [`server`] serves it over HTTP.
+
+pub mod server;
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet},
+    metrics::MetricType,
+};
+use rustc_hash::FxHashMap;
+
+use crate::{
+    aggregate::{sched::SchedStats, SyscallStats, Table, ThreadKey, ThreadStats},
+    report::{errno_name, syscall_name},
+};
+
+/// Upper bounds of the latency buckets, in seconds: 1 µs to 10 s in steps
+/// of 1, 2.5 and 5, which tells a cached `read` from a disk read from a
+/// network wait.
+const BUCKETS: [f64; 22] = [
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Series of threads beyond the `--prometheus-threads` cap are added up
+/// under this `tid` label, per process.
+const OTHER: &str = "other";
+
+/// What the export keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Threads with series of their own; 0: per-process series only.
+    pub threads: usize,
+    /// How long the series of a process or thread stay after it is gone
+    /// (threads: also after it went quiet), so that a last scrape sees its
+    /// final counts.
+    pub grace: Duration,
+}
+
+/// One syscall's counts and latency histogram.
+#[derive(Clone, Debug, Default)]
+struct SyscallSeries {
+    count: u64,
+    errnos: BTreeMap<i32, u64>,
+    sum_ns: u64,
+    /// Per bucket of `BUCKETS`, then the `+Inf` one; not cumulative.
+    buckets: [u64; BUCKETS.len() + 1],
+}
+
+impl SyscallSeries {
+    fn add(&mut self, stats: &SyscallStats) {
+        self.count += stats.count;
+        for (&errno, &n) in &stats.errnos {
+            *self.errnos.entry(errno).or_default() += n;
+        }
+        self.sum_ns = self.sum_ns.saturating_add(stats.total_ns);
+        for (ns, n) in stats.latency.values() {
+            let seconds = ns as f64 / 1e9;
+            self.buckets[BUCKETS.partition_point(|&upper| upper < seconds)] += n;
+        }
+    }
+}
+
+/// Everything one label set has done.
+#[derive(Debug)]
+struct Series {
+    comm: String,
+    syscalls: FxHashMap<u32, SyscallSeries>,
+    sched: Option<SchedStats>,
+    last_active: Instant,
+    /// When the process or thread was found gone.
+    gone_since: Option<Instant>,
+}
+
+impl Series {
+    fn new(now: Instant) -> Self {
+        Self {
+            comm: String::new(),
+            syscalls: FxHashMap::default(),
+            sched: None,
+            last_active: now,
+            gone_since: None,
+        }
+    }
+
+    fn add(&mut self, thread: &ThreadStats, now: Instant) {
+        for (&nr, stats) in &thread.syscalls {
+            self.syscalls.entry(nr).or_default().add(stats);
+        }
+        if let Some(sched) = &thread.sched {
+            self.sched.get_or_insert_with(SchedStats::default).merge(sched);
+        }
+        self.last_active = now;
+    }
+
+    /// Whether the series should go: gone, or (`quiet`) silent, for longer
+    /// than `grace`.
+    fn expired(&self, now: Instant, grace: Duration, quiet: bool) -> bool {
+        let since = if quiet { Some(self.last_active) } else { self.gone_since };
+        since.is_some_and(|since| now.duration_since(since) > grace)
+    }
+}
+
+/// probe's own health, cumulative.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Health {
+    pub events: u64,
+    pub lost_events: u64,
+    pub bpf_run_ns: Option<u64>,
+    pub cpu_ns: u64,
+}
+
+/// The series: per process, per tracked thread, and the threads beyond
+/// the cap per process.
+#[derive(Debug)]
+pub struct Store {
+    limits: Limits,
+    processes: FxHashMap<u32, Series>,
+    threads: FxHashMap<ThreadKey, Series>,
+    others: FxHashMap<u32, Series>,
+    health: Health,
+}
+
+/// Where a thread's counts go.
+enum Slot {
+    Own,
+    Other,
+    Nowhere,
+}
+
+impl Store {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            processes: FxHashMap::default(),
+            threads: FxHashMap::default(),
+            others: FxHashMap::default(),
+            health: Health::default(),
+        }
+    }
+
+    /// Adds an interval's table, then drops the series of what is gone (per
+    /// `alive`, asked only of the series the interval did not touch) once
+    /// their grace period is over.
+    pub fn add_interval(
+        &mut self,
+        table: &Table,
+        health: Health,
+        now: Instant,
+        alive: impl Fn(u32, Option<u32>) -> bool,
+    ) {
+        self.health = health;
+        for (key, thread) in table.iter() {
+            let process = self.processes.entry(key.pid).or_insert_with(|| Series::new(now));
+            process.add(thread, now);
+            process.gone_since = None;
+            if key.tid == key.pid || process.comm.is_empty() {
+                process.comm.clone_from(&thread.comm);
+            }
+            let slot = match self.limits.threads {
+                0 => Slot::Nowhere,
+                cap if self.threads.contains_key(&key) || self.threads.len() < cap => Slot::Own,
+                _ => Slot::Other,
+            };
+            let series = match slot {
+                Slot::Own => self.threads.entry(key).or_insert_with(|| Series::new(now)),
+                Slot::Other => self.others.entry(key.pid).or_insert_with(|| Series::new(now)),
+                Slot::Nowhere => continue,
+            };
+            series.add(thread, now);
+            if thread.exited && matches!(slot, Slot::Own) {
+                series.gone_since.get_or_insert(now);
+            }
+            if series.comm.is_empty() || matches!(slot, Slot::Own) {
+                series.comm.clone_from(&thread.comm);
+            }
+        }
+        let grace = self.limits.grace;
+        for (&pid, series) in &mut self.processes {
+            if series.last_active != now && series.gone_since.is_none() && !alive(pid, None) {
+                series.gone_since = Some(now);
+            }
+        }
+        for (key, series) in &mut self.threads {
+            if series.last_active != now && series.gone_since.is_none() && !alive(key.pid, Some(key.tid)) {
+                series.gone_since = Some(now);
+            }
+        }
+        self.processes.retain(|_, series| !series.expired(now, grace, false));
+        // A quiet thread gives its place to a busier one.
+        self.threads
+            .retain(|_, series| !series.expired(now, grace, false) && !series.expired(now, grace, true));
+        let processes = &self.processes;
+        self.others.retain(|pid, _| processes.contains_key(pid));
+    }
+
+    /// Processes with series.
+    pub fn processes(&self) -> usize {
+        self.processes.len()
+    }
+}
+
+/// The store as a collector: encoded from its state at each scrape.
+#[derive(Clone, Debug)]
+pub struct Metrics(pub Arc<Mutex<Store>>);
+
+type Labels = Vec<(&'static str, String)>;
+
+impl Collector for Metrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let store = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let processes: Vec<(Labels, &Series)> = store
+            .processes
+            .iter()
+            .map(|(pid, series)| (vec![("pid", pid.to_string()), ("comm", series.comm.clone())], series))
+            .collect();
+        encode_series(&mut encoder, "probe", &processes)?;
+        if store.limits.threads > 0 {
+            let own = store.threads.iter().map(|(key, series)| (key.pid, key.tid.to_string(), series));
+            let others = store.others.iter().map(|(&pid, series)| (pid, OTHER.to_owned(), series));
+            let threads: Vec<(Labels, &Series)> = own
+                .chain(others)
+                .map(|(pid, tid, series)| {
+                    (vec![("pid", pid.to_string()), ("tid", tid), ("comm", series.comm.clone())], series)
+                })
+                .collect();
+            encode_series(&mut encoder, "probe_thread", &threads)?;
+        }
+        encode_health(&mut encoder, &store)
+    }
+}
+
+/// A counter, a gauge or a histogram, encoded from values at hand.
+enum Value<'a> {
+    /// A counter of things.
+    Count(u64),
+    /// A counter of time.
+    Seconds(u64),
+    Gauge(u64),
+    Histogram(&'a SyscallSeries),
+}
+
+impl EncodeMetric for Value<'_> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        match self {
+            Value::Count(count) => encoder.encode_counter::<NoLabelSet, _, u64>(count, None),
+            Value::Seconds(ns) => encoder.encode_counter::<NoLabelSet, _, u64>(&(*ns as f64 / 1e9), None),
+            Value::Gauge(value) => encoder.encode_gauge(&(*value as i64)),
+            Value::Histogram(series) => {
+                let mut buckets: Vec<(f64, u64)> = BUCKETS.iter().copied().zip(series.buckets).collect();
+                buckets.push((f64::INFINITY, series.buckets[BUCKETS.len()]));
+                let count = series.buckets.iter().sum();
+                encoder.encode_histogram::<NoLabelSet>(series.sum_ns as f64 / 1e9, count, &buckets, None)
+            }
+        }
+    }
+
+    fn metric_type(&self) -> MetricType {
+        match self {
+            Value::Count(_) | Value::Seconds(_) => MetricType::Counter,
+            Value::Gauge(_) => MetricType::Gauge,
+            Value::Histogram(_) => MetricType::Histogram,
+        }
+    }
+}
+
+/// Writes one metric family: its descriptor, then a sample per label set.
+fn family<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels, Value<'a>)>,
+) -> Result<(), std::fmt::Error> {
+    let mut samples = samples.into_iter().peekable();
+    let Some((_, first)) = samples.peek() else {
+        return Ok(());
+    };
+    let mut family = encoder.encode_descriptor(name, help, None, first.metric_type())?;
+    for (labels, value) in samples {
+        value.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn with(labels: &Labels, more: &[(&'static str, String)]) -> Labels {
+    labels.iter().cloned().chain(more.iter().cloned()).collect()
+}
+
+/// A scheduler counter: its name after `_sched_`, its help, its value.
+struct SchedCounter {
+    name: &'static str,
+    help: &'static str,
+    value: fn(&SchedStats) -> Value<'static>,
+}
+
+const SCHED_COUNTERS: [SchedCounter; 6] = [
+    SchedCounter {
+        name: "on_cpu_seconds",
+        help: "Time running on a CPU.",
+        value: |s| Value::Seconds(s.on_cpu_ns),
+    },
+    SchedCounter {
+        name: "blocked_seconds",
+        help: "Time asleep, not runnable.",
+        value: |s| Value::Seconds(s.blocked_ns),
+    },
+    SchedCounter {
+        name: "runq_wait_seconds",
+        help: "Time runnable, waiting for a CPU.",
+        value: |s| Value::Seconds(s.runq_wait_ns),
+    },
+    SchedCounter {
+        name: "voluntary_switches",
+        help: "Context switches where the thread blocked.",
+        value: |s| Value::Count(s.voluntary),
+    },
+    SchedCounter {
+        name: "involuntary_switches",
+        help: "Context switches where the thread was preempted.",
+        value: |s| Value::Count(s.involuntary),
+    },
+    SchedCounter {
+        name: "migrations",
+        help: "Runs that began on another CPU than the previous run.",
+        value: |s| Value::Count(s.migrations),
+    },
+];
+
+/// The syscall and scheduler families of one kind of series.
+fn encode_series(
+    encoder: &mut DescriptorEncoder,
+    prefix: &str,
+    series: &[(Labels, &Series)],
+) -> Result<(), std::fmt::Error> {
+    let calls = || {
+        series.iter().flat_map(|(labels, series)| {
+            series
+                .syscalls
+                .iter()
+                .map(move |(&nr, call)| (with(labels, &[("syscall", syscall_name(nr))]), call))
+        })
+    };
+    family(
+        encoder,
+        &format!("{prefix}_syscalls"),
+        "Syscalls made, failed or not.",
+        calls().map(|(labels, call)| (labels, Value::Count(call.count))),
+    )?;
+    family(
+        encoder,
+        &format!("{prefix}_syscall_errors"),
+        "Syscalls that returned an error, by errno.",
+        calls().flat_map(|(labels, call)| {
+            call.errnos
+                .iter()
+                .map(move |(&errno, &n)| (with(&labels, &[("errno", errno_name(errno))]), Value::Count(n)))
+        }),
+    )?;
+    family(
+        encoder,
+        &format!("{prefix}_syscall_latency_seconds"),
+        "Time from syscall entry to exit, of the calls that returned.",
+        calls().map(|(labels, call)| (labels, Value::Histogram(call))),
+    )?;
+    let scheduled =
+        || series.iter().filter_map(|(labels, series)| Some((labels.clone(), series.sched.as_ref()?)));
+    for counter in SCHED_COUNTERS {
+        let samples = scheduled().map(|(labels, sched)| (labels, (counter.value)(sched)));
+        family(encoder, &format!("{prefix}_sched_{}", counter.name), counter.help, samples)?;
+    }
+    Ok(())
+}
+
+fn encode_health(encoder: &mut DescriptorEncoder, store: &Store) -> Result<(), std::fmt::Error> {
+    let health = store.health;
+    let one = |value: Value<'static>| [(Labels::new(), value)];
+    family(
+        encoder,
+        "probe_events",
+        "Records received from the kernel programs.",
+        one(Value::Count(health.events)),
+    )?;
+    family(
+        encoder,
+        "probe_lost_events",
+        "Events the kernel programs could not deliver.",
+        one(Value::Count(health.lost_events)),
+    )?;
+    if let Some(ns) = health.bpf_run_ns {
+        family(encoder, "probe_bpf_run_seconds", "Time probe's BPF programs ran.", one(Value::Seconds(ns)))?;
+    }
+    family(
+        encoder,
+        "probe_cpu_seconds",
+        "CPU time of the probe process.",
+        one(Value::Seconds(health.cpu_ns)),
+    )?;
+    family(
+        encoder,
+        "probe_traced_processes",
+        "Processes with series.",
+        one(Value::Gauge(store.processes() as u64)),
+    )
+}
