@@ -19,6 +19,17 @@ pub enum EventKind {
     Wakeup = 4,
     /// A [`SchedEvent`]: a new thread became runnable (`sched_wakeup_new`).
     WakeupNew = 5,
+    /// A [`GoEvent`]: the Go runtime is about to run goroutine `goid` on
+    /// the thread (`runtime.execute`).
+    GoExecute = 6,
+    /// A [`GoEvent`]: the thread's goroutine stopped running; the thread is
+    /// in the runtime's scheduler, on its own stack (`runtime.schedule`).
+    GoSchedule = 7,
+    /// A [`GoEvent`]: the thread's goroutine ended (`runtime.goexit1`).
+    GoExit = 8,
+    /// A [`GoEvent`]: the thread became the runtime's monitor
+    /// (`runtime.sysmon`), which runs no goroutines.
+    GoSysmon = 9,
 }
 
 impl EventKind {
@@ -30,6 +41,10 @@ impl EventKind {
             3 => Some(Self::SwitchIn),
             4 => Some(Self::Wakeup),
             5 => Some(Self::WakeupNew),
+            6 => Some(Self::GoExecute),
+            7 => Some(Self::GoSchedule),
+            8 => Some(Self::GoExit),
+            9 => Some(Self::GoSysmon),
             _ => None,
         }
     }
@@ -103,6 +118,42 @@ pub struct SchedEvent {
     /// The thread's name, in a `SwitchOut` (the only event that runs as the
     /// thread itself); zeros otherwise.
     pub comm: [u8; COMM_LEN],
+}
+
+/// What the Go runtime of a traced process did on one of its threads, from
+/// a uprobe on a runtime function.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoEvent {
+    /// [`EventKind::GoExecute`], `GoSchedule`, `GoExit` or `GoSysmon`.
+    pub kind: u32,
+    /// CPU the thread ran on.
+    pub cpu: u32,
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id: the runtime's M.
+    pub tid: u32,
+    /// With `GoExecute`: the goroutine's id (`runtime.g.goid`); 0 otherwise.
+    pub goid: u64,
+    /// With `GoExecute`: the pc of the function the goroutine was started
+    /// with (`runtime.g.startpc`); 0 otherwise.
+    pub start_pc: u64,
+    /// `bpf_ktime_get_ns()` of the event.
+    pub ts_ns: u64,
+}
+
+impl GoEvent {
+    /// Decodes one ring-buffer record; `None` unless it is exactly a
+    /// `GoEvent` with a Go tag.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let event: Self = read_record(bytes)?;
+        match EventKind::from_u32(event.kind) {
+            Some(EventKind::GoExecute | EventKind::GoSchedule | EventKind::GoExit | EventKind::GoSysmon) => {
+                Some(event)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What the start-up check program read from probe's own task, to prove
@@ -232,6 +283,7 @@ const _: () = assert!(core::mem::align_of::<SyscallEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<InFlight>() == 24);
 const _: () = assert!(core::mem::size_of::<SchedEvent>() == 48);
 const _: () = assert!(core::mem::align_of::<SchedEvent>() == 8);
+const _: () = assert!(core::mem::size_of::<GoEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<OffsetCheck>() == 16);
 const _: () = assert!(core::mem::size_of::<LostCall>() == 16);
 

@@ -4,13 +4,14 @@ use std::{
     collections::HashMap as StdHashMap,
     fs, io,
     os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
+    path::{Path, PathBuf},
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint},
+    programs::{raw_trace_point::RawTracePointLinkId, uprobe::UProbeScope, RawTracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
 use probe_common::{syscall_flags, Counter, InFlight, LostCall, OffsetCheck, SyscallEvent, MAX_SYSCALL_NR};
@@ -18,6 +19,7 @@ use syscalls::Sysno;
 
 use crate::{
     btf::{self, TaskOffsets},
+    golang::binary::RUNTIME_FUNCTIONS,
     report::Losses,
     target::thread_alive,
 };
@@ -56,6 +58,17 @@ pub struct Config {
     /// Benchmarks only: attach a program that does nothing where the real
     /// ones would go, to measure what attaching alone costs.
     pub floor: bool,
+    /// Follow the goroutines of this Go executable.
+    pub go: Option<GoTarget>,
+}
+
+/// A Go executable to put uprobes in, and where `runtime.g` keeps what the
+/// programs read.
+#[derive(Debug)]
+pub struct GoTarget {
+    pub path: PathBuf,
+    pub goid_offset: u32,
+    pub startpc_offset: u32,
 }
 
 /// The default ring-buffer size for this machine.
@@ -131,6 +144,8 @@ impl Probe {
             .override_global("WAKEUP_RECORDS", &wakeup_records, true)
             .override_global("TASK_PID_OFFSET", &offsets.pid, true)
             .override_global("TASK_TGID_OFFSET", &offsets.tgid, true)
+            .override_global("GO_GOID_OFFSET", &config.go.as_ref().map_or(0, |go| go.goid_offset), true)
+            .override_global("GO_STARTPC_OFFSET", &config.go.as_ref().map_or(0, |go| go.startpc_offset), true)
             .map_max_entries("EVENTS", ring_bytes)
             .map_max_entries("TRACED", pid_max()?)
             .load(OBJECT)
@@ -177,6 +192,9 @@ impl Probe {
         }
         for program in programs {
             attach(&mut ebpf, program, program)?;
+        }
+        if let Some(go) = &config.go {
+            attach_go(&mut ebpf, &go.path)?;
         }
         Self::assemble(ebpf, logs)
     }
@@ -376,6 +394,24 @@ fn set_syscall_flags(ebpf: &mut Ebpf, only: &[Sysno]) -> Result<()> {
     }
     for (nr, &flag) in flags.iter().enumerate().filter(|(_, &flag)| flag != 0) {
         table.set(nr as u32, flag, 0).context("cannot set the syscall flags")?;
+    }
+    Ok(())
+}
+
+/// Puts the Go programs on the runtime functions of the executable at
+/// `path`, for every process that runs it (the programs keep to the traced
+/// ones).
+fn attach_go(ebpf: &mut Ebpf, path: &Path) -> Result<()> {
+    let functions = ["go_execute", "go_schedule", "go_exit", "go_sysmon"].into_iter().zip(RUNTIME_FUNCTIONS);
+    for (program, function) in functions {
+        let uprobe: &mut UProbe = ebpf
+            .program_mut(program)
+            .with_context(|| format!("the BPF object lacks {program}"))?
+            .try_into()?;
+        uprobe.load().with_context(|| format!("the kernel refused the BPF program {program}"))?;
+        uprobe
+            .attach(function, path, UProbeScope::AllProcesses)
+            .with_context(|| format!("cannot put a uprobe on {function} in {}", path.display()))?;
     }
     Ok(())
 }

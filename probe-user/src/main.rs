@@ -5,12 +5,14 @@
 //! offsets from [`btf`]), [`session`] drains their ring buffer into
 //! [`aggregate`] tables and writes [`report`]s through [`output`], or shows
 //! them live in a terminal through [`tui`]; [`metrics`] serves them to
-//! Prometheus, [`timeline`] writes every event for Perfetto.
+//! Prometheus, [`timeline`] writes every event for Perfetto, and [`golang`]
+//! follows a Go program's goroutines.
 
 mod aggregate;
 mod bpf;
 mod btf;
 mod cli;
+mod golang;
 mod metrics;
 mod output;
 mod report;
@@ -21,6 +23,7 @@ mod tui;
 
 use std::{
     io::IsTerminal,
+    path::{Path, PathBuf},
     process::ExitCode,
     sync::{Arc, Mutex},
 };
@@ -29,8 +32,12 @@ use anyhow::{bail, Context, Result};
 use clap::{error::ErrorKind, Parser};
 
 use crate::{
-    bpf::{Config, Probe},
+    bpf::{Config, GoTarget, Probe},
     cli::Args,
+    golang::{
+        binary::{GoBinary, Inspection},
+        Goroutines,
+    },
     metrics::{server::Endpoint, Limits, Metrics, Store},
     output::Sink,
     session::{Options, Output, Target},
@@ -78,6 +85,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// The traced executable, if it is a Go program whose goroutines probe can
+/// follow; a Go program it cannot follow gets a note on stderr.
+fn go_binary(path: &Path) -> Result<Option<(PathBuf, GoBinary)>> {
+    match golang::binary::inspect(path)? {
+        Inspection::NotGo => Ok(None),
+        Inspection::Unsupported { version, why } => {
+            eprintln!(
+                "probe: {} is a Go program ({version}) whose goroutines cannot be followed: {why}; showing its threads",
+                path.display()
+            );
+            Ok(None)
+        }
+        Inspection::Go(binary) => Ok(Some((path.to_owned(), binary))),
+    }
+}
+
 fn run(args: Args) -> Result<i32> {
     let stdout_is_terminal = std::io::stdout().is_terminal();
     if args.tui && !stdout_is_terminal {
@@ -100,6 +123,15 @@ fn run(args: Args) -> Result<i32> {
         true => None,
         false => Some(GatedCommand::fork(&args.command, live)?),
     };
+    let executable = match (&gated, pids.first()) {
+        (Some(gated), _) => Some(gated.path.clone()),
+        (None, Some(target)) => Some(PathBuf::from(format!("/proc/{}/exe", target.pid))),
+        (None, None) => None,
+    };
+    let go = match &executable {
+        Some(path) if !args.no_syscalls => go_binary(path)?,
+        _ => None,
+    };
     let config = Config {
         filter_pids: !pids.is_empty() || gated.is_some(),
         follow_forks: args.follow_forks || (gated.is_some() && !args.no_follow_forks),
@@ -108,6 +140,11 @@ fn run(args: Args) -> Result<i32> {
         sched: !args.no_sched,
         only: args.syscalls.clone(),
         floor: args.bench_floor,
+        go: go.as_ref().map(|(path, binary)| GoTarget {
+            path: path.clone(),
+            goid_offset: binary.goid_offset,
+            startpc_offset: binary.startpc_offset,
+        }),
     };
     let (mut probe, streams) = Probe::attach(&config, args.verbose > 0)?;
     let traced = match (&gated, pids.is_empty()) {
@@ -168,6 +205,7 @@ fn run(args: Args) -> Result<i32> {
         command_output,
         metrics: store,
         timeline,
+        goroutines: go.map(|(_, binary)| Goroutines::new(binary)),
     };
     runtime.block_on(session::run(probe, streams, target, options, output))
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 use syscalls::{Errno, Sysno};
 
@@ -76,6 +77,55 @@ pub struct Report {
     pub exit_code: Option<i32>,
     /// Threads, busiest first.
     pub threads: Vec<ThreadReport>,
+    /// Processes that run the traced Go binary, in the summary.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub go: Vec<GoProcessReport>,
+    /// Their goroutines, most syscalls first, in the summary.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub goroutines: Vec<GoroutineReport>,
+}
+
+/// A Go process: its runtime and what each of its threads is to it.
+#[derive(Debug, Serialize)]
+pub struct GoProcessReport {
+    pub pid: u32,
+    /// The Go version the binary was built with.
+    pub version: String,
+    /// GOMAXPROCS: `runtime.gomaxprocs` read from the process while it ran,
+    /// else what the runtime would have chosen (`gomaxprocs_from`).
+    pub gomaxprocs: Option<i32>,
+    /// `"runtime"` or `"environment"`.
+    pub gomaxprocs_from: &'static str,
+    /// Every thread seen: the OS threads the runtime created (its Ms).
+    pub threads: Vec<GoThreadReport>,
+    pub goroutines_started: u64,
+    /// Goroutines started and not yet ended, when the report was made.
+    pub goroutines_alive: u64,
+}
+
+/// One runtime thread.
+#[derive(Debug, Serialize)]
+pub struct GoThreadReport {
+    pub tid: u32,
+    /// What it does for the runtime, as of its latest record.
+    pub role: String,
+}
+
+/// One goroutine's syscalls and the threads it ran on.
+#[derive(Debug, Serialize)]
+pub struct GoroutineReport {
+    pub pid: u32,
+    /// The runtime's goroutine id (0: the runtime's own scheduler stack).
+    pub goid: u64,
+    /// The function the goroutine was started with.
+    pub start_fn: String,
+    pub exited: bool,
+    /// Same fields as a thread's.
+    pub syscalls: Vec<SyscallReport>,
+    /// The OS threads it ran on.
+    pub threads: Vec<u32>,
+    /// Runs that began on another thread than the previous run.
+    pub moves: u64,
 }
 
 /// probe's own footprint when a report is made.
@@ -212,6 +262,8 @@ impl Report {
                 .take(shown)
                 .map(|(key, thread)| thread_report(key, thread))
                 .collect(),
+            go: Vec::new(),
+            goroutines: Vec::new(),
         }
     }
 }
@@ -249,13 +301,14 @@ fn thread_report(key: ThreadKey, thread: &ThreadStats) -> ThreadReport {
             false => thread.comm.clone(),
         },
         exited: thread.exited,
-        syscalls: syscall_reports(thread),
+        syscalls: syscall_reports(&thread.syscalls),
         sched: thread.sched.as_ref().map(sched_report),
     }
 }
 
-fn syscall_reports(thread: &ThreadStats) -> Vec<SyscallReport> {
-    let mut rows: Vec<_> = thread.syscalls.iter().map(|(&nr, stats)| syscall_report(nr, stats)).collect();
+/// Syscall rows, most total time first.
+pub fn syscall_reports(syscalls: &FxHashMap<u32, SyscallStats>) -> Vec<SyscallReport> {
+    let mut rows: Vec<_> = syscalls.iter().map(|(&nr, stats)| syscall_report(nr, stats)).collect();
     rows.sort_by(|a, b| (b.total_ns, b.count).cmp(&(a.total_ns, a.count)).then_with(|| a.name.cmp(&b.name)));
     rows
 }

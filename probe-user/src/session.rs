@@ -16,7 +16,7 @@ use nix::{
     time::{clock_gettime, ClockId},
     unistd::Pid,
 };
-use probe_common::{EventKind, SchedEvent, SyscallEvent, SWITCH_EXITED, SYSCALL_NO_RETURN};
+use probe_common::{EventKind, GoEvent, SchedEvent, SyscallEvent, SWITCH_EXITED, SYSCALL_NO_RETURN};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -27,6 +27,7 @@ use tokio::{
 use crate::{
     aggregate::{sched::SchedTracker, Generations, Table, MAX_EXITED_THREADS},
     bpf::{Probe, Streams},
+    golang::Goroutines,
     metrics::{Health as MetricsHealth, Store},
     output::Sink,
     report::{Health, Kind, Report, Span, ThreadDetail},
@@ -66,6 +67,8 @@ pub struct Options {
     pub metrics: Option<Arc<Mutex<Store>>>,
     /// The `--trace` file, written as records arrive.
     pub timeline: Option<Timeline>,
+    /// The goroutines of a traced Go program, for the summary.
+    pub goroutines: Option<Goroutines>,
 }
 
 /// Where reports go.
@@ -97,12 +100,14 @@ struct Aggregator {
     generations: Generations,
     undecodable: u64,
     timeline: Option<Timeline>,
+    goroutines: Option<Goroutines>,
 }
 
 /// A decoded record.
 enum Event {
     Syscall(SyscallEvent),
     Sched(SchedEvent),
+    Go(GoEvent),
 }
 
 impl Default for Aggregator {
@@ -114,6 +119,7 @@ impl Default for Aggregator {
             generations: Generations::default(),
             undecodable: 0,
             timeline: None,
+            goroutines: None,
         }
     }
 }
@@ -147,6 +153,9 @@ impl Aggregator {
                 if let Some(timeline) = &mut self.timeline {
                     timeline.syscall(&event);
                 }
+                if let Some(goroutines) = &mut self.goroutines {
+                    goroutines.syscall(&event);
+                }
                 let key = self.generations.syscall(event.pid, event.tid);
                 self.interval.record(key, &event);
                 if event.flags & SYSCALL_NO_RETURN != 0 {
@@ -166,6 +175,11 @@ impl Aggregator {
                 if event.flags & SWITCH_EXITED != 0 {
                     self.interval.mark_exited(key);
                     self.generations.exited(key);
+                }
+            }
+            Event::Go(event) => {
+                if let Some(goroutines) = &mut self.goroutines {
+                    goroutines.apply(&event);
                 }
             }
         }
@@ -281,7 +295,8 @@ pub async fn run(
         }
     }
 
-    let mut aggregator = Aggregator { timeline: options.timeline, ..Aggregator::default() };
+    let mut aggregator =
+        Aggregator { timeline: options.timeline, goroutines: options.goroutines, ..Aggregator::default() };
     let metrics = options.metrics;
     let mut last_tick = start;
     let end = loop {
@@ -312,6 +327,9 @@ pub async fn run(
                 aggregator.settle(&mut probe, false)?;
                 let span = measure(&probe, &aggregator, now - start, now - last_tick)?;
                 last_tick = now;
+                if let Some(goroutines) = &mut aggregator.goroutines {
+                    goroutines.refresh();
+                }
                 if let Some(metrics) = &metrics {
                     let health = MetricsHealth {
                         events: aggregator.total.events() + aggregator.interval.events(),
@@ -340,6 +358,9 @@ pub async fn run(
                         aggregator.close_interval();
                         let cost = Cost { bpf_ns: probe.run_time_ns(), cpu_ns: process_cpu_ns() };
                         live.update(&report, cost, |key| thread_alive(key.pid, key.tid));
+                        if let Some(goroutines) = &mut aggregator.goroutines {
+                            live.update_goroutines(goroutines.report().0);
+                        }
                         live.update_detail(live.wants_detail().and_then(|key| ThreadDetail::new(&aggregator.total, key)));
                         live.draw()?;
                     }
@@ -425,6 +446,9 @@ pub async fn run(
     let span = measure(&probe, &aggregator, elapsed, elapsed)?;
     aggregator.close_interval();
     let mut summary = Report::new(Kind::Summary, &aggregator.total, span, None);
+    if let Some(goroutines) = &mut aggregator.goroutines {
+        (summary.goroutines, summary.go) = goroutines.report();
+    }
     if let Some(timeline) = aggregator.timeline.take() {
         if let Some(cut) = timeline.finish()? {
             eprintln!("{cut}");
@@ -449,7 +473,12 @@ fn decode(record: &[u8]) -> Option<Event> {
     let tag = u32::from_ne_bytes(record.get(..4)?.try_into().ok()?);
     match EventKind::from_u32(tag)? {
         EventKind::Syscall => SyscallEvent::decode(record).map(Event::Syscall),
-        _ => SchedEvent::decode(record).map(Event::Sched),
+        EventKind::GoExecute | EventKind::GoSchedule | EventKind::GoExit | EventKind::GoSysmon => {
+            GoEvent::decode(record).map(Event::Go)
+        }
+        EventKind::SwitchOut | EventKind::SwitchIn | EventKind::Wakeup | EventKind::WakeupNew => {
+            SchedEvent::decode(record).map(Event::Sched)
+        }
     }
 }
 
@@ -533,7 +562,7 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(records in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..80), 0..64)) {
             let aggregator = ingest_and_report(&records);
-            let valid = records.iter().filter(|r| SyscallEvent::decode(r).is_some() || SchedEvent::decode(r).is_some()).count();
+            let valid = records.iter().filter(|r| SyscallEvent::decode(r).is_some() || SchedEvent::decode(r).is_some() || GoEvent::decode(r).is_some()).count();
             prop_assert_eq!(aggregator.undecodable as usize, records.len() - valid);
         }
 

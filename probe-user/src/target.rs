@@ -108,6 +108,8 @@ pub struct GatedCommand {
     /// The read end of the child's stdout and stderr, when they are kept
     /// off the terminal.
     pub output: Option<OwnedFd>,
+    /// The executable it will run, as found on PATH.
+    pub path: PathBuf,
     go: OwnedFd,
     exec_error: OwnedFd,
     program: String,
@@ -129,6 +131,7 @@ impl GatedCommand {
         // failed execve attempts of the search out of the trace.
         let path = resolve(&command[0])
             .ok_or_else(|| SpawnError { message: format!("command not found: {program}"), exit_code: 127 })?;
+        let executable = path.clone();
         let path =
             CString::new(path.into_os_string().into_vec()).context("the COMMAND contains a NUL byte")?;
         let (go_read, go_write) = pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
@@ -172,6 +175,7 @@ impl GatedCommand {
             ForkResult::Parent { child } => Ok(Self {
                 pid: child,
                 output: captured.map(|(_, read_end, _)| read_end),
+                path: executable,
                 go: go_write,
                 exec_error: error_read,
                 program,

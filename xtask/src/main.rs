@@ -113,8 +113,9 @@ fn test(root: &Path) -> Result<()> {
     cargo(root, &["fmt", "--all", "--check"])?;
     cargo(root, &["fmt", "--manifest-path", "probe-ebpf/Cargo.toml", "--check"])?;
     cargo(root, &["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"])?;
-    // The live view's end-to-end test runs probe in a tmux terminal.
-    command::install_missing(&[("tmux", "tmux")])?;
+    // The live view's end-to-end test runs probe in a tmux terminal; the
+    // Go view's tests build Go programs.
+    command::install_missing(&[("tmux", "tmux"), ("go", "golang-go")])?;
     // The unit tests, fuzzing included, also in debug: overflow checks on.
     cargo(root, &["test", "--package", "probe", "--bin", "probe"])?;
     // Release: the workloads run at full speed. One test at a time: the

@@ -118,7 +118,8 @@ pub struct SyscallStats {
 }
 
 impl SyscallStats {
-    fn record(&mut self, event: &SyscallEvent) {
+    /// Counts one call.
+    pub fn record(&mut self, event: &SyscallEvent) {
         self.count += 1;
         if event.flags & SYSCALL_NO_RETURN != 0 {
             return;
@@ -140,7 +141,8 @@ impl SyscallStats {
         }
     }
 
-    fn merge(&mut self, other: &Self) {
+    /// Adds another span's calls.
+    pub fn merge(&mut self, other: &Self) {
         self.count += other.count;
         self.errors += other.errors;
         self.lost += other.lost;

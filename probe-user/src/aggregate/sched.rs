@@ -161,7 +161,15 @@ impl SchedTracker {
                 state.running = Some((ts, event.cpu));
                 self.on_cpu.insert(event.cpu, key);
             }
-            Some(EventKind::Syscall) | None => {}
+            // Not scheduler events: `SchedEvent::decode` refuses them.
+            Some(
+                EventKind::Syscall
+                | EventKind::GoExecute
+                | EventKind::GoSchedule
+                | EventKind::GoExit
+                | EventKind::GoSysmon,
+            )
+            | None => {}
         }
     }
 

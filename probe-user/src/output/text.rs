@@ -99,7 +99,57 @@ pub fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
     if !summary {
         writeln!(out)?;
     }
-    Ok(())
+    write_go(out, report)
+}
+
+/// The Go view: each Go process's runtime threads, then its goroutines
+/// with their syscalls, in the same columns as the threads'.
+fn write_go(out: &mut dyn Write, report: &Report) -> io::Result<()> {
+    for process in &report.go {
+        let gomaxprocs = process.gomaxprocs.map_or_else(|| "?".to_owned(), |n| n.to_string());
+        writeln!(
+            out,
+            "Go process {} ({}): GOMAXPROCS {gomaxprocs} (from the {}), {} OS threads, {} goroutines started, {} alive",
+            process.pid,
+            process.version,
+            process.gomaxprocs_from,
+            process.threads.len(),
+            process.goroutines_started,
+            process.goroutines_alive
+        )?;
+        for thread in &process.threads {
+            writeln!(out, "  thread {:>7}: {}", thread.tid, thread.role)?;
+        }
+        writeln!(out)?;
+    }
+    if report.goroutines.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:>7} {:>7} {:<16} {:<22} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "PID", "GOID", "START", "SYSCALL", "COUNT", "ERRORS", "TOTAL", "MIN", "P50", "P90", "P99", "MAX"
+    )?;
+    for goroutine in &report.goroutines {
+        let start: String = goroutine.start_fn.chars().take(16).collect();
+        let mut ids = Some(format!("{:>7} {:>7} {start:<16}", goroutine.pid, goroutine.goid));
+        let mut lead = |out: &mut dyn Write| write!(out, "{:32}", ids.take().unwrap_or_default());
+        for call in &goroutine.syscalls {
+            lead(out)?;
+            write_row(out, call, true)?;
+        }
+        lead(out)?;
+        let threads: Vec<String> = goroutine.threads.iter().map(u32::to_string).collect();
+        writeln!(
+            out,
+            " {}: threads {} ({} moves between them){}",
+            goroutine.start_fn,
+            threads.join(","),
+            goroutine.moves,
+            if goroutine.exited { ", ended" } else { "" }
+        )?;
+    }
+    writeln!(out)
 }
 
 fn write_row(out: &mut dyn Write, call: &SyscallReport, summary: bool) -> io::Result<()> {

@@ -27,7 +27,7 @@ use view::{Header, View};
 
 use crate::{
     aggregate::ThreadKey,
-    report::{Report, ThreadDetail},
+    report::{GoroutineReport, Report, ThreadDetail},
 };
 
 /// probe's own cost up to now, which the header turns into shares of a CPU.
@@ -105,6 +105,11 @@ impl Live {
         };
         self.cost = cost;
         self.view.update(header, interval, alive);
+    }
+
+    /// Shows a Go program's goroutines.
+    pub fn update_goroutines(&mut self, goroutines: Vec<GoroutineReport>) {
+        self.view.update_goroutines(goroutines);
     }
 
     /// The thread whose detail is on screen, if any.

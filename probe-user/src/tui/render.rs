@@ -124,6 +124,7 @@ pub fn draw(frame: &mut Frame, view: &View) {
             Paragraph::new(format!("thread {} of process {}: no data yet", key.tid, key.pid)),
             body,
         ),
+        None if view.show_goroutines => draw_goroutines(frame, body, view),
         None => draw_table(frame, body, view),
     }
     if output > 0 {
@@ -199,6 +200,29 @@ fn title_line(column: Column, sorted: bool) -> TextLine<'static> {
         Span::styled(key, style.underlined()),
         Span::styled(after, style),
     ])
+}
+
+/// The Go view: every goroutine since probe started, most syscalls first.
+fn draw_goroutines(frame: &mut Frame, area: Rect, view: &View) {
+    let header = ["PID", "GOID", "STARTED AS", "SYSCALLS", "BUSIEST", "P99", "THREADS", "MOVES"];
+    let rows = view.goroutines.iter().map(|goroutine| {
+        let busiest = goroutine.syscalls.first();
+        TableRow::new([
+            goroutine.pid.to_string(),
+            goroutine.goid.to_string(),
+            goroutine.start_fn.clone(),
+            goroutine.syscalls.iter().map(|call| call.count).sum::<u64>().to_string(),
+            busiest.map_or_else(|| "-".to_owned(), |call| call.name.clone()),
+            latency(busiest.and_then(|call| call.p99_ns)),
+            goroutine.threads.len().to_string(),
+            goroutine.moves.to_string(),
+        ])
+        .style(if goroutine.exited { Style::new().dim() } else { Style::new() })
+    });
+    let widths = [7, 8, 24, 9, 15, 7, 7, 6].map(Constraint::Length);
+    let table = Table::new(rows, widths)
+        .header(TableRow::new(header).style(Style::new().add_modifier(Modifier::REVERSED)));
+    frame.render_widget(table, area);
 }
 
 fn draw_detail(frame: &mut Frame, area: Rect, detail: &ThreadDetail, selected: usize) {
@@ -321,6 +345,8 @@ fn draw_output(frame: &mut Frame, area: Rect, view: &View) {
 fn draw_footer(frame: &mut Frame, area: Rect, view: &View) {
     let text = if view.editing_filter {
         format!("filter (name, pid or tid): {}▏ · enter: keep · esc: clear", view.filter)
+    } else if view.show_goroutines {
+        "goroutines since probe started (dim: ended) · g: threads · space: pause · q: quit".to_owned()
     } else if view.detail.is_some() {
         "↑↓ syscall · esc: back · space: pause · q: quit".to_owned()
     } else {
@@ -329,8 +355,9 @@ fn draw_footer(frame: &mut Frame, area: Rect, view: &View) {
             false => format!(" · filter \"{}\" (esc clears)", view.filter),
         };
         let order = if view.descending { "▼" } else { "▲" };
+        let goroutines = if view.goroutines.is_empty() { "" } else { " · g: goroutines" };
         format!(
-            "sorted by {}{order} · underlined key: sort by it (again: reverse) · /: filter · space: pause · enter: thread · q: quit{filter}",
+            "sorted by {}{order} · underlined key: sort by it (again: reverse) · /: filter · space: pause · enter: thread{goroutines} · q: quit{filter}",
             title(view.sort)
         )
     };
@@ -343,12 +370,17 @@ mod tests {
     use super::*;
     use crate::{
         aggregate::ThreadKey,
+        report::GoroutineReport,
         tui::view::{
             tests::{interval, view_of},
             Row,
         },
     };
-    use ratatui::{backend::TestBackend, Terminal};
+    use ratatui::{
+        backend::TestBackend,
+        crossterm::event::{KeyCode, KeyEvent, KeyModifiers},
+        Terminal,
+    };
 
     fn screen(view: &View, width: u16, height: u16) -> String {
         let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
@@ -429,6 +461,32 @@ mod tests {
         assert!(text.contains("getppid latency"), "{text}");
         assert!(text.contains(&format!("< {:>8} {}", "1.02µs", "█")), "{text}");
         assert!(text.contains("esc: back"), "{text}");
+    }
+
+    #[test]
+    fn g_shows_the_goroutines_of_a_go_program() {
+        let mut view = view_of(&[(10, 10, "server", 5)]);
+        let press = |view: &mut View, c| view.key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE));
+        press(&mut view, 'g');
+        assert!(!view.show_goroutines, "no goroutines, no goroutine view");
+        let goroutine = |goid, start_fn: &str, exited| GoroutineReport {
+            pid: 10,
+            goid,
+            start_fn: start_fn.to_owned(),
+            exited,
+            syscalls: Vec::new(),
+            threads: vec![10, 11],
+            moves: 3,
+        };
+        view.update_goroutines(vec![goroutine(1, "runtime.main", false), goroutine(7, "main.worker", true)]);
+        press(&mut view, 'g');
+        let text = screen(&view, 80, 24);
+        assert!(text.contains("STARTED AS"), "{text}");
+        let main = text.lines().find(|line| line.contains("runtime.main")).expect("goroutine 1");
+        assert!(main.starts_with("10      1"), "{text}");
+        assert!(text.contains("main.worker"), "{text}");
+        press(&mut view, 'g');
+        assert!(screen(&view, 80, 24).contains("PID/TID"));
     }
 
     #[test]

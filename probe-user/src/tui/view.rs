@@ -10,7 +10,7 @@ use rustc_hash::FxHashMap;
 
 use crate::{
     aggregate::ThreadKey,
-    report::{Report, ThreadDetail, ThreadReport},
+    report::{GoroutineReport, Report, ThreadDetail, ThreadReport},
 };
 
 /// Intervals a thread may stay silent before its row is dropped, once its
@@ -217,6 +217,10 @@ pub struct View {
     /// The traced COMMAND's latest output lines, and how many came in all.
     pub output: VecDeque<String>,
     pub output_lines: u64,
+    /// The goroutines of a traced Go program, since probe started; shown
+    /// instead of the threads while `show_goroutines`.
+    pub goroutines: Vec<GoroutineReport>,
+    pub show_goroutines: bool,
 }
 
 impl Default for View {
@@ -234,6 +238,8 @@ impl Default for View {
             detail_row: 0,
             output: VecDeque::new(),
             output_lines: 0,
+            goroutines: Vec::new(),
+            show_goroutines: false,
         }
     }
 }
@@ -262,6 +268,13 @@ impl View {
             }
         }
         self.rows = rows;
+    }
+
+    /// Takes the goroutines as of now. Ignored while paused.
+    pub fn update_goroutines(&mut self, goroutines: Vec<GoroutineReport>) {
+        if !self.paused {
+            self.goroutines = goroutines;
+        }
     }
 
     /// Takes the selected thread's detail.
@@ -373,6 +386,7 @@ impl View {
             KeyCode::Char(' ') => self.paused = !self.paused,
             _ if self.detail.is_some() => self.detail_key(key.code),
             KeyCode::Char('/') => self.editing_filter = true,
+            KeyCode::Char('g') => self.show_goroutines = !self.show_goroutines && !self.goroutines.is_empty(),
             KeyCode::Esc => self.filter.clear(),
             KeyCode::Enter => {
                 let thread = match self.selected {

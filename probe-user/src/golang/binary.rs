@@ -1,0 +1,218 @@
+//! What probe needs to know about a Go executable before it can follow its
+//! goroutines: that it is Go and which version, where the runtime functions
+//! are (its symbol table), where `runtime.g` keeps the goroutine's id and
+//! start function (its DWARF), and the names of its functions.
+
+use std::{borrow::Cow, fs, path::Path};
+
+use anyhow::{Context, Result};
+use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+
+/// The runtime functions the uprobes go on.
+pub const RUNTIME_FUNCTIONS: [&str; 4] =
+    ["runtime.execute", "runtime.schedule", "runtime.goexit1", "runtime.sysmon"];
+
+/// What an executable turned out to be.
+#[derive(Debug)]
+pub enum Inspection {
+    /// Not a Go program (or not an ELF file).
+    NotGo,
+    /// A Go program whose goroutines cannot be followed, and why.
+    Unsupported { version: String, why: String },
+    /// A Go program probe can follow.
+    Go(GoBinary),
+}
+
+/// A Go executable's layout.
+#[derive(Debug)]
+pub struct GoBinary {
+    /// `go1.19.8`, from `.go.buildinfo`.
+    pub version: String,
+    /// Byte offsets in `runtime.g`.
+    pub goid_offset: u32,
+    pub startpc_offset: u32,
+    /// Address of `runtime.gomaxprocs` (an int32), if the binary is not
+    /// position-independent.
+    pub gomaxprocs: Option<u64>,
+    /// Function symbols, by address.
+    functions: Vec<(u64, u64, String)>,
+}
+
+impl GoBinary {
+    /// The function that contains `pc`.
+    pub fn function_at(&self, pc: u64) -> Option<&str> {
+        let at = self.functions.partition_point(|&(start, _, _)| start <= pc).checked_sub(1)?;
+        let (start, size, name) = &self.functions[at];
+        (pc < start + size.max(&1)).then_some(name.as_str())
+    }
+}
+
+/// Reads the executable at `path`.
+pub fn inspect(path: &Path) -> Result<Inspection> {
+    let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let Ok(file) = object::File::parse(&*data) else {
+        return Ok(Inspection::NotGo);
+    };
+    let Some(buildinfo) = file.section_by_name(".go.buildinfo") else {
+        return Ok(Inspection::NotGo);
+    };
+    let version =
+        buildinfo.data().ok().and_then(go_version).unwrap_or_else(|| "go (version unknown)".to_owned());
+    let unsupported =
+        |why: &str| Ok(Inspection::Unsupported { version: version.clone(), why: why.to_owned() });
+    if file.architecture() != object::Architecture::X86_64 {
+        return unsupported("goroutines are followed on x86-64 only");
+    }
+    if !register_abi(&version) {
+        return unsupported("goroutines are followed from Go 1.17 on (the register ABI)");
+    }
+    let mut functions: Vec<(u64, u64, String)> = file
+        .symbols()
+        .filter(|symbol| symbol.kind() == SymbolKind::Text)
+        .filter_map(|symbol| Some((symbol.address(), symbol.size(), symbol.name().ok()?.to_owned())))
+        .collect();
+    if functions.is_empty() {
+        return unsupported("it is stripped (no symbol table)");
+    }
+    functions.sort_unstable();
+    if let Some(missing) = RUNTIME_FUNCTIONS.iter().find(|name| !functions.iter().any(|(_, _, f)| f == *name))
+    {
+        return unsupported(&format!("it has no {missing}"));
+    }
+    let Some((goid_offset, startpc_offset)) = g_offsets(&file)? else {
+        return unsupported("it has no DWARF to find runtime.g's fields in (built with -ldflags=-w?)");
+    };
+    let position_independent = file.kind() == object::ObjectKind::Dynamic;
+    let gomaxprocs = file
+        .symbols()
+        .find(|symbol| symbol.name() == Ok("runtime.gomaxprocs"))
+        .map(|symbol| symbol.address())
+        .filter(|_| !position_independent);
+    Ok(Inspection::Go(GoBinary { version, goid_offset, startpc_offset, gomaxprocs, functions }))
+}
+
+/// The version string of `.go.buildinfo`, where Go 1.18+ puts it inline:
+/// a 32-byte header (magic, pointer size, flags with bit 2 set), then
+/// varint-prefixed strings.
+fn go_version(section: &[u8]) -> Option<String> {
+    const MAGIC: &[u8] = b"\xff Go buildinf:";
+    if !section.starts_with(MAGIC) || section.get(15)? & 2 == 0 {
+        return None;
+    }
+    let rest = section.get(32..)?;
+    let (length, used) = varint(rest)?;
+    let bytes = rest.get(used..used + length as usize)?;
+    Some(String::from_utf8_lossy(bytes).into_owned())
+}
+
+fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// Go 1.17 and later pass arguments in registers on amd64.
+fn register_abi(version: &str) -> bool {
+    let numbers = version.trim_start_matches("go");
+    let mut parts = numbers.split(|c: char| !c.is_ascii_digit()).map(|part| part.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (1, 17),
+        _ => false,
+    }
+}
+
+/// `runtime.g`'s `goid` and `startpc` offsets, from the DWARF.
+fn g_offsets(file: &object::File) -> Result<Option<(u32, u32)>> {
+    let load = |id: gimli::SectionId| -> Result<Cow<[u8]>, gimli::Error> {
+        Ok(file
+            .section_by_name(id.name())
+            .and_then(|section| section.uncompressed_data().ok())
+            .unwrap_or_default())
+    };
+    let sections = gimli::DwarfSections::load(load)?;
+    let dwarf = sections.borrow(|section| gimli::EndianSlice::new(section, gimli::LittleEndian));
+    let mut units = dwarf.units();
+    while let Some(header) = units.next()? {
+        let unit = dwarf.unit(header)?;
+        let mut tree = unit.entries_tree(None)?;
+        let mut children = tree.root()?.children();
+        while let Some(node) = children.next()? {
+            let entry = node.entry();
+            if entry.tag() != gimli::DW_TAG_structure_type || !has_name(&dwarf, &unit, entry, "runtime.g")? {
+                continue;
+            }
+            let (mut goid, mut startpc) = (None, None);
+            let mut members = node.children();
+            while let Some(member) = members.next()? {
+                let member = member.entry();
+                let offset = match member.attr_value(gimli::DW_AT_data_member_location) {
+                    Some(gimli::AttributeValue::Udata(offset)) => offset as u32,
+                    Some(gimli::AttributeValue::Data1(offset)) => u32::from(offset),
+                    Some(gimli::AttributeValue::Data2(offset)) => u32::from(offset),
+                    Some(gimli::AttributeValue::Data4(offset)) => offset,
+                    _ => continue,
+                };
+                if has_name(&dwarf, &unit, member, "goid")? {
+                    goid = Some(offset);
+                } else if has_name(&dwarf, &unit, member, "startpc")? {
+                    startpc = Some(offset);
+                }
+            }
+            return Ok(goid.zip(startpc));
+        }
+    }
+    Ok(None)
+}
+
+type Slice<'a> = gimli::EndianSlice<'a, gimli::LittleEndian>;
+
+fn has_name(
+    dwarf: &gimli::Dwarf<Slice>,
+    unit: &gimli::Unit<Slice>,
+    entry: &gimli::DebuggingInformationEntry<Slice>,
+    name: &str,
+) -> Result<bool> {
+    let Some(value) = entry.attr_value(gimli::DW_AT_name) else {
+        return Ok(false);
+    };
+    Ok(dwarf.attr_string(unit, value)?.slice() == name.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_come_from_buildinfo() {
+        let mut section = b"\xff Go buildinf:\x08\x02".to_vec();
+        section.resize(32, 0);
+        section.push(8);
+        section.extend_from_slice(b"go1.19.8");
+        assert_eq!(go_version(&section).as_deref(), Some("go1.19.8"));
+        section[15] = 0;
+        assert_eq!(go_version(&section), None, "pre-1.18 layout: pointers, not inline");
+        assert_eq!(go_version(b"garbage"), None);
+    }
+
+    #[test]
+    fn the_register_abi_starts_at_go_1_17() {
+        assert!(register_abi("go1.17"));
+        assert!(register_abi("go1.19.8"));
+        assert!(register_abi("go1.22rc1"));
+        assert!(register_abi("go2.0"));
+        assert!(!register_abi("go1.16.15"));
+        assert!(!register_abi("devel +abc"));
+    }
+
+    #[test]
+    fn a_non_go_binary_is_not_go() {
+        let me = std::env::current_exe().unwrap();
+        assert!(matches!(inspect(&me).unwrap(), Inspection::NotGo));
+        assert!(matches!(inspect(Path::new("/etc/hostname")).unwrap(), Inspection::NotGo));
+    }
+}

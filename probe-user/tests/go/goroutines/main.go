@@ -1,0 +1,67 @@
+// Goroutines that each make a known number of getppid calls and blocking
+// reads, yielding in between so that the runtime moves them between
+// threads. Each prints its own goroutine id and counts as a JSON line.
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// goid parses "goroutine 18 [running]:" at the top of the goroutine's stack.
+func goid() int {
+	buf := make([]byte, 64)
+	buf = buf[:runtime.Stack(buf, false)]
+	field := bytes.Fields(buf)[1]
+	id, err := strconv.Atoi(string(field))
+	if err != nil {
+		panic(err)
+	}
+	return id
+}
+
+func main() {
+	workers, _ := strconv.Atoi(os.Args[1])
+	var wg sync.WaitGroup
+	var out sync.Mutex
+	pipes := make([][2]int, workers)
+	for i := range pipes {
+		// Blocking pipes: each read is one syscall that sleeps until main writes.
+		if err := syscall.Pipe(pipes[i][:]); err != nil {
+			panic(err)
+		}
+	}
+	for i := 0; i < workers; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			calls, reads := 1000*(i+1), i+1
+			for r := 0; r < reads; r++ {
+				for c := 0; c < calls/reads; c++ {
+					syscall.Getppid()
+				}
+				runtime.Gosched()
+				var b [1]byte
+				if n, err := syscall.Read(pipes[i][0], b[:]); n != 1 || err != nil {
+					panic(err)
+				}
+			}
+			out.Lock()
+			fmt.Printf("{\"goid\":%d,\"getppid\":%d,\"reads\":%d}\n", goid(), calls/reads*reads, reads)
+			out.Unlock()
+		}(i)
+	}
+	for r := 0; r < workers; r++ {
+		time.Sleep(5 * time.Millisecond)
+		for i := r; i < workers; i++ {
+			syscall.Write(pipes[i][1], []byte{1})
+		}
+	}
+	wg.Wait()
+}

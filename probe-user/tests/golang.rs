@@ -1,0 +1,127 @@
+//! The Go view against Go programs built here with Debian's golang-go:
+//! their own account (goroutine ids and counts they print) is the truth.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use common::{report_path, Trace, PROBE};
+use serde_json::Value;
+
+/// Builds the Go program in `tests/go/NAME` with `flags`, once per name.
+fn build(name: &str, flags: &[&str]) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go").join(name);
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let binary = target.join(format!("go-{name}{}", flags.join("").replace(['-', '=', ' '], "")));
+    let status = Command::new("go")
+        .current_dir(&source)
+        .args(["build", "-o"])
+        .arg(&binary)
+        .args(flags)
+        .arg(".")
+        .env("GOCACHE", target.join("go-cache"))
+        .env("GOFLAGS", "-mod=mod")
+        .status()
+        .expect("go is missing: run the tests with `cargo xtask test`, which installs golang-go");
+    assert!(status.success(), "go build {name} failed");
+    binary
+}
+
+/// probe's JSON trace of `binary args` in COMMAND mode, the program's
+/// stdout and probe's stderr.
+fn trace(name: &str, binary: &Path, args: &[&str]) -> (Trace, String, String) {
+    let report = report_path(name);
+    let output = Command::new(PROBE)
+        .args(["--json", "-o"])
+        .arg(&report)
+        .arg("--")
+        .arg(binary)
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    let trace = Trace::read(&report);
+    std::fs::remove_file(report).unwrap();
+    (trace, String::from_utf8_lossy(&output.stdout).into_owned(), stderr)
+}
+
+fn goroutine(trace: &Trace, goid: u64) -> &Value {
+    let goroutines = trace.summary["goroutines"].as_array().expect("a goroutines list");
+    goroutines
+        .iter()
+        .find(|g| g["goid"] == goid)
+        .unwrap_or_else(|| panic!("no goroutine {goid}: {goroutines:?}"))
+}
+
+/// Successful calls of `name` (a read interrupted and restarted by the
+/// kernel is seen twice, once failing).
+fn succeeded(entry: &Value, name: &str) -> u64 {
+    entry["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|call| call["name"] == name)
+        .map_or(0, |call| call["count"].as_u64().unwrap() - call["errors"].as_u64().unwrap())
+}
+
+#[test]
+fn hello_world_is_written_by_goroutine_one_on_the_threads_it_counts() {
+    let binary = build("hello", &[]);
+    let (trace, stdout, _) = trace("go-hello", &binary, &[]);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[2], "Hello world!");
+    let threadcreate: usize = lines[1].parse().unwrap();
+    let go = &trace.summary["go"][0];
+    assert!(go["version"].as_str().unwrap().starts_with("go1."), "{go}");
+    let threads = go["threads"].as_array().unwrap();
+    assert!(
+        threads.len() >= threadcreate,
+        "{} threads seen, the runtime counted {threadcreate}",
+        threads.len()
+    );
+    assert!(threads.iter().any(|t| t["role"].as_str().unwrap().starts_with("sysmon")), "{threads:?}");
+    assert!(go["gomaxprocs"].as_i64().unwrap() >= 1);
+    // Three Println calls, three writes, all by goroutine 1 (runtime.main).
+    let main = goroutine(&trace, 1);
+    assert_eq!(main["start_fn"], "runtime.main");
+    assert_eq!(succeeded(main, "write"), 3, "{main}");
+    let others: u64 = trace.summary["goroutines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["goid"] != 1)
+        .map(|g| succeeded(g, "write"))
+        .sum();
+    assert_eq!(others, 0);
+}
+
+#[test]
+fn each_goroutines_calls_are_counted_exactly_wherever_it_ran() {
+    let binary = build("goroutines", &[]);
+    let (trace, stdout, _) = trace("go-goroutines", &binary, &["6"]);
+    let mut moved = 0;
+    for line in stdout.lines() {
+        let account: Value = serde_json::from_str(line).unwrap();
+        let entry = goroutine(&trace, account["goid"].as_u64().unwrap());
+        assert!(entry["start_fn"].as_str().unwrap().starts_with("main.main.func"), "{entry}");
+        assert_eq!(succeeded(entry, "getppid"), account["getppid"].as_u64().unwrap(), "{entry}");
+        assert_eq!(succeeded(entry, "read"), account["reads"].as_u64().unwrap(), "{entry}");
+        moved += entry["moves"].as_u64().unwrap();
+    }
+    assert_eq!(stdout.lines().count(), 6);
+    assert!(moved > 0, "no goroutine moved between threads: the attribution was not put to the test");
+}
+
+#[test]
+fn a_stripped_go_binary_gets_a_note_and_the_thread_view() {
+    let binary = build("hello", &["-ldflags=-s -w"]);
+    let (trace, stdout, stderr) = trace("go-stripped", &binary, &[]);
+    assert!(stdout.contains("Hello world!"));
+    assert!(stderr.contains("is a Go program") && stderr.contains("stripped"), "{stderr}");
+    assert!(trace.summary.get("goroutines").is_none());
+    assert!(!trace.summary["threads"].as_array().unwrap().is_empty());
+}
