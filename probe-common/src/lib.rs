@@ -30,6 +30,8 @@ pub enum EventKind {
     /// A [`GoEvent`]: the thread became the runtime's monitor
     /// (`runtime.sysmon`), which runs no goroutines.
     GoSysmon = 9,
+    /// An [`IoUringEvent`]: a request completed.
+    IoUring = 10,
 }
 
 impl EventKind {
@@ -45,6 +47,7 @@ impl EventKind {
             7 => Some(Self::GoSchedule),
             8 => Some(Self::GoExit),
             9 => Some(Self::GoSysmon),
+            10 => Some(Self::IoUring),
             _ => None,
         }
     }
@@ -211,10 +214,70 @@ pub enum Counter {
     /// Syscall records dropped that `LOST_CALLS` could not count either
     /// (it was full): only then are counts no longer exact.
     LostUncounted = 2,
+    /// io_uring requests not followed because the map of requests in
+    /// flight was full.
+    IoUringFull = 3,
 }
 
 /// Number of slots in `COUNTERS`.
-pub const COUNTER_SLOTS: u32 = 3;
+pub const COUNTER_SLOTS: u32 = 4;
+
+/// `IoUringEvent::flags`: the request went to an io-wq worker.
+pub const IO_URING_ASYNC: u32 = 1;
+
+/// Length of an io_uring opcode's name as the kernel spells it.
+pub const OP_NAME_LEN: usize = 16;
+
+/// One completed io_uring request of a traced thread: submitted by it (or by
+/// the ring's SQPOLL thread for it), completed by whichever context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoUringEvent {
+    /// Always [`EventKind::IoUring`].
+    pub kind: u32,
+    /// CPU the request completed on.
+    pub cpu: u32,
+    /// Process and thread charged: the submitter.
+    pub pid: u32,
+    pub tid: u32,
+    /// The kernel's opcode number.
+    pub opcode: u32,
+    /// `IO_URING_*` flags.
+    pub flags: u32,
+    /// The completion's result: `-errno` on failure.
+    pub res: i32,
+    /// Explicit padding, so that the record has no hole.
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` at submission.
+    pub start_ns: u64,
+    /// Submission to completion.
+    pub duration_ns: u64,
+    /// The opcode's name (`READ`, `NOP`, …) from the kernel, NUL-padded.
+    pub op_name: [u8; OP_NAME_LEN],
+}
+
+impl IoUringEvent {
+    /// Decodes one ring-buffer record; `None` unless it is exactly an
+    /// `IoUringEvent` with its tag.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let event: Self = read_record(bytes)?;
+        (EventKind::from_u32(event.kind) == Some(EventKind::IoUring)).then_some(event)
+    }
+}
+
+/// An io_uring request in flight, by request address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoRequest {
+    pub pid: u32,
+    pub tid: u32,
+    pub opcode: u32,
+    pub flags: u32,
+    pub start_ns: u64,
+}
+
+/// Capacity of the map of io_uring requests in flight.
+pub const MAX_IO_REQUESTS: u32 = 16_384;
 
 /// Key of `LOST_CALLS`: the syscalls whose records the ring buffer had no
 /// room for are counted by thread, syscall and errno, so that userspace
@@ -284,6 +347,8 @@ const _: () = assert!(core::mem::size_of::<InFlight>() == 24);
 const _: () = assert!(core::mem::size_of::<SchedEvent>() == 48);
 const _: () = assert!(core::mem::align_of::<SchedEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<GoEvent>() == 40);
+const _: () = assert!(core::mem::size_of::<IoUringEvent>() == 64);
+const _: () = assert!(core::mem::size_of::<IoRequest>() == 24);
 const _: () = assert!(core::mem::size_of::<OffsetCheck>() == 16);
 const _: () = assert!(core::mem::size_of::<LostCall>() == 16);
 

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--enoent N]
-//!          [--affinity MOVES] [--spin MS,MS,...] [--fork N] [--threads N] [--churn SECONDS]
+//!          [--affinity MOVES] [--spin MS,MS,...] [--fork N] [--threads N] [--churn SECONDS] [--io-uring NOPS,READS,ASYNC_READS] [--zero-read COUNTxMIB]
 //!          [--mixed ROUNDS,ROUNDS,...] [--pingpong ROUNDS] [--exit CODE]
 //! ```
 //!
@@ -189,6 +189,51 @@ fn short_threads(count: u64) -> Done {
     Done { tid: gettid(), activity: "threads", calls: count }
 }
 
+/// `nops` io_uring no-ops, then `reads` 4 KiB reads of /dev/zero, then
+/// `offloaded` more that must go to an io-wq worker (`IOSQE_ASYNC`), through
+/// one ring, 32 at a time. The count is the requests.
+fn io_uring_requests(nops: u64, reads: u64, offloaded: u64) -> Done {
+    use io_uring::{opcode, squeue, types, IoUring};
+    use std::os::fd::AsRawFd;
+    let mut ring = IoUring::new(64).expect("io_uring_setup");
+    let zero = std::fs::File::open("/dev/zero").unwrap();
+    let mut buffer = vec![0u8; 4096];
+    let mut run = |count: u64, read: bool, flags: squeue::Flags| {
+        let mut left = count;
+        while left > 0 {
+            let batch = left.min(32);
+            for _ in 0..batch {
+                let entry = match read {
+                    true => opcode::Read::new(types::Fd(zero.as_raw_fd()), buffer.as_mut_ptr(), 4096).build(),
+                    false => opcode::Nop::new().build(),
+                }
+                .flags(flags);
+                // SAFETY: the buffer outlives the request: all are waited for.
+                unsafe { ring.submission().push(&entry).expect("room in the ring") };
+            }
+            ring.submit_and_wait(batch as usize).expect("io_uring_enter");
+            let done = ring.completion().inspect(|cqe| assert!(cqe.result() >= 0)).count() as u64;
+            assert_eq!(done, batch);
+            left -= batch;
+        }
+    };
+    run(nops, false, squeue::Flags::empty());
+    run(reads, true, squeue::Flags::empty());
+    run(offloaded, true, squeue::Flags::ASYNC);
+    Done { tid: gettid(), activity: "io_uring", calls: nops + reads + offloaded }
+}
+
+/// `count` reads of `mib` MiB from /dev/zero: syscalls that spend their
+/// time on the CPU, zeroing the buffer.
+fn zero_reads(count: u64, mib: u64) -> Done {
+    let mut zero = std::fs::File::open("/dev/zero").unwrap();
+    let mut buffer = vec![0u8; (mib << 20) as usize];
+    for _ in 0..count {
+        assert_eq!(std::io::Read::read(&mut zero, &mut buffer).unwrap(), buffer.len());
+    }
+    Done { tid: gettid(), activity: "read", calls: count }
+}
+
 /// `rounds` of: read a byte of /dev/zero, write it to /dev/null, getppid,
 /// and an openat that fails: four syscalls a round, one of them an error.
 fn mixed(rounds: u64) -> Done {
@@ -282,7 +327,7 @@ fn wait_for_sigusr1() {
 fn usage(problem: &str) -> ! {
     eprintln!("workload: {problem}");
     eprintln!(
-        "usage: workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--enoent N] [--affinity MOVES] [--spin MS,MS,...] [--fork N] [--threads N] [--churn SECONDS] [--mixed ROUNDS,...] [--pingpong ROUNDS] [--exit CODE]"
+        "usage: workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--enoent N] [--affinity MOVES] [--spin MS,MS,...] [--fork N] [--threads N] [--churn SECONDS] [--io-uring NOPS,READS,ASYNC_READS] [--zero-read COUNTxMIB] [--mixed ROUNDS,...] [--pingpong ROUNDS] [--exit CODE]"
     );
     exit(2)
 }
@@ -323,6 +368,20 @@ fn main() {
                 for ms in value().split(',').map(number) {
                     jobs.push(Box::new(move || spin(Duration::from_millis(ms))));
                 }
+            }
+            "--io-uring" => {
+                let counts: Vec<u64> = value().split(',').map(number).collect();
+                let &[nops, reads, offloaded] = &counts[..] else {
+                    usage("--io-uring takes NOPS,READS,ASYNC_READS");
+                };
+                jobs.push(Box::new(move || io_uring_requests(nops, reads, offloaded)));
+            }
+            "--zero-read" => {
+                let spec = value();
+                let (count, mib) =
+                    spec.split_once('x').unwrap_or_else(|| usage("--zero-read takes COUNTxMIB"));
+                let (count, mib) = (number(count), number(mib));
+                jobs.push(Box::new(move || zero_reads(count, mib)));
             }
             "--mixed" => {
                 for rounds in value().split(',').map(number) {

@@ -11,7 +11,9 @@ use std::{
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{raw_trace_point::RawTracePointLinkId, uprobe::UProbeScope, RawTracePoint, UProbe},
+    programs::{
+        raw_trace_point::RawTracePointLinkId, uprobe::UProbeScope, RawTracePoint, TracePoint, UProbe,
+    },
     Ebpf, EbpfLoader,
 };
 use probe_common::{syscall_flags, Counter, InFlight, LostCall, OffsetCheck, SyscallEvent, MAX_SYSCALL_NR};
@@ -22,6 +24,7 @@ use crate::{
     golang::binary::RUNTIME_FUNCTIONS,
     report::Losses,
     target::thread_alive,
+    tracefs::{self, Format},
 };
 
 /// The object `cargo xtask build` compiled from `probe-ebpf`.
@@ -60,6 +63,44 @@ pub struct Config {
     pub floor: bool,
     /// Follow the goroutines of this Go executable.
     pub go: Option<GoTarget>,
+    /// Follow io_uring requests (with the syscalls).
+    pub io_uring: bool,
+}
+
+/// Where the io_uring tracepoints' records keep the fields the programs
+/// read, on this kernel.
+struct IoUringLayout {
+    submit_ctx: u32,
+    submit_req: u32,
+    submit_opcode: u32,
+    submit_op_str: u32,
+    async_req: u32,
+    complete_req: u32,
+    complete_res: u32,
+    create_ctx: u32,
+}
+
+impl IoUringLayout {
+    fn read() -> Result<Self> {
+        let tracefs = tracefs::mount_point()?;
+        let format = |event: &str| Format::read(&tracefs, "io_uring", event);
+        let (submit, queued, complete, create) = (
+            format("io_uring_submit_req")?,
+            format("io_uring_queue_async_work")?,
+            format("io_uring_complete")?,
+            format("io_uring_create")?,
+        );
+        Ok(Self {
+            submit_ctx: submit.offset("ctx")?,
+            submit_req: submit.offset("req")?,
+            submit_opcode: submit.offset("opcode")?,
+            submit_op_str: submit.offset("op_str")?,
+            async_req: queued.offset("req")?,
+            complete_req: complete.offset("req")?,
+            complete_res: complete.offset("res")?,
+            create_ctx: create.offset("ctx")?,
+        })
+    }
 }
 
 /// A Go executable to put uprobes in, and where `runtime.g` keeps what the
@@ -136,6 +177,13 @@ impl Probe {
             true => btf::task_offsets()?,
             false => TaskOffsets { pid: 0, tgid: 0 },
         };
+        let io_uring = match config.io_uring && config.syscalls && !config.floor {
+            true => IoUringLayout::read()
+                .inspect_err(|err| eprintln!("probe: io_uring requests are not followed: {err:#}"))
+                .ok(),
+            false => None,
+        };
+        let at = |field: fn(&IoUringLayout) -> u32| io_uring.as_ref().map_or(0, field);
         let mut ebpf = EbpfLoader::new()
             .override_global("SELF_PID", &self_pid, true)
             .override_global("FILTER_PIDS", &filter_pids, true)
@@ -146,6 +194,14 @@ impl Probe {
             .override_global("TASK_TGID_OFFSET", &offsets.tgid, true)
             .override_global("GO_GOID_OFFSET", &config.go.as_ref().map_or(0, |go| go.goid_offset), true)
             .override_global("GO_STARTPC_OFFSET", &config.go.as_ref().map_or(0, |go| go.startpc_offset), true)
+            .override_global("IOU_SUBMIT_CTX", &at(|l| l.submit_ctx), true)
+            .override_global("IOU_SUBMIT_REQ", &at(|l| l.submit_req), true)
+            .override_global("IOU_SUBMIT_OPCODE", &at(|l| l.submit_opcode), true)
+            .override_global("IOU_SUBMIT_OP_STR", &at(|l| l.submit_op_str), true)
+            .override_global("IOU_ASYNC_REQ", &at(|l| l.async_req), true)
+            .override_global("IOU_COMPLETE_REQ", &at(|l| l.complete_req), true)
+            .override_global("IOU_COMPLETE_RES", &at(|l| l.complete_res), true)
+            .override_global("IOU_CREATE_CTX", &at(|l| l.create_ctx), true)
             .map_max_entries("EVENTS", ring_bytes)
             .map_max_entries("TRACED", pid_max()?)
             .load(OBJECT)
@@ -195,6 +251,22 @@ impl Probe {
         }
         if let Some(go) = &config.go {
             attach_go(&mut ebpf, &go.path)?;
+        }
+        if io_uring.is_some() {
+            // Completion last: no request is then followed that nothing
+            // would complete.
+            for event in
+                ["io_uring_complete", "io_uring_queue_async_work", "io_uring_create", "io_uring_submit_req"]
+            {
+                let program: &mut TracePoint = ebpf
+                    .program_mut(event)
+                    .with_context(|| format!("the BPF object lacks {event}"))?
+                    .try_into()?;
+                program.load().with_context(|| format!("the kernel refused the BPF program {event}"))?;
+                program
+                    .attach("io_uring", event)
+                    .with_context(|| format!("cannot attach to io_uring:{event}"))?;
+            }
         }
         Self::assemble(ebpf, logs)
     }
@@ -252,6 +324,7 @@ impl Probe {
         Ok(Losses {
             ring_buffer: sum(Counter::LostEvents)?,
             in_flight_full: sum(Counter::InFlightFull)?,
+            io_uring_full: sum(Counter::IoUringFull)?,
             uncounted: sum(Counter::LostUncounted)?,
             undecodable: 0,
         })

@@ -19,6 +19,7 @@ mod report;
 mod session;
 mod target;
 mod timeline;
+mod tracefs;
 mod tui;
 
 use std::{
@@ -140,6 +141,7 @@ fn run(args: Args) -> Result<i32> {
         sched: !args.no_sched,
         only: args.syscalls.clone(),
         floor: args.bench_floor,
+        io_uring: true,
         go: go.as_ref().map(|(path, binary)| GoTarget {
             path: path.clone(),
             goid_offset: binary.goid_offset,

@@ -35,12 +35,15 @@ pub struct Losses {
     pub uncounted: u64,
     /// Records userspace could not decode (a bug: please report it).
     pub undecodable: u64,
+    /// io_uring requests not followed: the map of requests in flight was
+    /// full.
+    pub io_uring_full: u64,
 }
 
 impl Losses {
     /// All events lost, whatever the cause.
     pub fn total(&self) -> u64 {
-        self.ring_buffer + self.in_flight_full + self.undecodable
+        self.ring_buffer + self.in_flight_full + self.undecodable + self.io_uring_full
     }
 
     /// Whether every syscall count and errno is exact: records dropped from
@@ -159,6 +162,26 @@ pub struct ThreadReport {
     /// The scheduler's view, unless `--no-sched`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sched: Option<SchedReport>,
+    /// io_uring requests it submitted, per opcode, most first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub io_uring: Vec<IoUringReport>,
+}
+
+/// One io_uring opcode's requests of one thread.
+#[derive(Debug, Serialize)]
+pub struct IoUringReport {
+    /// The kernel's name: `NOP`, `READ`, `WRITE`, ….
+    pub opcode: String,
+    pub count: u64,
+    /// Requests that completed with an error.
+    pub errors: u64,
+    /// Submission-to-completion quantiles and maximum.
+    pub p50_ns: Option<u64>,
+    pub p99_ns: Option<u64>,
+    pub max_ns: Option<u64>,
+    /// Requests that went to an io-wq worker.
+    #[serde(rename = "async")]
+    pub offloaded: u64,
 }
 
 /// What the scheduler did to one thread (README, "Scheduler view").
@@ -227,6 +250,13 @@ pub struct SyscallReport {
     pub p50_ns: Option<u64>,
     pub p90_ns: Option<u64>,
     pub p99_ns: Option<u64>,
+    /// Where `total_ns` went: on a CPU, asleep, waiting for a CPU; they add
+    /// up to it. `null` without scheduler events (`--no-sched`); calls made
+    /// before the thread's first scheduler event count as split like the
+    /// rest.
+    pub on_cpu_ns: Option<u64>,
+    pub blocked_ns: Option<u64>,
+    pub runq_ns: Option<u64>,
 }
 
 /// Context of a report that the table does not hold.
@@ -303,7 +333,26 @@ fn thread_report(key: ThreadKey, thread: &ThreadStats) -> ThreadReport {
         exited: thread.exited,
         syscalls: syscall_reports(&thread.syscalls),
         sched: thread.sched.as_ref().map(sched_report),
+        io_uring: io_uring_reports(thread),
     }
+}
+
+fn io_uring_reports(thread: &ThreadStats) -> Vec<IoUringReport> {
+    let mut rows: Vec<IoUringReport> = thread
+        .io_uring
+        .values()
+        .map(|stats| IoUringReport {
+            opcode: stats.name.clone(),
+            count: stats.count,
+            errors: stats.errors,
+            p50_ns: stats.latency.quantile(0.50),
+            p99_ns: stats.latency.quantile(0.99),
+            max_ns: stats.latency.max(),
+            offloaded: stats.offloaded,
+        })
+        .collect();
+    rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.opcode.cmp(&b.opcode)));
+    rows
 }
 
 /// Syscall rows, most total time first.
@@ -314,6 +363,13 @@ pub fn syscall_reports(syscalls: &FxHashMap<u32, SyscallStats>) -> Vec<SyscallRe
 }
 
 fn syscall_report(nr: u32, stats: &SyscallStats) -> SyscallReport {
+    // Scaled to the total, when some calls could not be split (made before
+    // the thread's first scheduler event): the parts then add up to it.
+    let split = (stats.split_ns > 0).then(|| {
+        let scale = |ns: u64| (ns as u128 * stats.total_ns as u128 / stats.split_ns as u128) as u64;
+        let (blocked, runq) = (scale(stats.blocked_ns), scale(stats.runq_ns));
+        (stats.total_ns.max(blocked + runq), blocked, runq)
+    });
     SyscallReport {
         name: syscall_name(nr),
         nr,
@@ -328,6 +384,9 @@ fn syscall_report(nr: u32, stats: &SyscallStats) -> SyscallReport {
         p50_ns: stats.latency.quantile(0.50),
         p90_ns: stats.latency.quantile(0.90),
         p99_ns: stats.latency.quantile(0.99),
+        on_cpu_ns: split.map(|(total, blocked, runq)| total - blocked - runq),
+        blocked_ns: split.map(|(_, blocked, _)| blocked),
+        runq_ns: split.map(|(_, _, runq)| runq),
     }
 }
 

@@ -16,7 +16,9 @@ use nix::{
     time::{clock_gettime, ClockId},
     unistd::Pid,
 };
-use probe_common::{EventKind, GoEvent, SchedEvent, SyscallEvent, SWITCH_EXITED, SYSCALL_NO_RETURN};
+use probe_common::{
+    EventKind, GoEvent, IoUringEvent, SchedEvent, SyscallEvent, SWITCH_EXITED, SYSCALL_NO_RETURN,
+};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -108,6 +110,7 @@ enum Event {
     Syscall(SyscallEvent),
     Sched(SchedEvent),
     Go(GoEvent),
+    IoUring(IoUringEvent),
 }
 
 impl Default for Aggregator {
@@ -158,6 +161,12 @@ impl Aggregator {
                 }
                 let key = self.generations.syscall(event.pid, event.tid);
                 self.interval.record(key, &event);
+                if event.flags & SYSCALL_NO_RETURN == 0 {
+                    let end = event.start_ns.saturating_add(event.duration_ns);
+                    if let Some(split) = self.tracker.split(key, event.start_ns, end) {
+                        self.interval.record_split(key, &event, split);
+                    }
+                }
                 if event.flags & SYSCALL_NO_RETURN != 0 {
                     self.generations.exited(key);
                 }
@@ -181,6 +190,10 @@ impl Aggregator {
                 if let Some(goroutines) = &mut self.goroutines {
                     goroutines.apply(&event);
                 }
+            }
+            Event::IoUring(event) => {
+                let key = self.generations.current(event.pid, event.tid);
+                self.interval.record_io_uring(key, &event);
             }
         }
     }
@@ -479,6 +492,7 @@ fn decode(record: &[u8]) -> Option<Event> {
         EventKind::SwitchOut | EventKind::SwitchIn | EventKind::Wakeup | EventKind::WakeupNew => {
             SchedEvent::decode(record).map(Event::Sched)
         }
+        EventKind::IoUring => IoUringEvent::decode(record).map(Event::IoUring),
     }
 }
 
@@ -562,7 +576,7 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(records in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..80), 0..64)) {
             let aggregator = ingest_and_report(&records);
-            let valid = records.iter().filter(|r| SyscallEvent::decode(r).is_some() || SchedEvent::decode(r).is_some() || GoEvent::decode(r).is_some()).count();
+            let valid = records.iter().filter(|r| SyscallEvent::decode(r).is_some() || SchedEvent::decode(r).is_some() || GoEvent::decode(r).is_some() || IoUringEvent::decode(r).is_some()).count();
             prop_assert_eq!(aggregator.undecodable as usize, records.len() - valid);
         }
 

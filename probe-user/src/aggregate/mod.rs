@@ -10,9 +10,14 @@ use std::collections::BTreeMap;
 // event; SipHash's resistance to chosen keys buys nothing here.
 use rustc_hash::FxHashMap;
 
-use probe_common::{LostCall, SyscallEvent, COMM_LEN, MAX_ERRNO, SYSCALL_NO_RETURN};
+use probe_common::{
+    IoUringEvent, LostCall, SyscallEvent, COMM_LEN, IO_URING_ASYNC, MAX_ERRNO, SYSCALL_NO_RETURN,
+};
 
-use self::{latency::Latencies, sched::SchedStats};
+use self::{
+    latency::Latencies,
+    sched::{SchedStats, Split},
+};
 use crate::target::{process_alive, thread_alive};
 
 /// Exited threads kept one by one in a run's totals; beyond, the ones with
@@ -115,6 +120,12 @@ pub struct SyscallStats {
     pub lost: u64,
     /// Latencies of the timed calls (calls that never return have none).
     pub latency: Latencies,
+    /// Of the timed calls the scheduler's events could split: their summed
+    /// latency, and the parts spent blocked and waiting for a CPU (the rest
+    /// was on a CPU).
+    pub split_ns: u64,
+    pub blocked_ns: u64,
+    pub runq_ns: u64,
 }
 
 impl SyscallStats {
@@ -151,6 +162,49 @@ impl SyscallStats {
         }
         self.total_ns = self.total_ns.saturating_add(other.total_ns);
         self.latency.merge(&other.latency);
+        self.split_ns = self.split_ns.saturating_add(other.split_ns);
+        self.blocked_ns = self.blocked_ns.saturating_add(other.blocked_ns);
+        self.runq_ns = self.runq_ns.saturating_add(other.runq_ns);
+    }
+}
+
+/// One io_uring opcode's requests of one thread.
+#[derive(Clone, Debug, Default)]
+pub struct IoUringStats {
+    /// The kernel's name for the opcode.
+    pub name: String,
+    pub count: u64,
+    /// Requests that completed with `-errno`.
+    pub errors: u64,
+    /// Requests that went to an io-wq worker.
+    pub offloaded: u64,
+    /// Submission to completion.
+    pub latency: Latencies,
+}
+
+impl IoUringStats {
+    fn record(&mut self, event: &IoUringEvent) {
+        if self.name.is_empty() {
+            let end = event.op_name.iter().position(|&b| b == 0).unwrap_or(event.op_name.len());
+            self.name = match end {
+                0 => format!("opcode_{}", event.opcode),
+                _ => String::from_utf8_lossy(&event.op_name[..end]).into_owned(),
+            };
+        }
+        self.count += 1;
+        self.errors += u64::from(event.res < 0);
+        self.offloaded += u64::from(event.flags & IO_URING_ASYNC != 0);
+        self.latency.record(event.duration_ns);
+    }
+
+    fn merge(&mut self, other: &Self) {
+        if self.name.is_empty() {
+            self.name.clone_from(&other.name);
+        }
+        self.count += other.count;
+        self.errors += other.errors;
+        self.offloaded += other.offloaded;
+        self.latency.merge(&other.latency);
     }
 }
 
@@ -165,11 +219,27 @@ pub struct ThreadStats {
     pub syscalls: FxHashMap<u32, SyscallStats>,
     /// What the scheduler did, once a scheduler event was seen.
     pub sched: Option<SchedStats>,
+    /// io_uring requests it submitted, per opcode.
+    pub io_uring: FxHashMap<u32, IoUringStats>,
     /// The thread was seen to exit.
     pub exited: bool,
 }
 
 impl ThreadStats {
+    /// Adds another span's (or thread's) counts and times.
+    fn add(&mut self, other: &ThreadStats) {
+        self.events += other.events;
+        for (nr, stats) in &other.syscalls {
+            self.syscalls.entry(*nr).or_default().merge(stats);
+        }
+        if let Some(sched) = &other.sched {
+            self.sched.get_or_insert_with(SchedStats::default).merge(sched);
+        }
+        for (opcode, stats) in &other.io_uring {
+            self.io_uring.entry(*opcode).or_default().merge(stats);
+        }
+    }
+
     /// Keeps the newest name; names change (exec, prctl), and decoding is
     /// only paid when they do. An empty name (no name in the record) is
     /// ignored.
@@ -228,6 +298,24 @@ impl Table {
         thread.exited = true;
     }
 
+    /// Adds how a timed syscall of `key` that was just recorded split
+    /// between on-CPU, blocked and run-queue time.
+    pub fn record_split(&mut self, key: ThreadKey, event: &SyscallEvent, split: Split) {
+        let Some(stats) = self.threads.get_mut(&key).and_then(|thread| thread.syscalls.get_mut(&event.nr))
+        else {
+            return;
+        };
+        stats.split_ns = stats.split_ns.saturating_add(event.duration_ns);
+        stats.blocked_ns = stats.blocked_ns.saturating_add(split.blocked_ns);
+        stats.runq_ns = stats.runq_ns.saturating_add(split.runq_ns);
+    }
+
+    /// Adds one completed io_uring request, charged to its submitter `key`.
+    pub fn record_io_uring(&mut self, key: ThreadKey, event: &IoUringEvent) {
+        let thread = self.thread(key, &[0; COMM_LEN]);
+        thread.io_uring.entry(event.opcode).or_default().record(event);
+    }
+
     /// Counts one scheduler record of a thread; the tracker charges it.
     pub fn record_sched(&mut self, key: ThreadKey, comm: &[u8; COMM_LEN]) {
         self.thread(key, comm).sched.get_or_insert_with(SchedStats::default);
@@ -256,15 +344,9 @@ impl Table {
                 self.mark_exited(key);
             }
             let ours = self.threads.entry(key).or_default();
-            ours.events += theirs.events;
+            ours.add(&theirs);
             if !theirs.comm.is_empty() {
                 ours.comm = theirs.comm;
-            }
-            for (nr, stats) in &theirs.syscalls {
-                ours.syscalls.entry(*nr).or_default().merge(stats);
-            }
-            if let Some(sched) = &theirs.sched {
-                ours.sched.get_or_insert_with(SchedStats::default).merge(sched);
             }
         }
         self.fold_beyond_cap();
@@ -331,13 +413,7 @@ impl Table {
         let folded = self.threads.entry(into).or_default();
         folded.comm = name.to_owned();
         folded.exited = true;
-        folded.events += thread.events;
-        for (nr, stats) in &thread.syscalls {
-            folded.syscalls.entry(*nr).or_default().merge(stats);
-        }
-        if let Some(sched) = &thread.sched {
-            folded.sched.get_or_insert_with(SchedStats::default).merge(sched);
-        }
+        folded.add(&thread);
     }
 
     /// Threads (and folded rows) in the table.

@@ -73,8 +73,15 @@ impl SchedStats {
     }
 }
 
+/// Off-CPU spans a thread's next syscall records are split against.
+const KEPT_SPANS: usize = 16;
+
+/// A span a thread spent off the CPU: `(from, to, blocked)`; not blocked is
+/// waiting in a run queue.
+type OffSpan = (u64, u64, bool);
+
 /// Where a thread is, between events.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct RunState {
     /// Running since (ns, CPU).
     running: Option<(u64, u32)>,
@@ -84,6 +91,27 @@ struct RunState {
     ready: Option<u64>,
     /// CPU of its previous run.
     last_cpu: Option<u32>,
+    /// Its latest off-CPU spans, oldest first.
+    off_spans: Vec<OffSpan>,
+}
+
+impl RunState {
+    fn off_cpu(&mut self, from: u64, to: u64, blocked: bool) {
+        if to > from {
+            if self.off_spans.len() == KEPT_SPANS {
+                self.off_spans.remove(0);
+            }
+            self.off_spans.push((from, to, blocked));
+        }
+    }
+}
+
+/// How a syscall's time split: asleep, and waiting for a CPU; the rest was
+/// on the CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Split {
+    pub blocked_ns: u64,
+    pub runq_ns: u64,
 }
 
 /// The state of every thread seen, across intervals: spans that cross an
@@ -130,23 +158,28 @@ impl SchedTracker {
                     self.threads.remove(&key);
                 }
             }
-            Some(EventKind::Wakeup | EventKind::WakeupNew) => {
-                // Wakeups of a running or already runnable thread change nothing.
-                if state.running.is_none() && state.ready.is_none() {
-                    let since = state.off.map_or(ts, |(off, _)| off);
-                    state.ready = Some(ts.max(since));
-                }
+            // Wakeups of a running or already runnable thread change nothing.
+            Some(EventKind::Wakeup | EventKind::WakeupNew)
+                if state.running.is_none() && state.ready.is_none() =>
+            {
+                let since = state.off.map_or(ts, |(off, _)| off);
+                state.ready = Some(ts.max(since));
             }
             Some(EventKind::SwitchIn) => {
                 match (state.off.take(), state.ready) {
                     (Some((off, voluntary)), Some(ready)) => {
                         if voluntary {
                             add(&mut stats.blocked_ns, ready.saturating_sub(off));
+                            state.off_cpu(off, ready, true);
                         }
                         wait(stats, ts.saturating_sub(ready));
+                        state.off_cpu(ready, ts, false);
                     }
                     // The wakeup was not seen: all of it counts as blocked.
-                    (Some((off, _)), None) => add(&mut stats.blocked_ns, ts.saturating_sub(off)),
+                    (Some((off, _)), None) => {
+                        add(&mut stats.blocked_ns, ts.saturating_sub(off));
+                        state.off_cpu(off, ts, true);
+                    }
                     // A new thread's first run.
                     (None, Some(ready)) => wait(stats, ts.saturating_sub(ready)),
                     (None, None) => {}
@@ -161,16 +194,34 @@ impl SchedTracker {
                 state.running = Some((ts, event.cpu));
                 self.on_cpu.insert(event.cpu, key);
             }
-            // Not scheduler events: `SchedEvent::decode` refuses them.
-            Some(
-                EventKind::Syscall
-                | EventKind::GoExecute
-                | EventKind::GoSchedule
-                | EventKind::GoExit
-                | EventKind::GoSysmon,
-            )
-            | None => {}
+            // Other records are not scheduler events: `SchedEvent::decode`
+            // refuses them.
+            _ => {}
         }
+    }
+
+    /// How much of a syscall of thread `key` from `start` to `end` it spent
+    /// blocked and in a run queue, from the spans the scheduler events
+    /// showed; `None` for a thread without scheduler events. The syscall
+    /// record comes at the syscall's exit, after every span inside it.
+    pub fn split(&mut self, key: ThreadKey, start: u64, end: u64) -> Option<Split> {
+        let state = self.threads.get_mut(&key)?;
+        let mut split = Split::default();
+        for &(from, to, blocked) in &state.off_spans {
+            let overlap = to.min(end).saturating_sub(from.max(start));
+            if blocked {
+                split.blocked_ns += overlap;
+            } else {
+                split.runq_ns += overlap;
+            }
+        }
+        state.off_spans.retain(|&(_, to, _)| to > end);
+        // Clocks of different CPUs may disagree by a little: never more
+        // off-CPU time than the call took.
+        let duration = end.saturating_sub(start);
+        split.blocked_ns = split.blocked_ns.min(duration);
+        split.runq_ns = split.runq_ns.min(duration - split.blocked_ns);
+        Some(split)
     }
 
     /// A thread switched in on `cpu` ends the run of the traced thread that
@@ -239,6 +290,34 @@ mod tests {
             tracker.apply(key, event, &mut table);
         }
         table.sched_mut(key).clone()
+    }
+
+    #[test]
+    fn a_syscall_is_split_by_the_spans_inside_it() {
+        let mut tracker = SchedTracker::default();
+        let mut table = Table::default();
+        let key = ThreadKey::new(1, 2);
+        let events = [
+            ev(EventKind::SwitchIn, 0, 10, 0),
+            // Blocks in the call at 100, woken at 150, runs again at 170.
+            ev(EventKind::SwitchOut, 0, 100, SWITCH_VOLUNTARY),
+            ev(EventKind::Wakeup, 1, 150, 0),
+            ev(EventKind::SwitchIn, 0, 170, 0),
+            // Preempted at 180, back at 185.
+            ev(EventKind::SwitchOut, 0, 180, 0),
+            ev(EventKind::SwitchIn, 1, 185, 0),
+        ];
+        for event in &events {
+            tracker.apply(key, event, &mut table);
+        }
+        assert_eq!(tracker.split(key, 90, 200), Some(Split { blocked_ns: 50, runq_ns: 25 }));
+        // The spans are used up: the next call, later, ran on the CPU.
+        assert_eq!(tracker.split(key, 210, 220), Some(Split::default()));
+        // Skewed clocks never make the parts exceed the call.
+        tracker.apply(key, &ev(EventKind::SwitchOut, 1, 300, SWITCH_VOLUNTARY), &mut table);
+        tracker.apply(key, &ev(EventKind::SwitchIn, 0, 400, 0), &mut table);
+        assert_eq!(tracker.split(key, 350, 360), Some(Split { blocked_ns: 10, runq_ns: 0 }));
+        assert_eq!(tracker.split(ThreadKey::new(9, 9), 0, 1), None);
     }
 
     #[test]

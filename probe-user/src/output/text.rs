@@ -2,7 +2,7 @@
 
 use std::io::{self, Write};
 
-use crate::report::{Kind, Report, SchedReport, SyscallReport};
+use crate::report::{IoUringReport, Kind, Report, SchedReport, SyscallReport};
 
 /// Migration pairs shown per thread; JSON has them all.
 const PAIRS_SHOWN: usize = 3;
@@ -88,6 +88,10 @@ pub fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
             lead(out)?;
             write_row(out, call, summary)?;
         }
+        for requests in &thread.io_uring {
+            lead(out)?;
+            write_io_uring(out, requests, summary)?;
+        }
         if let Some(sched) = &thread.sched {
             lead(out)?;
             write_sched(out, sched)?;
@@ -166,7 +170,41 @@ fn write_row(out: &mut dyn Write, call: &SyscallReport, summary: bool) -> io::Re
         let errnos: Vec<_> = call.errnos.iter().map(|(name, n)| format!("{name}:{n}")).collect();
         write!(out, "  {}", errnos.join(","))?;
     }
+    if let (true, Some(on_cpu), Some(blocked), Some(runq)) =
+        (summary, call.on_cpu_ns, call.blocked_ns, call.runq_ns)
+    {
+        if call.total_ns > 0 {
+            write!(
+                out,
+                "  = {} blocked + {} runq + {} on-CPU",
+                human_ns(blocked),
+                human_ns(runq),
+                human_ns(on_cpu)
+            )?;
+        }
+    }
     writeln!(out)
+}
+
+/// An io_uring opcode's requests, in the syscall columns (their latency is
+/// submission to completion).
+fn write_io_uring(out: &mut dyn Write, requests: &IoUringReport, summary: bool) -> io::Result<()> {
+    let name = format!("io_uring {}", requests.opcode);
+    write!(out, " {name:<22} {:>9} {:>7} {:>8}", requests.count, requests.errors, "-")?;
+    if summary {
+        write!(out, " {:>8}", "-")?;
+    }
+    write!(out, " {:>8}", latency(requests.p50_ns))?;
+    if summary {
+        write!(out, " {:>8}", "-")?;
+    }
+    writeln!(
+        out,
+        " {:>8} {:>8}  async:{}",
+        latency(requests.p99_ns),
+        latency(requests.max_ns),
+        requests.offloaded
+    )
 }
 
 /// One line: where the thread's time went, and how it moved.

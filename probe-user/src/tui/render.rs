@@ -229,7 +229,8 @@ fn draw_detail(frame: &mut Frame, area: Rect, detail: &ThreadDetail, selected: u
     let thread = &detail.thread;
     // The syscalls get up to half the room; the histogram and the scheduler
     // the rest.
-    let shown_calls = (thread.syscalls.len() as u16).min((area.height / 2).saturating_sub(2).max(3));
+    let shown_calls = ((thread.syscalls.len() + thread.io_uring.len()) as u16)
+        .min((area.height / 2).saturating_sub(2).max(3));
     let [title, calls, lower] =
         Layout::vertical([Constraint::Length(1), Constraint::Length(shown_calls + 1), Constraint::Min(4)])
             .areas(area);
@@ -244,9 +245,11 @@ fn draw_detail(frame: &mut Frame, area: Rect, detail: &ThreadDetail, selected: u
         .bold(),
         title,
     );
-    let header = ["SYSCALL", "COUNT", "ERRORS", "P50", "P99", "MAX", "TOTAL"];
+    // Where the time went, when the terminal is wide enough for it.
+    let columns = if area.width >= 100 { 10 } else { 7 };
+    let header = ["SYSCALL", "COUNT", "ERRORS", "P50", "P99", "MAX", "TOTAL", "BLOCKED", "RUNQ", "ON-CPU"];
     let rows = thread.syscalls.iter().map(|call| {
-        TableRow::new([
+        let cells = [
             call.name.clone(),
             call.count.to_string(),
             call.errors.to_string(),
@@ -254,11 +257,30 @@ fn draw_detail(frame: &mut Frame, area: Rect, detail: &ThreadDetail, selected: u
             latency(call.p99_ns),
             latency(call.max_ns),
             human_ns(call.total_ns),
+            latency(call.blocked_ns),
+            latency(call.runq_ns),
+            latency(call.on_cpu_ns),
+        ];
+        TableRow::new(cells.into_iter().take(columns))
+    });
+    // Its io_uring requests follow, in the same columns.
+    let requests = thread.io_uring.iter().map(|requests| {
+        TableRow::new([
+            format!("io_uring {}", requests.opcode),
+            requests.count.to_string(),
+            requests.errors.to_string(),
+            latency(requests.p50_ns),
+            latency(requests.p99_ns),
+            latency(requests.max_ns),
         ])
     });
-    let widths = [18, 10, 7, 8, 8, 8, 8].map(Constraint::Length);
-    let table = Table::new(rows, widths)
-        .header(TableRow::new(header).style(Style::new().add_modifier(Modifier::REVERSED)))
+    let rows = rows.chain(requests);
+    let widths = [18, 10, 7, 8, 8, 8, 8, 8, 8, 8].map(Constraint::Length);
+    let table = Table::new(rows, widths.into_iter().take(columns))
+        .header(
+            TableRow::new(header.into_iter().take(columns))
+                .style(Style::new().add_modifier(Modifier::REVERSED)),
+        )
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
     let selected = selected.min(thread.syscalls.len().saturating_sub(1));
     let mut state = TableState::default().with_selected((!thread.syscalls.is_empty()).then_some(selected));

@@ -173,13 +173,20 @@ pub fn assert_exact(trace: &Trace, workload: &Workload) {
     }
 }
 
-/// Reads stderr of a probe until it says it is tracing.
+/// Reads stderr of a probe until it says it is tracing (a note may come
+/// first: the first probe on a fresh machine mounts tracefs and says so).
 pub fn wait_until_tracing(probe: &mut Child) -> BufReader<std::process::ChildStderr> {
     let mut stderr = BufReader::new(probe.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    assert!(line.starts_with("probe: tracing"), "probe did not start: {line:?}");
-    stderr
+    let mut said = String::new();
+    for _ in 0..3 {
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        if line.starts_with("probe: tracing") {
+            return stderr;
+        }
+        said.push_str(&line);
+    }
+    panic!("probe did not start: {said:?}");
 }
 
 pub fn wait_with_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
