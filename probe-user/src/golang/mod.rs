@@ -233,6 +233,7 @@ fn role(thread: &Thread) -> String {
         (true, _) => "sysmon: the runtime's monitor, runs no goroutines".to_owned(),
         (false, Some(0)) => "idle: in the scheduler, looking for work".to_owned(),
         (false, Some(goid)) => format!("runs goroutines; last goroutine {goid}"),
-        (false, None) => "no runtime event seen yet".to_owned(),
+        // sysmon, for one, never calls what the uprobes watch once started.
+        (false, None) => "no runtime event seen since probe attached".to_owned(),
     }
 }
