@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{report_path, wait_until_tracing, wait_with_timeout, workload, Running, Workload, PROBE};
+use common::{
+    report_path, trace_command, wait_until_tracing, wait_with_timeout, workload, Running, Workload, PROBE,
+};
 use prometheus_parse::{Sample, Scrape, Value};
 use serde_json::Value as Json;
 
@@ -145,22 +147,15 @@ fn thread_series_stay_under_the_cap_and_go_after_their_threads() {
 /// Runs probe on the workload in COMMAND mode with `--trace`, and returns
 /// the timeline, probe's stderr and the workload's account.
 fn timeline(name: &str, args: &[&str], workload_args: &[&str]) -> (Json, String, Workload) {
-    let path = report_path(name);
-    let output = Command::new(PROBE)
-        .args(["-o", "/dev/null", "--trace"])
-        .arg(&path)
-        .args(args)
-        .arg("--")
-        .arg(workload())
-        .args(workload_args)
-        .output()
-        .unwrap();
+    let path = report_path(&format!("{name}-timeline"));
+    let path_arg = path.to_str().unwrap();
+    let args: Vec<&str> = ["--trace", path_arg].into_iter().chain(args.iter().copied()).collect();
+    let (_, run, output) = trace_command(name, &args, workload_args);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::remove_file(&path).unwrap();
     let trace: Json = serde_json::from_str(&text).expect("the timeline is JSON");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    (trace, stderr, Workload::parse(&String::from_utf8_lossy(&output.stdout)))
+    (trace, String::from_utf8_lossy(&output.stderr).into_owned(), run)
 }
 
 #[test]

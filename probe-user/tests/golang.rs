@@ -8,7 +8,7 @@ use std::{
     process::Command,
 };
 
-use common::{report_path, Trace, PROBE};
+use common::{trace_program, Trace};
 use serde_json::Value;
 
 /// Builds the Go program in `tests/go/NAME` with `flags`, once per name.
@@ -33,19 +33,9 @@ fn build(name: &str, flags: &[&str]) -> PathBuf {
 /// probe's JSON trace of `binary args` in COMMAND mode, the program's
 /// stdout and probe's stderr.
 fn trace(name: &str, binary: &Path, args: &[&str]) -> (Trace, String, String) {
-    let report = report_path(name);
-    let output = Command::new(PROBE)
-        .args(["--json", "-o"])
-        .arg(&report)
-        .arg("--")
-        .arg(binary)
-        .args(args)
-        .output()
-        .unwrap();
+    let (trace, output) = trace_program(name, &[], binary, args);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "{stderr}");
-    let trace = Trace::read(&report);
-    std::fs::remove_file(report).unwrap();
     (trace, String::from_utf8_lossy(&output.stdout).into_owned(), stderr)
 }
 

@@ -142,22 +142,29 @@ impl Workload {
 /// Runs probe with `args` on the workload with `workload_args` in COMMAND
 /// mode, and returns probe's JSON trace and the workload's account.
 pub fn trace_command(name: &str, args: &[&str], workload_args: &[&str]) -> (Trace, Workload, Output) {
+    let (trace, output) = trace_program(name, args, &workload(), workload_args);
+    let workload = Workload::parse(&String::from_utf8_lossy(&output.stdout));
+    (trace, workload, output)
+}
+
+/// Runs probe with `args` on `program` with `program_args` in COMMAND mode,
+/// and returns probe's JSON trace and output.
+pub fn trace_program(name: &str, args: &[&str], program: &Path, program_args: &[&str]) -> (Trace, Output) {
     let report = report_path(name);
     let output = Command::new(PROBE)
         .args(["--json", "-o"])
         .arg(&report)
         .args(args)
         .arg("--")
-        .arg(workload())
-        .args(workload_args)
+        .arg(program)
+        .args(program_args)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.code().is_some(), "probe was killed; stderr: {stderr}");
     let trace = Trace::read(&report);
     std::fs::remove_file(report).unwrap();
-    let workload = Workload::parse(&String::from_utf8_lossy(&output.stdout));
-    (trace, workload, output)
+    (trace, output)
 }
 
 pub fn report_path(name: &str) -> PathBuf {
