@@ -371,7 +371,7 @@ pub async fn run(
                         aggregator.close_interval();
                         let cost = Cost { bpf_ns: probe.run_time_ns(), cpu_ns: process_cpu_ns() };
                         live.update(&report, cost, |key| thread_alive(key.pid, key.tid));
-                        if let Some(goroutines) = &mut aggregator.goroutines {
+                        if let Some(goroutines) = &aggregator.goroutines {
                             live.update_goroutines(goroutines.report().0);
                         }
                         live.update_detail(live.wants_detail().and_then(|key| ThreadDetail::new(&aggregator.total, key)));
@@ -460,6 +460,7 @@ pub async fn run(
     aggregator.close_interval();
     let mut summary = Report::new(Kind::Summary, &aggregator.total, span, None);
     if let Some(goroutines) = &mut aggregator.goroutines {
+        goroutines.refresh();
         (summary.goroutines, summary.go) = goroutines.report();
     }
     if let Some(timeline) = aggregator.timeline.take() {

@@ -159,8 +159,7 @@ impl Goroutines {
     }
 
     /// The goroutines, busiest (most syscalls) first, and the processes.
-    pub fn report(&mut self) -> (Vec<GoroutineReport>, Vec<GoProcessReport>) {
-        self.refresh();
+    pub fn report(&self) -> (Vec<GoroutineReport>, Vec<GoProcessReport>) {
         let mut goroutines: Vec<GoroutineReport> = self
             .goroutines
             .iter()
