@@ -42,6 +42,12 @@ pub struct Args {
     #[arg(long)]
     pub no_sched: bool,
 
+    /// Follow a traced Go program's goroutines: which one made each
+    /// syscall. Its uprobes cost the program microseconds at every goroutine
+    /// switch.
+    #[arg(long, conflicts_with = "no_syscalls")]
+    pub goroutines: bool,
+
     /// Also trace the processes that traced processes start (default with
     /// COMMAND, like strace -f).
     #[arg(short = 'f', long, conflicts_with = "no_follow_forks")]

@@ -87,10 +87,14 @@ fn main() -> ExitCode {
 }
 
 /// The traced executable, if it is a Go program whose goroutines probe can
-/// follow; a Go program it cannot follow gets a note on stderr.
+/// follow; a Go program it cannot follow gets a note on stderr, and so does
+/// an executable that is not Go at all (--goroutines was asked for).
 fn go_binary(path: &Path) -> Result<Option<(PathBuf, GoBinary)>> {
     match golang::binary::inspect(path)? {
-        Inspection::NotGo => Ok(None),
+        Inspection::NotGo => {
+            eprintln!("probe: {} is not a Go program: --goroutines has nothing to follow", path.display());
+            Ok(None)
+        }
         Inspection::Unsupported { version, why } => {
             eprintln!(
                 "probe: {} is a Go program ({version}) whose goroutines cannot be followed: {why}; showing its threads",
@@ -130,7 +134,14 @@ fn run(args: Args) -> Result<i32> {
         (None, None) => None,
     };
     let go = match &executable {
-        Some(path) if !args.no_syscalls => go_binary(path)?,
+        Some(path) if args.goroutines => go_binary(path)?,
+        Some(path) if golang::binary::is_go(path) => {
+            eprintln!(
+                "probe: {} is a Go program: --goroutines shows which goroutine made each syscall, at a cost to every goroutine switch",
+                path.display()
+            );
+            None
+        }
         _ => None,
     };
     let config = Config {

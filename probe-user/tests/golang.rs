@@ -33,7 +33,7 @@ fn build(name: &str, flags: &[&str]) -> PathBuf {
 /// probe's JSON trace of `binary args` in COMMAND mode, the program's
 /// stdout and probe's stderr.
 fn trace(name: &str, binary: &Path, args: &[&str]) -> (Trace, String, String) {
-    let (trace, output) = trace_program(name, &[], binary, args);
+    let (trace, output) = trace_program(name, &["--goroutines"], binary, args);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "{stderr}");
     (trace, String::from_utf8_lossy(&output.stdout).into_owned(), stderr)
@@ -114,4 +114,13 @@ fn a_stripped_go_binary_gets_a_note_and_the_thread_view() {
     assert!(stderr.contains("is a Go program") && stderr.contains("stripped"), "{stderr}");
     assert!(trace.summary.get("goroutines").is_none());
     assert!(!trace.summary["threads"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn without_goroutines_a_go_program_gets_a_hint_and_no_uprobes() {
+    let binary = build("hello", &[]);
+    let (trace, output) = trace_program("go-hint", &[], &binary, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is a Go program: --goroutines"), "{stderr}");
+    assert!(trace.summary.get("goroutines").is_none());
 }

@@ -47,6 +47,15 @@ impl GoBinary {
     }
 }
 
+/// Whether the executable at `path` is a Go program (it has the section
+/// the Go linker writes its build information to).
+pub fn is_go(path: &Path) -> bool {
+    let Ok(data) = fs::read(path) else {
+        return false;
+    };
+    object::File::parse(&*data).is_ok_and(|file| file.section_by_name(".go.buildinfo").is_some())
+}
+
 /// Reads the executable at `path`.
 pub fn inspect(path: &Path) -> Result<Inspection> {
     let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -214,5 +223,6 @@ mod tests {
         let me = std::env::current_exe().unwrap();
         assert!(matches!(inspect(&me).unwrap(), Inspection::NotGo));
         assert!(matches!(inspect(Path::new("/etc/hostname")).unwrap(), Inspection::NotGo));
+        assert!(!is_go(&me) && !is_go(Path::new("/nonexistent")));
     }
 }
