@@ -2,7 +2,6 @@
 //! the io_uring tracepoints' fields move between kernels.
 
 use std::{
-    ffi::CString,
     fs,
     path::{Path, PathBuf},
 };
@@ -17,12 +16,16 @@ pub fn mount_point() -> Result<PathBuf> {
             return Ok(PathBuf::from(path));
         }
     }
-    let target = CString::new("/sys/kernel/tracing").expect("no NUL");
-    let kind = CString::new("tracefs").expect("no NUL");
-    let source = CString::new("nodev").expect("no NUL");
-    // SAFETY: NUL-terminated strings that outlive the call; no data.
-    let mounted =
-        unsafe { libc::mount(source.as_ptr(), target.as_ptr(), kind.as_ptr(), 0, std::ptr::null()) };
+    // SAFETY: NUL-terminated static strings; no data.
+    let mounted = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if mounted != 0 {
         let err = std::io::Error::last_os_error();
         bail!("tracefs is not mounted and mounting it at /sys/kernel/tracing failed: {err}");
