@@ -5,6 +5,8 @@
 //! and make decoding depend on garbage) and starts with an [`EventKind`] tag.
 #![no_std]
 
+pub mod names;
+
 /// Tags the record type at the start of every ring-buffer record.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,20 +147,6 @@ pub struct GoEvent {
     pub ts_ns: u64,
 }
 
-impl GoEvent {
-    /// Decodes one ring-buffer record; `None` unless it is exactly a
-    /// `GoEvent` with a Go tag.
-    pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let event: Self = read_record(bytes)?;
-        match EventKind::from_u32(event.kind) {
-            Some(EventKind::GoExecute | EventKind::GoSchedule | EventKind::GoExit | EventKind::GoSysmon) => {
-                Some(event)
-            }
-            _ => None,
-        }
-    }
-}
-
 /// What the start-up check program read from probe's own task, to prove
 /// that the `task_struct` offsets found in BTF are right before any result
 /// depends on them.
@@ -256,15 +244,6 @@ pub struct IoUringEvent {
     pub op_name: [u8; OP_NAME_LEN],
 }
 
-impl IoUringEvent {
-    /// Decodes one ring-buffer record; `None` unless it is exactly an
-    /// `IoUringEvent` with its tag.
-    pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let event: Self = read_record(bytes)?;
-        (EventKind::from_u32(event.kind) == Some(EventKind::IoUring)).then_some(event)
-    }
-}
-
 /// An io_uring request in flight, by request address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -298,12 +277,32 @@ pub struct LostCall {
 /// Capacity of `LOST_CALLS`: (thread, syscall, errno) combinations.
 pub const MAX_LOST_KEYS: u32 = 1 << 20;
 
-impl SyscallEvent {
-    /// Decodes one ring-buffer record; `None` unless it is exactly a
-    /// `SyscallEvent` with the right tag.
+/// A ring-buffer record, decoded: the one place a record's tag is read.
+/// A new record kind is a struct above, a variant here and its arm in
+/// [`Record::decode`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record {
+    Syscall(SyscallEvent),
+    Sched(SchedEvent),
+    Go(GoEvent),
+    IoUring(IoUringEvent),
+}
+
+impl Record {
+    /// Decodes one ring-buffer record, whatever its bytes: `None` unless it
+    /// starts with a known tag and has exactly its type's size.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let event: Self = read_record(bytes)?;
-        (EventKind::from_u32(event.kind) == Some(EventKind::Syscall)).then_some(event)
+        let tag = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+        Some(match EventKind::from_u32(tag)? {
+            EventKind::Syscall => Self::Syscall(read_record(bytes)?),
+            EventKind::SwitchOut | EventKind::SwitchIn | EventKind::Wakeup | EventKind::WakeupNew => {
+                Self::Sched(read_record(bytes)?)
+            }
+            EventKind::GoExecute | EventKind::GoSchedule | EventKind::GoExit | EventKind::GoSysmon => {
+                Self::Go(read_record(bytes)?)
+            }
+            EventKind::IoUring => Self::IoUring(read_record(bytes)?),
+        })
     }
 }
 
@@ -318,20 +317,6 @@ fn read_record<T: Copy>(bytes: &[u8]) -> Option<T> {
     // SAFETY: the length is checked, the read is unaligned, and every bit
     // pattern is a valid `T` (see above).
     Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) })
-}
-
-impl SchedEvent {
-    /// Decodes one ring-buffer record; `None` unless it is exactly a
-    /// `SchedEvent` with a scheduler tag.
-    pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let event: Self = read_record(bytes)?;
-        match EventKind::from_u32(event.kind) {
-            Some(EventKind::SwitchOut | EventKind::SwitchIn | EventKind::Wakeup | EventKind::WakeupNew) => {
-                Some(event)
-            }
-            _ => None,
-        }
-    }
 }
 
 /// Capacity of the map of parked calls: threads blocked in a syscall at once.
@@ -375,9 +360,9 @@ mod tests {
             duration_ns: 6,
             comm: [b'x'; COMM_LEN],
         };
-        assert_eq!(SyscallEvent::decode(bytes(&syscall)), Some(syscall));
-        assert_eq!(SchedEvent::decode(bytes(&syscall)), None);
-        assert_eq!(SyscallEvent::decode(&bytes(&syscall)[1..]), None);
+        assert_eq!(Record::decode(bytes(&syscall)), Some(Record::Syscall(syscall)));
+        assert_eq!(Record::decode(&bytes(&syscall)[1..]), None);
+        assert_eq!(Record::decode(&bytes(&syscall)[..48]), None);
 
         let mut switch = SchedEvent {
             kind: EventKind::SwitchIn as u32,
@@ -389,11 +374,12 @@ mod tests {
             ts_ns: 7,
             comm: [0; COMM_LEN],
         };
-        assert_eq!(SchedEvent::decode(bytes(&switch)), Some(switch));
+        assert_eq!(Record::decode(bytes(&switch)), Some(Record::Sched(switch)));
         switch.kind = 99;
-        assert_eq!(SchedEvent::decode(bytes(&switch)), None);
+        assert_eq!(Record::decode(bytes(&switch)), None);
+        // A scheduler record's size under the syscall tag is refused.
         switch.kind = EventKind::Syscall as u32;
-        assert_eq!(SchedEvent::decode(bytes(&switch)), None);
+        assert_eq!(Record::decode(bytes(&switch)), None);
     }
 }
 

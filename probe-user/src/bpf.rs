@@ -1,10 +1,9 @@
 //! Loads the embedded kernel programs, configures them and attaches them.
 
 use std::{
-    collections::HashMap as StdHashMap,
-    fs, io,
+    io,
     os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::Duration,
 };
 
@@ -16,18 +15,21 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use probe_common::{syscall_flags, Counter, InFlight, LostCall, OffsetCheck, SyscallEvent, MAX_SYSCALL_NR};
+use probe_common::{
+    names::{global, map, program},
+    syscall_flags, Counter, InFlight, LostCall, OffsetCheck, SyscallEvent, MAX_SYSCALL_NR,
+};
 use syscalls::Sysno;
 
 use crate::{
     btf::{self, TaskOffsets},
-    golang::binary::RUNTIME_FUNCTIONS,
-    report::Losses,
-    target::thread_alive,
+    procfs,
     tracefs::{self, Format},
 };
 
-/// The object `cargo xtask build` compiled from `probe-ebpf`.
+/// The object `cargo xtask build` compiled from `probe-ebpf`; empty when
+/// the build script found none (`cargo check`, clippy and unit tests on
+/// stable Rust alone).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PROBE_EBPF_OBJECT"));
 
 /// Ring-buffer bytes per CPU by default: at ~2 M syscalls/s a CPU fills
@@ -110,6 +112,23 @@ pub struct GoTarget {
     pub path: PathBuf,
     pub goid_offset: u32,
     pub startpc_offset: u32,
+    /// Each Go program and the runtime function it goes on.
+    pub uprobes: &'static [(&'static str, &'static str)],
+}
+
+/// What the kernel programs counted and could not deliver, by cause (the
+/// `Counter` slots, summed over CPUs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drops {
+    /// Records the full ring buffer refused.
+    pub ring_buffer: u64,
+    /// Syscalls lost because the map of calls parked off-CPU was full.
+    pub in_flight_full: u64,
+    /// Of `ring_buffer`, syscall records the map of lost calls had no room
+    /// to count either.
+    pub uncounted: u64,
+    /// io_uring requests not followed: the map of requests was full.
+    pub io_uring_full: u64,
 }
 
 /// The default ring-buffer size for this machine.
@@ -158,6 +177,9 @@ impl Probe {
     /// Loads and attaches the programs; from the return on, every traced
     /// syscall is recorded.
     pub fn attach(config: &Config, with_logs: bool) -> Result<(Self, Streams)> {
+        if OBJECT.is_empty() {
+            bail!("this probe was built without its kernel programs: build it with `cargo xtask build`");
+        }
         check_privileges()?;
         let ring_bytes = match config.buffer_bytes {
             Some(bytes) => bytes,
@@ -185,25 +207,29 @@ impl Probe {
         };
         let at = |field: fn(&IoUringLayout) -> u32| io_uring.as_ref().map_or(0, field);
         let mut ebpf = EbpfLoader::new()
-            .override_global("SELF_PID", &self_pid, true)
-            .override_global("FILTER_PIDS", &filter_pids, true)
-            .override_global("FILTER_SYSCALLS", &filter_syscalls, true)
-            .override_global("TRACE_SCHED", &trace_sched, true)
-            .override_global("WAKEUP_RECORDS", &wakeup_records, true)
-            .override_global("TASK_PID_OFFSET", &offsets.pid, true)
-            .override_global("TASK_TGID_OFFSET", &offsets.tgid, true)
-            .override_global("GO_GOID_OFFSET", &config.go.as_ref().map_or(0, |go| go.goid_offset), true)
-            .override_global("GO_STARTPC_OFFSET", &config.go.as_ref().map_or(0, |go| go.startpc_offset), true)
-            .override_global("IOU_SUBMIT_CTX", &at(|l| l.submit_ctx), true)
-            .override_global("IOU_SUBMIT_REQ", &at(|l| l.submit_req), true)
-            .override_global("IOU_SUBMIT_OPCODE", &at(|l| l.submit_opcode), true)
-            .override_global("IOU_SUBMIT_OP_STR", &at(|l| l.submit_op_str), true)
-            .override_global("IOU_ASYNC_REQ", &at(|l| l.async_req), true)
-            .override_global("IOU_COMPLETE_REQ", &at(|l| l.complete_req), true)
-            .override_global("IOU_COMPLETE_RES", &at(|l| l.complete_res), true)
-            .override_global("IOU_CREATE_CTX", &at(|l| l.create_ctx), true)
-            .map_max_entries("EVENTS", ring_bytes)
-            .map_max_entries("TRACED", pid_max()?)
+            .override_global(global::SELF_PID, &self_pid, true)
+            .override_global(global::FILTER_PIDS, &filter_pids, true)
+            .override_global(global::FILTER_SYSCALLS, &filter_syscalls, true)
+            .override_global(global::TRACE_SCHED, &trace_sched, true)
+            .override_global(global::WAKEUP_RECORDS, &wakeup_records, true)
+            .override_global(global::TASK_PID_OFFSET, &offsets.pid, true)
+            .override_global(global::TASK_TGID_OFFSET, &offsets.tgid, true)
+            .override_global(global::GO_GOID_OFFSET, &config.go.as_ref().map_or(0, |go| go.goid_offset), true)
+            .override_global(
+                global::GO_STARTPC_OFFSET,
+                &config.go.as_ref().map_or(0, |go| go.startpc_offset),
+                true,
+            )
+            .override_global(global::IOU_SUBMIT_CTX, &at(|l| l.submit_ctx), true)
+            .override_global(global::IOU_SUBMIT_REQ, &at(|l| l.submit_req), true)
+            .override_global(global::IOU_SUBMIT_OPCODE, &at(|l| l.submit_opcode), true)
+            .override_global(global::IOU_SUBMIT_OP_STR, &at(|l| l.submit_op_str), true)
+            .override_global(global::IOU_ASYNC_REQ, &at(|l| l.async_req), true)
+            .override_global(global::IOU_COMPLETE_REQ, &at(|l| l.complete_req), true)
+            .override_global(global::IOU_COMPLETE_RES, &at(|l| l.complete_res), true)
+            .override_global(global::IOU_CREATE_CTX, &at(|l| l.create_ctx), true)
+            .map_max_entries(map::EVENTS, ring_bytes)
+            .map_max_entries(map::TRACED, procfs::pid_max()?)
             .load(OBJECT)
             .context(
                 "cannot load probe's BPF programs (they need Linux 5.18 or later, with BPF ring buffers)",
@@ -218,10 +244,18 @@ impl Probe {
         set_syscall_flags(&mut ebpf, &config.only)?;
 
         if config.floor {
-            let floor: &mut RawTracePoint =
-                ebpf.program_mut("floor").context("the BPF object lacks the program floor")?.try_into()?;
+            let floor: &mut RawTracePoint = ebpf
+                .program_mut(program::FLOOR)
+                .context("the BPF object lacks the program floor")?
+                .try_into()?;
             floor.load().context("the kernel refused the BPF program floor")?;
-            for tracepoint in ["sys_enter", "sys_exit", "sched_switch", "sched_wakeup", "sched_wakeup_new"] {
+            for tracepoint in [
+                program::SYS_ENTER,
+                program::SYS_EXIT,
+                program::SCHED_SWITCH,
+                program::SCHED_WAKEUP,
+                program::SCHED_WAKEUP_NEW,
+            ] {
                 floor
                     .attach(tracepoint)
                     .with_context(|| format!("cannot attach to the raw tracepoint {tracepoint}"))?;
@@ -233,31 +267,39 @@ impl Probe {
         }
         let mut programs = Vec::new();
         if config.sched {
-            programs.extend(["sched_wakeup", "sched_wakeup_new"]);
+            programs.extend([program::SCHED_WAKEUP, program::SCHED_WAKEUP_NEW]);
         }
         if config.follow_forks && config.filter_pids {
-            programs.push("sched_process_fork");
+            programs.push(program::SCHED_PROCESS_FORK);
         }
         // sched_switch also parks the calls of threads that leave their CPU
         // mid-syscall, so it goes before sys_enter, and sys_exit before
         // both: no call is then recorded that nothing would complete.
         match (config.syscalls, config.sched) {
-            (true, _) => programs.extend(["sched_process_exit", "sys_exit", "sched_switch", "sys_enter"]),
-            (false, true) => programs.extend(["sched_process_exit", "sched_switch"]),
+            (true, _) => programs.extend([
+                program::SCHED_PROCESS_EXIT,
+                program::SYS_EXIT,
+                program::SCHED_SWITCH,
+                program::SYS_ENTER,
+            ]),
+            (false, true) => programs.extend([program::SCHED_PROCESS_EXIT, program::SCHED_SWITCH]),
             (false, false) => {}
         }
         for program in programs {
             attach(&mut ebpf, program, program)?;
         }
         if let Some(go) = &config.go {
-            attach_go(&mut ebpf, &go.path)?;
+            attach_go(&mut ebpf, go)?;
         }
         if io_uring.is_some() {
             // Completion last: no request is then followed that nothing
             // would complete.
-            for event in
-                ["io_uring_complete", "io_uring_queue_async_work", "io_uring_create", "io_uring_submit_req"]
-            {
+            for event in [
+                program::IO_URING_COMPLETE,
+                program::IO_URING_QUEUE_ASYNC_WORK,
+                program::IO_URING_CREATE,
+                program::IO_URING_SUBMIT_REQ,
+            ] {
                 let program: &mut TracePoint = ebpf
                     .program_mut(event)
                     .with_context(|| format!("the BPF object lacks {event}"))?
@@ -277,17 +319,17 @@ impl Probe {
         mut ebpf: Ebpf,
         logs: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     ) -> Result<(Self, Streams)> {
-        let events = take_map(&mut ebpf, "EVENTS")?;
+        let events = take_map(&mut ebpf, map::EVENTS)?;
         let probe = Self {
-            traced: take_map(&mut ebpf, "TRACED")?,
-            counters: take_map(&mut ebpf, "COUNTERS")?,
+            traced: take_map(&mut ebpf, map::TRACED)?,
+            counters: take_map(&mut ebpf, map::COUNTERS)?,
             lost_calls: LostCalls {
-                maps: [raw_map(&mut ebpf, "LOST_CALLS_0")?, raw_map(&mut ebpf, "LOST_CALLS_1")?],
-                active_index: take_map(&mut ebpf, "LOST_CALLS_ACTIVE")?,
+                maps: [raw_map(&mut ebpf, map::LOST_CALLS_0)?, raw_map(&mut ebpf, map::LOST_CALLS_1)?],
+                active_index: take_map(&mut ebpf, map::LOST_CALLS_ACTIVE)?,
                 active: 0,
                 last_taken: 0,
             },
-            calls_off_cpu: take_map(&mut ebpf, "CALLS_OFF_CPU")?,
+            calls_off_cpu: take_map(&mut ebpf, map::CALLS_OFF_CPU)?,
             ebpf,
             stats: None,
         };
@@ -316,17 +358,16 @@ impl Probe {
     }
 
     /// Events lost in the kernel so far.
-    pub fn losses(&self) -> Result<Losses> {
+    pub fn drops(&self) -> Result<Drops> {
         let sum = |counter: Counter| -> Result<u64> {
-            let values = self.counters.get(&(counter as u32), 0)?;
+            let values = self.counters.get(&(counter as u32), 0).context("cannot read the loss counters")?;
             Ok(values.iter().sum())
         };
-        Ok(Losses {
+        Ok(Drops {
             ring_buffer: sum(Counter::LostEvents)?,
             in_flight_full: sum(Counter::InFlightFull)?,
             io_uring_full: sum(Counter::IoUringFull)?,
             uncounted: sum(Counter::LostUncounted)?,
-            undecodable: 0,
         })
     }
 
@@ -336,27 +377,17 @@ impl Probe {
         (self.calls_off_cpu.keys().count(), self.lost_calls.last_taken)
     }
 
-    /// Syscalls whose records were dropped, by thread, syscall and errno,
-    /// and whether the thread is gone: what the kernel counted in the map it
-    /// stopped using at the previous call. With `all`, when the trace is
-    /// over, the other map too, after the programs have had time to finish.
-    pub fn take_lost_calls(&mut self, all: bool) -> Result<Vec<(LostCall, u64, bool)>> {
+    /// Syscalls whose records were dropped, by thread, syscall and errno:
+    /// what the kernel counted in the map it stopped using at the previous
+    /// call. With `all`, when the trace is over, the other map too, after
+    /// the programs have had time to finish.
+    pub fn take_lost_calls(&mut self, all: bool) -> Result<Vec<(LostCall, u64)>> {
         let mut taken = self.lost_calls.turn()?;
         if all {
             std::thread::sleep(LAST_TURN_GRACE);
             taken.extend(self.lost_calls.turn()?);
         }
-        // A thread has several keys (syscalls, errnos): ask /proc once.
-        let mut dead_threads: StdHashMap<(u32, u32), bool> = StdHashMap::new();
-        Ok(taken
-            .into_iter()
-            .map(|(call, calls)| {
-                let dead = *dead_threads
-                    .entry((call.pid, call.tid))
-                    .or_insert_with(|| !thread_alive(call.pid, call.tid));
-                (call, calls, dead)
-            })
-            .collect())
+        Ok(taken)
     }
 }
 
@@ -434,19 +465,12 @@ fn take_all(fd: RawFd) -> io::Result<Vec<(LostCall, u64)>> {
     }
 }
 
-/// The kernel's largest PID plus one, which sizes the traced-PID bitmap.
-fn pid_max() -> Result<u32> {
-    let text =
-        fs::read_to_string("/proc/sys/kernel/pid_max").context("cannot read /proc/sys/kernel/pid_max")?;
-    text.trim().parse().context("cannot parse /proc/sys/kernel/pid_max")
-}
-
 /// Marks which syscalls never return, may rename the thread, and (with
 /// `-e`) are wanted.
 fn set_syscall_flags(ebpf: &mut Ebpf, only: &[Sysno]) -> Result<()> {
     // Borrowed, not taken: a taken map is closed when dropped, and the
     // programs, still to be loaded, need it open.
-    let map = ebpf.map_mut("SYSCALL_FLAGS").context("the BPF object lacks the map SYSCALL_FLAGS")?;
+    let map = ebpf.map_mut(map::SYSCALL_FLAGS).context("the BPF object lacks the map SYSCALL_FLAGS")?;
     let mut table: Array<&mut MapData, u8> = Array::try_from(map)?;
     let mut flags = vec![0u8; MAX_SYSCALL_NR as usize];
     let mut mark = |sysno: Sysno, flag: u8| -> Result<()> {
@@ -474,9 +498,9 @@ fn set_syscall_flags(ebpf: &mut Ebpf, only: &[Sysno]) -> Result<()> {
 /// Puts the Go programs on the runtime functions of the executable at
 /// `path`, for every process that runs it (the programs keep to the traced
 /// ones).
-fn attach_go(ebpf: &mut Ebpf, path: &Path) -> Result<()> {
-    let functions = ["go_execute", "go_schedule", "go_exit", "go_sysmon"].into_iter().zip(RUNTIME_FUNCTIONS);
-    for (program, function) in functions {
+fn attach_go(ebpf: &mut Ebpf, go: &GoTarget) -> Result<()> {
+    let path = &go.path;
+    for &(program, function) in go.uprobes {
         let uprobe: &mut UProbe = ebpf
             .program_mut(program)
             .with_context(|| format!("the BPF object lacks {program}"))?
@@ -503,15 +527,15 @@ fn attach(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<RawTracePo
 /// kernel's own answer. A wrong layout would silently misattribute every
 /// scheduler event, so it stops probe instead.
 fn check_offsets(ebpf: &mut Ebpf, offsets: TaskOffsets) -> Result<()> {
-    let link = attach(ebpf, "check_offsets", "sys_enter")?;
+    let link = attach(ebpf, program::CHECK_OFFSETS, program::SYS_ENTER)?;
     // SAFETY: getppid has no arguments and no side effects; it is the
     // syscall that the check program observes.
     unsafe { libc::getppid() };
     let raw: &mut RawTracePoint =
-        ebpf.program_mut("check_offsets").context("check_offsets vanished")?.try_into()?;
+        ebpf.program_mut(program::CHECK_OFFSETS).context("check_offsets vanished")?.try_into()?;
     raw.detach(link).context("cannot detach check_offsets")?;
     let checks: Array<&MapData, OffsetCheck> =
-        Array::try_from(ebpf.map("OFFSET_CHECK").context("the BPF object lacks OFFSET_CHECK")?)?;
+        Array::try_from(ebpf.map(map::OFFSET_CHECK).context("the BPF object lacks OFFSET_CHECK")?)?;
     let seen = checks.get(&0, 0).context("cannot read OFFSET_CHECK")?;
     let expected = (seen.pid_tgid as u32, (seen.pid_tgid >> 32) as u32);
     if seen.pid_tgid == 0 || (seen.pid, seen.tgid) != expected {
@@ -542,12 +566,7 @@ where
 /// Fails early, with what to do, when the capabilities are missing: the
 /// kernel's own answer would be a bare EPERM deep inside the loader.
 fn check_privileges() -> Result<()> {
-    let status = fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
-    let effective = status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .context("cannot read the effective capabilities from /proc/self/status")?;
+    let effective = procfs::effective_capabilities()?;
     let has = |cap: u32| effective & (1 << cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         return Ok(());

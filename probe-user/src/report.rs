@@ -8,10 +8,7 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 use syscalls::{Errno, Sysno};
 
-use crate::{
-    aggregate::{sched::SchedStats, SyscallStats, Table, ThreadKey, ThreadStats},
-    target::thread_name,
-};
+use crate::aggregate::{sched::SchedStats, SyscallStats, Table, ThreadKey, ThreadStats};
 
 /// Which report this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -324,12 +321,7 @@ fn thread_report(key: ThreadKey, thread: &ThreadStats) -> ThreadReport {
         tid: key.tid,
         generation: key.generation,
         pid: key.pid,
-        comm: match thread.comm.is_empty() {
-            // Only seen switching in or woken up, never as itself (records
-            // made by the thread carry its name): ask the kernel.
-            true => thread_name(key.pid, key.tid).unwrap_or_default(),
-            false => thread.comm.clone(),
-        },
+        comm: thread.comm.clone(),
         exited: thread.exited,
         syscalls: syscall_reports(&thread.syscalls),
         sched: thread.sched.as_ref().map(sched_report),

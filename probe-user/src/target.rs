@@ -21,8 +21,7 @@ use nix::{
     unistd::{execv, fork, pipe2, read, write, ForkResult, Pid},
 };
 
-/// `PF_KTHREAD` in `/proc/PID/stat`'s flags (include/linux/sched.h).
-const PF_KTHREAD: u64 = 0x0020_0000;
+use crate::procfs;
 
 /// A COMMAND that probe could not start, with the exit status a shell
 /// would give (127: not found, 126: found but not runnable).
@@ -65,39 +64,11 @@ impl PidTarget {
         }
         // SAFETY: the kernel just returned this fd, and nothing else owns it.
         let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        if is_kernel_thread(pid) {
+        if procfs::is_kernel_thread(pid) {
             bail!("PID {pid} is a kernel thread: it makes no syscalls to trace");
         }
         Ok(Self { pid, pidfd })
     }
-}
-
-/// Whether thread `tid` of process `pid` still exists.
-pub fn thread_alive(pid: u32, tid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}/task/{tid}")).exists()
-}
-
-/// A live thread's name, from `/proc`.
-pub fn thread_name(pid: u32, tid: u32) -> Option<String> {
-    let comm = fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok()?;
-    Some(comm.trim_end_matches('\n').to_owned())
-}
-
-/// Whether process `pid` still exists.
-pub fn process_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
-fn is_kernel_thread(pid: u32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The name in parentheses may hold spaces; the fields after it do not.
-    // flags is the 9th field, the 7th after the name.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(6))
-        .and_then(|flags| flags.parse::<u64>().ok())
-        .is_some_and(|flags| flags & PF_KTHREAD != 0)
 }
 
 /// A COMMAND forked and held just before `exec`, so that probe can put it in
@@ -110,7 +81,8 @@ pub struct GatedCommand {
     pub output: Option<OwnedFd>,
     /// The executable it will run, as found on PATH.
     pub path: PathBuf,
-    go: OwnedFd,
+    /// Written to (or closed) to let the child exec.
+    gate: OwnedFd,
     exec_error: OwnedFd,
     program: String,
 }
@@ -134,7 +106,7 @@ impl GatedCommand {
         let executable = path.clone();
         let path =
             CString::new(path.into_os_string().into_vec()).context("the COMMAND contains a NUL byte")?;
-        let (go_read, go_write) = pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
+        let (gate_read, gate_write) = pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
         let (error_read, error_write) = pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
         let captured = match capture {
             true => {
@@ -150,7 +122,7 @@ impl GatedCommand {
         // async-signal-safe functions before exec or _exit.
         match unsafe { fork() }.context("cannot fork")? {
             ForkResult::Child => {
-                drop(go_write);
+                drop(gate_write);
                 drop(error_read);
                 if let Some((null, _, write_end)) = &captured {
                     // SAFETY: dup2 is async-signal-safe; the copies it makes
@@ -162,8 +134,8 @@ impl GatedCommand {
                     }
                 }
                 let mut byte = [0u8];
-                // EOF instead of the go byte: probe died before attaching.
-                if !matches!(read(&go_read, &mut byte), Ok(1)) {
+                // EOF instead of the gate byte: probe died before attaching.
+                if !matches!(read(&gate_read, &mut byte), Ok(1)) {
                     // SAFETY: _exit is async-signal-safe.
                     unsafe { libc::_exit(127) };
                 }
@@ -176,7 +148,7 @@ impl GatedCommand {
                 pid: child,
                 output: captured.map(|(_, read_end, _)| read_end),
                 path: executable,
-                go: go_write,
+                gate: gate_write,
                 exec_error: error_read,
                 program,
             }),
@@ -185,9 +157,9 @@ impl GatedCommand {
 
     /// Lets the child exec; fails, after reaping it, if exec failed.
     pub fn release(self) -> Result<Pid, SpawnError> {
-        let Self { pid, go, exec_error, program, .. } = self;
-        let released = write(&go, &[1]);
-        drop(go);
+        let Self { pid, gate, exec_error, program, .. } = self;
+        let released = write(&gate, &[1]);
+        drop(gate);
         let mut raw = [0u8; 4];
         // The error pipe closes on a successful exec: EOF means it ran.
         let failure = match read(&exec_error, &mut raw) {

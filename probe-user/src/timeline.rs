@@ -13,11 +13,16 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use probe_common::{EventKind, SchedEvent, SyscallEvent, COMM_LEN, SYSCALL_NO_RETURN};
+use probe_common::{EventKind, Record, SchedEvent, SyscallEvent, COMM_LEN, SYSCALL_NO_RETURN};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::{json, Value};
 
-use crate::{report::syscall_name, target::thread_name};
+use crate::{
+    aggregate::World,
+    output::{Flow, Interval, Sink},
+    procfs::Proc,
+    report::{syscall_name, Report},
+};
 
 /// The pseudo-process whose threads are the CPUs. Chrome's format wants
 /// numbers, and no PID reaches this high (`PID_MAX_LIMIT` is 2^22).
@@ -98,7 +103,7 @@ impl Timeline {
 
     /// Adds a completed (or never-returning) syscall as a slice on its
     /// thread's track.
-    pub fn syscall(&mut self, event: &SyscallEvent) {
+    fn syscall(&mut self, event: &SyscallEvent) {
         self.name_thread(event.pid, event.tid, &event.comm);
         let mut slice = json!({
             "ph": "X",
@@ -115,7 +120,7 @@ impl Timeline {
     }
 
     /// Follows the runs of traced threads on each CPU.
-    pub fn sched(&mut self, event: &SchedEvent) {
+    fn sched(&mut self, event: &SchedEvent) {
         match EventKind::from_u32(event.kind) {
             Some(EventKind::SwitchIn) => {
                 self.name_thread(event.pid, event.tid, &event.comm);
@@ -150,13 +155,13 @@ impl Timeline {
 
     /// Ends the file (its metadata say what the limit cut) and flushes it;
     /// returns a line for stderr when events were cut.
-    pub fn finish(mut self) -> Result<Option<String>> {
+    fn end(&mut self) -> Result<Option<String>> {
         let tail = json!({"events": self.written, "events_cut": self.cut, "limit": self.limit.map(|l| l.to_string())});
         if self.error.is_none() {
             let result = write!(self.out, "\n],\"otherData\":{tail}}}\n").and_then(|()| self.out.flush());
             self.error = result.err();
         }
-        if let Some(err) = self.error {
+        if let Some(err) = self.error.take() {
             return Err(err).with_context(|| format!("cannot write the timeline to {}", self.path.display()));
         }
         Ok((self.cut > 0).then(|| {
@@ -191,7 +196,7 @@ impl Timeline {
         let known = self.names.get(&(pid, tid));
         let name = match (end, known) {
             (0, Some(_)) => return,
-            (0, None) => thread_name(pid, tid).unwrap_or_default(),
+            (0, None) => Proc.thread_name(pid, tid).unwrap_or_default(),
             (_, _) => String::from_utf8_lossy(&comm[..end]).into_owned(),
         };
         if known == Some(&name) {
@@ -236,6 +241,31 @@ impl Timeline {
             .write_all(separator)
             .and_then(|()| serde_json::to_writer(&mut self.out, event).map_err(io::Error::from));
         self.error = result.err();
+    }
+}
+
+impl Sink for Timeline {
+    fn follows_records(&self) -> bool {
+        true
+    }
+
+    fn record(&mut self, record: &Record) {
+        match record {
+            Record::Syscall(event) => self.syscall(event),
+            Record::Sched(event) => self.sched(event),
+            Record::Go(_) | Record::IoUring(_) => {}
+        }
+    }
+
+    fn interval(&mut self, _interval: &Interval<'_>) -> Result<Flow> {
+        Ok(Flow::Continue)
+    }
+
+    fn finish(&mut self, _summary: &Report) -> Result<()> {
+        if let Some(cut) = self.end()? {
+            eprintln!("{cut}");
+        }
+        Ok(())
     }
 }
 

@@ -54,6 +54,9 @@ enum Tracer {
     Bpftrace,
     PerfTrace,
     Strace,
+    /// `--against BINARY`: another build of probe, beside this one.
+    AgainstPid,
+    AgainstSystem,
 }
 
 const TRACERS: [Tracer; 9] = [
@@ -90,6 +93,8 @@ impl Tracer {
             Tracer::Bpftrace => "bpftrace histogram",
             Tracer::PerfTrace => "perf trace -s",
             Tracer::Strace => "strace -f -c",
+            Tracer::AgainstPid => "--against probe --pid",
+            Tracer::AgainstSystem => "--against probe (whole system)",
         }
     }
 }
@@ -113,15 +118,23 @@ struct Sample {
 
 struct Paths {
     probe: PathBuf,
+    /// Another build of probe to measure beside this one.
+    against: Option<PathBuf>,
     workload: PathBuf,
     report: PathBuf,
 }
 
 /// Runs every workload under every tracer, `rounds` times, and prints and
-/// saves the medians.
-pub fn bench(root: &Path, rounds: usize) -> Result<()> {
+/// saves the medians; with `against`, also under that build of probe (the
+/// commit before a change, say), interleaved in the same rounds.
+pub fn bench(root: &Path, rounds: usize, against: Option<PathBuf>) -> Result<()> {
     install_peers()?;
+    let mut tracers = TRACERS.to_vec();
+    if against.is_some() {
+        tracers.extend([Tracer::AgainstPid, Tracer::AgainstSystem]);
+    }
     let paths = Paths {
+        against,
         probe: root.join("target/release/probe"),
         workload: root.join("target/release/examples/workload"),
         report: root.join("target/bench/probe-report.json"),
@@ -131,7 +144,7 @@ pub fn bench(root: &Path, rounds: usize) -> Result<()> {
     for round in 1..=rounds {
         eprintln!("xtask: bench round {round} of {rounds}");
         for (w, workload) in WORKLOADS.iter().enumerate() {
-            for tracer in TRACERS {
+            for &tracer in &tracers {
                 let sample = measure(&paths, workload, tracer)
                     .with_context(|| format!("{} under {}", workload.name, tracer.name()))?;
                 samples.entry((w, tracer)).or_default().push(sample);
@@ -158,11 +171,13 @@ fn install_peers() -> Result<()> {
 
 fn measure(paths: &Paths, workload: &Workload, tracer: Tracer) -> Result<Sample> {
     let args = workload.args(tracer.divisor());
-    let probe = |args: &[&str]| {
-        let mut command = Command::new(&paths.probe);
+    let build = |binary: &Path, args: &[&str]| {
+        let mut command = Command::new(binary);
         command.args(["--json", "-o"]).arg(&paths.report).args(args);
         command
     };
+    let probe = |args: &[&str]| build(&paths.probe, args);
+    let against = || paths.against.as_deref().map(|binary| build(binary, &[])).context("no --against build");
     let with_workload = |mut command: Command| {
         command.arg("--").arg(&paths.workload).args(&args);
         command
@@ -178,6 +193,8 @@ fn measure(paths: &Paths, workload: &Workload, tracer: Tracer) -> Result<Sample>
         Tracer::ProbeNoSched => traced_by_probe(paths, with_workload(probe(&["--no-sched"])), true),
         Tracer::ProbePid => probe_pid(paths, &args, probe(&[])),
         Tracer::ProbeSystem => probe_system(paths, &args, probe(&[])),
+        Tracer::AgainstPid => probe_pid(paths, &args, against()?),
+        Tracer::AgainstSystem => probe_system(paths, &args, against()?),
         Tracer::Bpftrace => {
             let mut command = Command::new("bpftrace");
             command.args(["-q", "-e", BPFTRACE_PROGRAM, "-c"]).arg(shell_words(&paths.workload, &args));
@@ -333,12 +350,21 @@ fn summarize(samples: &BTreeMap<(usize, Tracer), Vec<Sample>>) -> Value {
             let ns = |tracer| pick(w, tracer, |s| Some(s.ns_per_op)).unwrap_or(f64::NAN);
             let base = ns(Tracer::Untraced);
             let overhead = |tracer| ns(tracer) - base;
-            let rows: Vec<Value> = TRACERS
-                .iter()
-                .map(|&tracer| {
+            let spread = |tracer| {
+                let values = samples.get(&(w, tracer)).into_iter().flatten().map(|s| s.ns_per_op);
+                let (min, max) =
+                    values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+                (min, max)
+            };
+            let measured = samples.keys().filter(|&&(sw, _)| sw == w).map(|&(_, tracer)| tracer);
+            let rows: Vec<Value> = measured
+                .map(|tracer| {
+                    let (min, max) = spread(tracer);
                     json!({
                         "tracer": tracer.name(),
                         "ns_per_op": ns(tracer),
+                        "ns_per_op_min": min,
+                        "ns_per_op_max": max,
                         "slowdown": ns(tracer) / base,
                         "overhead_ns": overhead(tracer),
                         "overhead_vs_floor": overhead(tracer) / overhead(Tracer::Floor),
@@ -384,9 +410,10 @@ fn print_table(table: &Value) {
             workload["unit"].as_str().unwrap_or("")
         );
         println!(
-            "| {:<22} | {:>9} | {:>8} | {:>9} | {:>8} | {:>9} | {:>10} | {:>9} | {:>8} | {:>8} | {:>8} |",
+            "| {:<30} | {:>9} | {:>13} | {:>8} | {:>9} | {:>8} | {:>9} | {:>10} | {:>9} | {:>8} | {:>8} | {:>8} |",
             "tracer",
             "ns/op",
+            "min–max",
             "slowdown",
             "overhead",
             "÷ floor",
@@ -397,12 +424,18 @@ fn print_table(table: &Value) {
             "peak RSS",
             "attach"
         );
-        println!("|{}|", ["-"; 11].map(|_| "---").join("|"));
+        println!("|{}|", ["-"; 12].map(|_| "---").join("|"));
         for row in workload["rows"].as_array().into_iter().flatten() {
+            let range = format!(
+                "{}–{}",
+                cell(&row["ns_per_op_min"], &|v| format!("{v:.0}")),
+                cell(&row["ns_per_op_max"], &|v| format!("{v:.0}"))
+            );
             println!(
-                "| {:<22} | {:>9} | {:>8} | {:>9} | {:>8} | {:>9} | {:>10} | {:>9} | {:>8} | {:>8} | {:>8} |",
+                "| {:<30} | {:>9} | {:>13} | {:>8} | {:>9} | {:>8} | {:>9} | {:>10} | {:>9} | {:>8} | {:>8} | {:>8} |",
                 row["tracer"].as_str().unwrap_or(""),
                 cell(&row["ns_per_op"], &|v| format!("{v:.0}")),
+                range,
                 cell(&row["slowdown"], &|v| format!("{v:.2}×")),
                 cell(&row["overhead_ns"], &|v| format!("{v:+.0}")),
                 cell(&row["overhead_vs_floor"], &|v| format!("{v:.2}")),

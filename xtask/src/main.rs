@@ -8,9 +8,12 @@ mod bootstrap;
 mod command;
 mod soak;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::command::cargo;
@@ -42,6 +45,10 @@ enum Task {
         /// Rounds of every workload under every tracer.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Also measure this build of probe (e.g. the commit before a
+        /// change), in the same rounds.
+        #[arg(long, value_name = "BINARY")]
+        against: Option<PathBuf>,
     },
     /// Run probe for minutes against a thread and process churn, printing
     /// its memory and losses (as root).
@@ -69,9 +76,9 @@ fn run(task: Task) -> Result<()> {
             command::exec(root.join("target/release/probe"), &args)
         }
         Task::Test => test(&root),
-        Task::Bench { rounds } => {
+        Task::Bench { rounds, against } => {
             build_with_workload(&root)?;
-            bench::bench(&root, rounds)
+            bench::bench(&root, rounds, against)
         }
         Task::Soak { minutes } => {
             build_with_workload(&root)?;
@@ -99,7 +106,7 @@ fn build_with_workload(root: &Path) -> Result<()> {
 fn build_ebpf(root: &Path) -> Result<()> {
     let tools = bootstrap::ensure(root)?;
     command::run(
-        std::process::Command::new("cargo")
+        Command::new("cargo")
             .current_dir(root.join("probe-ebpf"))
             .env("PATH", tools.path_with_linker()?)
             .args(["+nightly", "build", "--release", "-Z", "build-std=core"])
@@ -108,7 +115,36 @@ fn build_ebpf(root: &Path) -> Result<()> {
     )
 }
 
+/// What a contributor with stable Rust alone can run: `cargo check`, and
+/// the unit tests of everything that needs no kernel. The build script
+/// then embeds an empty placeholder for the eBPF object, and a probe built
+/// that way refuses to start, saying how to build it.
+fn without_ebpf_toolchain(root: &Path) -> Result<()> {
+    let stable = |args: &[&str]| {
+        let mut command = Command::new("cargo");
+        // No nightly, and a path where no eBPF object is: as on a machine
+        // without `cargo xtask bootstrap`.
+        command.current_dir(root).env("RUSTUP_TOOLCHAIN", "stable");
+        command.env("PROBE_EBPF_OBJECT", root.join("target/no-ebpf-object"));
+        command.args(args);
+        command
+    };
+    command::run(&mut stable(&["check", "--workspace", "--all-targets"]))?;
+    command::run(&mut stable(&["test", "--package", "probe", "--lib"]))?;
+    command::run(&mut stable(&["build", "--package", "probe", "--bin", "probe"]))?;
+    let output = Command::new(root.join("target/debug/probe"))
+        .args(["--duration", "1s"])
+        .output()
+        .context("cannot run the probe built without its eBPF object")?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.code() != Some(1) || !stderr.contains("built without its kernel programs") {
+        bail!("a probe built without its eBPF object should refuse to start; it said: {stderr}");
+    }
+    Ok(())
+}
+
 fn test(root: &Path) -> Result<()> {
+    without_ebpf_toolchain(root)?;
     build_ebpf(root)?;
     cargo(root, &["fmt", "--all", "--check"])?;
     cargo(root, &["fmt", "--manifest-path", "probe-ebpf/Cargo.toml", "--check"])?;
@@ -117,7 +153,7 @@ fn test(root: &Path) -> Result<()> {
     // Go view's tests build Go programs.
     command::install_missing(&[("tmux", "tmux"), ("go", "golang-go")])?;
     // The unit tests, fuzzing included, also in debug: overflow checks on.
-    cargo(root, &["test", "--package", "probe", "--bin", "probe"])?;
+    cargo(root, &["test", "--package", "probe", "--lib"])?;
     // Release: the workloads run at full speed. One test at a time: the
     // scheduler tests measure run-queue waits and CPU time on a small
     // machine, which tests running beside them would distort.

@@ -18,7 +18,16 @@ use self::{
     latency::Latencies,
     sched::{SchedStats, Split},
 };
-use crate::target::{process_alive, thread_alive};
+
+/// What the tables ask of the running system: which threads and processes
+/// still exist, and what a thread is called. probe answers from `/proc`
+/// ([`crate::procfs::Proc`]); tests answer from a list, so that tables and
+/// the record pipeline run without live processes or root.
+pub trait World {
+    fn thread_alive(&self, pid: u32, tid: u32) -> bool;
+    fn process_alive(&self, pid: u32) -> bool;
+    fn thread_name(&self, pid: u32, tid: u32) -> Option<String>;
+}
 
 /// Exited threads kept one by one in a run's totals; beyond, the ones with
 /// the fewest records are folded into one row per process, so that a
@@ -337,42 +346,55 @@ impl Table {
     /// Adds `other`'s records, as if they had been recorded here after this
     /// table's own. Cheaper than recording every event twice: the cost is
     /// per thread and syscall, not per event.
-    pub fn merge(&mut self, other: Table) {
+    pub fn merge(&mut self, other: &Table, world: &dyn World) {
         self.events += other.events;
-        for (key, theirs) in other.threads {
+        for (&key, theirs) in &other.threads {
             if theirs.exited {
                 self.mark_exited(key);
             }
             let ours = self.threads.entry(key).or_default();
-            ours.add(&theirs);
+            ours.add(theirs);
             if !theirs.comm.is_empty() {
-                ours.comm = theirs.comm;
+                ours.comm.clone_from(&theirs.comm);
             }
         }
-        self.fold_beyond_cap();
+        self.fold_beyond_cap(world);
+    }
+
+    /// Names the threads no record named (seen only switching in or woken
+    /// up, never as themselves: records a thread makes carry its name), by
+    /// asking `world`, once per table.
+    pub fn name_unnamed(&mut self, world: &dyn World) {
+        for (key, thread) in &mut self.threads {
+            if thread.comm.is_empty() && key.tid != FOLDED_TID {
+                thread.comm = world.thread_name(key.pid, key.tid).unwrap_or_default();
+            }
+        }
     }
 
     /// Marks the threads that are gone although their exit was never seen
     /// (its records lost), so that they too are folded beyond the cap.
-    pub fn retire_dead(&mut self) {
+    pub fn retire_dead(&mut self, world: &dyn World) {
         let dead: Vec<ThreadKey> = self
             .threads
             .iter()
             .filter(|(key, thread)| {
-                !thread.exited && key.tid != FOLDED_TID && !thread_alive(key.pid, key.tid)
+                !thread.exited && key.tid != FOLDED_TID && !world.thread_alive(key.pid, key.tid)
             })
             .map(|(key, _)| *key)
             .collect();
         for key in dead {
             self.mark_exited(key);
         }
-        self.fold_beyond_cap();
+        self.fold_beyond_cap(world);
         if self.fold_processes {
             // The rows of folded threads that intervals kept per process.
             let gone: Vec<ThreadKey> = self
                 .threads
                 .keys()
-                .filter(|&&key| key.tid == FOLDED_TID && key != FOLDED_PROCESSES && !process_alive(key.pid))
+                .filter(|&&key| {
+                    key.tid == FOLDED_TID && key != FOLDED_PROCESSES && !world.process_alive(key.pid)
+                })
                 .copied()
                 .collect();
             for key in gone {
@@ -381,13 +403,13 @@ impl Table {
         }
     }
 
-    fn fold_beyond_cap(&mut self) {
+    fn fold_beyond_cap(&mut self, world: &dyn World) {
         if self.exited.len() > MAX_EXITED_THREADS {
             let events = |key: &ThreadKey| self.threads.get(key).map_or(0, |thread| thread.events);
             let mut exited = std::mem::take(&mut self.exited);
             exited.sort_by_cached_key(|key| std::cmp::Reverse(events(key)));
             for key in exited.split_off(MAX_EXITED_THREADS) {
-                self.fold(key);
+                self.fold(key, world);
             }
             self.exited = exited;
         }
@@ -396,9 +418,9 @@ impl Table {
     /// Moves a thread's statistics into its process's row of folded
     /// exited threads, or, once the process is gone too, into the one row
     /// of folded exited processes, which then takes the process's row.
-    fn fold(&mut self, key: ThreadKey) {
+    fn fold(&mut self, key: ThreadKey, world: &dyn World) {
         let process = ThreadKey::new(key.pid, FOLDED_TID);
-        if !self.fold_processes || process_alive(key.pid) {
+        if !self.fold_processes || world.process_alive(key.pid) {
             self.fold_into(key, process, "[exited threads]");
         } else {
             self.fold_into(key, FOLDED_PROCESSES, "[exited processes]");
@@ -448,6 +470,25 @@ impl Table {
 pub(crate) mod tests {
     use super::*;
     use probe_common::EventKind;
+
+    /// A world of the listed live threads (and their processes), named
+    /// `live`; everything else is gone.
+    #[derive(Debug, Default)]
+    pub(crate) struct Listed(pub(crate) Vec<(u32, u32)>);
+
+    impl World for Listed {
+        fn thread_alive(&self, pid: u32, tid: u32) -> bool {
+            self.0.contains(&(pid, tid))
+        }
+
+        fn process_alive(&self, pid: u32) -> bool {
+            self.0.iter().any(|&(alive, _)| alive == pid)
+        }
+
+        fn thread_name(&self, pid: u32, tid: u32) -> Option<String> {
+            self.thread_alive(pid, tid).then(|| "live".to_owned())
+        }
+    }
 
     /// Records `event` as the first thread with its ids.
     pub(crate) fn record(table: &mut Table, event: &SyscallEvent) {
@@ -539,14 +580,14 @@ pub(crate) mod tests {
             // The first thread is the busiest.
             let calls = if tid == 1 { 5 } else { 1 };
             // A live process: its exited threads keep a row of their own.
-            let pid = std::process::id();
+            let pid = 100;
             let mut interval = Table::default();
             for _ in 0..calls {
                 record(&mut interval, &SyscallEvent { pid, ..event(tid, 0, 0, 5) });
             }
             let exit = SyscallEvent { pid, flags: SYSCALL_NO_RETURN, ..event(tid, 60, 0, 0) };
             record(&mut interval, &exit);
-            total.merge(interval);
+            total.merge(&interval, &Listed(vec![(100, 1_000_000)]));
         }
         let rows = total.busiest();
         assert_eq!(rows.len(), MAX_EXITED_THREADS + 1);
@@ -562,8 +603,8 @@ pub(crate) mod tests {
     fn exited_processes_fold_into_one_row_of_the_total_only() {
         let mut total = Table::folding_processes();
         let mut apart = Table::default();
-        // Beyond any pid_max: processes that are surely gone.
-        for pid in 5_000_000..5_000_000 + MAX_EXITED_THREADS as u32 + 50 {
+        // Processes that are gone by the time they are folded.
+        for pid in 1000..1000 + MAX_EXITED_THREADS as u32 + 50 {
             let mut interval = Table::default();
             for tid in [pid, pid + 100_000] {
                 let mut call = event(tid, 0, 0, 5);
@@ -571,8 +612,8 @@ pub(crate) mod tests {
                 record(&mut interval, &call);
                 interval.mark_exited(ThreadKey::new(pid, tid));
             }
-            total.merge(interval.clone());
-            apart.merge(interval);
+            total.merge(&interval, &Listed::default());
+            apart.merge(&interval, &Listed::default());
         }
         // An interval's table folds threads per process, never processes.
         assert!(apart.busiest().iter().all(|(key, _)| key.pid != 0));
@@ -620,7 +661,7 @@ pub(crate) mod tests {
                 record(&mut second, e)
             }
         }
-        first.merge(second);
+        first.merge(&second, &Listed::default());
         assert_eq!(first.events(), whole.events());
         for ((ka, a), (kb, b)) in first.busiest().iter().zip(whole.busiest()) {
             assert_eq!((ka, a.events), (&kb, b.events));

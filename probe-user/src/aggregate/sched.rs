@@ -20,8 +20,7 @@ use rustc_hash::FxHashMap;
 
 use probe_common::{EventKind, SchedEvent, SWITCH_EXITED, SWITCH_VOLUNTARY};
 
-use super::{latency::Latencies, Table, ThreadKey};
-use crate::target::thread_alive;
+use super::{latency::Latencies, Table, ThreadKey, World};
 
 /// One thread's scheduling over some span of time.
 #[derive(Clone, Debug, Default)]
@@ -244,8 +243,8 @@ impl SchedTracker {
     /// Drops the state of threads that are gone although their last switch
     /// was never seen (lost to a full ring buffer), so that they are not
     /// charged as running forever and the tracker does not grow.
-    pub fn forget_dead(&mut self) {
-        self.threads.retain(|key, _| thread_alive(key.pid, key.tid));
+    pub fn forget_dead(&mut self, world: &dyn World) {
+        self.threads.retain(|key, _| world.thread_alive(key.pid, key.tid));
         let threads = &self.threads;
         self.on_cpu.retain(|_, key| threads.contains_key(key));
     }

@@ -7,10 +7,15 @@ use std::{borrow::Cow, fs, path::Path};
 
 use anyhow::{Context, Result};
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+use probe_common::names::program;
 
-/// The runtime functions the uprobes go on.
-pub const RUNTIME_FUNCTIONS: [&str; 4] =
-    ["runtime.execute", "runtime.schedule", "runtime.goexit1", "runtime.sysmon"];
+/// The Go programs of the kernel side and the runtime function each goes on.
+pub const UPROBES: [(&str, &str); 4] = [
+    (program::GO_EXECUTE, "runtime.execute"),
+    (program::GO_SCHEDULE, "runtime.schedule"),
+    (program::GO_EXIT, "runtime.goexit1"),
+    (program::GO_SYSMON, "runtime.sysmon"),
+];
 
 /// What an executable turned out to be.
 #[derive(Debug)]
@@ -84,7 +89,8 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         return unsupported("it is stripped (no symbol table)");
     }
     functions.sort_unstable();
-    if let Some(missing) = RUNTIME_FUNCTIONS.iter().find(|name| !functions.iter().any(|(_, _, f)| f == *name))
+    if let Some(missing) =
+        UPROBES.iter().map(|&(_, name)| name).find(|name| !functions.iter().any(|(_, _, f)| f == name))
     {
         return unsupported(&format!("it has no {missing}"));
     }

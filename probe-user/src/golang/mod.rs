@@ -9,19 +9,15 @@
 
 pub mod binary;
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    fs::File,
-    os::unix::fs::FileExt,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use probe_common::{EventKind, GoEvent, SyscallEvent};
 use rustc_hash::FxHashMap;
 
 use crate::{
-    aggregate::SyscallStats,
+    aggregate::{SyscallStats, World},
+    procfs,
     report::{syscall_reports, GoProcessReport, GoThreadReport, GoroutineReport},
-    target::process_alive,
 };
 use binary::GoBinary;
 
@@ -128,18 +124,16 @@ impl Goroutines {
 
     /// Reads each live process's `runtime.gomaxprocs`; the last value read
     /// stays once it exits.
-    pub fn refresh(&mut self) {
+    pub fn refresh(&mut self, world: &dyn World) {
         let Some(address) = self.binary.gomaxprocs else {
             return;
         };
         for (pid, process) in &mut self.processes {
-            if !process_alive(*pid) {
+            if !world.process_alive(*pid) {
                 continue;
             }
             let mut bytes = [0u8; 4];
-            let read =
-                File::open(format!("/proc/{pid}/mem")).and_then(|mem| mem.read_exact_at(&mut bytes, address));
-            if read.is_ok() {
+            if procfs::read_memory(*pid, address, &mut bytes).is_ok() {
                 process.gomaxprocs = Some(i32::from_ne_bytes(bytes));
             }
         }
@@ -215,11 +209,8 @@ impl Goroutines {
 /// be read (it exited first): `GOMAXPROCS` from its environment, else the
 /// CPUs it may run on. A COMMAND inherits probe's environment and CPUs.
 fn gomaxprocs_from_environment(pid: u32) -> Option<i32> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok();
-    let from_process = environ.as_deref().and_then(|environ| {
-        environ.split(|&b| b == 0).find_map(|entry| entry.strip_prefix(b"GOMAXPROCS=").map(<[u8]>::to_vec))
-    });
-    let value = from_process.or_else(|| std::env::var("GOMAXPROCS").ok().map(String::into_bytes));
+    let value = procfs::environment_variable(pid, "GOMAXPROCS")
+        .or_else(|| std::env::var("GOMAXPROCS").ok().map(String::into_bytes));
     match value.and_then(|v| String::from_utf8(v).ok()).and_then(|v| v.trim().parse::<i32>().ok()) {
         Some(n) if n > 0 => Some(n),
         _ => std::thread::available_parallelism().ok().map(|n| n.get() as i32),

@@ -20,7 +20,8 @@ use rustc_hash::FxHashMap;
 
 use crate::{
     aggregate::{sched::SchedStats, SyscallStats, Table, ThreadKey, ThreadStats},
-    report::{errno_name, syscall_name},
+    output::{Flow, Interval, Sink},
+    report::{errno_name, syscall_name, Report},
 };
 
 /// Upper bounds of the latency buckets, in seconds: 1 µs to 10 s in steps
@@ -110,9 +111,9 @@ impl Series {
     }
 }
 
-/// probe's own health, cumulative.
+/// probe's own totals: what it received, lost and cost.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Health {
+struct ProbeTotals {
     pub events: u64,
     pub lost_events: u64,
     pub bpf_run_ns: Option<u64>,
@@ -127,7 +128,7 @@ pub struct Store {
     processes: FxHashMap<u32, Series>,
     threads: FxHashMap<ThreadKey, Series>,
     others: FxHashMap<u32, Series>,
-    health: Health,
+    totals: ProbeTotals,
 }
 
 /// Where a thread's counts go.
@@ -144,21 +145,21 @@ impl Store {
             processes: FxHashMap::default(),
             threads: FxHashMap::default(),
             others: FxHashMap::default(),
-            health: Health::default(),
+            totals: ProbeTotals::default(),
         }
     }
 
     /// Adds an interval's table, then drops the series of what is gone (per
     /// `alive`, asked only of the series the interval did not touch) once
     /// their grace period is over.
-    pub fn add_interval(
+    fn add_interval(
         &mut self,
         table: &Table,
-        health: Health,
+        totals: ProbeTotals,
         now: Instant,
         alive: impl Fn(u32, Option<u32>) -> bool,
     ) {
-        self.health = health;
+        self.totals = totals;
         for (key, thread) in table.iter() {
             let process = self.processes.entry(key.pid).or_insert_with(|| Series::new(now));
             process.add(thread, now);
@@ -206,6 +207,32 @@ impl Store {
     /// Processes with series.
     pub fn processes(&self) -> usize {
         self.processes.len()
+    }
+}
+
+/// The metrics as an output: each interval goes into the store the
+/// endpoint serves.
+pub struct Export(pub Arc<Mutex<Store>>);
+
+impl Sink for Export {
+    fn interval(&mut self, interval: &Interval<'_>) -> anyhow::Result<Flow> {
+        let totals = ProbeTotals {
+            events: interval.total.events(),
+            lost_events: interval.span.lost.total(),
+            bpf_run_ns: interval.cost.bpf_ns,
+            cpu_ns: interval.cost.cpu_ns,
+        };
+        let world = interval.world;
+        let mut store = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        store.add_interval(interval.table, totals, Instant::now(), |pid, tid| match tid {
+            Some(tid) => world.thread_alive(pid, tid),
+            None => world.process_alive(pid),
+        });
+        Ok(Flow::Continue)
+    }
+
+    fn finish(&mut self, _summary: &Report) -> anyhow::Result<()> {
+        Ok(())
     }
 }
 
@@ -381,7 +408,7 @@ fn encode_series(
 }
 
 fn encode_health(encoder: &mut DescriptorEncoder, store: &Store) -> Result<(), std::fmt::Error> {
-    let health = store.health;
+    let health = store.totals;
     let one = |value: Value<'static>| [(Labels::new(), value)];
     family(
         encoder,

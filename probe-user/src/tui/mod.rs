@@ -1,12 +1,15 @@
 //! The live view: a full-screen table, refreshed in place like `top`, when
 //! probe runs in a terminal. [`view`] holds the state and the keys,
-//! [`render`] draws it; this module owns the terminal and its input.
+//! [`render`] draws it; this module owns the terminal, its input and the
+//! COMMAND's output pane, and plugs the view in as an output ([`Sink`]).
 
 mod render;
 mod view;
 
 use std::{
     io::{self, Stdout},
+    os::fd::OwnedFd,
+    task::{Context as TaskContext, Poll},
     thread,
 };
 
@@ -20,37 +23,43 @@ use ratatui::{
     },
     Terminal,
 };
-use tokio::sync::mpsc;
-
-pub use view::Control;
-use view::{Header, View};
-
-use crate::{
-    aggregate::ThreadKey,
-    report::{GoroutineReport, Report, ThreadDetail},
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    sync::mpsc,
 };
 
-/// probe's own cost up to now, which the header turns into shares of a CPU.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Cost {
-    /// Run time of probe's BPF programs, if the kernel counts it.
-    pub bpf_ns: Option<u64>,
-    /// CPU time of the probe process.
-    pub cpu_ns: u64,
-}
+use view::{Control, Header, View};
 
-/// The terminal, in raw mode on its alternate screen while this lives.
+use crate::{
+    aggregate::Table,
+    output::{Cost, Flow, Interval, Sink},
+    report::{Kind, Report, ThreadDetail},
+};
+
+/// The terminal, in raw mode on its alternate screen while this lives (or
+/// until the trace ends).
 pub struct Live {
-    terminal: Terminal<CrosstermBackend<Stdout>>,
+    terminal: Option<Terminal<CrosstermBackend<Stdout>>>,
     view: View,
     traced: String,
     input: mpsc::UnboundedReceiver<Event>,
+    /// The COMMAND's stdout and stderr, while they stay open.
+    pane: Option<AsyncFd<OwnedFd>>,
+    pane_lines: OutputLines,
     cost: Cost,
 }
 
 impl Live {
-    /// Takes over the terminal; `traced` names what is traced in the header.
-    pub fn open(traced: String) -> Result<Self> {
+    /// Takes over the terminal; `traced` names what is traced in the header,
+    /// `command_output` (non-blocking) is what the COMMAND writes. Call
+    /// inside the event loop's runtime.
+    pub fn open(traced: String, command_output: Option<OwnedFd>) -> Result<Self> {
+        let pane = command_output
+            // SAFETY: the AsyncFd owns the fd: it stays open for as long as
+            // it is registered.
+            .map(|fd| unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) })
+            .transpose()
+            .context("cannot poll the COMMAND's output")?;
         enable_raw_mode().context("cannot put the terminal in raw mode (try --no-tui)")?;
         let mut stdout = io::stdout();
         if let Err(err) = execute!(stdout, EnterAlternateScreen) {
@@ -59,38 +68,66 @@ impl Live {
         }
         let terminal = Terminal::new(CrosstermBackend::new(stdout));
         let mut live = Self {
-            terminal: terminal.context("cannot draw on the terminal (try --no-tui)")?,
+            terminal: Some(terminal.context("cannot draw on the terminal (try --no-tui)")?),
             view: View::default(),
             traced,
             input: spawn_input(),
+            pane,
+            pane_lines: OutputLines::default(),
             cost: Cost::default(),
         };
         live.view.header.traced = live.traced.clone();
-        live.terminal.clear()?;
+        if let Some(terminal) = &mut live.terminal {
+            terminal.clear()?;
+        }
         live.draw()?;
         Ok(live)
     }
 
-    /// The next key or resize; pending forever once input is gone.
-    pub async fn next_event(&mut self) -> Event {
-        match self.input.recv().await {
-            Some(event) => event,
-            None => std::future::pending().await,
-        }
-    }
-
     /// Applies a key (a resize only redraws), and draws.
-    pub fn handle(&mut self, event: Event) -> Result<Control> {
+    fn handle(&mut self, event: Event, total: &Table) -> Result<Control> {
         let control = match event {
             Event::Key(key) if key.kind != event::KeyEventKind::Release => self.view.key(key),
             _ => Control::Continue,
         };
+        // A thread just opened shows its detail at once, not at the next
+        // interval.
+        if matches!(self.view.detail, Some((_, None))) {
+            self.show_detail(total);
+        }
         self.draw()?;
         Ok(control)
     }
 
+    /// Takes what the COMMAND wrote, if anything; false once it closed.
+    fn poll_pane(&mut self, cx: &mut TaskContext<'_>) -> Result<bool> {
+        let Some(pane) = &mut self.pane else {
+            return Ok(false);
+        };
+        let Poll::Ready(guard) = pane.poll_read_ready_mut(cx) else {
+            return Ok(false);
+        };
+        let mut guard = guard.context("cannot poll the COMMAND's output")?;
+        let mut buffer = [0u8; 4096];
+        match guard.try_io(|fd| nix::unistd::read(fd.get_ref(), &mut buffer).map_err(io::Error::from)) {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                if let Some(line) = self.pane_lines.finish() {
+                    self.view.add_output(line);
+                }
+                self.pane = None;
+            }
+            Ok(Ok(read)) => {
+                self.pane_lines.push(&buffer[..read]).into_iter().for_each(|line| self.view.add_output(line));
+            }
+            // Readiness was stale: it is cleared, and polled again.
+            Err(_would_block) => return Ok(true),
+        }
+        self.draw()?;
+        Ok(true)
+    }
+
     /// Shows an interval's report, with probe's cost up to its end.
-    pub fn update(&mut self, interval: &Report, cost: Cost, alive: impl Fn(ThreadKey) -> bool) {
+    fn update(&mut self, interval: &Report, cost: Cost, alive: impl Fn(crate::aggregate::ThreadKey) -> bool) {
         let span_s = interval.span_ns.max(1) as f64 / 1e9;
         let share = |now: u64, before: u64| now.saturating_sub(before) as f64 / 1e9 / span_s;
         let header = Header {
@@ -107,35 +144,67 @@ impl Live {
         self.view.update(header, interval, alive);
     }
 
-    /// Shows a Go program's goroutines.
-    pub fn update_goroutines(&mut self, goroutines: Vec<GoroutineReport>) {
-        self.view.update_goroutines(goroutines);
-    }
-
-    /// The thread whose detail is on screen, if any.
-    pub fn wants_detail(&self) -> Option<ThreadKey> {
-        self.view.wants_detail()
-    }
-
-    /// Whether the detail screen waits for its first data.
-    pub fn lacks_detail(&self) -> bool {
-        matches!(self.view.detail, Some((_, None)))
-    }
-
-    /// Shows the selected thread's detail.
-    pub fn update_detail(&mut self, detail: Option<ThreadDetail>) {
-        self.view.update_detail(detail);
-    }
-
-    /// Adds a line of the traced COMMAND's output to its pane.
-    pub fn add_output(&mut self, line: String) {
-        self.view.add_output(line);
+    /// Shows the selected thread's detail, from the run so far.
+    fn show_detail(&mut self, total: &Table) {
+        self.view.update_detail(self.view.wants_detail().and_then(|key| ThreadDetail::new(total, key)));
     }
 
     /// Draws the screen; ratatui writes only the cells that changed, so
     /// nothing flickers.
-    pub fn draw(&mut self) -> Result<()> {
-        self.terminal.draw(|frame| render::draw(frame, &self.view)).context("cannot draw on the terminal")?;
+    fn draw(&mut self) -> Result<()> {
+        if let Some(terminal) = &mut self.terminal {
+            terminal.draw(|frame| render::draw(frame, &self.view)).context("cannot draw on the terminal")?;
+        }
+        Ok(())
+    }
+
+    /// Gives the terminal back as it was.
+    fn leave(&mut self) {
+        if let Some(mut terminal) = self.terminal.take() {
+            let _ = disable_raw_mode();
+            let _ = execute!(terminal.backend_mut(), LeaveAlternateScreen);
+            let _ = terminal.show_cursor();
+        }
+    }
+}
+
+impl Sink for Live {
+    fn interval(&mut self, interval: &Interval<'_>) -> Result<Flow> {
+        // Every thread: the view sorts and filters them.
+        let report = Report::new(Kind::Interval, interval.table, interval.span, None);
+        self.update(&report, interval.cost, |key| interval.world.thread_alive(key.pid, key.tid));
+        if let Some(goroutines) = interval.goroutines {
+            self.view.update_goroutines(goroutines.report().0);
+        }
+        self.show_detail(interval.total);
+        self.draw()?;
+        Ok(Flow::Continue)
+    }
+
+    fn poll_input(&mut self, cx: &mut TaskContext<'_>, total: &Table) -> Poll<Result<Flow>> {
+        loop {
+            let mut progressed = match self.poll_pane(cx) {
+                Ok(progressed) => progressed,
+                Err(err) => return Poll::Ready(Err(err)),
+            };
+            // Pending forever once the input thread is gone.
+            if let Poll::Ready(Some(event)) = self.input.poll_recv(cx) {
+                progressed = true;
+                match self.handle(event, total) {
+                    Ok(Control::Quit) => return Poll::Ready(Ok(Flow::Quit)),
+                    Ok(Control::Continue) => {}
+                    Err(err) => return Poll::Ready(Err(err)),
+                }
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// The terminal is given back before the summary is written to it.
+    fn finish(&mut self, _summary: &Report) -> Result<()> {
+        self.leave();
         Ok(())
     }
 }
@@ -143,9 +212,7 @@ impl Live {
 impl Drop for Live {
     /// Gives the terminal back as it was, also when probe fails.
     fn drop(&mut self) {
-        let _ = disable_raw_mode();
-        let _ = execute!(self.terminal.backend_mut(), LeaveAlternateScreen);
-        let _ = self.terminal.show_cursor();
+        self.leave();
     }
 }
 
@@ -167,13 +234,13 @@ fn spawn_input() -> mpsc::UnboundedReceiver<Event> {
 /// are dropped: an escape sequence in a pane would move the cursor and
 /// corrupt the screen.
 #[derive(Debug, Default)]
-pub struct OutputLines {
+struct OutputLines {
     partial: Vec<u8>,
 }
 
 impl OutputLines {
     /// Adds bytes read; returns the lines they complete.
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+    fn push(&mut self, bytes: &[u8]) -> Vec<String> {
         let mut lines = Vec::new();
         for &byte in bytes {
             if byte == b'\n' {
@@ -186,7 +253,7 @@ impl OutputLines {
     }
 
     /// The last line, if the output ended without a newline.
-    pub fn finish(&mut self) -> Option<String> {
+    fn finish(&mut self) -> Option<String> {
         (!self.partial.is_empty()).then(|| self.take())
     }
 

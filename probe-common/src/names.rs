@@ -1,0 +1,162 @@
+//! The names by which the loader finds what the kernel programs define.
+//!
+//! aya finds a global by the identifier of its `#[unsafe(no_mangle)]`
+//! static, a map by the identifier of its `#[map]` static, and a program by
+//! its function's name: a name spelled differently on the two sides is only
+//! found out when probe loads. So the loader uses these constants, and
+//! `probe-ebpf` checks at compile time (its `shared!` macro, with [`same`])
+//! that each item is spelled as its constant here: a rename on one side only
+//! does not build.
+//!
+//! Only what the loader looks up is here; the maps the programs keep to
+//! themselves (`CPU_STATE`, `IO_REQUESTS`, ...) are not.
+
+/// Read-only globals, set by the loader with `EbpfLoader::override_global`
+/// before the programs are verified.
+pub mod global {
+    /// probe's own tgid, never traced.
+    pub const SELF_PID: &str = "SELF_PID";
+    /// Non-zero: trace only the tgids set in [`super::map::TRACED`].
+    pub const FILTER_PIDS: &str = "FILTER_PIDS";
+    /// Non-zero: trace only the syscalls flagged `WANTED` in
+    /// [`super::map::SYSCALL_FLAGS`].
+    pub const FILTER_SYSCALLS: &str = "FILTER_SYSCALLS";
+    /// Non-zero: the scheduler programs send scheduler events.
+    pub const TRACE_SCHED: &str = "TRACE_SCHED";
+    /// Records each CPU sends before it wakes the reader.
+    pub const WAKEUP_RECORDS: &str = "WAKEUP_RECORDS";
+    /// Byte offset of `task_struct.pid` in the running kernel.
+    pub const TASK_PID_OFFSET: &str = "TASK_PID_OFFSET";
+    /// Byte offset of `task_struct.tgid` in the running kernel.
+    pub const TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
+    /// Byte offset of `runtime.g.goid` in the traced Go binary.
+    pub const GO_GOID_OFFSET: &str = "GO_GOID_OFFSET";
+    /// Byte offset of `runtime.g.startpc` in the traced Go binary.
+    pub const GO_STARTPC_OFFSET: &str = "GO_STARTPC_OFFSET";
+    /// Offset of `ctx` in the `io_uring_submit_req` record.
+    pub const IOU_SUBMIT_CTX: &str = "IOU_SUBMIT_CTX";
+    /// Offset of `req` in the `io_uring_submit_req` record.
+    pub const IOU_SUBMIT_REQ: &str = "IOU_SUBMIT_REQ";
+    /// Offset of `opcode` in the `io_uring_submit_req` record.
+    pub const IOU_SUBMIT_OPCODE: &str = "IOU_SUBMIT_OPCODE";
+    /// Offset of `op_str` (a `__data_loc` field) in the
+    /// `io_uring_submit_req` record.
+    pub const IOU_SUBMIT_OP_STR: &str = "IOU_SUBMIT_OP_STR";
+    /// Offset of `req` in the `io_uring_queue_async_work` record.
+    pub const IOU_ASYNC_REQ: &str = "IOU_ASYNC_REQ";
+    /// Offset of `req` in the `io_uring_complete` record.
+    pub const IOU_COMPLETE_REQ: &str = "IOU_COMPLETE_REQ";
+    /// Offset of `res` in the `io_uring_complete` record.
+    pub const IOU_COMPLETE_RES: &str = "IOU_COMPLETE_RES";
+    /// Offset of `ctx` in the `io_uring_create` record.
+    pub const IOU_CREATE_CTX: &str = "IOU_CREATE_CTX";
+}
+
+/// Maps the loader sizes, fills or reads.
+pub mod map {
+    /// The ring buffer of records to userspace; the loader sets its size.
+    pub const EVENTS: &str = "EVENTS";
+    /// Traced tgids (a byte per PID); the loader sizes it to `pid_max`.
+    pub const TRACED: &str = "TRACED";
+    /// Per-CPU counters, indexed by `Counter`.
+    pub const COUNTERS: &str = "COUNTERS";
+    /// `syscall_flags` per syscall number.
+    pub const SYSCALL_FLAGS: &str = "SYSCALL_FLAGS";
+    /// Lost syscalls, counted while [`LOST_CALLS_ACTIVE`] is 0.
+    pub const LOST_CALLS_0: &str = "LOST_CALLS_0";
+    /// Lost syscalls, counted while [`LOST_CALLS_ACTIVE`] is 1.
+    pub const LOST_CALLS_1: &str = "LOST_CALLS_1";
+    /// Which of [`LOST_CALLS_0`] and [`LOST_CALLS_1`] the programs count into.
+    pub const LOST_CALLS_ACTIVE: &str = "LOST_CALLS_ACTIVE";
+    /// Syscalls whose thread left its CPU before they returned, by thread.
+    pub const CALLS_OFF_CPU: &str = "CALLS_OFF_CPU";
+    /// What [`super::program::CHECK_OFFSETS`] read from probe's own task.
+    pub const OFFSET_CHECK: &str = "OFFSET_CHECK";
+}
+
+/// Programs, by function name.
+///
+/// Each raw tracepoint program's name is also the name of the raw
+/// tracepoint it attaches to (`raw_syscalls:sys_enter` is `sys_enter`), and
+/// each io_uring program's name is its tracepoint's name in the `io_uring`
+/// category (checked on Linux 6.18; `io_uring_submit_req` was
+/// `io_uring_submit_sqe` before 5.19): the loader may pass the same
+/// constant to `attach`.
+pub mod program {
+    /// Raw tracepoint `sys_enter` (`raw_syscalls:sys_enter`).
+    pub const SYS_ENTER: &str = "sys_enter";
+    /// Raw tracepoint `sys_exit` (`raw_syscalls:sys_exit`).
+    pub const SYS_EXIT: &str = "sys_exit";
+    /// Raw tracepoint `sched_switch` (`sched:sched_switch`).
+    pub const SCHED_SWITCH: &str = "sched_switch";
+    /// Raw tracepoint `sched_wakeup` (`sched:sched_wakeup`).
+    pub const SCHED_WAKEUP: &str = "sched_wakeup";
+    /// Raw tracepoint `sched_wakeup_new` (`sched:sched_wakeup_new`).
+    pub const SCHED_WAKEUP_NEW: &str = "sched_wakeup_new";
+    /// Raw tracepoint `sched_process_fork` (`sched:sched_process_fork`).
+    pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
+    /// Raw tracepoint `sched_process_exit` (`sched:sched_process_exit`).
+    pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
+
+    /// Uprobe on the Go runtime's `runtime.execute`.
+    pub const GO_EXECUTE: &str = "go_execute";
+    /// Uprobe on the Go runtime's `runtime.schedule`.
+    pub const GO_SCHEDULE: &str = "go_schedule";
+    /// Uprobe on the Go runtime's `runtime.goexit1`.
+    pub const GO_EXIT: &str = "go_exit";
+    /// Uprobe on the Go runtime's `runtime.sysmon`.
+    pub const GO_SYSMON: &str = "go_sysmon";
+
+    /// Tracepoint `io_uring:io_uring_submit_req`.
+    pub const IO_URING_SUBMIT_REQ: &str = "io_uring_submit_req";
+    /// Tracepoint `io_uring:io_uring_queue_async_work`.
+    pub const IO_URING_QUEUE_ASYNC_WORK: &str = "io_uring_queue_async_work";
+    /// Tracepoint `io_uring:io_uring_complete`.
+    pub const IO_URING_COMPLETE: &str = "io_uring_complete";
+    /// Tracepoint `io_uring:io_uring_create`.
+    pub const IO_URING_CREATE: &str = "io_uring_create";
+
+    /// The start-up check; attaches to the raw tracepoint `sys_enter`, so
+    /// its name is not a tracepoint's.
+    pub const CHECK_OFFSETS: &str = "check_offsets";
+    /// The benchmarks' do-nothing program (`--bench-floor`); attaches to the
+    /// raw tracepoints of the real programs, so its name is not a
+    /// tracepoint's.
+    pub const FLOOR: &str = "floor";
+}
+
+/// Whether two strings are equal, in a `const` context (`==` on `str` is
+/// not `const`): what the kernel programs' compile-time name checks use.
+pub const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_compares_bytes() {
+        assert!(same("", ""));
+        assert!(same("EVENTS", "EVENTS"));
+        assert!(same(map::EVENTS, "EVENTS"));
+        assert!(!same("EVENTS", "EVENT"));
+        assert!(!same("EVENT", "EVENTS"));
+        assert!(!same("EVENTS", "EVENTs"));
+        assert!(!same("sys_enter", "sys_exit"));
+        assert!(!same("", "x"));
+        const _: () = assert!(same(program::SYS_ENTER, "sys_enter"));
+        const _: () = assert!(!same(program::SYS_ENTER, program::SYS_EXIT));
+    }
+}

@@ -1,0 +1,46 @@
+//! Processes coming and going: a traced process's children are traced, and
+//! what the programs keep per process or thread is given back when it exits.
+
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext};
+
+use crate::{
+    shared::{config, is_traced, task_ids, FILTER_PIDS, TRACED},
+    syscalls::CALLS_OFF_CPU,
+};
+
+/// A thread that exits while a call of its is parked (killed mid-call)
+/// gives the entry back, so that the map holds live threads only; a process
+/// that is gone leaves `TRACED`, so that a later process given its PID is
+/// not traced by mistake.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(ctx: RawTracePointContext) -> u32 {
+    let tid_pid = bpf_get_current_pid_tgid();
+    let _ = CALLS_OFF_CPU.remove(tid_pid as u32);
+    // TP_PROTO(struct task_struct *p, bool group_dead)
+    if config(&FILTER_PIDS) != 0 && ctx.arg::<u64>(1) & 1 != 0 {
+        let _ = TRACED.set((tid_pid >> 32) as u32, 0u8, 0);
+    }
+    0
+}
+shared!(program sched_process_exit as SCHED_PROCESS_EXIT);
+
+/// A traced process's new child process is traced from its first
+/// instruction (threads are traced anyway: they share the tgid).
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> u32 {
+    match try_sched_process_fork(&ctx) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+shared!(program sched_process_fork as SCHED_PROCESS_FORK);
+
+fn try_sched_process_fork(ctx: &RawTracePointContext) -> Result<u32, u32> {
+    // TP_PROTO(struct task_struct *parent, struct task_struct *child),
+    // as the parent.
+    if !is_traced((bpf_get_current_pid_tgid() >> 32) as u32) {
+        return Ok(0);
+    }
+    let (_, child_pid) = task_ids(ctx.arg::<*const u8>(1))?;
+    TRACED.set(child_pid, 1u8, 0).map_err(|_| 0u32)?;
+    Ok(0)
+}

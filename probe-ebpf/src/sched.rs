@@ -1,0 +1,105 @@
+//! The scheduler: which traced thread leaves or gets a CPU, and when it
+//! becomes runnable. `sched_switch` also parks the call of a thread that
+//! leaves its CPU mid-syscall, whether or not scheduler events are sent.
+
+use core::mem::MaybeUninit;
+
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext};
+use probe_common::{EventKind, SchedEvent, SWITCH_EXITED, SWITCH_VOLUNTARY};
+
+use crate::{
+    shared::{config, cpu, cpu_state, is_traced, now, send, task_ids, write_comm},
+    syscalls::park_call,
+};
+
+/// `TASK_DEAD` in a task's state (include/linux/sched.h): its last switch.
+const TASK_DEAD: u32 = 0x80;
+
+/// Non-zero: `sched_switch` and the wakeups send scheduler events; zero:
+/// `sched_switch` only parks the calls of threads that leave their CPU.
+/// Set by the loader, like the globals in `shared`.
+#[unsafe(no_mangle)]
+static TRACE_SCHED: u8 = 0;
+shared!(global TRACE_SCHED);
+
+#[inline(always)]
+fn sched_event(kind: EventKind, tid: u32, pid: u32, flags: u32, ts_ns: u64, named: bool) -> SchedEvent {
+    let mut record = MaybeUninit::<SchedEvent>::uninit();
+    let r = record.as_mut_ptr();
+    // SAFETY: every field is written before the record is read.
+    unsafe {
+        (*r).kind = kind as u32;
+        (*r).cpu = cpu();
+        (*r).pid = pid;
+        (*r).tid = tid;
+        (*r).flags = flags;
+        (*r)._pad = 0;
+        (*r).ts_ns = ts_ns;
+        write_comm(&raw mut (*r).comm, named);
+        record.assume_init()
+    }
+}
+
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch(ctx: RawTracePointContext) -> u32 {
+    match try_sched_switch(&ctx) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+shared!(program sched_switch as SCHED_SWITCH);
+
+fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
+    // TP_PROTO(bool preempt, struct task_struct *prev,
+    //          struct task_struct *next, unsigned int prev_state)
+    // The tracepoint fires before the switch: prev is still current.
+    let state = cpu_state()?;
+    park_call(ctx, state);
+    if config(&TRACE_SCHED) == 0 {
+        return Ok(0);
+    }
+    let prev = bpf_get_current_pid_tgid();
+    let now = now();
+    let prev_pid = (prev >> 32) as u32;
+    // pid 0 is the idle task: not a thread anyone traces.
+    if prev_pid != 0 && is_traced(prev_pid) {
+        let preempt = ctx.arg::<u64>(0) & 1 != 0;
+        let prev_state = ctx.arg::<u64>(3) as u32;
+        // The kernel's own rule for nvcsw: it blocked, not preempted.
+        let mut flags = if !preempt && prev_state != 0 { SWITCH_VOLUNTARY } else { 0 };
+        if prev_state & TASK_DEAD != 0 {
+            flags |= SWITCH_EXITED;
+        }
+        send(state, &sched_event(EventKind::SwitchOut, prev as u32, prev_pid, flags, now, true));
+    }
+    let (tid, pid) = task_ids(ctx.arg::<*const u8>(2))?;
+    if pid != 0 && is_traced(pid) {
+        send(state, &sched_event(EventKind::SwitchIn, tid, pid, 0, now, false));
+    }
+    Ok(0)
+}
+
+#[inline(always)]
+fn woken(ctx: &RawTracePointContext, kind: EventKind) -> Result<u32, u32> {
+    // TP_PROTO(struct task_struct *p): runs as the waker, not as p.
+    let (tid, pid) = task_ids(ctx.arg::<*const u8>(0))?;
+    if pid != 0 && is_traced(pid) {
+        send(cpu_state()?, &sched_event(kind, tid, pid, 0, now(), false));
+    }
+    Ok(0)
+}
+
+#[raw_tracepoint(tracepoint = "sched_wakeup")]
+pub fn sched_wakeup(ctx: RawTracePointContext) -> u32 {
+    match woken(&ctx, EventKind::Wakeup) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+shared!(program sched_wakeup as SCHED_WAKEUP);
+
+#[raw_tracepoint(tracepoint = "sched_wakeup_new")]
+pub fn sched_wakeup_new(ctx: RawTracePointContext) -> u32 {
+    match woken(&ctx, EventKind::WakeupNew) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+shared!(program sched_wakeup_new as SCHED_WAKEUP_NEW);

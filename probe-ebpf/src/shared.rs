@@ -1,0 +1,182 @@
+//! What several features use: the configuration the loader sets, the maps
+//! every program may touch (`TRACED`, `CPU_STATE`, `EVENTS`, `COUNTERS`),
+//! and the helpers around them.
+
+use aya_ebpf::{
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, generated},
+    macros::map,
+    maps::{Array, PerCpuArray, RingBuf},
+};
+use probe_common::{Counter, InFlight, SchedEvent, SyscallEvent, COMM_LEN, COUNTER_SLOTS};
+
+// Read-only configuration, set by the loader with `override_global` before
+// the programs are verified, so that branches on them are cheap or pruned.
+// The features' own settings sit with them (`FILTER_SYSCALLS` in `syscalls`,
+// `TRACE_SCHED` in `sched`, the Go and io_uring offsets in theirs).
+
+/// probe's own tgid: never traced, or it would observe its own reading.
+#[unsafe(no_mangle)]
+pub(crate) static SELF_PID: u32 = 0;
+/// Non-zero: trace only the tgids set in `TRACED`; zero: the whole system.
+#[unsafe(no_mangle)]
+pub(crate) static FILTER_PIDS: u8 = 0;
+/// Each CPU wakes the reader once it has sent this many records since its
+/// last wakeup: a wakeup per record would cost more than the record, and so
+/// would asking the ring buffer how full it is. The reader also polls on a
+/// timer, for the records no wakeup announced.
+#[unsafe(no_mangle)]
+static WAKEUP_RECORDS: u32 = 0;
+/// Byte offsets of `task_struct.pid` and `.tgid` in the running kernel.
+#[unsafe(no_mangle)]
+static TASK_PID_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_TGID_OFFSET: u32 = 0;
+shared!(global SELF_PID, FILTER_PIDS, WAKEUP_RECORDS, TASK_PID_OFFSET, TASK_TGID_OFFSET);
+
+/// `TRACED[tgid] != 0`: the process is traced, when `FILTER_PIDS` is set.
+/// An array lookup is inlined by the verifier, where a hash lookup would
+/// cost a helper call on every syscall of the system; a byte per PID lets
+/// programs on several CPUs add forked children without atomics. The loader
+/// sizes it to `pid_max`.
+#[map]
+pub(crate) static TRACED: Array<u8> = Array::with_max_entries(1, 0);
+shared!(map TRACED);
+
+/// What each CPU keeps between programs.
+#[repr(C)]
+pub(crate) struct CpuState {
+    /// The syscall in flight on this CPU, if its thread has not left the
+    /// CPU; `start_ns` is 0 when there is none. `sched_switch` empties it
+    /// whenever a thread leaves, so a call found here at `sys_exit` is the
+    /// current thread's: `sys_exit` need not ask who is running.
+    pub(crate) call: InFlight,
+    /// Records this CPU sent since it last woke the reader.
+    unsent: u32,
+    _pad: u32,
+}
+
+#[map]
+static CPU_STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Completed syscalls and scheduler events, to userspace. The loader sets
+/// the size.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+shared!(map EVENTS);
+
+/// Per-CPU counters indexed by `Counter`.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+shared!(map COUNTERS);
+
+// `write_comm` writes names as two aligned words.
+const _: () = assert!(core::mem::offset_of!(SyscallEvent, comm) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(SchedEvent, comm) % 8 == 0);
+
+/// Fills a record's name field: the current task's name when `named`, else
+/// zeros. Raw writes, because on the BPF target a zeroed byte array becomes
+/// a call to a byte-by-byte `memset`, and aya's `bpf_get_current_comm`
+/// zeroes its own buffer that way before copying it.
+///
+/// # Safety
+/// `comm` is the name field of a record on the stack, 8-byte aligned.
+#[inline(always)]
+pub(crate) unsafe fn write_comm(comm: *mut [u8; COMM_LEN], named: bool) {
+    // SAFETY: the helper writes at most COMM_LEN bytes into the field.
+    if named && unsafe { generated::bpf_get_current_comm(comm.cast(), COMM_LEN as u32) } == 0 {
+        return;
+    }
+    let words = comm.cast::<u64>();
+    // SAFETY: the field is 16 bytes, 8-byte aligned; volatile, so that the
+    // compiler does not merge the two stores back into a `memset`.
+    unsafe {
+        words.write_volatile(0);
+        words.add(1).write_volatile(0);
+    }
+}
+
+#[inline(always)]
+pub(crate) fn config<T: Copy>(global: &T) -> T {
+    // SAFETY: the globals are plain integers; the volatile read keeps the
+    // compiler from folding in the placeholder value the loader overrides.
+    unsafe { core::ptr::read_volatile(global) }
+}
+
+#[inline(always)]
+pub(crate) fn is_traced(pid: u32) -> bool {
+    if pid == config(&SELF_PID) {
+        return false;
+    }
+    if config(&FILTER_PIDS) == 0 {
+        return true;
+    }
+    matches!(TRACED.get(pid), Some(&traced) if traced != 0)
+}
+
+/// Adds one to a counter and returns the new value on this CPU.
+#[inline(always)]
+pub(crate) fn bump(counter: Counter) -> u64 {
+    match COUNTERS.get_ptr_mut(counter as u32) {
+        Some(slot) => {
+            // SAFETY: per-CPU slot; programs on one CPU do not run concurrently.
+            unsafe {
+                *slot += 1;
+                *slot
+            }
+        }
+        None => 0,
+    }
+}
+
+#[inline(always)]
+pub(crate) fn cpu_state() -> Result<*mut CpuState, u32> {
+    CPU_STATE.get_ptr_mut(0).ok_or(0u32)
+}
+
+/// Sends one record to userspace, or counts it lost and returns false.
+/// `bpf_ringbuf_output` is one helper call where reserve and submit are two;
+/// on the syscall path every call counts.
+#[inline(always)]
+pub(crate) fn send<T: 'static>(state: *mut CpuState, record: &T) -> bool {
+    // SAFETY: this CPU's state; programs on one CPU do not run concurrently.
+    let unsent = unsafe { &mut (*state).unsent };
+    *unsent += 1;
+    let wake = if *unsent >= config(&WAKEUP_RECORDS) {
+        *unsent = 0;
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output::<T>(record, wake as u64).is_err() {
+        bump(Counter::LostEvents);
+        return false;
+    }
+    true
+}
+
+#[inline(always)]
+pub(crate) fn cpu() -> u32 {
+    // SAFETY: a helper without side effects.
+    unsafe { bpf_get_smp_processor_id() }
+}
+
+#[inline(always)]
+pub(crate) fn now() -> u64 {
+    // SAFETY: a helper without side effects.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Reads a task's `(tid, tgid)` at the offsets the loader found in BTF.
+#[inline(always)]
+pub(crate) fn task_ids(task: *const u8) -> Result<(u32, u32), u32> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an
+    // error, not a fault.
+    unsafe {
+        let tid = bpf_probe_read_kernel(task.add(config(&TASK_PID_OFFSET) as usize).cast::<u32>())
+            .map_err(|_| 0u32)?;
+        let tgid = bpf_probe_read_kernel(task.add(config(&TASK_TGID_OFFSET) as usize).cast::<u32>())
+            .map_err(|_| 0u32)?;
+        Ok((tid, tgid))
+    }
+}

@@ -1,0 +1,211 @@
+//! The `probe` command: parses the options, finds or starts what to trace,
+//! loads the kernel programs, plugs in the outputs and runs the event loop.
+//! Everything is put together here and nowhere else.
+
+use std::{
+    io::IsTerminal,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{error::ErrorKind, Parser};
+
+use crate::{
+    bpf::{Config, GoTarget, Probe},
+    cli::Args,
+    golang::{
+        self,
+        binary::{GoBinary, Inspection, UPROBES},
+        Goroutines,
+    },
+    metrics::{server::Endpoint, Export, Limits, Metrics, Store},
+    output::{stream::Stream, Outputs, Sink},
+    pipeline::Pipeline,
+    session::{self, Options, Traced},
+    target::{GatedCommand, PidTarget, SpawnError},
+    timeline::Timeline,
+    tui::Live,
+};
+
+/// Runs probe with the process's arguments and returns its exit status.
+pub fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(err) if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            // One line, not clap's usage block: the rest is in --help. A
+            // first line that ends in ':' takes the list that follows it.
+            let text = err.to_string();
+            let mut lines = text.lines().map(str::trim).filter(|line| !line.is_empty());
+            let mut line = lines.next().unwrap_or_default().trim_start_matches("error: ").to_owned();
+            if line.ends_with(':') {
+                let list: Vec<&str> = lines.take_while(|line| !line.starts_with("Usage:")).collect();
+                line = format!("{line} {}", list.join(", "));
+            }
+            eprintln!("probe: {line} (see probe --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let level = match args.verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    };
+    env_logger::Builder::new().filter_level(level).format_timestamp(None).init();
+    match run(args) {
+        Ok(status) => ExitCode::from(status as u8),
+        Err(err) => {
+            let status = err.downcast_ref::<SpawnError>().map_or(1, |spawn| spawn.exit_code);
+            // One line, even when the kernel's verifier log has several.
+            let text = format!("{err:#}").split_whitespace().collect::<Vec<_>>().join(" ");
+            eprintln!("probe: {text}");
+            ExitCode::from(status as u8)
+        }
+    }
+}
+
+/// The traced executable, if it is a Go program whose goroutines probe can
+/// follow; a Go program it cannot follow gets a note on stderr, and so does
+/// an executable that is not Go at all (--goroutines was asked for).
+fn followable_go_program(path: &Path) -> Result<Option<(PathBuf, GoBinary)>> {
+    match golang::binary::inspect(path)? {
+        Inspection::NotGo => {
+            eprintln!("probe: {} is not a Go program: --goroutines has nothing to follow", path.display());
+            Ok(None)
+        }
+        Inspection::Unsupported { version, why } => {
+            eprintln!(
+                "probe: {} is a Go program ({version}) whose goroutines cannot be followed: {why}; showing its threads",
+                path.display()
+            );
+            Ok(None)
+        }
+        Inspection::Go(binary) => Ok(Some((path.to_owned(), binary))),
+    }
+}
+
+fn run(args: Args) -> Result<i32> {
+    let stdout_is_terminal = std::io::stdout().is_terminal();
+    if args.tui && !stdout_is_terminal {
+        bail!("--tui needs a terminal on stdout");
+    }
+    let live = args.tui
+        || (!args.no_tui
+            && !args.json
+            && args.output.is_none()
+            && args.prometheus.is_none()
+            && stdout_is_terminal);
+    // Interval reports go to the stream unless the live view or the
+    // metrics show them.
+    let intervals = match live || args.prometheus.is_some() {
+        true => None,
+        false => Some(args.top),
+    };
+    let stream = Stream::open(args.output.as_deref(), args.json, intervals)?;
+    // Ports and paths are checked before anything is loaded or started.
+    let endpoint = args.prometheus.map(Endpoint::bind).transpose()?;
+    let timeline = args.trace.as_deref().map(|path| Timeline::create(path, args.trace_limit)).transpose()?;
+    let pids = args.pid.iter().map(|&pid| PidTarget::open(pid)).collect::<Result<Vec<_>>>()?;
+    // Fork before anything starts a thread: the child must stay
+    // single-threaded until it execs.
+    let gated = match args.command.is_empty() {
+        true => None,
+        false => Some(GatedCommand::fork(&args.command, live)?),
+    };
+    let executable = match (&gated, pids.first()) {
+        (Some(gated), _) => Some(gated.path.clone()),
+        (None, Some(target)) => Some(PathBuf::from(format!("/proc/{}/exe", target.pid))),
+        (None, None) => None,
+    };
+    let go_program = match &executable {
+        Some(path) if args.goroutines => followable_go_program(path)?,
+        Some(path) if golang::binary::is_go(path) => {
+            eprintln!(
+                "probe: {} is a Go program: --goroutines shows which goroutine made each syscall, at a cost to every goroutine switch",
+                path.display()
+            );
+            None
+        }
+        _ => None,
+    };
+    let config = Config {
+        filter_pids: !pids.is_empty() || gated.is_some(),
+        follow_forks: args.follow_forks || (gated.is_some() && !args.no_follow_forks),
+        buffer_bytes: args.buffer_size,
+        syscalls: !args.no_syscalls,
+        sched: !args.no_sched,
+        only: args.syscalls.clone(),
+        floor: args.bench_floor,
+        io_uring: true,
+        go: go_program.as_ref().map(|(path, binary)| GoTarget {
+            path: path.clone(),
+            goid_offset: binary.goid_offset,
+            startpc_offset: binary.startpc_offset,
+            uprobes: &UPROBES,
+        }),
+    };
+    let (mut probe, streams) = Probe::attach(&config, args.verbose > 0)?;
+    let traced = match (&gated, pids.is_empty()) {
+        (Some(_), _) => args.command.iter().map(|arg| arg.to_string_lossy()).collect::<Vec<_>>().join(" "),
+        (None, true) => "whole system".to_owned(),
+        (None, false) => {
+            format!("PID {}", pids.iter().map(|target| target.pid.to_string()).collect::<Vec<_>>().join(","))
+        }
+    };
+    // The live view and the metrics show what the programs cost; without
+    // the kernel's statistics they say nothing of it.
+    if live || endpoint.is_some() {
+        if let Err(err) = probe.enable_stats() {
+            log::info!("{err:#}");
+        }
+    }
+    let metrics = match endpoint {
+        Some(endpoint) => {
+            let limits = Limits { threads: args.prometheus_threads, grace: args.prometheus_grace };
+            let store = Arc::new(Mutex::new(Store::new(limits)));
+            Some((endpoint, store))
+        }
+        None => None,
+    };
+    let (target, command_output) = if let Some(mut gated) = gated {
+        probe.trace_pid(gated.pid.as_raw() as u32)?;
+        let command_output = gated.output.take();
+        (Traced::Command(gated.release()?), command_output)
+    } else if pids.is_empty() {
+        (Traced::System, None)
+    } else {
+        for target in &pids {
+            probe.trace_pid(target.pid)?;
+        }
+        (Traced::Pids(pids), None)
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the event loop")?;
+    // The outputs in the order they finish: the live view gives the
+    // terminal back before the stream prints the summary to it.
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    {
+        let _guard = runtime.enter();
+        if live {
+            sinks.push(Box::new(Live::open(traced, command_output)?));
+        }
+        if let Some((endpoint, store)) = metrics {
+            endpoint.serve(Metrics(store.clone()))?;
+            sinks.push(Box::new(Export(store)));
+        }
+    }
+    if let Some(timeline) = timeline {
+        sinks.push(Box::new(timeline));
+    }
+    sinks.push(Box::new(stream));
+    let options = Options { interval: args.interval, duration: args.duration, announce: !live };
+    let pipeline = Pipeline::new(go_program.map(|(_, binary)| Goroutines::new(binary)));
+    runtime.block_on(session::run(probe, streams, target, options, pipeline, Outputs::new(sinks)))
+}

@@ -1,0 +1,30 @@
+//! `probe`: per-thread syscall latency and scheduling, live, from eBPF.
+//!
+//! The flow: [`app`] puts it together. [`cli`] checks the options,
+//! [`target`] finds or starts what to trace, [`bpf`] loads and attaches the
+//! kernel programs (with `task_struct` offsets from [`btf`], io_uring
+//! layouts from [`tracefs`]), and [`session`], the event loop, feeds their
+//! records to the [`pipeline`], which builds the [`aggregate`] tables
+//! (syscalls, the scheduler's state machine) and follows [`golang`]
+//! goroutines. Every interval and at the end the loop hands the tables to
+//! the [`output`]s: the text or JSON [`report`] stream, the live view
+//! ([`tui`]), the Prometheus endpoint ([`metrics`]) and the Perfetto
+//! [`timeline`]. Only [`procfs`] reads `/proc`; the tables ask it through
+//! [`aggregate::World`].
+
+mod aggregate;
+pub mod app;
+mod bpf;
+mod btf;
+mod cli;
+mod golang;
+mod metrics;
+mod output;
+mod pipeline;
+mod procfs;
+mod report;
+mod session;
+mod target;
+mod timeline;
+mod tracefs;
+mod tui;

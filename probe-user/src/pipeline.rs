@@ -1,0 +1,409 @@
+//! The record pipeline: a record's one way from the ring buffer's bytes to
+//! the tables. Each record is decoded once ([`Record::decode`]), given its
+//! thread (tid generations), and applied: syscalls and io_uring requests to
+//! the interval's table, scheduler events to the state machine, Go runtime
+//! events to the goroutines. The event loop feeds it records, the kernel's
+//! counts of dropped calls and the time; what exists and what threads are
+//! called it asks of a [`World`], so it runs on synthetic record streams
+//! without root or a kernel.
+
+use std::mem;
+
+use probe_common::{EventKind, LostCall, Record, SWITCH_EXITED, SYSCALL_NO_RETURN};
+use rustc_hash::FxHashMap;
+
+use crate::{
+    aggregate::{sched::SchedTracker, Generations, Table, World, MAX_EXITED_THREADS},
+    golang::Goroutines,
+};
+
+/// Turns records into an interval's table and the run's total.
+#[derive(Debug)]
+pub struct Pipeline {
+    interval: Table,
+    total: Table,
+    tracker: SchedTracker,
+    generations: Generations,
+    goroutines: Option<Goroutines>,
+    undecodable: u64,
+}
+
+impl Pipeline {
+    /// A pipeline that also follows `goroutines`, for a traced Go program.
+    pub fn new(goroutines: Option<Goroutines>) -> Self {
+        Self {
+            interval: Table::default(),
+            total: Table::folding_processes(),
+            tracker: SchedTracker::default(),
+            generations: Generations::default(),
+            goroutines,
+            undecodable: 0,
+        }
+    }
+
+    /// Adds one record, whatever its bytes, and returns it decoded for the
+    /// outputs that follow records. A record that is not a known event of
+    /// the right size is counted, never trusted.
+    ///
+    /// Records must come in ring-buffer order, which is the order the
+    /// programs reserved them in: for any one thread it is the order things
+    /// happened to it (a thread leaves one CPU before another can switch it
+    /// in), where timestamps from different CPUs may disagree by more than a
+    /// migration takes.
+    pub fn ingest(&mut self, bytes: &[u8]) -> Option<Record> {
+        let record = Record::decode(bytes);
+        match &record {
+            Some(record) => self.apply(record),
+            None => self.undecodable += 1,
+        }
+        record
+    }
+
+    fn apply(&mut self, record: &Record) {
+        match record {
+            Record::Syscall(event) => {
+                if let Some(goroutines) = &mut self.goroutines {
+                    goroutines.syscall(event);
+                }
+                let key = self.generations.syscall(event.pid, event.tid);
+                self.interval.record(key, event);
+                if event.flags & SYSCALL_NO_RETURN == 0 {
+                    let end = event.start_ns.saturating_add(event.duration_ns);
+                    if let Some(split) = self.tracker.split(key, event.start_ns, end) {
+                        self.interval.record_split(key, event, split);
+                    }
+                } else {
+                    self.generations.exited(key);
+                }
+            }
+            Record::Sched(event) => {
+                let key = match EventKind::from_u32(event.kind) {
+                    Some(EventKind::WakeupNew) => self.generations.new_thread(event.pid, event.tid),
+                    _ => self.generations.current(event.pid, event.tid),
+                };
+                self.interval.record_sched(key, &event.comm);
+                self.tracker.apply(key, event, &mut self.interval);
+                if event.flags & SWITCH_EXITED != 0 {
+                    self.interval.mark_exited(key);
+                    self.generations.exited(key);
+                }
+            }
+            Record::Go(event) => {
+                if let Some(goroutines) = &mut self.goroutines {
+                    goroutines.apply(event);
+                }
+            }
+            Record::IoUring(event) => {
+                let key = self.generations.current(event.pid, event.tid);
+                self.interval.record_io_uring(key, event);
+            }
+        }
+    }
+
+    /// Adds the calls the kernel counted without records (their records
+    /// were dropped). Done often, so that the kernel's map of them is
+    /// emptied of exited threads quickly.
+    pub fn add_lost_calls(&mut self, calls: &[(LostCall, u64)], world: &dyn World) {
+        // A thread has several keys (syscalls, errnos): ask about it once.
+        let mut dead_threads: FxHashMap<(u32, u32), bool> = FxHashMap::default();
+        for &(call, count) in calls {
+            // Counted since the last read, so most likely by the thread
+            // that has these ids now.
+            let key = self.generations.current(call.pid, call.tid);
+            self.interval.record_lost(key, &call, count);
+            // A dead thread's row can be folded away; its ids are left to
+            // the scheduler's and the syscalls' own signs of a new thread.
+            let dead = *dead_threads
+                .entry((call.pid, call.tid))
+                .or_insert_with(|| !world.thread_alive(call.pid, call.tid));
+            if dead {
+                self.interval.mark_exited(key);
+            }
+        }
+        // Threads that come and go by the thousand would otherwise pile up in
+        // the interval's table until its report: fold the dead ones now. Only
+        // then: finding the dead asks about every row.
+        if self.interval.rows() > MAX_EXITED_THREADS {
+            self.interval.retire_dead(world);
+        }
+    }
+
+    /// Brings the interval up to `now_ns` (the kernel's monotonic clock)
+    /// before it closes: the threads on a CPU are charged their time so far.
+    pub fn settle(&mut self, now_ns: u64, world: &dyn World) {
+        self.tracker.forget_dead(world);
+        self.tracker.charge_running(now_ns, &mut self.interval);
+    }
+
+    /// Closes the current interval: folds it into the run's total and
+    /// returns it, its unnamed threads named.
+    pub fn close_interval(&mut self, world: &dyn World) -> Table {
+        let mut interval = mem::take(&mut self.interval);
+        interval.name_unnamed(world);
+        self.total.merge(&interval, world);
+        self.total.retire_dead(world);
+        if let Some(goroutines) = &mut self.goroutines {
+            goroutines.refresh(world);
+        }
+        interval
+    }
+
+    /// The run so far, up to the last closed interval.
+    pub fn total(&self) -> &Table {
+        &self.total
+    }
+
+    /// The goroutines of a traced Go program.
+    pub fn goroutines(&self) -> Option<&Goroutines> {
+        self.goroutines.as_ref()
+    }
+
+    /// Records that could not be decoded (a bug: please report it).
+    pub fn undecodable(&self) -> u64 {
+        self.undecodable
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        aggregate::{tests::Listed, ThreadKey},
+        report::{Kind, Report, Span},
+    };
+    use probe_common::{GoEvent, IoUringEvent, SchedEvent, SyscallEvent, COMM_LEN, SWITCH_VOLUNTARY};
+    use proptest::prelude::*;
+
+    fn bytes<T>(value: &T) -> Vec<u8> {
+        // SAFETY: the bytes of a padding-free `#[repr(C)]` record.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    fn name(text: &str) -> [u8; COMM_LEN] {
+        let mut comm = [0; COMM_LEN];
+        comm[..text.len()].copy_from_slice(text.as_bytes());
+        comm
+    }
+
+    fn syscall_record(tid: u32, nr: u32, flags: u32, start_ns: u64, duration_ns: u64) -> Vec<u8> {
+        let comm = if flags & SYSCALL_NO_RETURN != 0 { name("worker") } else { [0; COMM_LEN] };
+        let (kind, cpu, pid, ret) = (EventKind::Syscall as u32, 0, 1, 0);
+        bytes(&SyscallEvent { kind, cpu, pid, tid, nr, flags, ret, start_ns, duration_ns, comm })
+    }
+
+    fn syscall(tid: u32, nr: u32, start_ns: u64, duration_ns: u64) -> Vec<u8> {
+        syscall_record(tid, nr, 0, start_ns, duration_ns)
+    }
+
+    fn exit(tid: u32, ts_ns: u64) -> Vec<u8> {
+        syscall_record(tid, 60, SYSCALL_NO_RETURN, ts_ns, 0)
+    }
+
+    fn sched(kind: EventKind, tid: u32, cpu: u32, flags: u32, ts_ns: u64) -> Vec<u8> {
+        let comm = if kind == EventKind::SwitchOut { name("worker") } else { [0; COMM_LEN] };
+        bytes(&SchedEvent { kind: kind as u32, cpu, pid: 1, tid, flags, _pad: 0, ts_ns, comm })
+    }
+
+    fn feed(pipeline: &mut Pipeline, records: &[Vec<u8>]) {
+        for record in records {
+            pipeline.ingest(record);
+        }
+    }
+
+    const NOBODY: Listed = Listed(Vec::new());
+
+    #[test]
+    fn a_blocking_call_is_split_by_the_scheduler_events_inside_it() {
+        use EventKind::*;
+        let mut pipeline = Pipeline::new(None);
+        // Thread 2 runs, blocks in read (nr 0) at 100, is woken at 150 and
+        // runs at 170; the read returns at 180.
+        feed(
+            &mut pipeline,
+            &[
+                sched(SwitchIn, 2, 0, 0, 10),
+                sched(SwitchOut, 2, 0, SWITCH_VOLUNTARY, 100),
+                sched(Wakeup, 2, 1, 0, 150),
+                sched(SwitchIn, 2, 1, 0, 170),
+                syscall(2, 0, 90, 90),
+            ],
+        );
+        let interval = pipeline.close_interval(&Listed(vec![(1, 2)]));
+        let thread = interval.get(ThreadKey::new(1, 2)).unwrap();
+        let read = &thread.syscalls[&0];
+        assert_eq!((read.count, read.split_ns, read.blocked_ns, read.runq_ns), (1, 90, 50, 20));
+        let sched = thread.sched.as_ref().unwrap();
+        assert_eq!((sched.voluntary, sched.migrations, sched.blocked_ns), (1, 1, 50));
+        assert_eq!(thread.comm, "worker");
+    }
+
+    #[test]
+    fn a_reused_tid_after_exit_is_a_new_thread() {
+        use EventKind::*;
+        let mut pipeline = Pipeline::new(None);
+        feed(
+            &mut pipeline,
+            &[
+                syscall(5, 39, 1, 10),
+                exit(5, 20),
+                // Its last switch, after the exit call: still the first thread's.
+                sched(SwitchOut, 5, 0, SWITCH_EXITED, 30),
+                // The kernel gives tid 5 to a new thread.
+                sched(WakeupNew, 5, 0, 0, 40),
+                sched(SwitchIn, 5, 0, 0, 45),
+                syscall(5, 39, 50, 10),
+                syscall(5, 39, 70, 10),
+            ],
+        );
+        let interval = pipeline.close_interval(&NOBODY);
+        let first = interval.get(ThreadKey { pid: 1, tid: 5, generation: 0 }).unwrap();
+        let second = interval.get(ThreadKey { pid: 1, tid: 5, generation: 1 }).unwrap();
+        assert!(first.exited && !second.exited);
+        assert_eq!((first.syscalls[&39].count, second.syscalls[&39].count), (1, 2));
+        assert_eq!(first.sched.as_ref().unwrap().voluntary, 0);
+        assert_eq!(second.sched.as_ref().unwrap().runq_wait_ns, 5);
+        // Without the scheduler view, a syscall after the exit call is the
+        // sign of a new thread.
+        let mut pipeline = Pipeline::new(None);
+        feed(&mut pipeline, &[syscall(7, 39, 1, 1), exit(7, 2), syscall(7, 39, 3, 1)]);
+        let interval = pipeline.close_interval(&NOBODY);
+        assert_eq!(interval.rows(), 2);
+    }
+
+    #[test]
+    fn intervals_add_up_to_the_total() {
+        let mut pipeline = Pipeline::new(None);
+        let world = Listed(vec![(1, 2), (1, 3)]);
+        let mut intervals = Vec::new();
+        for round in 0..5u64 {
+            for call in 0..(round + 1) * 10 {
+                pipeline.ingest(&syscall(2 + (call % 2) as u32, 39, round * 1000 + call, 7));
+            }
+            intervals.push(pipeline.close_interval(&world));
+        }
+        let summed: u64 = intervals.iter().map(Table::events).sum();
+        assert_eq!(summed, pipeline.total().events());
+        assert_eq!(pipeline.total().events(), 150);
+        let calls: u64 = pipeline.total().iter().map(|(_, thread)| thread.syscalls[&39].count).sum();
+        assert_eq!(calls, 150);
+    }
+
+    #[test]
+    fn lost_calls_count_for_the_thread_and_fold_the_dead() {
+        let mut pipeline = Pipeline::new(None);
+        pipeline.ingest(&syscall(2, 257, 1, 5));
+        let lost = LostCall { pid: 1, tid: 2, nr: 257, errno: 2 };
+        let gone = LostCall { pid: 1, tid: 9, nr: 0, errno: 0 };
+        pipeline.add_lost_calls(
+            &[(lost, 10), (LostCall { errno: 0, ..lost }, 5), (gone, 3)],
+            &Listed(vec![(1, 2)]),
+        );
+        let interval = pipeline.close_interval(&Listed(vec![(1, 2)]));
+        let thread = interval.get(ThreadKey::new(1, 2)).unwrap();
+        let openat = &thread.syscalls[&257];
+        assert_eq!((openat.count, openat.errors, openat.lost, openat.latency.len()), (16, 10, 15, 1));
+        assert!(!thread.exited);
+        assert!(interval.get(ThreadKey::new(1, 9)).unwrap().exited);
+        // Lost calls are not records received.
+        assert_eq!(interval.events(), 1);
+    }
+
+    #[test]
+    fn threads_no_record_named_are_named_by_the_world() {
+        use EventKind::*;
+        let mut pipeline = Pipeline::new(None);
+        pipeline.ingest(&sched(SwitchIn, 4, 0, 0, 10));
+        let interval = pipeline.close_interval(&Listed(vec![(1, 4)]));
+        assert_eq!(interval.get(ThreadKey::new(1, 4)).unwrap().comm, "live");
+    }
+
+    #[test]
+    fn go_and_io_uring_records_reach_their_tables() {
+        let mut pipeline = Pipeline::new(None);
+        let go = GoEvent {
+            kind: EventKind::GoExecute as u32,
+            cpu: 0,
+            pid: 1,
+            tid: 2,
+            goid: 7,
+            start_pc: 0,
+            ts_ns: 1,
+        };
+        let mut op_name = [0; probe_common::OP_NAME_LEN];
+        op_name[..3].copy_from_slice(b"NOP");
+        let io = IoUringEvent {
+            kind: EventKind::IoUring as u32,
+            cpu: 0,
+            pid: 1,
+            tid: 2,
+            opcode: 0,
+            flags: 0,
+            res: 0,
+            _pad: 0,
+            start_ns: 1,
+            duration_ns: 2,
+            op_name,
+        };
+        assert_eq!(pipeline.ingest(&bytes(&go)), Some(Record::Go(go)));
+        assert_eq!(pipeline.ingest(&bytes(&io)), Some(Record::IoUring(io)));
+        let interval = pipeline.close_interval(&NOBODY);
+        let thread = interval.get(ThreadKey::new(1, 2)).unwrap();
+        assert_eq!((thread.io_uring[&0].count, thread.io_uring[&0].name.as_str()), (1, "NOP"));
+        assert_eq!(pipeline.undecodable(), 0);
+    }
+
+    fn tagged(kind: EventKind, len: usize, body: &[u8]) -> Vec<u8> {
+        let mut record = (kind as u32).to_ne_bytes().to_vec();
+        record.extend(body.iter().copied().cycle().take(len.saturating_sub(4)));
+        record.resize(len, 0);
+        record
+    }
+
+    /// Whatever the ring buffer holds, the pipeline and the reports built
+    /// from it neither panic nor lose count of what they refused.
+    fn ingest_and_report(records: &[Vec<u8>]) -> Pipeline {
+        let mut pipeline = Pipeline::new(None);
+        feed(&mut pipeline, records);
+        let span = Span { elapsed_ns: 1, span_ns: 1, lost: Default::default(), health: Default::default() };
+        let interval = pipeline.close_interval(&NOBODY);
+        serde_json::to_string(&Report::new(Kind::Interval, &interval, span, Some(3))).unwrap();
+        let report = Report::new(Kind::Summary, pipeline.total(), span, None);
+        crate::output::render_text(&report).unwrap();
+        pipeline
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(records in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..80), 0..64)) {
+            let pipeline = ingest_and_report(&records);
+            let valid = records.iter().filter(|record| Record::decode(record).is_some()).count();
+            prop_assert_eq!(pipeline.undecodable() as usize, records.len() - valid);
+        }
+
+        #[test]
+        fn well_tagged_records_with_random_fields_never_panic(
+            bodies in prop::collection::vec((1u32..=10, prop::sample::select(vec![0usize, 4, 40, 47, 48, 64, 65]), prop::collection::vec(any::<u8>(), 1..64)), 0..64),
+        ) {
+            let records: Vec<_> = bodies
+                .iter()
+                .map(|(kind, len, body)| tagged(EventKind::from_u32(*kind).unwrap_or(EventKind::Syscall), *len, body))
+                .collect();
+            ingest_and_report(&records);
+        }
+
+        #[test]
+        fn scheduler_events_in_any_order_never_panic(
+            events in prop::collection::vec((2u32..=5, 0u32..4, 0u32..2, 0u32..4, any::<u64>()), 0..200),
+        ) {
+            let records: Vec<_> = events
+                .iter()
+                .map(|&(kind, tid, cpu, flags, ts)| {
+                    let kind = EventKind::from_u32(kind).unwrap();
+                    sched(kind, tid, cpu, flags & (SWITCH_VOLUNTARY | SWITCH_EXITED), ts)
+                })
+                .collect();
+            let pipeline = ingest_and_report(&records);
+            prop_assert_eq!(pipeline.undecodable(), 0);
+        }
+    }
+}
