@@ -59,6 +59,12 @@ impl EventKind {
 /// so the record counts the call but carries no latency.
 pub const SYSCALL_NO_RETURN: u32 = 1;
 
+/// `SyscallEvent::flags`: the call returned, but its entry was not seen (it
+/// was in progress when probe attached, or its entry's record was lost).
+/// `start_ns` is then the time it returned, `duration_ns` 0, and `nr` was
+/// read from the thread's registers at the exit.
+pub const SYSCALL_UNSEEN_ENTRY: u32 = 2;
+
 /// Length of a task's `comm`, the kernel's `TASK_COMM_LEN`.
 pub const COMM_LEN: usize = 16;
 
@@ -120,6 +126,10 @@ pub struct SchedEvent {
     pub _pad: u32,
     /// `bpf_ktime_get_ns()` of the event.
     pub ts_ns: u64,
+    /// In a `SwitchOut`: the kernel's count of the thread's moves between
+    /// CPUs so far (`task_struct.se.nr_migrations`), which a lost record
+    /// cannot falsify; 0 otherwise.
+    pub nr_migrations: u64,
     /// The thread's name, in a `SwitchOut` (the only event that runs as the
     /// thread itself); zeros otherwise.
     pub comm: [u8; COMM_LEN],
@@ -167,7 +177,7 @@ pub struct OffsetCheck {
 /// nearly always; only when the thread leaves the CPU mid-syscall does
 /// `sched_switch` park it in a hash map keyed by thread.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InFlight {
     /// `bpf_ktime_get_ns()` at `sys_enter`; 0 when the slot is free.
     pub start_ns: u64,
@@ -181,6 +191,21 @@ pub struct InFlight {
     pub flags: u32,
 }
 
+/// What each CPU keeps between programs (the per-CPU `CPU_STATE`), which
+/// userspace also reads: its `call` is the syscall in progress on the CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuState {
+    /// The syscall in flight on this CPU, if its thread has not left the
+    /// CPU; `start_ns` is 0 when there is none. `sched_switch` empties it
+    /// whenever a thread leaves, so a call found here at `sys_exit` is the
+    /// current thread's: `sys_exit` need not ask who is running.
+    pub call: InFlight,
+    /// Records this CPU sent since it last woke the reader.
+    pub unsent: u32,
+    pub _pad: u32,
+}
+
 /// `SYSCALL_FLAGS[nr]` bits: what the kernel programs do with syscall `nr`.
 pub mod syscall_flags {
     /// Traced when `-e` names syscalls.
@@ -189,6 +214,10 @@ pub mod syscall_flags {
     pub const NO_RETURN: u8 = 2;
     /// May rename the thread (`execve`, `prctl`): its record carries `comm`.
     pub const RENAMES: u8 = 4;
+    /// Makes a thread or process (`clone`, `fork`, ...): the new one's
+    /// first return from it (0) has no entry, and is not a call in progress
+    /// at attach.
+    pub const FORKS: u8 = 8;
 }
 
 /// Indexes of the per-CPU `COUNTERS` array.
@@ -260,7 +289,10 @@ pub const MAX_IO_REQUESTS: u32 = 16_384;
 
 /// Key of `LOST_CALLS`: the syscalls whose records the ring buffer had no
 /// room for are counted by thread, syscall and errno, so that userspace
-/// still gets every count exact; only their latencies are missing.
+/// still gets every count exact; only their latencies are missing. Dropped
+/// scheduler records are counted there too, by thread, under the `nr`s
+/// `LOST_*` (beyond any syscall number): switches stay exact, and the
+/// thread's scheduler times are known to be a sample.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LostCall {
@@ -273,6 +305,15 @@ pub struct LostCall {
     /// The errno it failed with; 0 when it succeeded.
     pub errno: u32,
 }
+
+/// `LostCall::nr` of a dropped voluntary `SwitchOut`.
+pub const LOST_VOLUNTARY_SWITCH: u32 = 0x8000_0000;
+/// `LostCall::nr` of a dropped involuntary `SwitchOut`.
+pub const LOST_INVOLUNTARY_SWITCH: u32 = 0x8000_0001;
+/// `LostCall::nr` of a dropped `SwitchIn`.
+pub const LOST_SWITCH_IN: u32 = 0x8000_0002;
+/// `LostCall::nr` of a dropped `Wakeup` or `WakeupNew`.
+pub const LOST_WAKEUP: u32 = 0x8000_0003;
 
 /// Capacity of `LOST_CALLS`: (thread, syscall, errno) combinations.
 pub const MAX_LOST_KEYS: u32 = 1 << 20;
@@ -322,14 +363,26 @@ fn read_record<T: Copy>(bytes: &[u8]) -> Option<T> {
 /// Capacity of the map of parked calls: threads blocked in a syscall at once.
 pub const MAX_PARKED_CALLS: u32 = 65_536;
 
-/// Syscall numbers `SYSCALL_FLAGS` covers, exclusive.
+/// Syscall numbers `SYSCALL_FLAGS` covers, exclusive: x86-64's below
+/// `COMPAT_FLAGS_BASE`, the i386 table's from there.
 pub const MAX_SYSCALL_NR: u32 = 1024;
+
+/// Where the i386 table's syscalls start in `SYSCALL_FLAGS` (both tables
+/// have fewer than 512 numbers).
+pub const COMPAT_FLAGS_BASE: u32 = 512;
+
+/// Set in a syscall number (`InFlight::nr`, `SyscallEvent::nr`,
+/// `LostCall::nr`) made through a 32-bit entry: the number is the i386
+/// table's. Below the `LOST_*` numbers, above any syscall's.
+pub const COMPAT_NR: u32 = 0x4000_0000;
 
 // The layouts are a contract between two compilers: pin them.
 const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 64);
 const _: () = assert!(core::mem::align_of::<SyscallEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<InFlight>() == 24);
-const _: () = assert!(core::mem::size_of::<SchedEvent>() == 48);
+const _: () = assert!(core::mem::size_of::<CpuState>() == 32);
+const _: () = assert!(core::mem::offset_of!(CpuState, call) == 0);
+const _: () = assert!(core::mem::size_of::<SchedEvent>() == 56);
 const _: () = assert!(core::mem::align_of::<SchedEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<GoEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<IoUringEvent>() == 64);
@@ -372,6 +425,7 @@ mod tests {
             flags: 0,
             _pad: 0,
             ts_ns: 7,
+            nr_migrations: 0,
             comm: [0; COMM_LEN],
         };
         assert_eq!(Record::decode(bytes(&switch)), Some(Record::Sched(switch)));
@@ -391,4 +445,6 @@ mod pod {
     unsafe impl aya::Pod for super::LostCall {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::InFlight {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CpuState {}
 }

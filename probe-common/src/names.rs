@@ -9,7 +9,7 @@
 //! does not build.
 //!
 //! Only what the loader looks up is here; the maps the programs keep to
-//! themselves (`CPU_STATE`, `IO_REQUESTS`, ...) are not.
+//! themselves (`IO_REQUESTS`, ...) are not.
 
 /// Read-only globals, set by the loader with `EbpfLoader::override_global`
 /// before the programs are verified.
@@ -23,8 +23,22 @@ pub mod global {
     pub const FILTER_SYSCALLS: &str = "FILTER_SYSCALLS";
     /// Non-zero: the scheduler programs send scheduler events.
     pub const TRACE_SCHED: &str = "TRACE_SCHED";
+    /// Non-zero: a traced syscall that returns without a seen entry (in
+    /// progress when probe attached) is sent, flagged `SYSCALL_UNSEEN_ENTRY`.
+    pub const REPORT_UNSEEN: &str = "REPORT_UNSEEN";
+    /// Byte offset of `pt_regs.orig_ax` (the syscall number) in the running
+    /// kernel.
+    pub const SYSCALL_NR_OFFSET: &str = "SYSCALL_NR_OFFSET";
     /// Records each CPU sends before it wakes the reader.
     pub const WAKEUP_RECORDS: &str = "WAKEUP_RECORDS";
+    /// Non-zero: processes leave `TRACED` when freed, after their final
+    /// switch ([`super::program::SCHED_PROCESS_FREE`] is attached).
+    pub const UNTRACE_AT_FREE: &str = "UNTRACE_AT_FREE";
+    /// Byte offset of `thread_info.status` in `task_struct` (32-bit
+    /// syscalls); 0: not looked at.
+    pub const TASK_STATUS_OFFSET: &str = "TASK_STATUS_OFFSET";
+    /// Byte offset of `se.nr_migrations` in `task_struct`.
+    pub const TASK_MIGRATIONS_OFFSET: &str = "TASK_MIGRATIONS_OFFSET";
     /// Byte offset of `task_struct.pid` in the running kernel.
     pub const TASK_PID_OFFSET: &str = "TASK_PID_OFFSET";
     /// Byte offset of `task_struct.tgid` in the running kernel.
@@ -70,6 +84,8 @@ pub mod map {
     pub const LOST_CALLS_ACTIVE: &str = "LOST_CALLS_ACTIVE";
     /// Syscalls whose thread left its CPU before they returned, by thread.
     pub const CALLS_OFF_CPU: &str = "CALLS_OFF_CPU";
+    /// Per CPU, the `CpuState`: the syscall in flight on that CPU, if any.
+    pub const CPU_STATE: &str = "CPU_STATE";
     /// What [`super::program::CHECK_OFFSETS`] read from probe's own task.
     pub const OFFSET_CHECK: &str = "OFFSET_CHECK";
 }
@@ -97,6 +113,8 @@ pub mod program {
     pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
     /// Raw tracepoint `sched_process_exit` (`sched:sched_process_exit`).
     pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
+    /// Raw tracepoint `sched_process_free` (`sched:sched_process_free`).
+    pub const SCHED_PROCESS_FREE: &str = "sched_process_free";
 
     /// Uprobe on the Go runtime's `runtime.execute`.
     pub const GO_EXECUTE: &str = "go_execute";

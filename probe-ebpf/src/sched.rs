@@ -4,12 +4,19 @@
 
 use core::mem::MaybeUninit;
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext};
-use probe_common::{EventKind, SchedEvent, SWITCH_EXITED, SWITCH_VOLUNTARY};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task_btf},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use probe_common::{
+    EventKind, LostCall, SchedEvent, LOST_INVOLUNTARY_SWITCH, LOST_SWITCH_IN, LOST_VOLUNTARY_SWITCH,
+    LOST_WAKEUP, SWITCH_EXITED, SWITCH_VOLUNTARY,
+};
 
 use crate::{
     shared::{config, cpu, cpu_state, is_traced, now, send, task_ids, write_comm},
-    syscalls::park_call,
+    syscalls::{count_lost, park_call},
 };
 
 /// `TASK_DEAD` in a task's state (include/linux/sched.h): its last switch.
@@ -21,6 +28,23 @@ const TASK_DEAD: u32 = 0x80;
 #[unsafe(no_mangle)]
 static TRACE_SCHED: u8 = 0;
 shared!(global TRACE_SCHED);
+
+/// Byte offset of `se.nr_migrations` in `task_struct` (from BTF).
+#[unsafe(no_mangle)]
+static TASK_MIGRATIONS_OFFSET: u32 = 0;
+shared!(global TASK_MIGRATIONS_OFFSET);
+
+/// The current thread's count of moves between CPUs, as the kernel keeps
+/// it. A plain load through a BTF pointer (see `syscalls::compat_bit`).
+#[inline(always)]
+fn own_migrations() -> u64 {
+    // SAFETY: the helper returns the current task, which outlives the
+    // program; the offset is se.nr_migrations's, from BTF.
+    unsafe {
+        let task = bpf_get_current_task_btf() as *const u8;
+        core::ptr::read_volatile(task.add(config(&TASK_MIGRATIONS_OFFSET) as usize).cast::<u64>())
+    }
+}
 
 #[inline(always)]
 fn sched_event(kind: EventKind, tid: u32, pid: u32, flags: u32, ts_ns: u64, named: bool) -> SchedEvent {
@@ -35,6 +59,8 @@ fn sched_event(kind: EventKind, tid: u32, pid: u32, flags: u32, ts_ns: u64, name
         (*r).flags = flags;
         (*r)._pad = 0;
         (*r).ts_ns = ts_ns;
+        // Only a SwitchOut runs as the thread it is about.
+        (*r).nr_migrations = if named { own_migrations() } else { 0 };
         write_comm(&raw mut (*r).comm, named);
         record.assume_init()
     }
@@ -69,11 +95,16 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
         if prev_state & TASK_DEAD != 0 {
             flags |= SWITCH_EXITED;
         }
-        send(state, &sched_event(EventKind::SwitchOut, prev as u32, prev_pid, flags, now, true));
+        let lost =
+            if flags & SWITCH_VOLUNTARY != 0 { LOST_VOLUNTARY_SWITCH } else { LOST_INVOLUNTARY_SWITCH };
+        if !send(state, &sched_event(EventKind::SwitchOut, prev as u32, prev_pid, flags, now, true)) {
+            count_lost(LostCall { pid: prev_pid, tid: prev as u32, nr: lost, errno: 0 });
+        }
     }
     let (tid, pid) = task_ids(ctx.arg::<*const u8>(2))?;
-    if pid != 0 && is_traced(pid) {
-        send(state, &sched_event(EventKind::SwitchIn, tid, pid, 0, now, false));
+    if pid != 0 && is_traced(pid) && !send(state, &sched_event(EventKind::SwitchIn, tid, pid, 0, now, false))
+    {
+        count_lost(LostCall { pid, tid, nr: LOST_SWITCH_IN, errno: 0 });
     }
     Ok(0)
 }
@@ -82,8 +113,8 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
 fn woken(ctx: &RawTracePointContext, kind: EventKind) -> Result<u32, u32> {
     // TP_PROTO(struct task_struct *p): runs as the waker, not as p.
     let (tid, pid) = task_ids(ctx.arg::<*const u8>(0))?;
-    if pid != 0 && is_traced(pid) {
-        send(cpu_state()?, &sched_event(kind, tid, pid, 0, now(), false));
+    if pid != 0 && is_traced(pid) && !send(cpu_state()?, &sched_event(kind, tid, pid, 0, now(), false)) {
+        count_lost(LostCall { pid, tid, nr: LOST_WAKEUP, errno: 0 });
     }
     Ok(0)
 }

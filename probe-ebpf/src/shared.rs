@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, PerCpuArray, RingBuf},
 };
-use probe_common::{Counter, InFlight, SchedEvent, SyscallEvent, COMM_LEN, COUNTER_SLOTS};
+use probe_common::{Counter, CpuState, SchedEvent, SyscallEvent, COMM_LEN, COUNTER_SLOTS};
 
 // Read-only configuration, set by the loader with `override_global` before
 // the programs are verified, so that branches on them are cheap or pruned.
@@ -43,21 +43,11 @@ shared!(global SELF_PID, FILTER_PIDS, WAKEUP_RECORDS, TASK_PID_OFFSET, TASK_TGID
 pub(crate) static TRACED: Array<u8> = Array::with_max_entries(1, 0);
 shared!(map TRACED);
 
-/// What each CPU keeps between programs.
-#[repr(C)]
-pub(crate) struct CpuState {
-    /// The syscall in flight on this CPU, if its thread has not left the
-    /// CPU; `start_ns` is 0 when there is none. `sched_switch` empties it
-    /// whenever a thread leaves, so a call found here at `sys_exit` is the
-    /// current thread's: `sys_exit` need not ask who is running.
-    pub(crate) call: InFlight,
-    /// Records this CPU sent since it last woke the reader.
-    unsent: u32,
-    _pad: u32,
-}
-
+/// What each CPU keeps between programs (`CpuState`). Userspace reads the
+/// calls in flight on each CPU from it.
 #[map]
 static CPU_STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
+shared!(map CPU_STATE);
 
 /// Completed syscalls and scheduler events, to userspace. The loader sets
 /// the size.

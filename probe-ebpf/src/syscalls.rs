@@ -1,30 +1,51 @@
 //! Syscalls: each traced call is timed from `sys_enter` to `sys_exit` and
 //! sent as one record. A call stays in its CPU's state while its thread
 //! runs; `sched_switch` parks it in `CALLS_OFF_CPU` (`park_call`) when the
-//! thread leaves its CPU, where `sys_exit` finds it on any CPU.
+//! thread leaves its CPU, where `sys_exit` finds it on any CPU. A call
+//! whose entry was not seen (in progress when probe attached) is sent at its
+//! exit, flagged `SYSCALL_UNSEEN_ENTRY`, when the loader asks for it.
 
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel},
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap},
     programs::RawTracePointContext,
 };
 use aya_log_ebpf::warn;
 use probe_common::{
-    syscall_flags, Counter, EventKind, InFlight, LostCall, SyscallEvent, MAX_ERRNO, MAX_LOST_KEYS,
-    MAX_PARKED_CALLS, MAX_SYSCALL_NR, SYSCALL_NO_RETURN,
+    syscall_flags, Counter, CpuState, EventKind, InFlight, LostCall, SyscallEvent, COMPAT_FLAGS_BASE,
+    COMPAT_NR, MAX_ERRNO, MAX_LOST_KEYS, MAX_PARKED_CALLS, MAX_SYSCALL_NR, SYSCALL_NO_RETURN,
+    SYSCALL_UNSEEN_ENTRY,
 };
 
-use crate::shared::{bump, config, cpu, cpu_state, is_traced, now, send, write_comm, CpuState};
+use crate::shared::{bump, config, cpu, cpu_state, is_traced, now, send, write_comm};
 
 /// Non-zero: trace only the syscalls flagged `WANTED` in `SYSCALL_FLAGS`.
 /// Set by the loader, like the globals in `shared`.
 #[unsafe(no_mangle)]
 static FILTER_SYSCALLS: u8 = 0;
-shared!(global FILTER_SYSCALLS);
+/// Non-zero: a traced call that returns without a seen entry is sent,
+/// flagged `SYSCALL_UNSEEN_ENTRY` (`--pid` and whole-system traces, whose
+/// threads may be mid-call when probe attaches; not a COMMAND, whose only
+/// such call is probe's own gate before the exec).
+#[unsafe(no_mangle)]
+static REPORT_UNSEEN: u8 = 0;
+/// Byte offset of `pt_regs.orig_ax`, the syscall number, in the running
+/// kernel (from BTF): how `sys_exit` names a call whose entry it did not see.
+#[unsafe(no_mangle)]
+static SYSCALL_NR_OFFSET: u32 = 0;
+/// Byte offset of `thread_info.status` in `task_struct` (from BTF), where
+/// `TS_COMPAT` says a syscall is a 32-bit one; 0: not looked at.
+#[unsafe(no_mangle)]
+static TASK_STATUS_OFFSET: u32 = 0;
+shared!(global FILTER_SYSCALLS, REPORT_UNSEEN, SYSCALL_NR_OFFSET, TASK_STATUS_OFFSET);
+
+/// `TS_COMPAT` in `thread_info.status` (arch/x86/include/asm/thread_info.h):
+/// a macro, so not in BTF.
+const TS_COMPAT: u32 = 0x0002;
 
 /// `syscall_flags` per syscall number.
 #[map]
@@ -72,17 +93,18 @@ fn emit(state: *mut CpuState, call: &InFlight, ret: i64, duration_ns: u64) {
         record.assume_init()
     };
     if !send(state, &record) {
-        count_lost(call, ret);
+        let errno = if (-MAX_ERRNO..0).contains(&ret) { -ret as u32 } else { 0 };
+        count_lost(LostCall { pid: call.pid, tid: call.tid, nr: call.nr, errno });
     }
 }
 
-/// Counts a syscall whose record was dropped, so that its count and errno
-/// stay exact. Only the thread itself counts its calls, and it runs on one
-/// CPU at a time: the increment needs no atomics.
+/// Counts an event whose record was dropped (a syscall, or a scheduler
+/// event: see `LostCall`), so that its count stays exact. Only the thread
+/// itself counts its calls and switches, and it runs on one CPU at a time:
+/// the increment needs no atomics (wakeups, counted by their wakers, only
+/// mark a thread's times as sampled).
 #[inline(never)]
-fn count_lost(call: &InFlight, ret: i64) {
-    let errno = if (-MAX_ERRNO..0).contains(&ret) { -ret as u32 } else { 0 };
-    let key = LostCall { pid: call.pid, tid: call.tid, nr: call.nr, errno };
+pub(crate) fn count_lost(key: LostCall) {
     let lost = match LOST_CALLS_ACTIVE.get(0) {
         Some(&1) => &LOST_CALLS_1,
         _ => &LOST_CALLS_0,
@@ -95,9 +117,38 @@ fn count_lost(call: &InFlight, ret: i64) {
     }
 }
 
+/// `SYSCALL_FLAGS` of syscall `nr` (with `COMPAT_NR` for the i386 table's).
 #[inline(always)]
 fn flags_of(nr: u32) -> u8 {
-    SYSCALL_FLAGS.get(nr).copied().unwrap_or(0)
+    let index = if nr & COMPAT_NR != 0 { (nr & !COMPAT_NR) + COMPAT_FLAGS_BASE } else { nr };
+    SYSCALL_FLAGS.get(index).copied().unwrap_or(0)
+}
+
+/// `COMPAT_NR` when the current syscall is a 32-bit one (`in_ia32_syscall()`:
+/// `TS_COMPAT` in the thread's `thread_info.status`, set by every 32-bit
+/// entry, `int $0x80` from a 64-bit program included), else 0: its number is
+/// then one of the i386 table, not x86-64's. One read of the current task;
+/// skipped when the loader found no `thread_info.status` (offset 0).
+#[inline(always)]
+pub(crate) fn compat_bit() -> u32 {
+    let offset = config(&TASK_STATUS_OFFSET);
+    if offset == 0 {
+        return 0;
+    }
+    // A BTF pointer: the verifier checks the load against task_struct's
+    // layout and turns it into a plain load, where bpf_probe_read_kernel
+    // would cost a helper call (about 70 ns a syscall on this VM).
+    // SAFETY: the helper returns the current task, which outlives the
+    // program; the offset is thread_info.status's, from BTF.
+    let status = unsafe {
+        let task = bpf_get_current_task_btf() as *const u8;
+        core::ptr::read_volatile(task.add(offset as usize).cast::<u32>())
+    };
+    if status & TS_COMPAT != 0 {
+        COMPAT_NR
+    } else {
+        0
+    }
 }
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
@@ -115,7 +166,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     // TP_PROTO(struct pt_regs *regs, long id)
-    let nr = ctx.arg::<i64>(1) as u32;
+    let nr = ctx.arg::<i64>(1) as u32 | compat_bit();
     let flags = flags_of(nr);
     if config(&FILTER_SYSCALLS) != 0 && flags & syscall_flags::WANTED == 0 {
         return Ok(0);
@@ -150,21 +201,108 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
         call
     } else {
         // The thread left its CPU during the call, or the call was never
-        // timed: a syscall in flight when probe attached is not invented.
+        // timed (unwanted with -e, or in progress when probe attached).
         let tid_pid = bpf_get_current_pid_tgid();
         if !is_traced((tid_pid >> 32) as u32) {
             return Ok(0);
         }
+        let report_unseen = config(&REPORT_UNSEEN) != 0;
+        // With -e, most calls that come here are unwanted ones, which
+        // sys_enter let go: when the number will be needed anyway, they
+        // are told apart by it, before the map lookup.
+        // A number beyond any table (rt_sigreturn's) says nothing: the
+        // call may still be parked.
+        let mut nr = u32::MAX;
+        if report_unseen && config(&FILTER_SYSCALLS) != 0 {
+            if let Ok(read) = syscall_nr(ctx) {
+                if flags_of(read) & syscall_flags::WANTED == 0 {
+                    return Ok(0);
+                }
+                nr = read;
+            }
+        }
         let tid = tid_pid as u32;
         // SAFETY: only this thread touches its own entry.
-        let parked = unsafe { CALLS_OFF_CPU.get(tid) }.copied().ok_or(0u32)?;
-        let _ = CALLS_OFF_CPU.remove(tid);
-        parked
+        match unsafe { CALLS_OFF_CPU.get(tid) }.copied() {
+            Some(parked) => {
+                let _ = CALLS_OFF_CPU.remove(tid);
+                parked
+            }
+            None => {
+                if report_unseen {
+                    unseen_entry(ctx, state, tid_pid, nr);
+                }
+                return Ok(0);
+            }
+        }
     };
     // TP_PROTO(struct pt_regs *regs, long ret)
     let ret = ctx.arg::<i64>(1);
     emit(state, &call, ret, now() - call.start_ns);
     Ok(0)
+}
+
+/// The syscall number of the current thread's call, from its registers
+/// (the raw tracepoint's `regs`): `sys_exit` has no other at hand. An
+/// error for a number beyond any syscall table (`rt_sigreturn` sets it to
+/// -1).
+#[inline(always)]
+fn syscall_nr(ctx: &RawTracePointContext) -> Result<u32, u32> {
+    // TP_PROTO(struct pt_regs *regs, long ret)
+    let regs = ctx.arg::<*const u8>(0);
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an
+    // error, not a fault.
+    let nr = unsafe { bpf_probe_read_kernel(regs.add(config(&SYSCALL_NR_OFFSET) as usize).cast::<u64>()) }
+        .map_err(|_| 0u32)?;
+    if nr >= u64::from(COMPAT_FLAGS_BASE) {
+        return Err(0);
+    }
+    Ok(nr as u32 | compat_bit())
+}
+
+/// Sends a call that returns without a seen entry: in progress when probe
+/// attached (or its entry lost), so it has no start, only an end. `nr` is
+/// its number if already read, else `u32::MAX`. A record that does not fit
+/// is only counted lost (`LostEvents`): such a call must not enter the
+/// exact counts as an ordinary one.
+#[inline(never)]
+fn unseen_entry(ctx: &RawTracePointContext, state: *mut CpuState, tid_pid: u64, nr: u32) {
+    let nr = match nr {
+        u32::MAX => match syscall_nr(ctx) {
+            Ok(nr) => nr,
+            Err(_) => return,
+        },
+        nr => nr,
+    };
+    let flags = flags_of(nr);
+    if config(&FILTER_SYSCALLS) != 0 && flags & syscall_flags::WANTED == 0 {
+        return;
+    }
+    // TP_PROTO(struct pt_regs *regs, long ret)
+    let ret = ctx.arg::<i64>(1);
+    // A new thread's first return, from the clone that made it: it never
+    // entered that call.
+    if ret == 0 && flags & syscall_flags::FORKS != 0 {
+        return;
+    }
+    let mut record = MaybeUninit::<SyscallEvent>::uninit();
+    let r = record.as_mut_ptr();
+    // SAFETY: every field is written before the record is read.
+    let record = unsafe {
+        (*r).kind = EventKind::Syscall as u32;
+        (*r).cpu = cpu();
+        (*r).pid = (tid_pid >> 32) as u32;
+        (*r).tid = tid_pid as u32;
+        (*r).nr = nr;
+        (*r).flags = SYSCALL_UNSEEN_ENTRY;
+        (*r).ret = ret;
+        (*r).start_ns = now();
+        (*r).duration_ns = 0;
+        // Named: the thread may have made no other call yet.
+        write_comm(&raw mut (*r).comm, true);
+        record.assume_init()
+    };
+    send(state, &record);
 }
 
 /// Moves the call of a thread that leaves its CPU mid-syscall from the

@@ -8,12 +8,17 @@
 //! ```text
 //! workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--enoent N]
 //!          [--affinity MOVES] [--spin MS,MS,...] [--fork N] [--threads N] [--churn SECONDS] [--io-uring NOPS,READS,ASYNC_READS] [--zero-read COUNTxMIB]
-//!          [--mixed ROUNDS,ROUNDS,...] [--pingpong ROUNDS] [--exit CODE]
+//!          [--mixed ROUNDS,ROUNDS,...] [--pingpong ROUNDS] [--children COUNTxMICROSECONDS] [--block-read SECONDS] [--ready-when-blocked] [--exit CODE]
 //! ```
 //!
 //! Per thread it reports its tid, its activity, how many calls or moves it
 //! made, and what the kernel itself counted for it: CPU time
 //! (`CLOCK_THREAD_CPUTIME_ID`) and context switches (`/proc/thread-self`).
+//! A thread that blocks (`--sleep`, `--block-read`) also says when its calls
+//! began and ended (`start_ns`, `end_ns`, `CLOCK_MONOTONIC`, the kernel
+//! programs' clock); with `--ready-when-blocked`, a first line says so once
+//! every such thread is blocked in its first call:
+//! `{"blocked":[{"tid":T,"syscall":"read","start_ns":N}]}`.
 
 use std::{
     ffi::CString,
@@ -43,8 +48,17 @@ fn account(done: Done, elapsed: Duration, worker: libc::pthread_t) -> String {
             .and_then(|value| value.trim().parse().ok())
             .unwrap_or(0)
     };
+    let span = SPANS.lock().unwrap().iter().find(|span| span.0 == done.tid).copied();
+    let span =
+        span.map_or_else(String::new, |(_, start, end)| format!(",\"start_ns\":{start},\"end_ns\":{end}"));
+    let sched = std::fs::read_to_string(format!("/proc/self/task/{}/sched", done.tid)).unwrap_or_default();
+    // schedstat: time on a CPU, time waiting in a run queue, runs.
+    let schedstat =
+        std::fs::read_to_string(format!("/proc/self/task/{}/schedstat", done.tid)).unwrap_or_default();
+    let mut schedstat = schedstat.split_whitespace().map(|n| n.parse::<u64>().unwrap_or(0));
+    let (run_ns, wait_ns) = (schedstat.next().unwrap_or(0), schedstat.next().unwrap_or(0));
     format!(
-        "{{\"tid\":{},\"syscall\":\"{}\",\"calls\":{},\"elapsed_ns\":{},\"cpu_ns\":{},\"voluntary\":{},\"involuntary\":{}}}",
+        "{{\"tid\":{},\"syscall\":\"{}\",\"calls\":{},\"elapsed_ns\":{},\"cpu_ns\":{},\"voluntary\":{},\"involuntary\":{},\"migrations\":{},\"run_ns\":{run_ns},\"wait_ns\":{wait_ns}{span}}}",
         done.tid,
         done.activity,
         done.calls,
@@ -52,7 +66,80 @@ fn account(done: Done, elapsed: Duration, worker: libc::pthread_t) -> String {
         thread_cpu_ns(worker),
         field("voluntary_ctxt_switches:"),
         field("nonvoluntary_ctxt_switches:"),
+        migrations(sched.as_bytes()),
     )
+}
+
+/// The calls of the threads that block (`--sleep`, `--block-read`): each
+/// thread's tid, the syscall number it blocks in first, its name, and when
+/// that call began.
+static BLOCKING: std::sync::Mutex<Vec<(i64, i64, &'static str, u64)>> = std::sync::Mutex::new(Vec::new());
+
+/// When the blocking threads' calls began and ended, by tid: the first's
+/// start, the last's end.
+static SPANS: std::sync::Mutex<Vec<(i64, u64, u64)>> = std::sync::Mutex::new(Vec::new());
+
+/// `CLOCK_MONOTONIC`, the clock of the kernel programs' timestamps.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// One read of a pipe that nothing writes to for `seconds`: a thread
+/// blocked in `read` that long.
+fn block_read(seconds: u64) -> Done {
+    let mut fds = [0; 2];
+    // SAFETY: pipe fills two fds.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe failed");
+    let writer = fds[1];
+    let waker = thread::spawn(move || {
+        thread::sleep(Duration::from_secs(seconds));
+        // SAFETY: a one-byte write to our own pipe.
+        unsafe { libc::write(writer, b"x".as_ptr().cast(), 1) };
+    });
+    let tid = gettid();
+    let mut byte = 0u8;
+    let start = monotonic_ns();
+    BLOCKING.lock().unwrap().push((tid, libc::SYS_read, "read", start));
+    // SAFETY: a one-byte read into `byte` from our own pipe.
+    let read = unsafe { libc::read(fds[0], (&raw mut byte).cast(), 1) };
+    let end = monotonic_ns();
+    assert_eq!(read, 1, "the blocking read failed");
+    SPANS.lock().unwrap().push((tid, start, end));
+    waker.join().expect("the waker panicked");
+    // SAFETY: closing our own fds.
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+    Done { tid, activity: "read", calls: 1 }
+}
+
+/// Once every blocking thread (`expected` of them) is blocked in its first
+/// call, says so on stdout: `{"blocked":[{"tid":T,"syscall":S,"start_ns":N}]}`.
+fn announce_blocked(expected: usize) {
+    loop {
+        let blocking = BLOCKING.lock().unwrap().clone();
+        let in_call = |&(tid, nr, _, _): &(i64, i64, &str, u64)| {
+            let syscall =
+                std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
+            syscall.split_whitespace().next() == Some(&nr.to_string())
+        };
+        if blocking.len() >= expected && blocking.iter().all(in_call) {
+            let calls: Vec<String> = blocking
+                .iter()
+                .map(|(tid, _, name, start)| {
+                    format!("{{\"tid\":{tid},\"syscall\":\"{name}\",\"start_ns\":{start}}}")
+                })
+                .collect();
+            println!("{{\"blocked\":[{}]}}", calls.join(","));
+            std::io::Write::flush(&mut std::io::stdout()).unwrap();
+            return;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
 }
 
 fn gettid() -> i64 {
@@ -105,6 +192,36 @@ fn spin(run: Duration) -> Done {
     Done { tid: gettid(), activity: "spin", calls: 0 }
 }
 
+/// Names the thread `name` (as `prctl(PR_SET_NAME)` takes it: the first 15
+/// bytes, whatever they are), then makes `calls` getppid.
+fn renamed(name: &str, calls: u64) -> Done {
+    let name = std::ffi::CString::new(name).expect("a name without NUL");
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    getppid_storm(calls)
+}
+
+/// `calls` getpid through the 32-bit entry (`int $0x80`, i386 number 20),
+/// which the kernel runs as a 32-bit syscall in this 64-bit program.
+fn int80_getpids(calls: u64) -> Done {
+    let pid = i64::from(std::process::id());
+    for _ in 0..calls {
+        let ret: i64;
+        // SAFETY: i386 getpid takes no arguments; the 32-bit entry may
+        // clobber r8-r11, which are declared.
+        unsafe {
+            std::arch::asm!(
+                "int 0x80",
+                inlateout("rax") 20i64 => ret,
+                out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+                options(nostack),
+            );
+        }
+        assert_eq!(ret, pid, "int $0x80 getpid");
+    }
+    Done { tid: gettid(), activity: "getpid (i386)", calls }
+}
+
 fn getppid_storm(calls: u64) -> Done {
     for _ in 0..calls {
         // SAFETY: getppid takes no arguments and cannot fail.
@@ -118,6 +235,9 @@ fn sleeps(calls: u64, each: Duration) -> Done {
         tv_sec: each.as_secs() as libc::time_t,
         tv_nsec: each.subsec_nanos() as libc::c_long,
     };
+    let tid = gettid();
+    let start = monotonic_ns();
+    BLOCKING.lock().unwrap().push((tid, libc::SYS_clock_nanosleep, "clock_nanosleep", start));
     for _ in 0..calls {
         // SAFETY: a relative sleep on CLOCK_MONOTONIC with a valid timespec.
         let ret = unsafe {
@@ -131,7 +251,8 @@ fn sleeps(calls: u64, each: Duration) -> Done {
         };
         assert_eq!(ret, 0, "clock_nanosleep failed");
     }
-    Done { tid: gettid(), activity: "clock_nanosleep", calls }
+    SPANS.lock().unwrap().push((tid, start, monotonic_ns()));
+    Done { tid, activity: "clock_nanosleep", calls }
 }
 
 /// Forks a child process that makes `calls` getppid calls and exits; the
@@ -153,6 +274,108 @@ fn forked_storm(calls: u64) -> Done {
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(child, &mut status, 0) };
     Done { tid: i64::from(child), activity: "getppid", calls }
+}
+
+/// The accounts of short-lived children (`--children`): each one's own
+/// counts, which it read as its last act, since it is gone by the report.
+static CHILDREN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Starts `count` children one after the other; each spins for `spin` of
+/// CPU time, reads its own CPU time and context switches, hands them over
+/// through a pipe and exits. Each is reaped 50 ms after it exits, so that a
+/// dead child's last moments cannot hide behind its reaping.
+fn short_children(count: u64, spin: Duration) -> Done {
+    for _ in 0..count {
+        let mut fds = [0; 2];
+        // SAFETY: pipe fills two fds.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+        // SAFETY: the child only makes raw syscalls, reads the vDSO clock
+        // and _exits, which is safe after fork in a multi-threaded process.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            while own_cpu_ns() < spin.as_nanos() as u64 {}
+            let (voluntary, involuntary) = own_switches();
+            let mut sched = [0u8; 8192];
+            let moved = migrations(read_own(c"/proc/thread-self/sched", &mut sched));
+            let cpu_ns = own_cpu_ns();
+            let account = [cpu_ns, voluntary, involuntary, moved];
+            // SAFETY: writes the 32 bytes of `account`, then exits.
+            unsafe {
+                libc::write(fds[1], account.as_ptr().cast(), 32);
+                libc::_exit(0);
+            }
+        }
+        thread::sleep(Duration::from_millis(50));
+        let mut account = [0u64; 4];
+        // SAFETY: reads at most 32 bytes into `account`; closes our fds.
+        unsafe {
+            assert_eq!(libc::read(fds[0], account.as_mut_ptr().cast(), 32), 32, "the child's account");
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        let [cpu_ns, voluntary, involuntary, migrations] = account;
+        CHILDREN.lock().unwrap().push(format!(
+            "{{\"tid\":{child},\"syscall\":\"child\",\"calls\":0,\"elapsed_ns\":0,\"cpu_ns\":{cpu_ns},\"voluntary\":{voluntary},\"involuntary\":{involuntary},\"migrations\":{migrations}}}"
+        ));
+    }
+    Done { tid: gettid(), activity: "children", calls: count }
+}
+
+/// The calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`, in the vDSO).
+fn own_cpu_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// The calling thread's voluntary and involuntary context switches so far,
+/// from `/proc/thread-self/status`, read with raw syscalls into the stack:
+/// safe in a child forked from a multi-threaded process.
+fn own_switches() -> (u64, u64) {
+    let mut buffer = [0u8; 4096];
+    let status = read_own(c"/proc/thread-self/status", &mut buffer);
+    let field = |name: &[u8]| -> u64 {
+        let Some(at) = status.windows(name.len()).position(|window| window == name) else {
+            return 0;
+        };
+        status[at + name.len()..]
+            .iter()
+            .skip_while(|byte| byte.is_ascii_whitespace())
+            .take_while(|byte| byte.is_ascii_digit())
+            .fold(0, |n, &digit| n * 10 + u64::from(digit - b'0'))
+    };
+    // Each field starts a line: "nonvoluntary_…" holds "voluntary_…".
+    (field(b"\nvoluntary_ctxt_switches:"), field(b"\nnonvoluntary_ctxt_switches:"))
+}
+
+/// Reads a file of `/proc` with raw syscalls into `buffer` (safe in a
+/// forked child); what it read.
+fn read_own<'a>(path: &std::ffi::CStr, buffer: &'a mut [u8]) -> &'a [u8] {
+    // SAFETY: a NUL-terminated path; reads at most the buffer's length.
+    let len = unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
+        let len = libc::read(fd, buffer.as_mut_ptr().cast(), buffer.len());
+        libc::close(fd);
+        len.max(0) as usize
+    };
+    &buffer[..len]
+}
+
+/// `se.nr_migrations` from a thread's `/proc/.../sched`: the kernel's count
+/// of its moves between CPUs.
+fn migrations(sched: &[u8]) -> u64 {
+    let name = b"se.nr_migrations";
+    let Some(at) = sched.windows(name.len()).position(|window| window == name) else {
+        return 0;
+    };
+    sched[at + name.len()..]
+        .iter()
+        .skip_while(|byte| !byte.is_ascii_digit())
+        .take_while(|byte| byte.is_ascii_digit())
+        .fold(0, |n, &digit| n * 10 + u64::from(digit - b'0'))
 }
 
 /// For `seconds`, starts short-lived threads and processes without pause:
@@ -327,7 +550,7 @@ fn wait_for_sigusr1() {
 fn usage(problem: &str) -> ! {
     eprintln!("workload: {problem}");
     eprintln!(
-        "usage: workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--enoent N] [--affinity MOVES] [--spin MS,MS,...] [--fork N] [--threads N] [--churn SECONDS] [--io-uring NOPS,READS,ASYNC_READS] [--zero-read COUNTxMIB] [--mixed ROUNDS,...] [--pingpong ROUNDS] [--exit CODE]"
+        "usage: workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--enoent N] [--affinity MOVES] [--spin MS,MS,...] [--fork N] [--threads N] [--churn SECONDS] [--io-uring NOPS,READS,ASYNC_READS] [--zero-read COUNTxMIB] [--mixed ROUNDS,...] [--pingpong ROUNDS] [--children COUNTxMICROSECONDS] [--block-read SECONDS] [--ready-when-blocked] [--exit CODE]"
     );
     exit(2)
 }
@@ -340,11 +563,19 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let mut jobs: Vec<Box<dyn FnOnce() -> Done + Send>> = Vec::new();
     let mut wait_signal = false;
+    let mut ready_when_blocked = false;
+    let mut blocking = 0;
     let mut exit_code = 0;
     while let Some(flag) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
         match flag.as_str() {
             "--wait-signal" => wait_signal = true,
+            "--ready-when-blocked" => ready_when_blocked = true,
+            "--block-read" => {
+                let seconds = number(&value());
+                blocking += 1;
+                jobs.push(Box::new(move || block_read(seconds)));
+            }
             "--getppid" => {
                 for calls in value().split(',').map(number) {
                     jobs.push(Box::new(move || getppid_storm(calls)));
@@ -354,6 +585,7 @@ fn main() {
                 let spec = value();
                 let (count, ms) = spec.split_once('x').unwrap_or_else(|| usage("--sleep takes COUNTxMS"));
                 let (count, each) = (number(count), Duration::from_millis(number(ms)));
+                blocking += 1;
                 jobs.push(Box::new(move || sleeps(count, each)));
             }
             "--enoent" => {
@@ -391,6 +623,21 @@ fn main() {
             "--pingpong" => {
                 let rounds = number(&value());
                 jobs.push(Box::new(move || ping_pong(rounds)));
+            }
+            "--rename" => {
+                let name = value();
+                jobs.push(Box::new(move || renamed(&name, 10)));
+            }
+            "--int80" => {
+                let calls = number(&value());
+                jobs.push(Box::new(move || int80_getpids(calls)));
+            }
+            "--children" => {
+                let spec = value();
+                let (count, us) =
+                    spec.split_once('x').unwrap_or_else(|| usage("--children takes COUNTxMICROSECONDS"));
+                let (count, spin) = (number(count), Duration::from_micros(number(us)));
+                jobs.push(Box::new(move || short_children(count, spin)));
             }
             "--fork" => {
                 let calls = number(&value());
@@ -430,6 +677,9 @@ fn main() {
         })
         .collect();
     drop(accounts);
+    if ready_when_blocked {
+        announce_blocked(blocking);
+    }
     // Every worker lives until all have finished: the threads of a run are
     // the threads of its report, none exited and replaced under its tid.
     let (done, releases): (Vec<String>, Vec<mpsc::Sender<()>>) = done
@@ -443,6 +693,7 @@ fn main() {
     for worker in workers {
         worker.join().expect("a workload thread panicked");
     }
-    println!("{{\"pid\":{},\"threads\":[{}]}}", std::process::id(), done.join(","));
+    let accounts: Vec<String> = done.into_iter().chain(CHILDREN.lock().unwrap().drain(..)).collect();
+    println!("{{\"pid\":{},\"threads\":[{}]}}", std::process::id(), accounts.join(","));
     exit(exit_code);
 }

@@ -15,14 +15,16 @@ use clap::{error::ErrorKind, Parser};
 use crate::{
     bpf::{Config, GoTarget, Probe},
     cli::Args,
+    clock, escape,
     golang::{
         self,
         binary::{GoBinary, Inspection, UPROBES},
         Goroutines,
     },
-    metrics::{server::Endpoint, Export, Limits, Metrics, Store},
-    output::{stream::Stream, Outputs, Sink},
+    metrics::{server::Endpoint, Limits, Store},
+    output::{self, stream::Stream, Outputs, Sink},
     pipeline::Pipeline,
+    procfs,
     session::{self, Options, Traced},
     target::{GatedCommand, PidTarget, SpawnError},
     timeline::Timeline,
@@ -106,9 +108,15 @@ fn run(args: Args) -> Result<i32> {
         true => None,
         false => Some(args.top),
     };
+    if let (Some(report), Some(timeline)) = (&args.output, &args.trace) {
+        if output::file::same_file(report, timeline) {
+            bail!("-o and --trace name the same file, {}: give them two", report.display());
+        }
+    }
     let stream = Stream::open(args.output.as_deref(), args.json, intervals)?;
     // Ports and paths are checked before anything is loaded or started.
-    let endpoint = args.prometheus.map(Endpoint::bind).transpose()?;
+    let endpoint =
+        args.prometheus.map(|address| Endpoint::bind(address, args.web_config.as_deref())).transpose()?;
     let timeline = args.trace.as_deref().map(|path| Timeline::create(path, args.trace_limit)).transpose()?;
     let pids = args.pid.iter().map(|&pid| PidTarget::open(pid)).collect::<Result<Vec<_>>>()?;
     // Fork before anything starts a thread: the child must stay
@@ -142,6 +150,9 @@ fn run(args: Args) -> Result<i32> {
         only: args.syscalls.clone(),
         floor: args.bench_floor,
         io_uring: true,
+        // A COMMAND's threads start traced; those of --pid and of the
+        // whole system may be mid-call.
+        report_unseen: gated.is_none(),
         go: go_program.as_ref().map(|(path, binary)| GoTarget {
             path: path.clone(),
             goid_offset: binary.goid_offset,
@@ -150,8 +161,12 @@ fn run(args: Args) -> Result<i32> {
         }),
     };
     let (mut probe, streams) = Probe::attach(&config, args.verbose > 0)?;
+    // The trace has begun: what the programs see from now on is counted.
+    let attached_ns = clock::monotonic_ns();
     let traced = match (&gated, pids.is_empty()) {
-        (Some(_), _) => args.command.iter().map(|arg| arg.to_string_lossy()).collect::<Vec<_>>().join(" "),
+        (Some(_), _) => escape::visible(
+            &args.command.iter().map(|arg| arg.to_string_lossy()).collect::<Vec<_>>().join(" "),
+        ),
         (None, true) => "whole system".to_owned(),
         (None, false) => {
             format!("PID {}", pids.iter().map(|target| target.pid.to_string()).collect::<Vec<_>>().join(","))
@@ -184,6 +199,21 @@ fn run(args: Args) -> Result<i32> {
         }
         (Traced::Pids(pids), None)
     };
+    // What the traced threads are in the middle of is read now, and
+    // counted apart when it returns.
+    let mut calls_at_attach = match &target {
+        Traced::Command(_) => Vec::new(),
+        _ if args.no_syscalls => Vec::new(),
+        Traced::System => procfs::calls_in_progress(None, attached_ns),
+        Traced::Pids(targets) => {
+            let pids: Vec<u32> = targets.iter().map(|target| target.pid).collect();
+            procfs::calls_in_progress(Some(&pids), attached_ns)
+        }
+    };
+    // With -e, only the syscalls traced.
+    if !args.syscalls.is_empty() {
+        calls_at_attach.retain(|call| args.syscalls.iter().any(|sysno| sysno.id() as u32 == call.nr));
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -197,15 +227,20 @@ fn run(args: Args) -> Result<i32> {
             sinks.push(Box::new(Live::open(traced, command_output)?));
         }
         if let Some((endpoint, store)) = metrics {
-            endpoint.serve(Metrics(store.clone()))?;
-            sinks.push(Box::new(Export(store)));
+            sinks.push(Box::new(endpoint.serve(store)?));
         }
     }
     if let Some(timeline) = timeline {
         sinks.push(Box::new(timeline));
     }
     sinks.push(Box::new(stream));
-    let options = Options { interval: args.interval, duration: args.duration, announce: !live };
-    let pipeline = Pipeline::new(go_program.map(|(_, binary)| Goroutines::new(binary)));
+    let options = Options {
+        interval: args.interval,
+        duration: args.duration,
+        announce: !live,
+        started_ns: attached_ns,
+    };
+    let mut pipeline = Pipeline::new(go_program.map(|(_, binary)| Goroutines::new(binary)));
+    pipeline.attached(attached_ns, calls_at_attach, &procfs::Proc);
     runtime.block_on(session::run(probe, streams, target, options, pipeline, Outputs::new(sinks)))
 }

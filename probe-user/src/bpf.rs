@@ -2,14 +2,14 @@
 
 use std::{
     io,
-    os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
     path::PathBuf,
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, RingBuf},
     programs::{
         raw_trace_point::RawTracePointLinkId, uprobe::UProbeScope, RawTracePoint, TracePoint, UProbe,
     },
@@ -17,9 +17,10 @@ use aya::{
 };
 use probe_common::{
     names::{global, map, program},
-    syscall_flags, Counter, InFlight, LostCall, OffsetCheck, SyscallEvent, MAX_SYSCALL_NR,
+    syscall_flags, Counter, CpuState, InFlight, LostCall, OffsetCheck, SyscallEvent, COMPAT_FLAGS_BASE,
+    MAX_SYSCALL_NR,
 };
-use syscalls::Sysno;
+use syscalls::{x86::Sysno as I386, Sysno};
 
 use crate::{
     btf::{self, TaskOffsets},
@@ -67,6 +68,9 @@ pub struct Config {
     pub go: Option<GoTarget>,
     /// Follow io_uring requests (with the syscalls).
     pub io_uring: bool,
+    /// Send the calls that return without a seen entry (in progress at
+    /// attach): for `--pid` and whole-system traces.
+    pub report_unseen: bool,
 }
 
 /// Where the io_uring tracepoints' records keep the fields the programs
@@ -153,6 +157,17 @@ pub struct Probe {
     counters: PerCpuArray<MapData, u64>,
     lost_calls: LostCalls,
     calls_off_cpu: HashMap<MapData, u32, InFlight>,
+    cpu_state: PerCpuArray<MapData, CpuState>,
+}
+
+/// The traced syscalls in progress, as the kernel programs hold them.
+#[derive(Clone, Debug, Default)]
+pub struct CallsInFlight {
+    /// Each in the per-CPU slot of the CPU its thread runs on.
+    pub on_cpu: Vec<InFlight>,
+    /// Parked when their thread left its CPU mid-call (it may have come
+    /// back since).
+    pub parked: Vec<InFlight>,
 }
 
 /// The two `LOST_CALLS_*` maps that take turns, and which one the programs
@@ -189,15 +204,46 @@ impl Probe {
         let filter_pids = u8::from(config.filter_pids);
         let filter_syscalls = u8::from(!config.only.is_empty());
         let trace_sched = u8::from(config.sched);
+        // Where sys_exit reads the number of a call it did not see start.
+        let syscall_nr_offset = match config.report_unseen && config.syscalls && !config.floor {
+            true => btf::syscall_nr_offset()
+                .inspect_err(|err| {
+                    log::warn!("calls in progress at attach are not counted when they return: {err:#}")
+                })
+                .ok(),
+            false => None,
+        };
+        let report_unseen = u8::from(syscall_nr_offset.is_some());
+        let syscall_nr_offset = syscall_nr_offset.unwrap_or(0);
+        // Where sys_enter finds whether a call is a 32-bit one; without it
+        // (no BTF), probe says that it cannot tell.
+        let task_status_offset = match config.syscalls && !config.floor {
+            true => btf::task_status_offset()
+                .inspect_err(|err| {
+                    eprintln!("probe: 32-bit syscalls cannot be told from 64-bit ones and are named from x86-64's table: {err:#}")
+                })
+                .unwrap_or(0),
+            false => 0,
+        };
         // Together the CPUs wake the reader about when the ring is an eighth
         // full (a record takes its size plus an 8-byte header).
         let record_bytes = (std::mem::size_of::<SyscallEvent>() + 8) as u32;
         let wakeup_records = (ring_bytes / 8 / record_bytes / nr_cpus()?).max(1);
         // Scheduler events and forks name other tasks than the current one.
         let reads_tasks = !config.floor && (config.sched || (config.follow_forks && config.filter_pids));
+        // With the offsets, a process stays traced until its final switch.
+        let untrace_at_free = u8::from(reads_tasks && config.filter_pids);
         let offsets = match reads_tasks {
             true => btf::task_offsets()?,
             false => TaskOffsets { pid: 0, tgid: 0 },
+        };
+        // The kernel's own count of each thread's migrations, in every
+        // switch-out: exact however many records are lost.
+        let migrations_offset = match config.sched && !config.floor {
+            true => {
+                btf::task_migrations_offset().context("cannot find where the kernel counts migrations")?
+            }
+            false => 0,
         };
         let io_uring = match config.io_uring && config.syscalls && !config.floor {
             true => IoUringLayout::read()
@@ -211,9 +257,14 @@ impl Probe {
             .override_global(global::FILTER_PIDS, &filter_pids, true)
             .override_global(global::FILTER_SYSCALLS, &filter_syscalls, true)
             .override_global(global::TRACE_SCHED, &trace_sched, true)
+            .override_global(global::REPORT_UNSEEN, &report_unseen, true)
+            .override_global(global::SYSCALL_NR_OFFSET, &syscall_nr_offset, true)
+            .override_global(global::TASK_STATUS_OFFSET, &task_status_offset, true)
+            .override_global(global::UNTRACE_AT_FREE, &untrace_at_free, true)
             .override_global(global::WAKEUP_RECORDS, &wakeup_records, true)
             .override_global(global::TASK_PID_OFFSET, &offsets.pid, true)
             .override_global(global::TASK_TGID_OFFSET, &offsets.tgid, true)
+            .override_global(global::TASK_MIGRATIONS_OFFSET, &migrations_offset, true)
             .override_global(global::GO_GOID_OFFSET, &config.go.as_ref().map_or(0, |go| go.goid_offset), true)
             .override_global(
                 global::GO_STARTPC_OFFSET,
@@ -271,6 +322,9 @@ impl Probe {
         }
         if config.follow_forks && config.filter_pids {
             programs.push(program::SCHED_PROCESS_FORK);
+        }
+        if untrace_at_free != 0 {
+            programs.push(program::SCHED_PROCESS_FREE);
         }
         // sched_switch also parks the calls of threads that leave their CPU
         // mid-syscall, so it goes before sys_enter, and sys_exit before
@@ -330,6 +384,7 @@ impl Probe {
                 last_taken: 0,
             },
             calls_off_cpu: take_map(&mut ebpf, map::CALLS_OFF_CPU)?,
+            cpu_state: take_map(&mut ebpf, map::CPU_STATE)?,
             ebpf,
             stats: None,
         };
@@ -377,6 +432,25 @@ impl Probe {
         (self.calls_off_cpu.keys().count(), self.lost_calls.last_taken)
     }
 
+    /// The traced syscalls in progress now, probe's own left out: one batch
+    /// read of the parked calls, one of the per-CPU slots.
+    pub fn calls_in_flight(&self) -> Result<CallsInFlight> {
+        let own = std::process::id();
+        let parked = batch::<u32, InFlight>(self.calls_off_cpu.map(), BPF_MAP_LOOKUP_BATCH)
+            .context("cannot read the calls parked off-CPU")?
+            .into_iter()
+            .map(|(_, call)| call)
+            .filter(|call| call.start_ns != 0 && call.pid != own)
+            .collect();
+        let slots = self.cpu_state.get(&0, 0).context("cannot read the per-CPU calls in flight")?;
+        let on_cpu = slots
+            .iter()
+            .map(|state| state.call)
+            .filter(|call| call.start_ns != 0 && call.pid != own)
+            .collect();
+        Ok(CallsInFlight { on_cpu, parked })
+    }
+
     /// Syscalls whose records were dropped, by thread, syscall and errno:
     /// what the kernel counted in the map it stopped using at the previous
     /// call. With `all`, when the trace is over, the other map too, after
@@ -396,8 +470,8 @@ impl LostCalls {
     /// turn, then makes it the one they count into.
     fn turn(&mut self) -> Result<Vec<(LostCall, u64)>> {
         let idle = 1 - self.active;
-        let fd = self.maps[idle].fd().as_fd().as_raw_fd();
-        let taken = take_all(fd).context("cannot read the counts of lost calls")?;
+        let taken = batch(&self.maps[idle], BPF_MAP_LOOKUP_AND_DELETE_BATCH)
+            .context("cannot read the counts of lost calls")?;
         self.active_index.set(0, idle as u32, 0).context("cannot switch the map of lost calls")?;
         self.active = idle;
         self.last_taken = taken.len();
@@ -405,9 +479,11 @@ impl LostCalls {
     }
 }
 
-/// `BPF_MAP_LOOKUP_AND_DELETE_BATCH` from linux/bpf.h: aya has no batch
-/// operations, and reading a large map one entry at a time costs three
-/// syscalls an entry, more than a trace under load can spare.
+/// `BPF_MAP_LOOKUP_BATCH` and `BPF_MAP_LOOKUP_AND_DELETE_BATCH` from
+/// linux/bpf.h: aya has no batch operations, and reading a large map one
+/// entry at a time costs three syscalls an entry, more than a trace under
+/// load can spare.
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 
 /// The `batch` member of linux/bpf.h's `union bpf_attr`.
@@ -424,11 +500,22 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Reads and removes every entry of a `LostCall -> u64` hash map.
-fn take_all(fd: RawFd) -> io::Result<Vec<(LostCall, u64)>> {
+/// Reads every entry of a `K -> V` hash map with one of the batch commands
+/// above (and so, with `BPF_MAP_LOOKUP_AND_DELETE_BATCH`, removes them).
+fn batch<K, V>(map: &MapData, command: libc::c_long) -> io::Result<Vec<(K, V)>>
+where
+    K: aya::Pod + Default,
+    V: aya::Pod + Default,
+{
     const CHUNK: usize = 4096;
-    let mut keys = vec![LostCall::default(); CHUNK];
-    let mut values = vec![0u64; CHUNK];
+    // The kernel writes the map's own sizes into the buffers.
+    let info = map.info().map_err(io::Error::other)?;
+    if (info.key_size() as usize, info.value_size() as usize) != (size_of::<K>(), size_of::<V>()) {
+        return Err(io::Error::other("the map's key or value is not of the type read"));
+    }
+    let fd = map.fd().as_fd().as_raw_fd();
+    let mut keys = vec![K::default(); CHUNK];
+    let mut values = vec![V::default(); CHUNK];
     let mut taken = Vec::new();
     // A hash map's batch position is its bucket index, a u32.
     let (mut position, mut next) = (0u32, 0u32);
@@ -444,10 +531,9 @@ fn take_all(fd: RawFd) -> io::Result<Vec<(LostCall, u64)>> {
             ..BatchAttr::default()
         };
         // SAFETY: the pointers in `attr` point to buffers of `count` keys and
-        // values of the map's sizes, and to u32 positions, all alive here.
-        let ret = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut attr, size_of::<BatchAttr>())
-        };
+        // values of the map's sizes (checked above), and to u32 positions,
+        // all alive here.
+        let ret = unsafe { libc::syscall(libc::SYS_bpf, command, &mut attr, size_of::<BatchAttr>()) };
         let done = match ret {
             0 => false,
             _ => match io::Error::last_os_error() {
@@ -473,21 +559,30 @@ fn set_syscall_flags(ebpf: &mut Ebpf, only: &[Sysno]) -> Result<()> {
     let map = ebpf.map_mut(map::SYSCALL_FLAGS).context("the BPF object lacks the map SYSCALL_FLAGS")?;
     let mut table: Array<&mut MapData, u8> = Array::try_from(map)?;
     let mut flags = vec![0u8; MAX_SYSCALL_NR as usize];
-    let mut mark = |sysno: Sysno, flag: u8| -> Result<()> {
-        let slot = flags.get_mut(sysno.id() as usize).with_context(|| {
-            format!("syscall {} (number {}) is beyond what probe can flag", sysno.name(), sysno.id())
-        })?;
-        *slot |= flag;
+    // x86-64's numbers, then the i386 table's from COMPAT_FLAGS_BASE: the
+    // same syscall by name has another number there (exit is 60 and 1).
+    let mut mark = |name: &str, flag: u8| -> Result<()> {
+        let native = name.parse::<Sysno>().ok().map(|sysno| sysno.id() as u32);
+        let compat = name.parse::<I386>().ok().map(|sysno| COMPAT_FLAGS_BASE + sysno.id() as u32);
+        for nr in native.into_iter().chain(compat) {
+            let slot = flags
+                .get_mut(nr as usize)
+                .with_context(|| format!("syscall {name} (number {nr}) is beyond what probe can flag"))?;
+            *slot |= flag;
+        }
         Ok(())
     };
-    for sysno in [Sysno::exit, Sysno::exit_group] {
-        mark(sysno, syscall_flags::NO_RETURN)?;
+    for name in ["exit", "exit_group"] {
+        mark(name, syscall_flags::NO_RETURN)?;
     }
-    for sysno in [Sysno::execve, Sysno::execveat, Sysno::prctl] {
-        mark(sysno, syscall_flags::RENAMES)?;
+    for name in ["execve", "execveat", "prctl"] {
+        mark(name, syscall_flags::RENAMES)?;
     }
-    for &sysno in only {
-        mark(sysno, syscall_flags::WANTED)?;
+    for name in ["clone", "clone3", "fork", "vfork"] {
+        mark(name, syscall_flags::FORKS)?;
+    }
+    for sysno in only {
+        mark(sysno.name(), syscall_flags::WANTED)?;
     }
     for (nr, &flag) in flags.iter().enumerate().filter(|(_, &flag)| flag != 0) {
         table.set(nr as u32, flag, 0).context("cannot set the syscall flags")?;

@@ -1,11 +1,12 @@
-//! Finds `task_struct` field offsets in the running kernel's BTF.
+//! Finds kernel struct field offsets in the running kernel's BTF:
+//! `task_struct`'s ids, and where `pt_regs` keeps the syscall number.
 //!
-//! Rust eBPF programs cannot carry CO-RE relocations, so the scheduler
-//! programs get the offsets of the fields they read as load-time globals.
-//! Only the type section is walked, and only as far as `task_struct`: a
-//! reader this small is simpler than a dependency (aya keeps its BTF types
+//! Rust eBPF programs cannot carry CO-RE relocations, so the programs get
+//! the offsets of the fields they read as load-time globals. Only the type
+//! section is walked, and only as far as the struct asked for: a reader
+//! this small is simpler than a dependency (aya keeps its BTF types
 //! private, and the BTF crates on crates.io are LGPL or pull in libbpf).
-//! The loader then proves the offsets on probe's own task before use.
+//! The loader then proves the task offsets on probe's own task before use.
 
 use std::{fs, path::Path};
 
@@ -36,6 +37,47 @@ pub fn task_offsets() -> Result<TaskOffsets> {
 
 /// Reads the offsets from raw BTF (native endianness).
 pub fn task_offsets_in(data: &[u8]) -> Result<TaskOffsets> {
+    let [pid, tgid] = member_offsets(data, "task_struct", ["pid", "tgid"])?;
+    Ok(TaskOffsets { pid, tgid })
+}
+
+/// The byte offset of `pt_regs.orig_ax`, where x86-64 keeps a syscall's
+/// number for its whole course, in the running kernel's BTF.
+pub fn syscall_nr_offset() -> Result<u32> {
+    let data =
+        fs::read(VMLINUX_BTF).with_context(|| format!("cannot read the kernel's BTF at {VMLINUX_BTF}"))?;
+    let [orig_ax] = member_offsets(&data, "pt_regs", ["orig_ax"])
+        .context("cannot find pt_regs.orig_ax in the kernel's BTF")?;
+    Ok(orig_ax)
+}
+
+/// The byte offset in `task_struct` of `thread_info.status`, whose
+/// `TS_COMPAT` marks a 32-bit syscall, in the running kernel's BTF.
+pub fn task_status_offset() -> Result<u32> {
+    let data =
+        fs::read(VMLINUX_BTF).with_context(|| format!("cannot read the kernel's BTF at {VMLINUX_BTF}"))?;
+    task_status_offset_in(&data).context("cannot find task_struct's thread_info.status in the kernel's BTF")
+}
+
+/// The byte offset in `task_struct` of `se.nr_migrations`, the kernel's
+/// count of the thread's moves between CPUs, in the running kernel's BTF.
+pub fn task_migrations_offset() -> Result<u32> {
+    let data =
+        fs::read(VMLINUX_BTF).with_context(|| format!("cannot read the kernel's BTF at {VMLINUX_BTF}"))?;
+    let [se] = member_offsets(&data, "task_struct", ["se"])?;
+    let [nr_migrations] = member_offsets(&data, "sched_entity", ["nr_migrations"])?;
+    Ok(se + nr_migrations)
+}
+
+fn task_status_offset_in(data: &[u8]) -> Result<u32> {
+    let [thread_info] = member_offsets(data, "task_struct", ["thread_info"])?;
+    let [status] = member_offsets(data, "thread_info", ["status"])?;
+    Ok(thread_info + status)
+}
+
+/// Byte offsets of `members` in the first struct named `name`, in raw BTF
+/// (native endianness).
+fn member_offsets<const N: usize>(data: &[u8], name: &str, members: [&str; N]) -> Result<[u32; N]> {
     let btf = Reader { data };
     ensure!(btf.u16(0)? == BTF_MAGIC, "not BTF (bad magic)");
     let header_len = btf.u32(4)? as usize;
@@ -54,12 +96,12 @@ pub fn task_offsets_in(data: &[u8]) -> Result<TaskOffsets> {
         let kind = (info >> 24) & 0x1f;
         let kind_flag = info >> 31 != 0;
         let body = at + 12;
-        if kind == KIND_STRUCT && btf.str(strings + name_off)? == "task_struct" {
-            return members(&btf, body, vlen, strings, kind_flag);
+        if kind == KIND_STRUCT && btf.str(strings + name_off)? == name {
+            return offsets(&btf, Struct { name, body, vlen, strings, kind_flag }, members);
         }
         at = body + trailing_len(kind, vlen)?;
     }
-    bail!("no struct task_struct")
+    bail!("no struct {name}")
 }
 
 const KIND_STRUCT: u32 = 4;
@@ -81,26 +123,34 @@ fn trailing_len(kind: u32, vlen: usize) -> Result<usize> {
     })
 }
 
-fn members(btf: &Reader, body: usize, vlen: usize, strings: usize, kind_flag: bool) -> Result<TaskOffsets> {
-    let (mut pid, mut tgid) = (None, None);
-    for i in 0..vlen {
-        let member = body + 12 * i;
-        let name = btf.str(strings + btf.u32(member)? as usize)?;
+/// Where a struct's members are in the BTF.
+struct Struct<'a> {
+    name: &'a str,
+    body: usize,
+    vlen: usize,
+    strings: usize,
+    kind_flag: bool,
+}
+
+fn offsets<const N: usize>(btf: &Reader, found: Struct, members: [&str; N]) -> Result<[u32; N]> {
+    let mut offsets = [None; N];
+    for i in 0..found.vlen {
+        let member = found.body + 12 * i;
+        let name = btf.str(found.strings + btf.u32(member)? as usize)?;
         let raw = btf.u32(member + 8)?;
         // With kind_flag the top byte is a bitfield size.
-        let bits = if kind_flag { raw & 0x00ff_ffff } else { raw };
-        let slot = match name {
-            "pid" => &mut pid,
-            "tgid" => &mut tgid,
-            _ => continue,
+        let bits = if found.kind_flag { raw & 0x00ff_ffff } else { raw };
+        let Some(slot) = members.iter().position(|&wanted| wanted == name) else {
+            continue;
         };
-        ensure!(bits % 8 == 0, "task_struct.{name} is not byte-aligned");
-        *slot = Some(bits / 8);
+        ensure!(bits % 8 == 0, "{}.{name} is not byte-aligned", found.name);
+        offsets[slot] = Some(bits / 8);
     }
-    Ok(TaskOffsets {
-        pid: pid.context("task_struct has no member pid")?,
-        tgid: tgid.context("task_struct has no member tgid")?,
-    })
+    let mut found_offsets = [0; N];
+    for (i, offset) in offsets.into_iter().enumerate() {
+        found_offsets[i] = offset.with_context(|| format!("{} has no member {}", found.name, members[i]))?;
+    }
+    Ok(found_offsets)
 }
 
 struct Reader<'a> {
@@ -196,5 +246,14 @@ mod tests {
         let offsets = task_offsets().unwrap();
         assert_ne!(offsets.pid, offsets.tgid);
         assert!(offsets.pid > 0 && offsets.pid < 16384, "{offsets:?}");
+        // x86-64's pt_regs is also its ptrace ABI: orig_ax is the 16th word.
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(syscall_nr_offset().unwrap(), 120);
+        // thread_info leads task_struct (CONFIG_THREAD_INFO_IN_TASK), and
+        // status follows its two longs.
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(task_status_offset().unwrap(), 16);
+        let migrations = task_migrations_offset().unwrap();
+        assert!(migrations > offsets.pid.min(1024) / 4 && migrations < 16384, "{migrations}");
     }
 }

@@ -103,6 +103,12 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_interval, requires = "prometheus")]
     pub prometheus_grace: Duration,
 
+    /// With --prometheus: TLS and basic authentication as FILE says, in the
+    /// Prometheus exporter-toolkit's web-config format (YAML with
+    /// tls_server_config: cert_file, key_file; basic_auth_users: NAME: BCRYPT-HASH).
+    #[arg(long, value_name = "FILE", requires = "prometheus")]
+    pub web_config: Option<PathBuf>,
+
     /// Write a timeline to FILE in the Chrome trace-event format (opens in
     /// Perfetto UI and chrome://tracing).
     #[arg(long, value_name = "FILE")]

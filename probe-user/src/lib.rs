@@ -17,6 +17,8 @@ pub mod app;
 mod bpf;
 mod btf;
 mod cli;
+mod clock;
+mod escape;
 mod golang;
 mod metrics;
 mod output;

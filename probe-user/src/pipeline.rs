@@ -9,11 +9,18 @@
 
 use std::mem;
 
-use probe_common::{EventKind, LostCall, Record, SWITCH_EXITED, SYSCALL_NO_RETURN};
+use probe_common::{
+    EventKind, InFlight, LostCall, Record, SyscallEvent, SWITCH_EXITED, SYSCALL_NO_RETURN,
+    SYSCALL_UNSEEN_ENTRY,
+};
 use rustc_hash::FxHashMap;
 
 use crate::{
-    aggregate::{sched::SchedTracker, Generations, Table, World, MAX_EXITED_THREADS},
+    aggregate::{
+        in_flight::{CallAtAttach, CallInFlight, CallsAtAttach, ThreadState},
+        sched::SchedTracker,
+        Generations, Table, ThreadKey, World, MAX_EXITED_THREADS,
+    },
     golang::Goroutines,
 };
 
@@ -26,6 +33,13 @@ pub struct Pipeline {
     generations: Generations,
     goroutines: Option<Goroutines>,
     undecodable: u64,
+    /// The calls in progress at attach that have not returned.
+    at_attach: CallsAtAttach,
+    /// The calls in progress as last noted, for the interval about to close.
+    in_flight: FxHashMap<ThreadKey, CallInFlight>,
+    /// The previous note's calls: a call's arguments and its thread's name
+    /// are read once.
+    noted: FxHashMap<ThreadKey, CallInFlight>,
 }
 
 impl Pipeline {
@@ -38,7 +52,23 @@ impl Pipeline {
             generations: Generations::default(),
             goroutines,
             undecodable: 0,
+            at_attach: CallsAtAttach::default(),
+            in_flight: FxHashMap::default(),
+            noted: FxHashMap::default(),
         }
+    }
+
+    /// The trace began at `attached_ns` (the kernel's monotonic clock), with
+    /// `calls` in progress (the scan of `/proc` at attach). A thread asleep
+    /// in one of them is asleep from the attach on, as far as the scheduler
+    /// view goes: it is charged that time, not the time before.
+    pub fn attached(&mut self, attached_ns: u64, calls: Vec<CallAtAttach>, world: &dyn World) {
+        for call in &calls {
+            if world.thread_state(call.pid, call.tid).is_some_and(|state| matches!(state, 'S' | 'D')) {
+                self.tracker.asleep_since(ThreadKey::new(call.pid, call.tid), attached_ns);
+            }
+        }
+        self.at_attach = CallsAtAttach::new(attached_ns, calls);
     }
 
     /// Adds one record, whatever its bytes, and returns it decoded for the
@@ -61,6 +91,7 @@ impl Pipeline {
 
     fn apply(&mut self, record: &Record) {
         match record {
+            Record::Syscall(event) if event.flags & SYSCALL_UNSEEN_ENTRY != 0 => self.returned_unseen(event),
             Record::Syscall(event) => {
                 if let Some(goroutines) = &mut self.goroutines {
                     goroutines.syscall(event);
@@ -100,6 +131,142 @@ impl Pipeline {
         }
     }
 
+    /// A call returned whose entry was not seen: one in progress at attach.
+    /// It counts apart from the timed calls, with how long it took at
+    /// least. One that returned before the trace began, or of a thread
+    /// that made calls since (refused by seccomp at its entry, say: see
+    /// [`CallsAtAttach::returned`]), is not counted.
+    fn returned_unseen(&mut self, event: &SyscallEvent) {
+        let key = self.generations.syscall(event.pid, event.tid);
+        let made_calls = [&self.interval, &self.total].into_iter().any(|table| {
+            let calls = table.get(key).map(|thread| thread.syscalls.values());
+            calls.into_iter().flatten().any(|stats| stats.count > stats.unfinished_at_attach)
+        });
+        if let Some(lower_bound_ns) = self.at_attach.returned(event, made_calls) {
+            self.interval.record_unfinished(key, event, lower_bound_ns);
+        }
+    }
+
+    /// Notes the syscalls in progress at `now_ns` (the kernel's monotonic
+    /// clock), for the interval about to close: the kernel's (`on_cpu`, in
+    /// the per-CPU slots; `parked`, parked when their thread left its CPU,
+    /// to which it may have come back since), and those in progress since
+    /// before attach. Where each thread is comes from the scheduler's
+    /// events, else from `world`, which also gives the arguments of a
+    /// blocked thread's call, read once per call.
+    pub fn note_in_flight(
+        &mut self,
+        on_cpu: &[InFlight],
+        parked: &[InFlight],
+        now_ns: u64,
+        world: &dyn World,
+    ) {
+        // A thread that made calls since the attach is out of the call the
+        // scan found (its return's record was lost, or the scan caught a
+        // call the kernel saw begin): the interval that closes holds every
+        // record since the previous note.
+        let (generations, interval) = (&self.generations, &self.interval);
+        self.at_attach.retain(|call| {
+            let key = generations.current(call.pid, call.tid);
+            interval.get(key).is_none_or(|thread| thread.syscalls.is_empty())
+        });
+        let mut calls = FxHashMap::default();
+        let kernel = on_cpu.iter().map(|call| (call, true)).chain(parked.iter().map(|call| (call, false)));
+        for (call, running) in kernel {
+            let key = self.generations.current(call.pid, call.tid);
+            let state = match running {
+                true => Some(ThreadState::OnCpu),
+                false => self.state_of(key, world),
+            };
+            // Gone since.
+            let Some(state) = state else {
+                continue;
+            };
+            let before = self
+                .noted
+                .get(&key)
+                .filter(|before| (before.started_ns, before.nr) == (call.start_ns, call.nr));
+            let args = match before.and_then(|before| before.args) {
+                Some(args) => Some(args),
+                None if state == ThreadState::OnCpu => None,
+                None => world
+                    .syscall_args(call.pid, call.tid)
+                    .filter(|&(nr, _)| nr == call.nr)
+                    .map(|(_, args)| args),
+            };
+            let comm = match before {
+                Some(before) => before.comm.clone(),
+                None => self.comm(key, world),
+            };
+            let started_ns = call.start_ns;
+            let age_ns = now_ns.saturating_sub(started_ns);
+            calls.insert(
+                key,
+                CallInFlight { nr: call.nr, args, started_ns, age_ns, state, before_attach: false, comm },
+            );
+        }
+        let mut over = Vec::new();
+        for call in self.at_attach.iter() {
+            let key = self.generations.current(call.pid, call.tid);
+            // The kernel's is the thread's latest call.
+            if calls.contains_key(&key) {
+                continue;
+            }
+            // Gone.
+            let Some(state) = self.state_of(key, world) else {
+                over.push((call.pid, call.tid));
+                continue;
+            };
+            // Blocked in another call: this one returned unseen (its
+            // record lost, or not sent: with -e, unwanted).
+            if state == ThreadState::Blocked
+                && world.syscall_args(call.pid, call.tid).is_some_and(|(nr, _)| nr != call.nr)
+            {
+                over.push((call.pid, call.tid));
+                continue;
+            }
+            let comm = self.known_comm(key).unwrap_or_else(|| call.comm.clone());
+            calls.insert(
+                key,
+                CallInFlight {
+                    nr: call.nr,
+                    args: Some(call.args),
+                    started_ns: call.started_ns,
+                    age_ns: now_ns.saturating_sub(call.started_ns),
+                    state,
+                    before_attach: true,
+                    comm,
+                },
+            );
+        }
+        self.at_attach.retain(|call| !over.contains(&(call.pid, call.tid)));
+        self.noted.clone_from(&calls);
+        self.in_flight = calls;
+    }
+
+    /// Where thread `key` is: from its scheduler events, else `/proc`;
+    /// `None` once it is gone.
+    fn state_of(&self, key: ThreadKey, world: &dyn World) -> Option<ThreadState> {
+        match self.tracker.state_now(key) {
+            Some(state) => Some(state),
+            None => world.thread_state(key.pid, key.tid).map(ThreadState::from_letter),
+        }
+    }
+
+    /// A thread's name as its records gave it.
+    fn known_comm(&self, key: ThreadKey) -> Option<String> {
+        [&self.interval, &self.total]
+            .into_iter()
+            .filter_map(|table| table.get(key))
+            .map(|thread| &thread.comm)
+            .find(|comm| !comm.is_empty())
+            .cloned()
+    }
+
+    fn comm(&self, key: ThreadKey, world: &dyn World) -> String {
+        self.known_comm(key).or_else(|| world.thread_name(key.pid, key.tid)).unwrap_or_default()
+    }
+
     /// Adds the calls the kernel counted without records (their records
     /// were dropped). Done often, so that the kernel's map of them is
     /// emptied of exited threads quickly.
@@ -129,16 +296,18 @@ impl Pipeline {
     }
 
     /// Brings the interval up to `now_ns` (the kernel's monotonic clock)
-    /// before it closes: the threads on a CPU are charged their time so far.
+    /// before it closes: every thread is charged its time so far, on the CPU
+    /// or off it.
     pub fn settle(&mut self, now_ns: u64, world: &dyn World) {
         self.tracker.forget_dead(world);
-        self.tracker.charge_running(now_ns, &mut self.interval);
+        self.tracker.charge_until(now_ns, &mut self.interval);
     }
 
     /// Closes the current interval: folds it into the run's total and
     /// returns it, its unnamed threads named.
     pub fn close_interval(&mut self, world: &dyn World) -> Table {
         let mut interval = mem::take(&mut self.interval);
+        interval.set_in_flight(mem::take(&mut self.in_flight));
         interval.name_unnamed(world);
         self.total.merge(&interval, world);
         self.total.retire_dead(world);
@@ -201,7 +370,8 @@ mod tests {
 
     fn sched(kind: EventKind, tid: u32, cpu: u32, flags: u32, ts_ns: u64) -> Vec<u8> {
         let comm = if kind == EventKind::SwitchOut { name("worker") } else { [0; COMM_LEN] };
-        bytes(&SchedEvent { kind: kind as u32, cpu, pid: 1, tid, flags, _pad: 0, ts_ns, comm })
+        let nr_migrations = 0;
+        bytes(&SchedEvent { kind: kind as u32, cpu, pid: 1, tid, flags, _pad: 0, ts_ns, nr_migrations, comm })
     }
 
     fn feed(pipeline: &mut Pipeline, records: &[Vec<u8>]) {
@@ -233,7 +403,7 @@ mod tests {
         let read = &thread.syscalls[&0];
         assert_eq!((read.count, read.split_ns, read.blocked_ns, read.runq_ns), (1, 90, 50, 20));
         let sched = thread.sched.as_ref().unwrap();
-        assert_eq!((sched.voluntary, sched.migrations, sched.blocked_ns), (1, 1, 50));
+        assert_eq!((sched.voluntary, sched.pairs.len(), sched.blocked_ns), (1, 1, 50));
         assert_eq!(thread.comm, "worker");
     }
 
@@ -309,6 +479,24 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_asleep_at_attach_is_charged_its_sleep_from_the_attach() {
+        use EventKind::*;
+        let mut pipeline = Pipeline::new(None);
+        let world = Listed(vec![(1, 2)]);
+        let read = CallAtAttach { pid: 1, tid: 2, nr: 0, args: [0; 6], started_ns: 10, comm: String::new() };
+        pipeline.attached(1000, vec![read], &world);
+        pipeline.settle(3000, &world);
+        let first = pipeline.close_interval(&world);
+        assert_eq!(first.get(ThreadKey::new(1, 2)).unwrap().sched.as_ref().unwrap().blocked_ns, 2000);
+        // Woken at 3500, running at 3600.
+        feed(&mut pipeline, &[sched(Wakeup, 2, 0, 0, 3500), sched(SwitchIn, 2, 0, 0, 3600)]);
+        pipeline.settle(4000, &world);
+        let second = pipeline.close_interval(&world);
+        let sched = second.get(ThreadKey::new(1, 2)).unwrap().sched.clone().unwrap();
+        assert_eq!((sched.blocked_ns, sched.runq_wait_ns, sched.on_cpu_ns), (500, 100, 400));
+    }
+
+    #[test]
     fn threads_no_record_named_are_named_by_the_world() {
         use EventKind::*;
         let mut pipeline = Pipeline::new(None);
@@ -352,6 +540,110 @@ mod tests {
         assert_eq!(pipeline.undecodable(), 0);
     }
 
+    #[test]
+    fn calls_in_progress_are_shown_and_those_from_before_attach_count_apart_when_they_return() {
+        use EventKind::*;
+        let mut pipeline = Pipeline::new(None);
+        // The scan at attach (1000): thread 2 in a read since 400 at the
+        // latest.
+        let read = CallAtAttach {
+            pid: 1,
+            tid: 2,
+            nr: 0,
+            args: [3, 64, 1, 0, 0, 0],
+            started_ns: 400,
+            comm: "r".into(),
+        };
+        pipeline.attached(1000, vec![read], &NOBODY);
+        let world = Listed(vec![(1, 1), (1, 2), (1, 3), (1, 4)]);
+        // The kernel's: thread 3 on a CPU in getppid since 1500, thread 4
+        // in a futex since 1200, asleep by its scheduler events.
+        let on_cpu = [InFlight { start_ns: 1500, nr: 110, tid: 3, pid: 1, flags: 0 }];
+        let parked = [InFlight { start_ns: 1200, nr: 202, tid: 4, pid: 1, flags: 0 }];
+        feed(
+            &mut pipeline,
+            &[sched(SwitchIn, 4, 0, 0, 1100), sched(SwitchOut, 4, 0, SWITCH_VOLUNTARY, 1250)],
+        );
+        pipeline.note_in_flight(&on_cpu, &parked, 2000, &world);
+        let interval = pipeline.close_interval(&world);
+        let span = Span { elapsed_ns: 1, span_ns: 1, lost: Default::default(), health: Default::default() };
+        // No thread made a call: all three still show, the oldest call first,
+        // up to N after the N busiest.
+        let report = Report::new(Kind::Interval, &interval, span, Some(1));
+        let tids: Vec<u32> = report.threads.iter().map(|thread| thread.tid).collect();
+        assert_eq!(tids, [4, 2], "{report:?}");
+        let all = Report::new(Kind::Interval, &interval, span, None);
+        let calls: Vec<_> =
+            all.threads.iter().map(|thread| (thread.tid, thread.in_flight.as_ref().unwrap())).collect();
+        let (_, reading) = calls.iter().find(|(tid, _)| *tid == 2).unwrap();
+        assert_eq!(
+            (reading.name.as_str(), reading.age_ns, reading.started_before_attach),
+            ("read", 1600, true)
+        );
+        assert_eq!(
+            (reading.state, reading.args.as_ref().unwrap()[1].as_str()),
+            (ThreadState::Blocked, "0x40")
+        );
+        let (_, running) = calls.iter().find(|(tid, _)| *tid == 3).unwrap();
+        assert_eq!(
+            (running.state, running.age_ns, running.started_before_attach),
+            (ThreadState::OnCpu, 500, false)
+        );
+        let (_, waiting) = calls.iter().find(|(tid, _)| *tid == 4).unwrap();
+        assert_eq!((waiting.name.as_str(), waiting.state), ("futex", ThreadState::Blocked));
+
+        // The read returns at 5000: counted, at least 4600, out of the
+        // latencies. Thread 3's getppid returns, and then a call of its
+        // returns without an entry (refused by seccomp): not one from
+        // before the attach.
+        let unseen = |tid, nr, at| syscall_record(tid, nr, SYSCALL_UNSEEN_ENTRY, at, 0);
+        feed(&mut pipeline, &[unseen(2, 0, 5000), syscall(3, 110, 1500, 3600), unseen(3, 39, 5200)]);
+        pipeline.note_in_flight(&[], &parked, 6000, &world);
+        let interval = pipeline.close_interval(&world);
+        let read = &interval.get(ThreadKey::new(1, 2)).unwrap().syscalls[&0];
+        assert_eq!((read.count, read.unfinished_at_attach, read.unfinished_at_attach_ns), (1, 1, 4600));
+        assert_eq!((read.latency.len(), read.total_ns), (0, 0));
+        assert!(!interval.get(ThreadKey::new(1, 3)).unwrap().syscalls.contains_key(&39));
+        // Only the futex is still in progress.
+        let keys: Vec<ThreadKey> = interval.in_flight().keys().copied().collect();
+        assert_eq!(keys, [ThreadKey::new(1, 4)]);
+        assert_eq!(pipeline.total().in_flight().len(), 1);
+    }
+
+    #[test]
+    fn a_call_from_before_attach_is_over_when_its_thread_is_gone_or_in_another() {
+        /// Threads 2 and 3 live, blocked in syscall 7.
+        struct InPoll;
+        impl World for InPoll {
+            fn thread_alive(&self, _pid: u32, tid: u32) -> bool {
+                tid == 2 || tid == 3
+            }
+            fn process_alive(&self, _pid: u32) -> bool {
+                true
+            }
+            fn thread_name(&self, _pid: u32, _tid: u32) -> Option<String> {
+                None
+            }
+            fn thread_state(&self, pid: u32, tid: u32) -> Option<char> {
+                self.thread_alive(pid, tid).then_some('S')
+            }
+            fn syscall_args(&self, pid: u32, tid: u32) -> Option<(u32, [u64; 6])> {
+                self.thread_alive(pid, tid).then_some((7, [0; 6]))
+            }
+        }
+        let mut pipeline = Pipeline::new(None);
+        let call =
+            |tid, nr| CallAtAttach { pid: 1, tid, nr, args: [0; 6], started_ns: 10, comm: String::new() };
+        // 2 is still in its poll; 3 left its read (its return not seen:
+        // with -e, say); 4 is gone.
+        pipeline.attached(100, vec![call(2, 7), call(3, 0), call(4, 7)], &NOBODY);
+        pipeline.note_in_flight(&[], &[], 1000, &InPoll);
+        let interval = pipeline.close_interval(&InPoll);
+        let keys: Vec<ThreadKey> = interval.in_flight().keys().copied().collect();
+        assert_eq!(keys, [ThreadKey::new(1, 2)]);
+        assert_eq!(pipeline.at_attach.iter().count(), 1);
+    }
+
     fn tagged(kind: EventKind, len: usize, body: &[u8]) -> Vec<u8> {
         let mut record = (kind as u32).to_ne_bytes().to_vec();
         record.extend(body.iter().copied().cycle().take(len.saturating_sub(4)));
@@ -382,7 +674,7 @@ mod tests {
 
         #[test]
         fn well_tagged_records_with_random_fields_never_panic(
-            bodies in prop::collection::vec((1u32..=10, prop::sample::select(vec![0usize, 4, 40, 47, 48, 64, 65]), prop::collection::vec(any::<u8>(), 1..64)), 0..64),
+            bodies in prop::collection::vec((1u32..=10, prop::sample::select(vec![0usize, 4, 40, 47, 48, 56, 64, 65]), prop::collection::vec(any::<u8>(), 1..64)), 0..64),
         ) {
             let records: Vec<_> = bodies
                 .iter()

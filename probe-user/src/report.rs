@@ -4,11 +4,16 @@
 
 use std::collections::BTreeMap;
 
-use rustc_hash::FxHashMap;
+use probe_common::COMPAT_NR;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 use syscalls::{Errno, Sysno};
 
-use crate::aggregate::{sched::SchedStats, SyscallStats, Table, ThreadKey, ThreadStats};
+use crate::aggregate::{
+    in_flight::{CallInFlight, ThreadState},
+    sched::SchedStats,
+    SyscallStats, Table, ThreadKey, ThreadStats,
+};
 
 /// Which report this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -162,6 +167,45 @@ pub struct ThreadReport {
     /// io_uring requests it submitted, per opcode, most first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub io_uring: Vec<IoUringReport>,
+    /// The syscall it is in when the report is made, if any.
+    pub in_flight: Option<InFlightReport>,
+}
+
+/// A syscall in progress when a report is made (README, "JSON schema").
+#[derive(Debug, Serialize)]
+pub struct InFlightReport {
+    /// Syscall name.
+    pub name: String,
+    /// Syscall number.
+    pub nr: u32,
+    /// Its six argument registers, raw, in hex (`"0x3"`) as `/proc` and
+    /// the kernel show them; `null` when the thread was on a CPU (`/proc`
+    /// shows them only while it is off one).
+    pub args: Option<Vec<String>>,
+    /// When it began, on the kernel's monotonic clock; for a call that
+    /// began before attach, the latest it can have begun.
+    pub started_ns: u64,
+    /// Time in it so far, when the report was made: a lower bound for a
+    /// call that began before attach.
+    pub age_ns: u64,
+    /// `"blocked"`, `"runnable"` or `"on_cpu"`.
+    pub state: ThreadState,
+    /// It began before probe attached.
+    pub started_before_attach: bool,
+}
+
+impl InFlightReport {
+    fn new(call: &CallInFlight) -> Self {
+        Self {
+            name: syscall_name(call.nr),
+            nr: call.nr,
+            args: call.args.map(|args| args.iter().map(|arg| format!("{arg:#x}")).collect()),
+            started_ns: call.started_ns,
+            age_ns: call.age_ns,
+            state: call.state,
+            started_before_attach: call.before_attach,
+        }
+    }
 }
 
 /// One io_uring opcode's requests of one thread.
@@ -206,6 +250,12 @@ pub struct SchedReport {
     pub cpus: BTreeMap<String, u64>,
     /// Migrations per CPU pair, most frequent first.
     pub migration_pairs: Vec<MigrationPair>,
+    /// Whether the full ring buffer dropped scheduler records of this
+    /// thread: its switch counts are still exact (the kernel counted them),
+    /// but its times, run-queue quantiles and migrations are a sample.
+    pub sampled: bool,
+    /// How many of its scheduler records were dropped.
+    pub lost_records: u64,
 }
 
 /// Migrations from one CPU to another.
@@ -223,10 +273,14 @@ pub struct MigrationPair {
 /// timed (`exit` and `exit_group` never return).
 #[derive(Debug, Serialize)]
 pub struct SyscallReport {
-    /// Syscall name (`syscall_N` for a number this architecture lacks).
+    /// Syscall name (`syscall_N` for a number this architecture lacks),
+    /// with ` (i386)` after a 32-bit one's.
     pub name: String,
-    /// Syscall number.
+    /// Syscall number, in the table of `abi`.
     pub nr: u32,
+    /// `"x86_64"`, or `"i386"` for a 32-bit syscall (a 32-bit program, or
+    /// `int $0x80`).
+    pub abi: &'static str,
     /// Calls.
     pub count: u64,
     /// Calls that failed.
@@ -254,6 +308,12 @@ pub struct SyscallReport {
     pub on_cpu_ns: Option<u64>,
     pub blocked_ns: Option<u64>,
     pub runq_ns: Option<u64>,
+    /// Calls that were in progress when probe attached, seen returning: in
+    /// `count` and `errors`, not in the latencies, whose start is unknown.
+    pub unfinished_at_attach: u64,
+    /// The time they took at least, summed (from when each last blocked
+    /// before attach, else from the attach).
+    pub unfinished_at_attach_ns: u64,
 }
 
 /// Context of a report that the table does not hold.
@@ -270,10 +330,29 @@ pub struct Span {
 }
 
 impl Report {
-    /// Builds a report of `table`'s busiest `top` threads (all with `None`).
+    /// Builds a report of `table`'s busiest `top` threads, then of up to
+    /// `top` more with the oldest calls in progress (all of both with
+    /// `None`): a thread stuck in a call makes no records, and would not
+    /// show otherwise.
     pub fn new(kind: Kind, table: &Table, span: Span, top: Option<usize>) -> Self {
         let busiest = table.busiest();
         let shown = top.unwrap_or(busiest.len());
+        let in_flight = table.in_flight();
+        let mut threads: Vec<ThreadReport> = busiest
+            .into_iter()
+            .take(shown)
+            .map(|(key, thread)| thread_report(key, thread, in_flight.get(&key)))
+            .collect();
+        let reported: FxHashSet<ThreadKey> = threads.iter().map(thread_key).collect();
+        let mut waiting: Vec<(&ThreadKey, &CallInFlight)> =
+            in_flight.iter().filter(|(key, _)| !reported.contains(key)).collect();
+        waiting.sort_by(|a, b| b.1.age_ns.cmp(&a.1.age_ns).then(a.0.cmp(b.0)));
+        threads.extend(waiting.into_iter().take(top.unwrap_or(usize::MAX)).map(|(&key, call)| {
+            match table.get(key) {
+                Some(thread) => thread_report(key, thread, Some(call)),
+                None => idle_report(key, call),
+            }
+        }));
         Self {
             kind,
             elapsed_ns: span.elapsed_ns,
@@ -284,11 +363,7 @@ impl Report {
             counts_exact: span.lost.counts_exact(),
             probe: span.health,
             exit_code: None,
-            threads: busiest
-                .into_iter()
-                .take(shown)
-                .map(|(key, thread)| thread_report(key, thread))
-                .collect(),
+            threads,
             go: Vec::new(),
             goroutines: Vec::new(),
         }
@@ -306,17 +381,25 @@ pub struct ThreadDetail {
 }
 
 impl ThreadDetail {
-    /// `key`'s thread in `table`, if it has a row there.
+    /// `key`'s thread in `table`, if it has a row there or a call in
+    /// progress.
     pub fn new(table: &Table, key: ThreadKey) -> Option<Self> {
-        let stats = table.get(key)?;
+        let in_flight = table.in_flight().get(&key);
+        let Some(stats) = table.get(key) else {
+            return in_flight.map(|call| Self { thread: idle_report(key, call), buckets: BTreeMap::new() });
+        };
         Some(Self {
-            thread: thread_report(key, stats),
+            thread: thread_report(key, stats, in_flight),
             buckets: stats.syscalls.iter().map(|(&nr, call)| (nr, call.latency.log2_buckets())).collect(),
         })
     }
 }
 
-fn thread_report(key: ThreadKey, thread: &ThreadStats) -> ThreadReport {
+fn thread_key(thread: &ThreadReport) -> ThreadKey {
+    ThreadKey { pid: thread.pid, tid: thread.tid, generation: thread.generation }
+}
+
+fn thread_report(key: ThreadKey, thread: &ThreadStats, in_flight: Option<&CallInFlight>) -> ThreadReport {
     ThreadReport {
         tid: key.tid,
         generation: key.generation,
@@ -326,6 +409,22 @@ fn thread_report(key: ThreadKey, thread: &ThreadStats) -> ThreadReport {
         syscalls: syscall_reports(&thread.syscalls),
         sched: thread.sched.as_ref().map(sched_report),
         io_uring: io_uring_reports(thread),
+        in_flight: in_flight.map(InFlightReport::new),
+    }
+}
+
+/// A thread with no records in the span, only a call in progress.
+fn idle_report(key: ThreadKey, call: &CallInFlight) -> ThreadReport {
+    ThreadReport {
+        tid: key.tid,
+        generation: key.generation,
+        pid: key.pid,
+        comm: call.comm.clone(),
+        exited: false,
+        syscalls: Vec::new(),
+        sched: None,
+        io_uring: Vec::new(),
+        in_flight: Some(InFlightReport::new(call)),
     }
 }
 
@@ -364,7 +463,8 @@ fn syscall_report(nr: u32, stats: &SyscallStats) -> SyscallReport {
     });
     SyscallReport {
         name: syscall_name(nr),
-        nr,
+        nr: nr & !COMPAT_NR,
+        abi: if nr & COMPAT_NR != 0 { "i386" } else { "x86_64" },
         count: stats.count,
         errors: stats.errors,
         errnos: stats.errnos.iter().map(|(&errno, &n)| (errno_name(errno), n)).collect(),
@@ -379,6 +479,8 @@ fn syscall_report(nr: u32, stats: &SyscallStats) -> SyscallReport {
         on_cpu_ns: split.map(|(total, blocked, runq)| total - blocked - runq),
         blocked_ns: split.map(|(_, blocked, _)| blocked),
         runq_ns: split.map(|(_, _, runq)| runq),
+        unfinished_at_attach: stats.unfinished_at_attach,
+        unfinished_at_attach_ns: stats.unfinished_at_attach_ns,
     }
 }
 
@@ -399,11 +501,21 @@ fn sched_report(stats: &SchedStats) -> SchedReport {
         last_cpu: stats.last_cpu,
         cpus: stats.cpus.iter().map(|(cpu, &ns)| (cpu.to_string(), ns)).collect(),
         migration_pairs: pairs,
+        sampled: stats.lost_records > 0,
+        lost_records: stats.lost_records,
     }
 }
 
 /// The running architecture's name for syscall `nr`.
 pub fn syscall_name(nr: u32) -> String {
+    if nr & COMPAT_NR != 0 {
+        // A 32-bit syscall: the i386 table's number, marked everywhere.
+        let nr = nr & !COMPAT_NR;
+        return match syscalls::x86::Sysno::new(nr as usize) {
+            Some(sysno) => format!("{} (i386)", sysno.name()),
+            None => format!("syscall_{nr} (i386)"),
+        };
+    }
     match Sysno::new(nr as usize) {
         Some(sysno) => sysno.name().to_owned(),
         None => format!("syscall_{nr}"),
@@ -463,6 +575,42 @@ mod tests {
         for field in ["p50_ns", "p90_ns", "p99_ns"] {
             assert!(call[field].is_u64(), "{field}");
         }
+    }
+
+    #[test]
+    fn calls_in_progress_have_the_documented_fields() {
+        use crate::aggregate::in_flight::CallInFlight;
+        let mut table = Table::default();
+        record(&mut table, &event(5, 0, 0, 10));
+        let call = CallInFlight {
+            nr: 0,
+            args: Some([3, 0x7ffd, 1, 0, 0, u64::MAX]),
+            started_ns: 1_000,
+            age_ns: 12_300_000_000,
+            state: ThreadState::Blocked,
+            before_attach: true,
+            comm: "stuck".to_owned(),
+        };
+        table.set_in_flight([(ThreadKey::new(100, 6), call)].into_iter().collect());
+        let span = Span { elapsed_ns: 1, span_ns: 1, lost: Losses::default(), health: Health::default() };
+        let json = serde_json::to_value(Report::new(Kind::Summary, &table, span, None)).unwrap();
+        assert_eq!(json["threads"][0]["in_flight"], serde_json::Value::Null);
+        let call = &json["threads"][0]["syscalls"][0];
+        assert_eq!((&call["unfinished_at_attach"], &call["unfinished_at_attach_ns"]), (&0.into(), &0.into()));
+        let stuck = &json["threads"][1];
+        assert_eq!(
+            (&stuck["tid"], &stuck["comm"], &stuck["syscalls"]),
+            (&6.into(), &"stuck".into(), &serde_json::json!([]))
+        );
+        assert_eq!(
+            stuck["in_flight"],
+            serde_json::json!({
+                "name": "read", "nr": 0,
+                "args": ["0x3", "0x7ffd", "0x1", "0x0", "0x0", "0xffffffffffffffff"],
+                "started_ns": 1000, "age_ns": 12_300_000_000u64, "state": "blocked",
+                "started_before_attach": true,
+            })
+        );
     }
 
     #[test]

@@ -8,11 +8,7 @@ use std::{future::pending, io, os::fd::AsRawFd, time::Duration};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
-use nix::{
-    sys::wait::waitpid,
-    time::{clock_gettime, ClockId},
-    unistd::Pid,
-};
+use nix::{sys::wait::waitpid, unistd::Pid};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -22,6 +18,7 @@ use tokio::{
 
 use crate::{
     bpf::{Probe, Streams},
+    clock::{monotonic_ns, process_cpu_ns},
     output::{Cost, Flow, Interval, Outputs},
     pipeline::Pipeline,
     procfs::{self, Proc},
@@ -56,6 +53,9 @@ pub struct Options {
     /// Say on stderr how to end the trace (not while the live view holds
     /// the terminal: it says so on screen).
     pub announce: bool,
+    /// When the programs were attached, on the kernel's clock: the trace's
+    /// first interval begins there.
+    pub started_ns: u64,
 }
 
 /// Why the trace ended.
@@ -90,6 +90,11 @@ pub async fn run(
     mut outputs: Outputs,
 ) -> Result<i32> {
     let start = Instant::now();
+    // Intervals are measured on the clock the kernel's records use, from
+    // the attach and then from one settling to the next: the time they
+    // cover, however late a tick.
+    let start_ns = options.started_ns;
+    let mut last_ns = start_ns;
     let mut events = readable(streams.events).context("cannot poll the ring buffer")?;
     let mut logs = streams.logs.map(readable).transpose().context("cannot poll the kernel programs' log")?;
     let mut poll = interval(POLL_PERIOD);
@@ -137,7 +142,6 @@ pub async fn run(
         }
     }
 
-    let mut last_tick = start;
     let end = loop {
         tokio::select! {
             guard = events.readable_mut() => {
@@ -161,13 +165,15 @@ pub async fn run(
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
-            now = tick.tick() => {
+            _ = tick.tick() => {
                 drain(events.get_mut(), &mut pipeline, &mut outputs);
                 pipeline.add_lost_calls(&probe.take_lost_calls(false)?, &Proc);
-                pipeline.settle(monotonic_ns(), &Proc);
+                let now_ns = monotonic_ns();
+                pipeline.settle(now_ns, &Proc);
+                note_in_flight(&probe, &mut pipeline, now_ns)?;
                 let table = pipeline.close_interval(&Proc);
-                let span = measure(&probe, &pipeline, now - start, now - last_tick)?;
-                last_tick = now;
+                let span = measure(&probe, &pipeline, now_ns - start_ns, now_ns - last_ns)?;
+                last_ns = now_ns;
                 let interval = Interval {
                     table: &table,
                     total: pipeline.total(),
@@ -176,8 +182,12 @@ pub async fn run(
                     goroutines: pipeline.goroutines(),
                     world: &Proc,
                 };
-                if let Some(end) = End::of(outputs.interval(&interval)?) {
-                    break end;
+                match End::of(outputs.interval(&interval)?) {
+                    // A COMMAND is not left behind: the trace goes on, unseen,
+                    // until it exits, and probe ends with its status.
+                    Some(End::ReaderGone) if command.is_some() => {}
+                    Some(end) => break end,
+                    None => {}
                 }
             }
             flow = outputs.input(pipeline.total()) => {
@@ -223,9 +233,10 @@ pub async fn run(
     // Every record of the finished trace is already in the ring buffer.
     drain(events.get_mut(), &mut pipeline, &mut outputs);
     pipeline.add_lost_calls(&probe.take_lost_calls(true)?, &Proc);
-    pipeline.settle(monotonic_ns(), &Proc);
-    let elapsed = start.elapsed();
-    let span = measure(&probe, &pipeline, elapsed, elapsed)?;
+    let now_ns = monotonic_ns();
+    pipeline.settle(now_ns, &Proc);
+    note_in_flight(&probe, &mut pipeline, now_ns)?;
+    let span = measure(&probe, &pipeline, now_ns - start_ns, now_ns - start_ns)?;
     pipeline.close_interval(&Proc);
     let mut summary = Report::new(Kind::Summary, pipeline.total(), span, None);
     if let Some(goroutines) = pipeline.goroutines() {
@@ -245,8 +256,16 @@ fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, outputs: &mut Out
     }
 }
 
+/// Gives the pipeline the syscalls in progress at `now_ns`, for the
+/// interval about to close.
+fn note_in_flight(probe: &Probe, pipeline: &mut Pipeline, now_ns: u64) -> Result<()> {
+    let calls = probe.calls_in_flight()?;
+    pipeline.note_in_flight(&calls.on_cpu, &calls.parked, now_ns, &Proc);
+    Ok(())
+}
+
 /// What a report says beside its table: times, losses, probe's footprint.
-fn measure(probe: &Probe, pipeline: &Pipeline, elapsed: Duration, span: Duration) -> Result<Span> {
+fn measure(probe: &Probe, pipeline: &Pipeline, elapsed_ns: u64, span_ns: u64) -> Result<Span> {
     let drops = probe.drops()?;
     let lost = Losses {
         ring_buffer: drops.ring_buffer,
@@ -257,23 +276,11 @@ fn measure(probe: &Probe, pipeline: &Pipeline, elapsed: Duration, span: Duration
     };
     let (calls_off_cpu, lost_call_keys) = probe.map_entries();
     Ok(Span {
-        elapsed_ns: elapsed.as_nanos() as u64,
-        span_ns: span.as_nanos() as u64,
+        elapsed_ns,
+        span_ns,
         lost,
         health: Health { rss_bytes: procfs::rss_bytes(), calls_off_cpu, lost_call_keys },
     })
-}
-
-/// CPU time probe has used so far.
-fn process_cpu_ns() -> u64 {
-    clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID)
-        .map_or(0, |now| now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
-}
-
-/// The clock of `bpf_ktime_get_ns()`.
-fn monotonic_ns() -> u64 {
-    let now = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always there");
-    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
 }
 
 /// Registers an owned fd with the event loop for readiness.

@@ -133,6 +133,7 @@ impl GatedCommand {
                         libc::dup2(write_end.as_raw_fd(), 2);
                     }
                 }
+                restore_signals();
                 let mut byte = [0u8];
                 // EOF instead of the gate byte: probe died before attaching.
                 if !matches!(read(&gate_read, &mut byte), Ok(1)) {
@@ -182,6 +183,23 @@ impl GatedCommand {
                 SpawnError { message: format!("cannot run {program}: {}", other.desc()), exit_code: 126 }
             }
         })
+    }
+}
+
+/// Gives a COMMAND the signal state a shell would: no signal blocked, none
+/// ignored. probe ignores SIGPIPE (Rust programs do), and an ignored signal
+/// stays ignored across exec: a pipeline like `yes | head -1` would never
+/// end. Only async-signal-safe calls, for the child of a fork.
+fn restore_signals() {
+    // SAFETY: sigemptyset, sigprocmask and signal are async-signal-safe;
+    // setting SIG_DFL on a signal that cannot be caught just fails.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        for signal in 1..libc::SIGRTMAX() {
+            libc::signal(signal, libc::SIG_DFL);
+        }
     }
 }
 

@@ -13,7 +13,9 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use probe_common::{EventKind, Record, SchedEvent, SyscallEvent, COMM_LEN, SYSCALL_NO_RETURN};
+use probe_common::{
+    EventKind, Record, SchedEvent, SyscallEvent, COMM_LEN, SYSCALL_NO_RETURN, SYSCALL_UNSEEN_ENTRY,
+};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::{json, Value};
 
@@ -76,8 +78,8 @@ pub struct Timeline {
 impl Timeline {
     /// Creates `path` and writes the file's head.
     pub fn create(path: &Path, limit: Option<Limit>) -> Result<Self> {
-        let file =
-            File::create(path).with_context(|| format!("cannot write the timeline to {}", path.display()))?;
+        let file = crate::output::file::create(path)
+            .with_context(|| format!("cannot write the timeline to {}", path.display()))?;
         let mut out = BufWriter::new(file);
         out.write_all(b"{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n")
             .with_context(|| format!("cannot write the timeline to {}", path.display()))?;
@@ -105,6 +107,15 @@ impl Timeline {
     /// thread's track.
     fn syscall(&mut self, event: &SyscallEvent) {
         self.name_thread(event.pid, event.tid, &event.comm);
+        if event.flags & SYSCALL_UNSEEN_ENTRY != 0 {
+            // In progress when probe attached: only its return is known.
+            let instant = json!({
+                "ph": "i", "s": "t", "name": format!("{} returned (began before attach)", syscall_name(event.nr)),
+                "pid": event.pid, "tid": event.tid, "ts": micros(event.start_ns), "args": {"ret": event.ret},
+            });
+            self.event(event.start_ns, instant);
+            return;
+        }
         let mut slice = json!({
             "ph": "X",
             "name": syscall_name(event.nr),
@@ -155,16 +166,18 @@ impl Timeline {
 
     /// Ends the file (its metadata say what the limit cut) and flushes it;
     /// returns a line for stderr when events were cut.
-    fn end(&mut self) -> Result<Option<String>> {
+    fn end(&mut self) -> Option<String> {
         let tail = json!({"events": self.written, "events_cut": self.cut, "limit": self.limit.map(|l| l.to_string())});
         if self.error.is_none() {
-            let result = write!(self.out, "\n],\"otherData\":{tail}}}\n").and_then(|()| self.out.flush());
-            self.error = result.err();
+            if let Err(err) = write!(self.out, "\n],\"otherData\":{tail}}}\n").and_then(|()| self.out.flush())
+            {
+                self.stopped(err);
+            }
         }
-        if let Some(err) = self.error.take() {
-            return Err(err).with_context(|| format!("cannot write the timeline to {}", self.path.display()));
+        if self.error.is_some() {
+            return None;
         }
-        Ok((self.cut > 0).then(|| {
+        (self.cut > 0).then(|| {
             format!(
                 "probe: the timeline stopped at --trace-limit {}: {} events in {}, {} later ones left out",
                 self.limit.map_or_else(String::new, |limit| limit.to_string()),
@@ -172,7 +185,7 @@ impl Timeline {
                 self.path.display(),
                 self.cut
             )
-        }))
+        })
     }
 
     fn label(&self, pid: u32, tid: u32) -> String {
@@ -197,7 +210,7 @@ impl Timeline {
         let name = match (end, known) {
             (0, Some(_)) => return,
             (0, None) => Proc.thread_name(pid, tid).unwrap_or_default(),
-            (_, _) => String::from_utf8_lossy(&comm[..end]).into_owned(),
+            (_, _) => crate::escape::visible_bytes(&comm[..end]),
         };
         if known == Some(&name) {
             return;
@@ -240,7 +253,16 @@ impl Timeline {
             .out
             .write_all(separator)
             .and_then(|()| serde_json::to_writer(&mut self.out, event).map_err(io::Error::from));
-        self.error = result.err();
+        if let Err(err) = result {
+            self.stopped(err);
+        }
+    }
+
+    /// The first write error (a full disk, say) stops the timeline, not
+    /// the trace: said once, and the file is left as far as it got.
+    fn stopped(&mut self, err: io::Error) {
+        eprintln!("probe: the timeline in {} stopped: {err}; the trace goes on", self.path.display());
+        self.error = Some(err);
     }
 }
 
@@ -262,7 +284,7 @@ impl Sink for Timeline {
     }
 
     fn finish(&mut self, _summary: &Report) -> Result<()> {
-        if let Some(cut) = self.end()? {
+        if let Some(cut) = self.end() {
             eprintln!("{cut}");
         }
         Ok(())

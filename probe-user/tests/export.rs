@@ -6,13 +6,22 @@ mod common;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::TcpListener,
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    os::unix::process::CommandExt,
+    path::Path,
     process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
+use base64::Engine;
 use common::{
-    report_path, trace_command, wait_until_tracing, wait_with_timeout, workload, Running, Workload, PROBE,
+    report_path, trace_command, wait_until_tracing, wait_with_timeout, workload, Running, Trace, Workload,
+    PROBE,
 };
 use prometheus_parse::{Sample, Scrape, Value};
 use serde_json::Value as Json;
@@ -37,6 +46,7 @@ fn serve(port: u16, args: &[&str]) -> Running {
 
 fn scrape(port: u16) -> Vec<Sample> {
     let body = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+        .header("Accept", PROMETHEUS_ACCEPT)
         .call()
         .expect("the endpoint answers")
         .body_mut()
@@ -211,5 +221,480 @@ fn a_port_in_use_is_one_line() {
     std::io::Read::read_to_string(probe.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(1));
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("is the port in use"), "{stderr}");
+    assert!(stderr.contains("the port is in use"), "{stderr}");
+}
+
+/// What Prometheus 3 sends as `Accept`.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1";
+
+/// Starts `command` (a probe with `--prometheus`) and reads its stderr
+/// until it traces: the address it serves metrics at, from its line
+/// "probe: serving metrics at URL", and the rest of its stderr.
+fn start_serving(command: &mut Command) -> (Running, String, BufReader<std::process::ChildStderr>) {
+    let mut probe = Running::spawn(command.stdout(Stdio::null()).stderr(Stdio::piped()));
+    let mut stderr = BufReader::new(probe.stderr.take().unwrap());
+    let mut said = String::new();
+    let mut url = None;
+    while !said.contains("probe: tracing") {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "probe ended: {said}");
+        if let Some(at) = line.trim().strip_prefix("probe: serving metrics at ") {
+            url = Some(at.to_owned());
+        }
+        said.push_str(&line);
+    }
+    (probe, url.unwrap_or_else(|| panic!("no address said: {said}")), stderr)
+}
+
+/// An agent that does not take 4xx for errors, with a deadline per request.
+fn agent(tls: Option<&[u8]>) -> ureq::Agent {
+    let mut config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)));
+    if let Some(der) = tls {
+        let root = ureq::tls::Certificate::from_der(der).to_owned();
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![root])))
+                .build(),
+        );
+    }
+    config.build().new_agent()
+}
+
+/// Status, content type and body of a GET of `url`, with `headers`.
+fn get(agent: &ureq::Agent, url: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let mut request = agent.get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = request.call().unwrap_or_else(|err| panic!("GET {url}: {err}"));
+    let header =
+        |name| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let content_type = header("content-type");
+    let status = response.status().as_u16();
+    (status, content_type, response.body_mut().read_to_string().unwrap())
+}
+
+/// The sample lines of an exposition, in order.
+fn sample_lines(body: &str) -> Vec<&str> {
+    body.lines().filter(|line| !line.starts_with('#')).collect()
+}
+
+/// A raw HTTP/1.1 exchange: the request as given, the whole answer until
+/// the server closes.
+fn exchange(address: &str, request: &str) -> String {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn the_bound_port_is_said() {
+    let (_probe, url, _) =
+        start_serving(Command::new(PROBE).args(["--prometheus", "127.0.0.1:0", "-i", "200ms"]));
+    let port: u16 = url
+        .strip_prefix("http://127.0.0.1:")
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("{url}"));
+    assert_ne!(port, 0);
+    assert!(find(&scrape(port), "probe_events_total", &[]).len() == 1);
+}
+
+#[test]
+fn an_address_of_another_machine_is_said_so() {
+    // TEST-NET-1: bound, never reached.
+    let output = Command::new(PROBE).args(["--prometheus", "192.0.2.1:9464"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        "probe: cannot serve metrics on 192.0.2.1:9464: is that an address of this machine?\n"
+    );
+}
+
+#[test]
+fn metrics_are_read_with_get_or_head_only() {
+    let port = free_port();
+    let _probe = serve(port, &[]);
+    let address = format!("127.0.0.1:{port}");
+    for method in ["POST", "PUT", "DELETE", "TRACE", "OPTIONS", "FOO"] {
+        let answer = exchange(
+            &address,
+            &format!(
+                "{method} /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+        );
+        assert!(answer.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{method}: {answer}");
+        assert!(answer.to_ascii_lowercase().contains("\r\nallow: get, head\r\n"), "{method}: {answer}");
+    }
+    let answer = exchange(&address, "HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned))
+        .and_then(|length| length.parse().ok())
+        .unwrap_or_else(|| panic!("no length: {head}"));
+    assert!(length > 100, "{head}");
+    assert_eq!(body, "", "a HEAD answer has no body");
+    let answer = exchange(&address, "GET /other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 404 Not Found\r\n"), "{answer}");
+}
+
+#[test]
+fn the_format_follows_accept() {
+    let port = free_port();
+    // One interval for the whole test: every scrape is of the same rendering.
+    let mut probe = Running::spawn(
+        Command::new(PROBE)
+            .args(["--prometheus", &format!("127.0.0.1:{port}"), "-i", "1h"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    wait_until_tracing(&mut probe);
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let agent = agent(None);
+    let (status, content_type, openmetrics) = get(&agent, &url, &[("Accept", PROMETHEUS_ACCEPT)]);
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    assert!(openmetrics.ends_with("# EOF\n"));
+    assert!(openmetrics.contains("# TYPE probe_events counter\n"), "{openmetrics}");
+    // curl, promtool, older scrapers: the classic text.
+    for accept in
+        [None, Some("*/*"), Some("text/plain;version=0.0.4;q=0.5,application/openmetrics-text;q=0.1")]
+    {
+        let headers: Vec<(&str, &str)> = accept.map(|accept| ("Accept", accept)).into_iter().collect();
+        let (status, content_type, text) = get(&agent, &url, &headers);
+        assert_eq!(status, 200);
+        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8", "{accept:?}");
+        assert!(!text.contains("# EOF"));
+        assert!(text.contains("# HELP probe_events_total Records received from the kernel programs.\n"));
+        assert!(text.contains("# TYPE probe_events_total counter\nprobe_events_total "), "{text}");
+        assert!(!text.contains("# TYPE probe_events counter"));
+        assert_eq!(sample_lines(&text), sample_lines(&openmetrics), "the same samples in both formats");
+        let samples =
+            Scrape::parse(text.lines().map(|line| Ok(line.to_owned()))).expect("the text parses").samples;
+        let events = find(&samples, "probe_events_total", &[]);
+        assert!(matches!(events[0].value, Value::Counter(_)), "{events:?}");
+    }
+    let (_, content_type, draft) =
+        get(&agent, &url, &[("Accept", "application/openmetrics-text;version=0.0.1")]);
+    assert_eq!(content_type, "application/openmetrics-text; version=0.0.1; charset=utf-8");
+    assert_eq!(draft, openmetrics);
+}
+
+/// Twenty scrapers in a loop while a workload makes 3 million getppid,
+/// with 3.5 MB of series to render (a thousand threads of their own): when
+/// the endpoint rendered every scrape on the event loop, probe lost three
+/// quarters of the storm's records to them.
+#[test]
+fn twenty_scrapers_cost_the_trace_no_record() {
+    const STORM: u64 = 3_000_000;
+    const SCRAPERS: usize = 20;
+    let port = free_port();
+    let report = report_path("scrapers");
+    let mut probe = Running::spawn(
+        Command::new(PROBE)
+            .args(["--prometheus", &format!("127.0.0.1:{port}"), "-i", "200ms", "-e", "getppid"])
+            .args(["--prometheus-threads", "5000", "--json", "-o"])
+            .arg(&report)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let _stderr = wait_until_tracing(&mut probe);
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    run_workload(&["--threads", "1000"]);
+    let series = scrape_until(port, "a thousand threads' series", |samples| {
+        find(samples, "probe_thread_syscalls_total", &[]).len() >= 1000
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let scrapers: Vec<_> = (0..SCRAPERS)
+        .map(|_| {
+            let (stop, url) = (stop.clone(), url.clone());
+            std::thread::spawn(move || {
+                let agent = agent(None);
+                let mut latencies = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let start = Instant::now();
+                    let (status, _, body) = get(&agent, &url, &[("Accept", PROMETHEUS_ACCEPT)]);
+                    assert_eq!(status, 200);
+                    assert!(body.ends_with("# EOF\n"));
+                    latencies.push(start.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let run = run_workload(&["--getppid", &STORM.to_string()]);
+    let storm = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let latencies: Vec<Vec<Duration>> = scrapers.into_iter().map(|s| s.join().unwrap()).collect();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(probe.id() as i32, libc::SIGINT) };
+    assert!(wait_with_timeout(&mut probe, Duration::from_secs(10)).success());
+    let trace = Trace::read(&report);
+    std::fs::remove_file(&report).unwrap();
+    let mut all: Vec<Duration> = latencies.iter().flatten().copied().collect();
+    all.sort();
+    eprintln!(
+        "{} scrapes of {} samples by {SCRAPERS} scrapers around a {:.1} s storm: median {:?}, slowest {:?}; {} records, {} lost",
+        all.len(),
+        series.len(),
+        storm.as_secs_f64(),
+        all[all.len() / 2],
+        all[all.len() - 1],
+        trace.summary["events"],
+        trace.summary["lost_events"]
+    );
+    assert!(latencies.iter().all(|scraper| !scraper.is_empty()), "a scraper was never answered");
+    assert!(all[all.len() - 1] < Duration::from_secs(5), "{:?}", all[all.len() - 1]);
+    assert_eq!(trace.summary["lost_events"], 0, "the scrapers cost the trace records");
+    let thread = &run.threads[0];
+    assert_eq!(thread.calls, STORM);
+    assert_eq!(trace.syscall(thread.tid, "getppid")["count"], STORM, "the storm's count");
+}
+
+/// `probe --prometheus` on `port`, `-e getppid`, at most `descriptors`
+/// open (all if None), serving and tracing.
+fn serve_with(port: u16, descriptors: Option<u64>) -> (Running, BufReader<std::process::ChildStderr>) {
+    let mut command = Command::new(PROBE);
+    command.args(["--prometheus", &format!("127.0.0.1:{port}"), "-i", "200ms", "-e", "getppid"]);
+    if let Some(descriptors) = descriptors {
+        // SAFETY: setrlimit is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit { rlim_cur: descriptors, rlim_max: descriptors };
+                match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            });
+        }
+    }
+    let (probe, _, stderr) = start_serving(&mut command);
+    (probe, stderr)
+}
+
+/// `count` connections to `address` that never send a whole request: some
+/// send nothing, some half a request head.
+fn hold(address: &str, count: usize) -> Vec<TcpStream> {
+    (0..count)
+        .map(|i| {
+            let mut stream = TcpStream::connect(address).unwrap();
+            if i % 2 == 1 {
+                stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ").unwrap();
+            }
+            stream
+        })
+        .collect()
+}
+
+/// Stops probe with SIGINT; what else it said on stderr.
+fn stop(mut probe: Running, stderr: BufReader<std::process::ChildStderr>) -> Vec<String> {
+    assert!(probe.try_wait().unwrap().is_none(), "probe ended");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(probe.id() as i32, libc::SIGINT) };
+    assert!(wait_with_timeout(&mut probe, Duration::from_secs(10)).success());
+    stderr.lines().map(Result::unwrap).collect()
+}
+
+#[test]
+fn held_connections_cannot_keep_a_scraper_out() {
+    // Descriptors for probe's own (about 50) and a few connections; far
+    // fewer than the connections held.
+    const HELD: usize = 300;
+    let port = free_port();
+    let (probe, stderr) = serve_with(port, Some(80));
+    let address = format!("127.0.0.1:{port}");
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", probe.id())).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().to_owned()
+    };
+    let rss_before = rss();
+    let held = hold(&address, HELD);
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    let (status, _, body) = get(&agent(None), &format!("http://{address}/metrics"), &[]);
+    let latency = start.elapsed();
+    assert_eq!(status, 200);
+    assert!(body.contains("probe_events_total"));
+    eprintln!(
+        "a scrape past {HELD} held connections: {latency:?}; probe's RSS {rss_before} before, {} with them",
+        rss()
+    );
+    assert!(latency < Duration::from_secs(2), "{latency:?}");
+    // Every held connection is closed by the endpoint: at once for a newer
+    // one, or when its head is late.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for mut stream in held {
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut [0; 512]) {
+            Ok(0) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("a held connection still open after 15 s: {other:?}"),
+        }
+    }
+    // Still serving, and nothing to say about it.
+    assert_eq!(get(&agent(None), &format!("http://{address}/metrics"), &[]).0, 200);
+    let said = stop(probe, stderr);
+    assert!(said.iter().all(|line| !line.contains("cannot accept")), "{said:?}");
+}
+
+#[test]
+fn out_of_descriptors_the_endpoint_waits_and_says_so_once() {
+    // The lowest descriptor number free once probe serves: with a limit one
+    // above it, `accept` fails for any second connection.
+    let port = free_port();
+    let (probe, stderr) = serve_with(port, None);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut open: Vec<u64> = std::fs::read_dir(format!("/proc/{}/fd", probe.id()))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect();
+    open.sort();
+    let free = (0..).zip(&open).find(|(n, fd)| n != *fd).map_or(open.len() as u64, |(n, _)| n);
+    drop((probe, stderr));
+    let port = free_port();
+    let (probe, stderr) = serve_with(port, Some(free + 1));
+    let address = format!("127.0.0.1:{port}");
+    let held = hold(&address, 50);
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        let start = Instant::now();
+        let (status, _, body) = get(&agent(None), &format!("http://{address}/metrics"), &[]);
+        assert_eq!(status, 200);
+        assert!(body.contains("probe_events_total"));
+        assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    }
+    drop(held);
+    let said = stop(probe, stderr);
+    let lines: Vec<&String> = said.iter().filter(|line| line.contains("cannot accept")).collect();
+    assert_eq!(lines.len(), 1, "{said:?}");
+    assert!(lines[0].contains("Too many open files") && lines[0].contains("(said once)"), "{said:?}");
+}
+
+/// A self-signed certificate for 127.0.0.1, its key, and a web config with
+/// `extra` in `directory`; the certificate's DER.
+fn tls_files(directory: &Path, extra: &str) -> Vec<u8> {
+    std::fs::create_dir_all(directory).unwrap();
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    std::fs::write(directory.join("probe.crt"), certified.cert.pem()).unwrap();
+    std::fs::write(directory.join("probe.key"), certified.signing_key.serialize_pem()).unwrap();
+    // Paths relative to the file, as exporter-toolkit reads them.
+    let config = format!("tls_server_config:\n  cert_file: probe.crt\n  key_file: probe.key\n{extra}");
+    std::fs::write(directory.join("web.yml"), config).unwrap();
+    certified.cert.der().to_vec()
+}
+
+fn basic(user: &str, password: &str) -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+}
+
+#[test]
+fn tls_and_basic_auth_from_a_web_config() {
+    let directory = std::env::temp_dir().join(format!("probe-test-web-{}", std::process::id()));
+    let hash = bcrypt::hash("s3cret", 10).unwrap();
+    let der = tls_files(&directory, &format!("basic_auth_users:\n  prometheus: {hash}\n"));
+    let config = directory.join("web.yml");
+    let (_probe, url, _) = start_serving(
+        Command::new(PROBE).args(["--prometheus", "127.0.0.1:0", "-i", "200ms", "--web-config"]).arg(&config),
+    );
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let agent = agent(Some(&der));
+    let timed = |headers: &[(&str, &str)]| {
+        let start = Instant::now();
+        let answer = get(&agent, &url, headers);
+        (answer, start.elapsed())
+    };
+    let right = basic("prometheus", "s3cret");
+    let ((status, content_type, body), first) =
+        timed(&[("Authorization", &right), ("Accept", PROMETHEUS_ACCEPT)]);
+    assert_eq!(status, 200, "{body}");
+    assert!(content_type.starts_with("application/openmetrics-text"));
+    assert!(body.contains("probe_events_total") && body.ends_with("# EOF\n"));
+    let (_, again) = timed(&[("Authorization", &right)]);
+    let mut wrong_times = Vec::new();
+    for (credentials, what) in [
+        (Some(basic("prometheus", "wrong")), "a wrong password"),
+        (Some(basic("nobody", "s3cret")), "an unknown user"),
+        (Some("Bearer abc".to_owned()), "another scheme"),
+        (None, "no credentials"),
+    ] {
+        let headers: Vec<(&str, &str)> = credentials.iter().map(|c| ("Authorization", c.as_str())).collect();
+        let mut response = agent.get(&url).header("Accept", "text/plain");
+        for (name, value) in &headers {
+            response = response.header(*name, *value);
+        }
+        let start = Instant::now();
+        let response = response.call().unwrap();
+        wrong_times.push((what, start.elapsed()));
+        assert_eq!(response.status().as_u16(), 401, "{what}");
+        let challenge = response.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
+        assert!(challenge.as_deref().is_some_and(|c| c.starts_with("Basic")), "{what}: {challenge:?}");
+    }
+    eprintln!("right password: {first:?} first, {again:?} again (remembered); refused: {wrong_times:?}");
+    // Plain HTTP on the TLS port: refused, and told why.
+    let plain = url.replace("https://", "http://");
+    let (status, _, body) = get(&agent, &plain, &[("Authorization", &right)]);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("HTTPS"), "{body}");
+    std::fs::remove_dir_all(&directory).unwrap();
+}
+
+#[test]
+fn a_bad_web_config_is_one_line() {
+    let directory = std::env::temp_dir().join(format!("probe-test-bad-web-{}", std::process::id()));
+    tls_files(&directory, "");
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(directory.join("other.key"), other.signing_key.serialize_pem()).unwrap();
+    let cases = [
+        ("missing.yml", None, "cannot read the web config"),
+        ("syntax.yml", Some("tls_server_config: [\n"), "line"),
+        ("unknown.yml", Some("tls_server_config:\n  cert_fil: probe.crt\n"), "unknown field `cert_fil`"),
+        (
+            "nocert.yml",
+            Some("tls_server_config:\n  cert_file: absent.crt\n  key_file: probe.key\n"),
+            "cannot read tls_server_config.cert_file",
+        ),
+        (
+            "notpem.yml",
+            Some("tls_server_config:\n  cert_file: web.yml\n  key_file: probe.key\n"),
+            "no PEM certificate",
+        ),
+        (
+            "mismatch.yml",
+            Some("tls_server_config:\n  cert_file: probe.crt\n  key_file: other.key\n"),
+            "cannot use the certificate with the key",
+        ),
+        (
+            "plain.yml",
+            Some("basic_auth_users:\n  prometheus: s3cret\n"),
+            "basic_auth_users.prometheus is not a bcrypt hash",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let path = directory.join(name);
+        if let Some(text) = text {
+            std::fs::write(&path, text).unwrap();
+        }
+        let output = Command::new(PROBE)
+            .args(["--prometheus", "127.0.0.1:0", "--web-config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{name}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
+        assert!(stderr.starts_with("probe: ") && stderr.contains(expected), "{name}: {stderr}");
+    }
+    std::fs::remove_dir_all(&directory).unwrap();
 }

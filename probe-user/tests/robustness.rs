@@ -128,6 +128,19 @@ fn a_closed_stdout_ends_probe_quietly() {
     probe.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     assert!(status.success(), "{status}: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // A COMMAND is waited for, not orphaned, and its status is probe's.
+    let mut probe = Running::spawn(
+        Command::new(PROBE)
+            .args(["-i", "100ms", "--", "sh", "-c", "sleep 1; exit 5"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let started = Instant::now();
+    drop(probe.stdout.take());
+    let status = wait_with_timeout(&mut probe, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(5));
+    assert!(started.elapsed() >= Duration::from_millis(900), "probe ended before its COMMAND");
 }
 
 #[test]
@@ -154,6 +167,9 @@ fn bad_input_is_one_line_and_a_failure() {
         (&["--prometheus-threads", "5"], 2, "--prometheus"),
         (&["--trace", "/nonexistent/dir/timeline.json"], 1, "cannot write the timeline to /nonexistent/dir"),
         (&["--trace", "/tmp/probe-unused.json", "--trace-limit", "0"], 2, "more than zero"),
+        (&["--trace", "/proc/sys/kernel/pid_max"], 1, "a file of /proc or /sys"),
+        (&["-o", "/tmp", "--json"], 1, "cannot write the report to /tmp"),
+        (&["-o", "/tmp/probe-same", "--trace", "/tmp/probe-same"], 1, "name the same file"),
     ];
     for (args, code, says) in cases {
         let output = Command::new(PROBE).args(*args).output().unwrap();
@@ -241,4 +257,106 @@ fn stress_churn_and_storm_with_a_tiny_buffer() {
     let rows = trace.summary["threads"].as_array().unwrap().len();
     assert!(rows < 1100 + 64, "{rows} rows for {churned} threads");
     assert_unloaded(&programs);
+}
+
+#[test]
+fn a_command_gets_default_signals_so_pipelines_end() {
+    // probe ignores SIGPIPE; its COMMAND must not: `yes` dies of SIGPIPE
+    // when `head` has its line, and the pipeline ends at once.
+    let report = report_path("sigpipe");
+    let mut probe = Running::spawn(
+        Command::new(PROBE)
+            .args(["--json", "-o"])
+            .arg(&report)
+            .args(["--", "sh", "-c", "yes | head -1; while :; do echo x; done | head -1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let status = wait_with_timeout(&mut probe, Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    let mut stdout = String::new();
+    probe.stdout.as_mut().unwrap().read_to_string(&mut stdout).unwrap();
+    assert_eq!(stdout, "y\nx\n");
+    std::fs::remove_file(report).unwrap();
+}
+
+#[test]
+fn a_planted_symlink_is_not_followed() {
+    // A link that user nobody put in /tmp, to a file only root may write.
+    let target = std::env::temp_dir().join(format!("probe-precious-{}", std::process::id()));
+    let link = std::env::temp_dir().join(format!("probe-planted-{}", std::process::id()));
+    std::fs::write(&target, b"precious").unwrap();
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    // SAFETY: lchown on a path we just made.
+    let path = std::ffi::CString::new(link.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::lchown(path.as_ptr(), 65534, 65534) }, 0);
+    for flag in ["-o", "--trace"] {
+        let output = Command::new(PROBE).arg(flag).arg(&link).args(["--", "true"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{flag}: {stderr}");
+        assert!(stderr.contains("symlink owned by uid 65534"), "{flag}: {stderr}");
+    }
+    assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+    std::fs::remove_file(&link).unwrap();
+    std::fs::remove_file(&target).unwrap();
+}
+
+#[test]
+fn a_full_disk_stops_the_timeline_not_the_trace() {
+    let dir = std::env::temp_dir().join(format!("probe-tiny-fs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"]).arg(&dir).status();
+    assert!(mounted.unwrap().success(), "cannot mount a small tmpfs");
+    let report = report_path("full-disk");
+    let output = Command::new(PROBE)
+        .args(["--json", "-o"])
+        .arg(&report)
+        .arg("--trace")
+        .arg(dir.join("timeline.json"))
+        .arg("--")
+        .arg(workload())
+        .args(["--getppid", "20000", "--exit", "3"])
+        .output()
+        .unwrap();
+    let _ = Command::new("umount").arg(&dir).status();
+    let _ = std::fs::remove_dir(&dir);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // The COMMAND's status, its summary, and one line about the timeline.
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("the timeline in") && stderr.contains("stopped"), "{stderr}");
+    let trace = Trace::read(&report);
+    std::fs::remove_file(report).unwrap();
+    assert_eq!(trace.summary["exit_code"], 3);
+}
+
+#[test]
+fn a_reader_that_stops_reading_cannot_hold_probe() {
+    // `probe -i 10ms -d 1s | sleep 25`: the pipe fills, and nobody reads.
+    let mut probe = Running::spawn(
+        Command::new(PROBE)
+            .args(["-i", "10ms", "-d", "1s", "--top", "50"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let mut stderr = wait_until_tracing(&mut probe);
+    let programs = programs_of(probe.id());
+    let started = Instant::now();
+    let status = wait_with_timeout(&mut probe, Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(3), "probe took {:?}", started.elapsed());
+    assert_unloaded(&programs);
+    let mut said = String::new();
+    stderr.read_to_string(&mut said).unwrap();
+    assert!(said.contains("not reading"), "{said}");
+    // The same with a signal while the reader is stuck.
+    let mut probe = Running::spawn(
+        Command::new(PROBE).args(["-i", "10ms", "--top", "50"]).stdout(Stdio::piped()).stderr(Stdio::piped()),
+    );
+    let _stderr = wait_until_tracing(&mut probe);
+    thread::sleep(Duration::from_millis(1500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(probe.id() as i32, libc::SIGTERM) };
+    let status = wait_with_timeout(&mut probe, Duration::from_secs(3));
+    assert!(status.success(), "{status}");
 }

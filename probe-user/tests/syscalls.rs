@@ -4,7 +4,7 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::Read,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -58,15 +58,8 @@ fn command_mode_counts_exactly_times_sleeps_and_names_errors() {
 #[test]
 fn pid_mode_sees_threads_started_after_attach_and_ends_with_the_target() {
     let report = report_path("pid");
-    let mut workload = Running::spawn(
-        Command::new(workload())
-            .args(["--wait-signal", "--getppid", "3000,17000,42000", "--enoent", "5"])
-            .stdout(Stdio::piped()),
-    );
-    let mut stdout = BufReader::new(workload.stdout.take().unwrap());
-    let mut ready = String::new();
-    stdout.read_line(&mut ready).unwrap();
-    assert!(ready.starts_with("{\"ready\""), "{ready}");
+    let (mut workload, mut stdout) =
+        start_workload(&["--wait-signal", "--getppid", "3000,17000,42000", "--enoent", "5"], "{\"ready\"");
 
     let mut probe = Running::spawn(
         Command::new(PROBE)
@@ -138,4 +131,47 @@ fn a_missing_command_fails_like_a_shell() {
     let output = Command::new(PROBE).args(["--", "probe-no-such-command"]).output().unwrap();
     assert_eq!(output.status.code(), Some(127));
     assert_eq!(String::from_utf8_lossy(&output.stderr), "probe: command not found: probe-no-such-command\n");
+}
+
+#[test]
+fn int_0x80_syscalls_are_named_from_the_i386_table() {
+    let (trace, workload, output) = trace_command("int80", &[], &["--int80", "100"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // The workload names its activity as probe must: getpid, marked 32-bit.
+    assert_exact(&trace, &workload);
+    let thread = &workload.threads[0];
+    let call = trace.syscall(thread.tid, "getpid (i386)");
+    assert_eq!((call["abi"].as_str(), call["nr"].as_u64()), (Some("i386"), Some(20)), "{call}");
+    // Not x86-64's number 20.
+    let calls = trace.thread(thread.tid)["syscalls"].as_array().unwrap();
+    assert!(calls.iter().all(|call| call["name"] != "writev"), "{calls:?}");
+}
+
+#[test]
+fn hostile_thread_names_are_shown_not_obeyed() {
+    // A terminal title, then "leave the alternate screen" and a newline:
+    // what a neighbour could name a thread to drive root's terminal.
+    let name = "\x1b]0;own\n\x07\x1b[?1049l";
+    let report = report_path("hostile");
+    let output = std::process::Command::new(PROBE)
+        .args(["-o"])
+        .arg(&report)
+        .args(["--", workload().to_str().unwrap(), "--rename", name])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = std::fs::read(&report).unwrap();
+    std::fs::remove_file(&report).unwrap();
+    assert!(!text.contains(&0x1b) && !text.contains(&0x07), "raw control bytes in the text report");
+    let text = String::from_utf8(text).unwrap();
+    // The kernel keeps 15 bytes of it; each shown, none obeyed, and the
+    // thread's row stays one row.
+    let shown = "\\x1b]0;own\\x0a\\x07\\x1b[?104";
+    let row = text.lines().find(|line| line.contains(shown)).unwrap_or_else(|| panic!("{text}"));
+    // PID, TID, the name, then the syscall's columns: still one row.
+    assert!(row.split_whitespace().count() >= 10, "{row}");
+
+    let (trace, workload, _) = trace_command("hostile-json", &[], &["--rename", name]);
+    let thread = trace.thread(workload.threads[0].tid);
+    assert_eq!(thread["comm"], shown, "{thread}");
 }

@@ -1,6 +1,7 @@
 //! Per-thread statistics built from the kernel's records: per syscall here,
 //! and the scheduler's view in [`sched`].
 
+pub mod in_flight;
 pub mod latency;
 pub mod sched;
 
@@ -11,10 +12,12 @@ use std::collections::BTreeMap;
 use rustc_hash::FxHashMap;
 
 use probe_common::{
-    IoUringEvent, LostCall, SyscallEvent, COMM_LEN, IO_URING_ASYNC, MAX_ERRNO, SYSCALL_NO_RETURN,
+    IoUringEvent, LostCall, SyscallEvent, COMM_LEN, IO_URING_ASYNC, LOST_INVOLUNTARY_SWITCH,
+    LOST_VOLUNTARY_SWITCH, MAX_ERRNO, SYSCALL_NO_RETURN,
 };
 
 use self::{
+    in_flight::CallInFlight,
     latency::Latencies,
     sched::{SchedStats, Split},
 };
@@ -27,6 +30,12 @@ pub trait World {
     fn thread_alive(&self, pid: u32, tid: u32) -> bool;
     fn process_alive(&self, pid: u32) -> bool;
     fn thread_name(&self, pid: u32, tid: u32) -> Option<String>;
+    /// The thread's state letter (`R`, `S`, `D`, ...); `None` once it is
+    /// gone.
+    fn thread_state(&self, pid: u32, tid: u32) -> Option<char>;
+    /// The syscall the thread is blocked in, and its six argument
+    /// registers; `None` while it runs, or outside any syscall.
+    fn syscall_args(&self, pid: u32, tid: u32) -> Option<(u32, [u64; 6])>;
 }
 
 /// Exited threads kept one by one in a run's totals; beyond, the ones with
@@ -127,6 +136,12 @@ pub struct SyscallStats {
     /// Calls counted in the kernel after their records were dropped: in
     /// `count`, `errors` and `errnos`, without a latency.
     pub lost: u64,
+    /// Calls already in progress when probe attached, seen returning: in
+    /// `count`, `errors` and `errnos`, not in the latencies (only a lower
+    /// bound of theirs is known).
+    pub unfinished_at_attach: u64,
+    /// The sum of their lower bounds.
+    pub unfinished_at_attach_ns: u64,
     /// Latencies of the timed calls (calls that never return have none).
     pub latency: Latencies,
     /// Of the timed calls the scheduler's events could split: their summed
@@ -152,6 +167,18 @@ impl SyscallStats {
         self.latency.record(event.duration_ns);
     }
 
+    /// Counts a call that was in progress when probe attached, and took at
+    /// least `lower_bound_ns`.
+    pub fn record_unfinished(&mut self, event: &SyscallEvent, lower_bound_ns: u64) {
+        self.count += 1;
+        if (-MAX_ERRNO..0).contains(&event.ret) {
+            self.errors += 1;
+            *self.errnos.entry(-event.ret as i32).or_default() += 1;
+        }
+        self.unfinished_at_attach += 1;
+        self.unfinished_at_attach_ns = self.unfinished_at_attach_ns.saturating_add(lower_bound_ns);
+    }
+
     fn record_lost(&mut self, errno: u32, calls: u64) {
         self.count += calls;
         self.lost += calls;
@@ -166,6 +193,9 @@ impl SyscallStats {
         self.count += other.count;
         self.errors += other.errors;
         self.lost += other.lost;
+        self.unfinished_at_attach += other.unfinished_at_attach;
+        self.unfinished_at_attach_ns =
+            self.unfinished_at_attach_ns.saturating_add(other.unfinished_at_attach_ns);
         for (&errno, &n) in &other.errnos {
             *self.errnos.entry(errno).or_default() += n;
         }
@@ -255,8 +285,10 @@ impl ThreadStats {
     fn set_comm(&mut self, comm: &[u8; COMM_LEN]) {
         let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
         let comm = &comm[..end];
+        // Only a hostile name differs from its visible form, and pays for
+        // it again.
         if !comm.is_empty() && self.comm.as_bytes() != comm {
-            self.comm = String::from_utf8_lossy(comm).into_owned();
+            self.comm = crate::escape::visible_bytes(comm);
         }
     }
 }
@@ -272,6 +304,9 @@ pub struct Table {
     /// folded across processes. An interval's table keeps processes apart,
     /// for the per-process metrics; the run's total folds them.
     fold_processes: bool,
+    /// The syscalls in progress at the end of the span, by thread (threads
+    /// without a row too).
+    in_flight: FxHashMap<ThreadKey, CallInFlight>,
 }
 
 impl Table {
@@ -290,11 +325,39 @@ impl Table {
         }
     }
 
-    /// Adds calls of thread `key` that the kernel counted after their
-    /// records were dropped.
-    pub fn record_lost(&mut self, key: ThreadKey, call: &LostCall, calls: u64) {
+    /// Adds a call of thread `key` that was in progress when probe
+    /// attached, and took at least `lower_bound_ns`.
+    pub fn record_unfinished(&mut self, key: ThreadKey, event: &SyscallEvent, lower_bound_ns: u64) {
+        let thread = self.thread(key, &event.comm);
+        thread.syscalls.entry(event.nr).or_default().record_unfinished(event, lower_bound_ns);
+    }
+
+    /// Sets the syscalls in progress at the end of the span.
+    pub fn set_in_flight(&mut self, calls: FxHashMap<ThreadKey, CallInFlight>) {
+        self.in_flight = calls;
+    }
+
+    /// The syscalls in progress at the end of the span, by thread.
+    pub fn in_flight(&self) -> &FxHashMap<ThreadKey, CallInFlight> {
+        &self.in_flight
+    }
+
+    /// Adds what the kernel counted of thread `key` after its records were
+    /// dropped: syscalls, or scheduler events (`LOST_*` in `call.nr`).
+    pub fn record_lost(&mut self, key: ThreadKey, call: &LostCall, count: u64) {
         let thread = self.threads.entry(key).or_default();
-        thread.syscalls.entry(call.nr).or_default().record_lost(call.errno, calls);
+        if call.nr < LOST_VOLUNTARY_SWITCH {
+            thread.syscalls.entry(call.nr).or_default().record_lost(call.errno, count);
+            return;
+        }
+        let sched = thread.sched.get_or_insert_with(SchedStats::default);
+        sched.lost_records += count;
+        match call.nr {
+            LOST_VOLUNTARY_SWITCH => sched.voluntary += count,
+            LOST_INVOLUNTARY_SWITCH => sched.involuntary += count,
+            // Runs and waits that began unseen: only the times suffer.
+            _ => {}
+        }
     }
 
     /// Notes that a thread has exited, making its row one that can be
@@ -348,6 +411,8 @@ impl Table {
     /// per thread and syscall, not per event.
     pub fn merge(&mut self, other: &Table, world: &dyn World) {
         self.events += other.events;
+        // What is in progress is as of the later span's end.
+        self.in_flight.clone_from(&other.in_flight);
         for (&key, theirs) in &other.threads {
             if theirs.exited {
                 self.mark_exited(key);
@@ -487,6 +552,14 @@ pub(crate) mod tests {
 
         fn thread_name(&self, pid: u32, tid: u32) -> Option<String> {
             self.thread_alive(pid, tid).then(|| "live".to_owned())
+        }
+
+        fn thread_state(&self, pid: u32, tid: u32) -> Option<char> {
+            self.thread_alive(pid, tid).then_some('S')
+        }
+
+        fn syscall_args(&self, _pid: u32, _tid: u32) -> Option<(u32, [u64; 6])> {
+            None
         }
     }
 

@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap;
 
 use probe_common::{EventKind, SchedEvent, SWITCH_EXITED, SWITCH_VOLUNTARY};
 
-use super::{latency::Latencies, Table, ThreadKey, World};
+use super::{in_flight::ThreadState, latency::Latencies, Table, ThreadKey, World};
 
 /// One thread's scheduling over some span of time.
 #[derive(Clone, Debug, Default)]
@@ -35,16 +35,23 @@ pub struct SchedStats {
     pub voluntary: u64,
     /// Switches where it was preempted while runnable.
     pub involuntary: u64,
-    /// SwitchIns on another CPU than the one it last ran on.
+    /// Moves between CPUs, as the kernel counts them
+    /// (`se.nr_migrations`): also a move while it waited.
     pub migrations: u64,
     /// CPU of the latest SwitchIn or SwitchOut.
     pub last_cpu: Option<u32>,
     /// on-CPU time per CPU.
     pub cpus: BTreeMap<u32, u64>,
-    /// Migrations per (from, to) CPU pair.
+    /// Runs that began on another CPU than the previous one, per (from, to)
+    /// CPU pair: the migrations that were seen as runs (fewer, when a thread
+    /// was moved more than once while it waited, or records were lost).
     pub pairs: BTreeMap<(u32, u32), u64>,
     /// Run-queue waits, ready to running.
     pub runq: Latencies,
+    /// Scheduler records of the thread that the full ring buffer dropped
+    /// (counted in the kernel): the switch counts above still hold them,
+    /// but its times are a sample, not exact, when this is not 0.
+    pub lost_records: u64,
 }
 
 impl SchedStats {
@@ -69,6 +76,7 @@ impl SchedStats {
             *self.pairs.entry(pair).or_default() += n;
         }
         self.runq.merge(&other.runq);
+        self.lost_records += other.lost_records;
     }
 }
 
@@ -90,6 +98,13 @@ struct RunState {
     ready: Option<u64>,
     /// CPU of its previous run.
     last_cpu: Option<u32>,
+    /// The kernel's count of its migrations at its latest switch-out; `None`
+    /// until one is seen, unless it was born after probe attached (then 0).
+    migrations_seen: Option<u64>,
+    /// How far its current time off the CPU (asleep, then waiting) has been
+    /// charged: an interval that closes while the thread is off the CPU
+    /// takes the part up to its end, and the next interval the rest.
+    charged_to: u64,
     /// Its latest off-CPU spans, oldest first.
     off_spans: Vec<OffSpan>,
 }
@@ -145,8 +160,15 @@ impl SchedTracker {
                 if let Some((since, cpu)) = state.running.take() {
                     stats.run(cpu, ts.saturating_sub(since));
                 }
+                // The kernel counts the moves: none is missed for a lost
+                // record, and those before attach are not probe's to count.
+                if let Some(seen) = state.migrations_seen {
+                    stats.migrations += event.nr_migrations.saturating_sub(seen);
+                }
+                state.migrations_seen = Some(event.nr_migrations.max(state.migrations_seen.unwrap_or(0)));
                 state.off = Some((ts, voluntary));
                 state.ready = (!voluntary).then_some(ts);
+                state.charged_to = ts;
                 state.last_cpu = Some(event.cpu);
                 stats.last_cpu = Some(event.cpu);
                 if self.on_cpu.get(&event.cpu) == Some(&key) {
@@ -157,35 +179,43 @@ impl SchedTracker {
                     self.threads.remove(&key);
                 }
             }
-            // Wakeups of a running or already runnable thread change nothing.
-            Some(EventKind::Wakeup | EventKind::WakeupNew)
-                if state.running.is_none() && state.ready.is_none() =>
-            {
-                let since = state.off.map_or(ts, |(off, _)| off);
-                state.ready = Some(ts.max(since));
+            Some(kind @ (EventKind::Wakeup | EventKind::WakeupNew)) => {
+                // A thread born since attach: every move it makes is counted.
+                if kind == EventKind::WakeupNew {
+                    state.migrations_seen.get_or_insert(0);
+                }
+                // Wakeups of a running or already runnable thread change nothing.
+                if state.running.is_none() && state.ready.is_none() {
+                    let since = state.off.map_or(ts, |(off, _)| off);
+                    state.ready = Some(ts.max(since));
+                }
             }
             Some(EventKind::SwitchIn) => {
+                // What earlier intervals took of this time off the CPU is
+                // theirs; this one gets the rest.
+                let charged = state.charged_to;
                 match (state.off.take(), state.ready) {
                     (Some((off, voluntary)), Some(ready)) => {
                         if voluntary {
-                            add(&mut stats.blocked_ns, ready.saturating_sub(off));
+                            add(&mut stats.blocked_ns, ready.saturating_sub(off.max(charged)));
                             state.off_cpu(off, ready, true);
                         }
-                        wait(stats, ts.saturating_sub(ready));
+                        wait(stats, ts.saturating_sub(ready), ts.saturating_sub(ready.max(charged)));
                         state.off_cpu(ready, ts, false);
                     }
                     // The wakeup was not seen: all of it counts as blocked.
                     (Some((off, _)), None) => {
-                        add(&mut stats.blocked_ns, ts.saturating_sub(off));
+                        add(&mut stats.blocked_ns, ts.saturating_sub(off.max(charged)));
                         state.off_cpu(off, ts, true);
                     }
                     // A new thread's first run.
-                    (None, Some(ready)) => wait(stats, ts.saturating_sub(ready)),
+                    (None, Some(ready)) => {
+                        wait(stats, ts.saturating_sub(ready), ts.saturating_sub(ready.max(charged)))
+                    }
                     (None, None) => {}
                 }
                 state.ready = None;
                 if let Some(last) = state.last_cpu.filter(|&last| last != event.cpu) {
-                    stats.migrations += 1;
                     *stats.pairs.entry((last, event.cpu)).or_default() += 1;
                 }
                 state.last_cpu = Some(event.cpu);
@@ -197,6 +227,14 @@ impl SchedTracker {
             // refuses them.
             _ => {}
         }
+    }
+
+    /// Thread `key`, unseen so far, has been asleep since `ts` (found so at
+    /// attach): its time asleep is charged from then.
+    pub fn asleep_since(&mut self, key: ThreadKey, ts: u64) {
+        let state = self.threads.entry(key).or_default();
+        state.off = Some((ts, true));
+        state.charged_to = ts;
     }
 
     /// How much of a syscall of thread `key` from `start` to `end` it spent
@@ -240,6 +278,18 @@ impl SchedTracker {
         }
     }
 
+    /// Where thread `key` is now, as its latest event left it; `None` before
+    /// its first event.
+    pub fn state_now(&self, key: ThreadKey) -> Option<ThreadState> {
+        let state = self.threads.get(&key)?;
+        match (state.running, state.ready, state.off) {
+            (Some(_), _, _) => Some(ThreadState::OnCpu),
+            (None, Some(_), _) | (None, None, Some((_, false))) => Some(ThreadState::Runnable),
+            (None, None, Some((_, true))) => Some(ThreadState::Blocked),
+            (None, None, None) => None,
+        }
+    }
+
     /// Drops the state of threads that are gone although their last switch
     /// was never seen (lost to a full ring buffer), so that they are not
     /// charged as running forever and the tracker does not grow.
@@ -249,14 +299,33 @@ impl SchedTracker {
         self.on_cpu.retain(|_, key| threads.contains_key(key));
     }
 
-    /// Charges the running threads' time up to `now` to `table`, so that a
-    /// thread that never leaves its CPU still shows its time every interval.
-    pub fn charge_running(&mut self, now: u64, table: &mut Table) {
+    /// Charges every thread's time up to `now` to `table`, which is about
+    /// to close: a running thread its time on the CPU, a thread off it its
+    /// time asleep and waiting so far. So no interval holds more than its
+    /// span of any thread, and a thread that never changes state still
+    /// shows its time every interval.
+    pub fn charge_until(&mut self, now: u64, table: &mut Table) {
         for (key, state) in &mut self.threads {
             if let Some((since, cpu)) = state.running.filter(|&(since, _)| since < now) {
                 table.sched_mut(*key).run(cpu, now - since);
                 state.running = Some((now, cpu));
             }
+            let Some((off, voluntary)) = state.off.filter(|_| state.charged_to < now) else {
+                continue;
+            };
+            let stats = table.sched_mut(*key);
+            let charged = state.charged_to;
+            match state.ready {
+                // Asleep: it has not been woken yet.
+                None => add(&mut stats.blocked_ns, now - off.max(charged)),
+                Some(ready) => {
+                    if voluntary {
+                        add(&mut stats.blocked_ns, ready.saturating_sub(off.max(charged)));
+                    }
+                    add(&mut stats.runq_wait_ns, now.saturating_sub(ready.max(charged)));
+                }
+            }
+            state.charged_to = now;
         }
     }
 }
@@ -267,9 +336,11 @@ fn add(total: &mut u64, ns: u64) {
     *total = total.saturating_add(ns);
 }
 
-fn wait(stats: &mut SchedStats, ns: u64) {
-    add(&mut stats.runq_wait_ns, ns);
-    stats.runq.record(ns);
+/// A run-queue wait of `whole` ns ended, of which `uncharged` were not
+/// charged to earlier intervals: the quantiles are of whole waits.
+fn wait(stats: &mut SchedStats, whole: u64, uncharged: u64) {
+    add(&mut stats.runq_wait_ns, uncharged);
+    stats.runq.record(whole);
 }
 
 #[cfg(test)]
@@ -278,7 +349,8 @@ mod tests {
     use probe_common::COMM_LEN;
 
     fn ev(kind: EventKind, cpu: u32, ts_ns: u64, flags: u32) -> SchedEvent {
-        SchedEvent { kind: kind as u32, cpu, pid: 1, tid: 2, flags, _pad: 0, ts_ns, comm: [0; COMM_LEN] }
+        let (pid, tid, nr_migrations, comm) = (1, 2, 0, [0; COMM_LEN]);
+        SchedEvent { kind: kind as u32, cpu, pid, tid, flags, _pad: 0, ts_ns, nr_migrations, comm }
     }
 
     fn replay(events: &[SchedEvent]) -> SchedStats {
@@ -332,7 +404,7 @@ mod tests {
         ]);
         assert_eq!((stats.on_cpu_ns, stats.blocked_ns, stats.runq_wait_ns), (150, 1000, 150));
         assert_eq!((stats.voluntary, stats.involuntary), (1, 1));
-        assert_eq!(stats.migrations, 1);
+        // The run on CPU 1 is seen; the migration is the kernel's to count.
         assert_eq!(stats.pairs, BTreeMap::from([((0, 1), 1)]));
         assert_eq!(stats.cpus, BTreeMap::from([(0, 150)]));
         assert_eq!(stats.last_cpu, Some(1));
@@ -345,9 +417,22 @@ mod tests {
         // Running when probe attached: no on-CPU time, and no migration
         // for the first run seen.
         let stats = replay(&[ev(SwitchOut, 0, 50, 0), ev(SwitchIn, 1, 80, 0)]);
-        assert_eq!((stats.on_cpu_ns, stats.runq_wait_ns, stats.migrations), (0, 30, 1));
+        assert_eq!((stats.on_cpu_ns, stats.runq_wait_ns, stats.pairs.len()), (0, 30, 1));
         let stats = replay(&[ev(SwitchIn, 1, 80, 0)]);
-        assert_eq!((stats.on_cpu_ns, stats.runq_wait_ns, stats.migrations, stats.runq.len()), (0, 0, 0, 0));
+        assert_eq!((stats.on_cpu_ns, stats.runq_wait_ns, stats.pairs.len(), stats.runq.len()), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn migrations_are_the_kernels_count_since_attach_whatever_was_lost() {
+        use EventKind::*;
+        let moved =
+            |count: u64, ts_ns: u64| SchedEvent { nr_migrations: count, ..ev(SwitchOut, 0, ts_ns, 0) };
+        // Moved 7 times before attach, then 3 more; one switch-out lost.
+        let stats = replay(&[moved(7, 10), ev(SwitchIn, 1, 20, 0), moved(9, 30), moved(10, 50)]);
+        assert_eq!(stats.migrations, 3);
+        // A thread born since attach: all of its moves.
+        let stats = replay(&[ev(WakeupNew, 0, 5, 0), ev(SwitchIn, 0, 6, 0), moved(2, 30)]);
+        assert_eq!(stats.migrations, 2);
     }
 
     #[test]
@@ -376,9 +461,41 @@ mod tests {
         tracker.apply(lost, &ev(SwitchIn, 0, 100, 0), &mut table);
         // Its SwitchOut at 300 was dropped; another thread runs at 300.
         tracker.apply(next, &ev(SwitchIn, 0, 300, 0), &mut table);
-        tracker.charge_running(10_000, &mut table);
+        tracker.charge_until(10_000, &mut table);
         assert_eq!(table.sched_mut(lost).on_cpu_ns, 200);
         assert_eq!(table.sched_mut(next).on_cpu_ns, 9_700);
+    }
+
+    #[test]
+    fn waits_that_cross_an_interval_end_are_split_at_it() {
+        use EventKind::*;
+        let mut tracker = SchedTracker::default();
+        let key = ThreadKey::new(1, 2);
+        let (mut first, mut second, mut third) = (Table::default(), Table::default(), Table::default());
+        tracker.apply(key, &ev(SwitchIn, 0, 50, 0), &mut first);
+        // Asleep from 100; the interval closes at 500.
+        tracker.apply(key, &ev(SwitchOut, 0, 100, SWITCH_VOLUNTARY), &mut first);
+        tracker.charge_until(500, &mut first);
+        // Woken at 700, running at 800; preempted at 900, the interval
+        // closes at 1000, running again at 1300.
+        tracker.apply(key, &ev(Wakeup, 1, 700, 0), &mut second);
+        tracker.apply(key, &ev(SwitchIn, 0, 800, 0), &mut second);
+        tracker.apply(key, &ev(SwitchOut, 0, 900, 0), &mut second);
+        tracker.charge_until(1000, &mut second);
+        tracker.apply(key, &ev(SwitchIn, 1, 1300, 0), &mut third);
+        tracker.charge_until(1400, &mut third);
+        let times = |table: &mut Table| {
+            let stats = table.sched_mut(key);
+            (stats.on_cpu_ns, stats.blocked_ns, stats.runq_wait_ns)
+        };
+        assert_eq!(times(&mut first), (50, 400, 0));
+        assert_eq!(times(&mut second), (100, 200, 200));
+        assert_eq!(times(&mut third), (100, 0, 300));
+        // Each interval holds no more than its span; the quantiles are of
+        // whole waits.
+        let runq = &third.sched_mut(key).runq;
+        assert_eq!((runq.len(), runq.max()), (1, Some(400)));
+        assert_eq!(second.sched_mut(key).runq.max(), Some(100));
     }
 
     #[test]
@@ -388,7 +505,7 @@ mod tests {
         let mut table = Table::default();
         let key = ThreadKey::new(1, 2);
         tracker.apply(key, &ev(SwitchIn, 0, 100, 0), &mut table);
-        tracker.charge_running(600, &mut table);
+        tracker.charge_until(600, &mut table);
         let mut first = table.sched_mut(key).clone();
         let mut next = Table::default();
         tracker.apply(key, &ev(SwitchOut, 0, 1000, 0), &mut next);

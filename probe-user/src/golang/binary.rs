@@ -117,7 +117,7 @@ fn go_version(section: &[u8]) -> Option<String> {
     let rest = section.get(32..)?;
     let (length, used) = varint(rest)?;
     let bytes = rest.get(used..used + length as usize)?;
-    Some(String::from_utf8_lossy(bytes).into_owned())
+    Some(crate::escape::visible_bytes(bytes))
 }
 
 fn varint(bytes: &[u8]) -> Option<(u64, usize)> {

@@ -16,7 +16,7 @@ use rustc_hash::FxHashMap;
 
 use crate::{
     aggregate::{SyscallStats, World},
-    procfs,
+    escape, procfs,
     report::{syscall_reports, GoProcessReport, GoThreadReport, GoroutineReport},
 };
 use binary::GoBinary;
@@ -163,7 +163,10 @@ impl Goroutines {
                 start_fn: match goid {
                     0 => "[runtime: scheduler, g0]".to_owned(),
                     FOLDED_GOID => "[exited goroutines]".to_owned(),
-                    _ => self.binary.function_at(goroutine.start_pc).unwrap_or("?").to_owned(),
+                    _ => self
+                        .binary
+                        .function_at(goroutine.start_pc)
+                        .map_or_else(|| "?".to_owned(), escape::visible),
                 },
                 exited: goroutine.exited,
                 syscalls: syscall_reports(&goroutine.syscalls),

@@ -80,6 +80,9 @@ struct Series {
     last_active: Instant,
     /// When the process or thread was found gone.
     gone_since: Option<Instant>,
+    /// Age of its oldest syscall in progress when the latest interval
+    /// closed (a lower bound for one that began before attach); 0 for none.
+    oldest_in_flight_ns: u64,
 }
 
 impl Series {
@@ -90,6 +93,7 @@ impl Series {
             sched: None,
             last_active: now,
             gone_since: None,
+            oldest_in_flight_ns: 0,
         }
     }
 
@@ -185,6 +189,19 @@ impl Store {
                 series.comm.clone_from(&thread.comm);
             }
         }
+        // The calls in progress as the interval closed: a process whose
+        // threads are all stuck in calls has no records, and still a series.
+        for series in self.processes.values_mut() {
+            series.oldest_in_flight_ns = 0;
+        }
+        for (key, call) in table.in_flight() {
+            let process = self.processes.entry(key.pid).or_insert_with(|| Series::new(now));
+            process.gone_since = None;
+            if process.comm.is_empty() || (key.tid == key.pid && !call.comm.is_empty()) {
+                process.comm.clone_from(&call.comm);
+            }
+            process.oldest_in_flight_ns = process.oldest_in_flight_ns.max(call.age_ns);
+        }
         let grace = self.limits.grace;
         for (&pid, series) in &mut self.processes {
             if series.last_active != now && series.gone_since.is_none() && !alive(pid, None) {
@@ -251,6 +268,12 @@ impl Collector for Metrics {
             .map(|(pid, series)| (vec![("pid", pid.to_string()), ("comm", series.comm.clone())], series))
             .collect();
         encode_series(&mut encoder, "probe", &processes)?;
+        family(
+            &mut encoder,
+            "probe_oldest_syscall_in_flight_seconds",
+            "Age of the process's oldest syscall in progress when the last interval closed (at least: for a call that began before probe attached, a lower bound); 0 when none.",
+            processes.iter().map(|(labels, series)| (labels.clone(), Value::GaugeSeconds(series.oldest_in_flight_ns))),
+        )?;
         if store.limits.threads > 0 {
             let own = store.threads.iter().map(|(key, series)| (key.pid, key.tid.to_string(), series));
             let others = store.others.iter().map(|(&pid, series)| (pid, OTHER.to_owned(), series));
@@ -273,6 +296,8 @@ enum Value<'a> {
     /// A counter of time.
     Seconds(u64),
     Gauge(u64),
+    /// A gauge of time.
+    GaugeSeconds(u64),
     Histogram(&'a SyscallSeries),
 }
 
@@ -282,6 +307,7 @@ impl EncodeMetric for Value<'_> {
             Value::Count(count) => encoder.encode_counter::<NoLabelSet, _, u64>(count, None),
             Value::Seconds(ns) => encoder.encode_counter::<NoLabelSet, _, u64>(&(*ns as f64 / 1e9), None),
             Value::Gauge(value) => encoder.encode_gauge(&(*value as i64)),
+            Value::GaugeSeconds(ns) => encoder.encode_gauge(&(*ns as f64 / 1e9)),
             Value::Histogram(series) => {
                 let mut buckets: Vec<(f64, u64)> = BUCKETS.iter().copied().zip(series.buckets).collect();
                 buckets.push((f64::INFINITY, series.buckets[BUCKETS.len()]));
@@ -294,7 +320,7 @@ impl EncodeMetric for Value<'_> {
     fn metric_type(&self) -> MetricType {
         match self {
             Value::Count(_) | Value::Seconds(_) => MetricType::Counter,
-            Value::Gauge(_) => MetricType::Gauge,
+            Value::Gauge(_) | Value::GaugeSeconds(_) => MetricType::Gauge,
             Value::Histogram(_) => MetricType::Histogram,
         }
     }
@@ -329,7 +355,7 @@ struct SchedCounter {
     value: fn(&SchedStats) -> Value<'static>,
 }
 
-const SCHED_COUNTERS: [SchedCounter; 6] = [
+const SCHED_COUNTERS: [SchedCounter; 7] = [
     SchedCounter {
         name: "on_cpu_seconds",
         help: "Time running on a CPU.",
@@ -359,6 +385,11 @@ const SCHED_COUNTERS: [SchedCounter; 6] = [
         name: "migrations",
         help: "Runs that began on another CPU than the previous run.",
         value: |s| Value::Count(s.migrations),
+    },
+    SchedCounter {
+        name: "lost_records",
+        help: "Scheduler records the full ring buffer dropped: while this grows, the time counters and migrations are a sample (the switch counters stay exact).",
+        value: |s| Value::Count(s.lost_records),
     },
 ];
 
@@ -437,4 +468,64 @@ fn encode_health(encoder: &mut DescriptorEncoder, store: &Store) -> Result<(), s
         "Processes with series.",
         one(Value::Gauge(store.processes() as u64)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{
+        in_flight::{CallInFlight, ThreadState},
+        ThreadKey,
+    };
+    use prometheus_client::{encoding::text::encode, registry::Registry};
+
+    fn scrape(store: &Arc<Mutex<Store>>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Metrics(store.clone())));
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    fn stuck(age_ns: u64) -> CallInFlight {
+        CallInFlight {
+            nr: 0,
+            args: None,
+            started_ns: 1,
+            age_ns,
+            state: ThreadState::Blocked,
+            before_attach: true,
+            comm: "stuck".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_process_stuck_in_calls_has_its_oldest_as_a_gauge_until_it_is_gone() {
+        let limits = Limits { threads: 0, grace: Duration::ZERO };
+        let store = Arc::new(Mutex::new(Store::new(limits)));
+        // No records at all: its threads are all blocked.
+        let mut table = Table::default();
+        let calls =
+            [(ThreadKey::new(7, 7), stuck(2_500_000_000)), (ThreadKey::new(7, 8), stuck(12_500_000_000))];
+        table.set_in_flight(calls.into_iter().collect());
+        let now = Instant::now();
+        store.lock().unwrap().add_interval(&table, ProbeTotals::default(), now, |_, _| true);
+        let text = scrape(&store);
+        assert!(text.contains("# TYPE probe_oldest_syscall_in_flight_seconds gauge"), "{text}");
+        assert!(
+            text.contains("probe_oldest_syscall_in_flight_seconds{pid=\"7\",comm=\"stuck\"} 12.5"),
+            "{text}"
+        );
+        // Its calls returned: 0; then it is gone, and so are its series.
+        let later = now + Duration::from_secs(1);
+        store.lock().unwrap().add_interval(&Table::default(), ProbeTotals::default(), later, |_, _| true);
+        assert!(
+            scrape(&store).contains("probe_oldest_syscall_in_flight_seconds{pid=\"7\",comm=\"stuck\"} 0.0")
+        );
+        for seconds in [2, 3] {
+            let then = now + Duration::from_secs(seconds);
+            store.lock().unwrap().add_interval(&Table::default(), ProbeTotals::default(), then, |_, _| false);
+        }
+        assert!(!scrape(&store).contains("pid=\"7\""), "{}", scrape(&store));
+    }
 }

@@ -6,6 +6,7 @@
 //! view (`tui`), the metrics endpoint (`metrics`) and the timeline
 //! (`timeline`) are the others.
 
+pub mod file;
 pub mod stream;
 mod text;
 

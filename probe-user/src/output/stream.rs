@@ -1,10 +1,22 @@
 //! The report stream: text tables or JSON lines, to stdout or `--output`,
 //! every interval (unless another output shows them) and at the end.
+//!
+//! A reader that stops reading (`probe | sleep 60`, a FIFO nobody opens
+//! again) must not stop probe: the reports are rendered in the event loop
+//! and written by a thread of their own, which alone may block. Reports
+//! that find it still busy with a backlog are dropped and counted, and the
+//! summary waits for it only briefly before probe ends and says so.
 
 use std::{
-    fs::File,
     io::{self, BufWriter, Write},
     path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+        Arc,
+    },
+    thread,
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
@@ -12,9 +24,22 @@ use anyhow::{Context, Result};
 use super::{text, Flow, Interval, Sink};
 use crate::report::{Kind, Report};
 
+/// Reports rendered and not yet written before new ones are dropped.
+const BACKLOG: usize = 16;
+
+/// How long the end of the trace waits for the summary to be written.
+const LAST_WRITE_WAIT: Duration = Duration::from_millis(500);
+
 /// Writes reports in the chosen format.
 pub struct Stream {
-    out: Box<dyn Write>,
+    /// Rendered reports to the writer thread.
+    reports: Option<SyncSender<Vec<u8>>>,
+    /// Told when the writer thread has written everything and ended.
+    done: Receiver<io::Result<()>>,
+    /// The reader went away (a broken pipe).
+    gone: Arc<AtomicBool>,
+    /// Interval reports dropped because the writer was stuck.
+    dropped: u64,
     json: bool,
     /// Threads per interval report; `None`: the summary only.
     top: Option<usize>,
@@ -24,47 +49,106 @@ impl Stream {
     /// Reports to `path`, or to stdout without one; interval reports of the
     /// `top` busiest threads, or none.
     pub fn open(path: Option<&Path>, json: bool, top: Option<usize>) -> Result<Self> {
-        let out: Box<dyn Write> = match path {
+        let out: Box<dyn Write + Send> = match path {
             Some(path) => Box::new(BufWriter::new(
-                File::create(path)
+                super::file::create(path)
                     .with_context(|| format!("cannot write the report to {}", path.display()))?,
             )),
             None => Box::new(BufWriter::new(io::stdout())),
         };
-        Ok(Self { out, json, top })
+        let (reports, queued) = mpsc::sync_channel(BACKLOG);
+        let (finished, done) = mpsc::channel();
+        let gone = Arc::new(AtomicBool::new(false));
+        let writer_gone = gone.clone();
+        thread::Builder::new()
+            .name("probe-output".into())
+            .spawn(move || {
+                let result = write_all(out, &queued, &writer_gone);
+                let _ = finished.send(result);
+            })
+            .context("cannot start the output's thread")?;
+        Ok(Self { reports: Some(reports), done, gone, dropped: 0, json, top })
     }
 
-    /// Writes one report and flushes it, so that it is seen live.
-    fn write(&mut self, report: &Report) -> io::Result<()> {
+    fn render(&self, report: &Report) -> io::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
         if self.json {
-            serde_json::to_writer(&mut self.out, report)?;
-            writeln!(self.out)?;
+            serde_json::to_writer(&mut bytes, report)?;
+            bytes.push(b'\n');
         } else {
-            text::write(&mut self.out, report)?;
+            text::write(&mut bytes, report)?;
         }
-        self.out.flush()
+        Ok(bytes)
     }
+}
+
+/// The writer thread: each report written and flushed, so that it is seen
+/// live; ends at a broken pipe (flagging `gone`) or when the stream closes.
+fn write_all(
+    mut out: Box<dyn Write + Send>,
+    queued: &Receiver<Vec<u8>>,
+    gone: &AtomicBool,
+) -> io::Result<()> {
+    for bytes in queued {
+        if let Err(err) = out.write_all(&bytes).and_then(|()| out.flush()) {
+            if err.kind() == io::ErrorKind::BrokenPipe {
+                gone.store(true, Ordering::Relaxed);
+                return Ok(());
+            }
+            return Err(err);
+        }
+    }
+    Ok(())
 }
 
 impl Sink for Stream {
     fn interval(&mut self, interval: &Interval<'_>) -> Result<Flow> {
-        let Some(top) = self.top else {
+        if self.gone.load(Ordering::Relaxed) {
+            // A reader that went away (`probe | head`) ends the trace quietly.
+            return Ok(Flow::ReaderGone);
+        }
+        let (Some(top), Some(reports)) = (self.top, &self.reports) else {
             return Ok(Flow::Continue);
         };
-        match self.write(&Report::new(Kind::Interval, interval.table, interval.span, Some(top))) {
-            Ok(()) => Ok(Flow::Continue),
-            // A reader that went away (`probe | head`) ends the trace quietly.
-            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(Flow::ReaderGone),
-            Err(err) => Err(err).context("cannot write the report"),
+        let bytes = self.render(&Report::new(Kind::Interval, interval.table, interval.span, Some(top)))?;
+        match reports.try_send(bytes) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.dropped += 1,
+            // The writer ended on an error: said at the end.
+            Err(TrySendError::Disconnected(_)) => {}
         }
+        Ok(Flow::Continue)
     }
 
     fn finish(&mut self, summary: &Report) -> Result<()> {
-        match self.write(summary) {
-            Err(err) if err.kind() != io::ErrorKind::BrokenPipe => {
-                Err(err).context("cannot write the summary")
+        let bytes = self.render(summary)?;
+        let Some(reports) = self.reports.take() else {
+            return Ok(());
+        };
+        // Room for the summary, if the writer makes any in time.
+        let mut unsent = Some(bytes);
+        for _ in 0..10 {
+            match reports.try_send(unsent.take().expect("the summary")) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => break,
+                Err(TrySendError::Full(bytes)) => {
+                    unsent = Some(bytes);
+                    thread::sleep(LAST_WRITE_WAIT / 10);
+                }
             }
-            _ => Ok(()),
         }
+        drop(reports);
+        let written = match self.done.recv_timeout(LAST_WRITE_WAIT) {
+            Ok(Err(err)) => return Err(err).context("cannot write the report"),
+            Ok(Ok(())) => unsent.is_none(),
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => false,
+        };
+        if self.dropped > 0 || (!written && !self.gone.load(Ordering::Relaxed)) {
+            eprintln!(
+                "probe: the report's reader is not reading: {} interval reports left out{}",
+                self.dropped,
+                if written { "" } else { ", and the summary" }
+            );
+        }
+        Ok(())
     }
 }

@@ -2,7 +2,7 @@
 
 use std::io::{self, Write};
 
-use crate::report::{IoUringReport, Kind, Report, SchedReport, SyscallReport};
+use crate::report::{InFlightReport, IoUringReport, Kind, Report, SchedReport, SyscallReport};
 
 /// Migration pairs shown per thread; JSON has them all.
 const PAIRS_SHOWN: usize = 3;
@@ -65,19 +65,11 @@ pub fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
     }
     write!(
         out,
-        "{:>7} {:>7} {:<16} {:<22} {:>9} {:>7} {:>8}",
-        "PID", "TID", "COMM", "SYSCALL", "COUNT", "ERRORS", "TOTAL"
+        "{:>7} {:>7} {:<16} {:<18} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8}",
+        "PID", "TID", "COMM", "SYSCALL", "COUNT", "ERRORS", "TOTAL", "P50", "P99", "MAX"
     )?;
     if summary {
-        write!(out, " {:>8}", "MIN")?;
-    }
-    write!(out, " {:>8}", "P50")?;
-    if summary {
-        write!(out, " {:>8}", "P90")?;
-    }
-    write!(out, " {:>8} {:>8}", "P99", "MAX")?;
-    if summary {
-        write!(out, "  ERRNOS")?;
+        write!(out, " {:>7} {:>5}  ERRNOS", "BLOCKED", "RUNQ")?;
     }
     writeln!(out)?;
     for thread in &report.threads {
@@ -88,6 +80,10 @@ pub fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
             lead(out)?;
             write_row(out, call, summary)?;
         }
+        for call in thread.syscalls.iter().filter(|call| call.unfinished_at_attach > 0) {
+            lead(out)?;
+            write_unfinished_at_attach(out, call)?;
+        }
         for requests in &thread.io_uring {
             lead(out)?;
             write_io_uring(out, requests, summary)?;
@@ -96,6 +92,10 @@ pub fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
             lead(out)?;
             write_sched(out, sched)?;
         }
+        if let Some(call) = &thread.in_flight {
+            lead(out)?;
+            writeln!(out, " {}", in_flight_words(call))?;
+        }
         if summary {
             writeln!(out)?;
         }
@@ -103,7 +103,70 @@ pub fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
     if !summary {
         writeln!(out)?;
     }
+    if summary {
+        write_unfinished(out, report)?;
+    }
     write_go(out, report)
+}
+
+/// `in read for 12.3s (blocked)`: a call in progress, and how long so far
+/// (at least, for one that began before probe attached).
+fn in_flight_words(call: &InFlightReport) -> String {
+    format!("in {} {}", call.name, in_flight_age(call))
+}
+
+/// `for 12.3s (blocked)`, or `for at least 12.3s (blocked, began before
+/// attach)`.
+fn in_flight_age(call: &InFlightReport) -> String {
+    let (age, state) = (human_ns(call.age_ns), call.state.words());
+    match call.started_before_attach {
+        true => format!("for at least {age} ({state}, began before attach)"),
+        false => format!("for {age} ({state})"),
+    }
+}
+
+/// The calls of a syscall that were in progress when probe attached and
+/// returned since: not in its latencies, only a lower bound of theirs.
+fn write_unfinished_at_attach(out: &mut dyn Write, call: &SyscallReport) -> io::Result<()> {
+    let (calls, took) = match call.unfinished_at_attach {
+        1 => ("1 call".to_owned(), "took"),
+        n => (format!("{n} calls"), "took in all"),
+    };
+    writeln!(
+        out,
+        " {}: {calls} in progress at attach returned, {took} at least {} (not in the latencies)",
+        call.name,
+        human_ns(call.unfinished_at_attach_ns)
+    )
+}
+
+/// Like strace's `<unfinished ...>`: the calls still in progress when the
+/// trace ended, oldest first, with their raw arguments.
+fn write_unfinished(out: &mut dyn Write, report: &Report) -> io::Result<()> {
+    let mut calls: Vec<_> =
+        report.threads.iter().filter_map(|thread| Some((thread, thread.in_flight.as_ref()?))).collect();
+    if calls.is_empty() {
+        return Ok(());
+    }
+    calls.sort_by(|a, b| b.1.age_ns.cmp(&a.1.age_ns).then((a.0.pid, a.0.tid).cmp(&(b.0.pid, b.0.tid))));
+    writeln!(out, "Unfinished when the trace ended, oldest first:")?;
+    writeln!(out, "{:>7} {:>7} {:<16} CALL", "PID", "TID", "COMM")?;
+    for (thread, call) in calls {
+        let args = match &call.args {
+            Some(args) => args.join(", "),
+            None => "?".to_owned(),
+        };
+        writeln!(
+            out,
+            "{:>7} {:>7} {:<16} {}({args} <unfinished ...>) {}",
+            thread.pid,
+            thread.tid,
+            thread.comm,
+            call.name,
+            in_flight_age(call)
+        )?;
+    }
+    writeln!(out)
 }
 
 /// The Go view: each Go process's runtime threads, then its goroutines
@@ -131,8 +194,8 @@ fn write_go(out: &mut dyn Write, report: &Report) -> io::Result<()> {
     }
     writeln!(
         out,
-        "{:>7} {:>7} {:<16} {:<22} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "PID", "GOID", "START", "SYSCALL", "COUNT", "ERRORS", "TOTAL", "MIN", "P50", "P90", "P99", "MAX"
+        "{:>7} {:>7} {:<16} {:<18} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5}  ERRNOS",
+        "PID", "GOID", "START", "SYSCALL", "COUNT", "ERRORS", "TOTAL", "P50", "P99", "MAX", "BLOCKED", "RUNQ"
     )?;
     for goroutine in &report.goroutines {
         let start: String = goroutine.start_fn.chars().take(16).collect();
@@ -156,32 +219,23 @@ fn write_go(out: &mut dyn Write, report: &Report) -> io::Result<()> {
     writeln!(out)
 }
 
+/// A syscall's row. The summary adds where its time went (the shares of
+/// TOTAL spent asleep and waiting for a CPU; the rest was on a CPU) and its
+/// errnos; JSON has the nanoseconds, and the quantiles these rows leave out.
 fn write_row(out: &mut dyn Write, call: &SyscallReport, summary: bool) -> io::Result<()> {
-    write!(out, " {:<22} {:>9} {:>7} {:>8}", call.name, call.count, call.errors, human_ns(call.total_ns))?;
-    if summary {
-        write!(out, " {:>8}", latency(call.min_ns))?;
+    write!(out, " {:<18} {:>9} {:>7} {:>8}", call.name, call.count, call.errors, human_ns(call.total_ns))?;
+    write!(out, " {:>8} {:>8} {:>8}", latency(call.p50_ns), latency(call.p99_ns), latency(call.max_ns))?;
+    if !summary {
+        return writeln!(out);
     }
-    write!(out, " {:>8}", latency(call.p50_ns))?;
-    if summary {
-        write!(out, " {:>8}", latency(call.p90_ns))?;
-    }
-    write!(out, " {:>8} {:>8}", latency(call.p99_ns), latency(call.max_ns))?;
-    if summary && !call.errnos.is_empty() {
+    let share = |part: Option<u64>| match (part, call.total_ns) {
+        (Some(part), total) if total > 0 => format!("{:.0}%", 100.0 * part as f64 / total as f64),
+        _ => "-".to_owned(),
+    };
+    write!(out, " {:>7} {:>5}", share(call.blocked_ns), share(call.runq_ns))?;
+    if !call.errnos.is_empty() {
         let errnos: Vec<_> = call.errnos.iter().map(|(name, n)| format!("{name}:{n}")).collect();
         write!(out, "  {}", errnos.join(","))?;
-    }
-    if let (true, Some(on_cpu), Some(blocked), Some(runq)) =
-        (summary, call.on_cpu_ns, call.blocked_ns, call.runq_ns)
-    {
-        if call.total_ns > 0 {
-            write!(
-                out,
-                "  = {} blocked + {} runq + {} on-CPU",
-                human_ns(blocked),
-                human_ns(runq),
-                human_ns(on_cpu)
-            )?;
-        }
     }
     writeln!(out)
 }
@@ -190,21 +244,18 @@ fn write_row(out: &mut dyn Write, call: &SyscallReport, summary: bool) -> io::Re
 /// submission to completion).
 fn write_io_uring(out: &mut dyn Write, requests: &IoUringReport, summary: bool) -> io::Result<()> {
     let name = format!("io_uring {}", requests.opcode);
-    write!(out, " {name:<22} {:>9} {:>7} {:>8}", requests.count, requests.errors, "-")?;
-    if summary {
-        write!(out, " {:>8}", "-")?;
-    }
-    write!(out, " {:>8}", latency(requests.p50_ns))?;
-    if summary {
-        write!(out, " {:>8}", "-")?;
-    }
-    writeln!(
+    write!(out, " {name:<18} {:>9} {:>7} {:>8}", requests.count, requests.errors, "-")?;
+    write!(
         out,
-        " {:>8} {:>8}  async:{}",
+        " {:>8} {:>8} {:>8}",
+        latency(requests.p50_ns),
         latency(requests.p99_ns),
-        latency(requests.max_ns),
-        requests.offloaded
-    )
+        latency(requests.max_ns)
+    )?;
+    if summary {
+        write!(out, " {:>7} {:>5}", "-", "-")?;
+    }
+    writeln!(out, "  async:{}", requests.offloaded)
 }
 
 /// One line: where the thread's time went, and how it moved.
@@ -241,6 +292,9 @@ fn write_sched(out: &mut dyn Write, sched: &SchedReport) -> io::Result<()> {
     }
     if let Some(cpu) = sched.last_cpu {
         write!(out, ", last cpu {cpu}")?;
+    }
+    if sched.sampled {
+        write!(out, " (times and migrations sampled: {} records lost)", sched.lost_records)?;
     }
     writeln!(out)
 }
@@ -288,8 +342,11 @@ mod tests {
         assert!(lines[2].starts_with("    100      11 worker"), "{text}");
         assert!(lines[3].trim_start().starts_with("getpid "), "{text}");
         // The last column of a row without errnos ends where its heading ends.
-        let heading_end = lines[1].find("MAX").unwrap() + "MAX".len();
+        let heading_end = lines[1].find("RUNQ").unwrap() + "RUNQ".len();
         assert_eq!(lines[3].chars().count(), lines[1][..heading_end].chars().count(), "{text}");
+        // An ordinary terminal holds a row (errnos, when there are any,
+        // come after the columns).
+        assert!(lines[3].chars().count() <= 120, "{text}");
     }
 
     #[test]
@@ -304,6 +361,82 @@ mod tests {
         let text = render(Kind::Interval, uncounted);
         assert!(
             text.contains("\nWARNING: 3 events lost (ring buffer full: 3, of them uncounted: 1;"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn calls_in_progress_show_under_their_thread_and_at_the_end() {
+        use crate::aggregate::{
+            in_flight::{CallInFlight, ThreadState},
+            ThreadKey,
+        };
+        let mut table = Table::default();
+        // Thread 11 made calls; its read in progress at attach returned.
+        record(&mut table, &event(11, 39, 0, 250));
+        let mut read = event(11, 0, 5, 0);
+        read.flags = probe_common::SYSCALL_UNSEEN_ENTRY;
+        table.record_unfinished(ThreadKey::new(100, 11), &read, 9_870_000_000);
+        let call = |nr, age_ns, state, before_attach, comm: &str| CallInFlight {
+            nr,
+            args: Some([3, 0x7ffd, 4096, 0, 0, 0]),
+            started_ns: 1,
+            age_ns,
+            state,
+            before_attach,
+            comm: comm.to_owned(),
+        };
+        table.set_in_flight(
+            [
+                (ThreadKey::new(100, 11), call(7, 1_500_000, ThreadState::Runnable, false, "worker")),
+                // A thread with no records, blocked since before attach; a
+                // hostile name, as probe takes it in.
+                (
+                    ThreadKey::new(100, 12),
+                    call(
+                        0,
+                        12_300_000_000,
+                        ThreadState::Blocked,
+                        true,
+                        &crate::escape::visible("evil\x1b[2J"),
+                    ),
+                ),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        let span = Span {
+            elapsed_ns: 2_000_000_000,
+            span_ns: 1_000_000_000,
+            lost: Losses::default(),
+            health: Health::default(),
+        };
+        let mut out = Vec::new();
+        write(&mut out, &Report::new(Kind::Summary, &table, span, None)).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let under =
+            |needle: &str| lines.iter().find(|line| line.contains(needle)).copied().unwrap_or_default();
+        assert!(under("in poll").ends_with(" in poll for 1.50ms (runnable)"), "{text}");
+        assert!(
+            under("read: 1 call").ends_with(
+                " read: 1 call in progress at attach returned, took at least 9.87s (not in the latencies)"
+            ),
+            "{text}"
+        );
+        assert!(
+            under("in read").ends_with(" in read for at least 12.3s (blocked, began before attach)"),
+            "{text}"
+        );
+        assert!(under("in read").starts_with("    100      12 "), "{text}");
+        let end = text.find("Unfinished when the trace ended, oldest first:").expect(&text);
+        let unfinished: Vec<&str> = text[end..].lines().collect();
+        assert_eq!(
+            unfinished[2],
+            "    100      12 evil\\x1b[2J      read(0x3, 0x7ffd, 0x1000, 0x0, 0x0, 0x0 <unfinished ...>) for at least 12.3s (blocked, began before attach)"
+        );
+        assert!(
+            unfinished[3].contains("poll(0x3") && unfinished[3].ends_with("for 1.50ms (runnable)"),
             "{text}"
         );
     }

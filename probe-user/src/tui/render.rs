@@ -9,15 +9,15 @@ use ratatui::{
     Frame,
 };
 
-use super::view::{Column, Line, View};
+use super::view::{Column, Line, Now, View};
 use crate::{output::human_ns, report::ThreadDetail};
 
 /// Lines of the COMMAND's output shown under the table.
 const OUTPUT_PANE_LINES: u16 = 4;
 
-/// The columns a narrow terminal gives up first; then the others from the
-/// right.
-const EXPENDABLE: [Column; 2] = [Column::Voluntary, Column::Involuntary];
+/// The columns a narrow terminal gives up first, the last first; then the
+/// others from the right. 80 cells hold all but these.
+const EXPENDABLE: [Column; 4] = [Column::Migrations, Column::Cpu, Column::Voluntary, Column::Involuntary];
 
 fn title(column: Column) -> &'static str {
     match column {
@@ -26,6 +26,7 @@ fn title(column: Column) -> &'static str {
         Column::Syscalls => "SYS/s",
         Column::Busiest => "BUSIEST",
         Column::P99 => "P99",
+        Column::Now => "NOW",
         Column::OnCpu => "CPU%",
         Column::Runq => "RUNQ",
         Column::Migrations => "MIGR/s",
@@ -42,6 +43,7 @@ fn width(column: Column) -> u16 {
         Column::Id => 9,
         Column::Name | Column::Busiest => 15,
         Column::OnCpu => 5,
+        Column::Now => NOW_CELLS,
         Column::Syscalls
         | Column::P99
         | Column::Runq
@@ -83,6 +85,34 @@ fn latency(ns: Option<u64>) -> String {
     ns.map_or_else(|| "-".to_owned(), human_ns)
 }
 
+/// Cells of the NOW column.
+const NOW_CELLS: u16 = 11;
+
+/// `read 12s`: the syscall in progress, cut to leave room for its age
+/// (`≥12s` when it began before probe attached: a lower bound).
+fn now(now: &Now) -> String {
+    let age = format!("{}{}", if now.at_least { "≥" } else { "" }, short_age(now.age_ns));
+    let room = (NOW_CELLS as usize).saturating_sub(age.chars().count() + 1);
+    let name: String = now.syscall.chars().take(room).collect();
+    format!("{name} {age}")
+}
+
+/// An age in at most five cells: `<1ms`, `850ms`, `4.2s`, `12s`, `59m`,
+/// `3.5h`, `12d`.
+fn short_age(ns: u64) -> String {
+    let seconds = ns as f64 / 1e9;
+    match seconds {
+        _ if ns < 1_000_000 => "<1ms".to_owned(),
+        s if s < 0.9995 => format!("{}ms", (ns / 1_000_000).min(999)),
+        s if s < 9.95 => format!("{s:.1}s"),
+        s if s < 59.5 => format!("{s:.0}s"),
+        s if s < 59.5 * 60.0 => format!("{:.0}m", s / 60.0),
+        s if s < 9.95 * 3600.0 => format!("{:.1}h", s / 3600.0),
+        s if s < 23.5 * 3600.0 => format!("{:.0}h", s / 3600.0),
+        s => format!("{:.0}d", s / 86400.0),
+    }
+}
+
 fn cell(column: Column, line: &Line) -> String {
     let row = &line.row;
     match column {
@@ -97,7 +127,11 @@ fn cell(column: Column, line: &Line) -> String {
         Column::Syscalls => rate(row.syscalls_per_s),
         Column::Busiest => row.busiest.clone().unwrap_or_else(|| "-".to_owned()),
         Column::P99 => latency(row.busiest_p99_ns),
-        Column::OnCpu => row.on_cpu_pct.map_or_else(|| "-".to_owned(), |pct| format!("{pct:.1}")),
+        Column::Now => row.now.as_ref().map_or_else(|| "-".to_owned(), now),
+        // `~`: a sample, records were dropped.
+        Column::OnCpu => row
+            .on_cpu_pct
+            .map_or_else(|| "-".to_owned(), |pct| format!("{}{pct:.1}", if row.sampled { "~" } else { "" })),
         Column::Runq => latency(row.runq_p99_ns),
         Column::Migrations => rate(row.migrations_per_s),
         Column::Voluntary => rate(row.voluntary_per_s),
@@ -234,9 +268,13 @@ fn draw_detail(frame: &mut Frame, area: Rect, detail: &ThreadDetail, selected: u
     let [title, calls, lower] =
         Layout::vertical([Constraint::Length(1), Constraint::Length(shown_calls + 1), Constraint::Min(4)])
             .areas(area);
+    let in_flight = thread.in_flight.as_ref().map_or_else(String::new, |call| {
+        let at_least = if call.started_before_attach { "at least " } else { "" };
+        format!(" · in {} for {at_least}{} ({})", call.name, human_ns(call.age_ns), call.state.words())
+    });
     frame.render_widget(
         Paragraph::new(format!(
-            "{} (tid {}, pid {}) since probe started{}",
+            "{} (tid {}, pid {}) since probe started{}{in_flight}",
             thread.comm,
             thread.tid,
             thread.pid,
@@ -427,11 +465,72 @@ mod tests {
 
     #[test]
     fn narrow_terminals_drop_the_last_columns_first() {
-        assert_eq!(columns(80).len(), 9, "{:?}", columns(80));
-        assert!(!columns(80).contains(&Column::Voluntary));
-        assert!(columns(80).contains(&Column::Cpu));
+        assert_eq!(
+            columns(80),
+            [
+                Column::Id,
+                Column::Name,
+                Column::Syscalls,
+                Column::Busiest,
+                Column::P99,
+                Column::Now,
+                Column::OnCpu,
+                Column::Runq
+            ]
+        );
+        assert!(columns(91).contains(&Column::Migrations) && columns(91).contains(&Column::Cpu));
+        assert!(!columns(91).contains(&Column::Voluntary));
         assert_eq!(columns(200), Column::ALL);
         assert_eq!(columns(20), [Column::Id]);
+    }
+
+    #[test]
+    fn the_now_column_keeps_the_age_and_cuts_the_name() {
+        let at =
+            |syscall: &str, age_ns, at_least| now(&Now { syscall: syscall.to_owned(), age_ns, at_least });
+        assert_eq!(at("read", 12_300_000_000, false), "read 12s");
+        assert_eq!(at("read", 4_200_000_000, true), "read ≥4.2s");
+        assert_eq!(at("clock_nanosleep", 10_000_000_000, false), "clock_n 10s");
+        assert_eq!(at("epoll_wait", 850_000_000, false), "epoll 850ms");
+        for (ns, age) in [
+            (0, "<1ms"),
+            (1_500_000, "1ms"),
+            (999_400_000, "999ms"),
+            (9_940_000_000, "9.9s"),
+            (59_400_000_000, "59s"),
+            (3_000_000_000_000, "50m"),
+            (7_200_000_000_000, "2.0h"),
+            (50_000_000_000_000, "14h"),
+            (u64::MAX, "213504d"),
+        ] {
+            assert_eq!(short_age(ns), age, "{ns}");
+        }
+        for ns in [0, 1_000_000_000, u64::MAX] {
+            assert!(at("clock_nanosleep", ns, true).chars().count() <= NOW_CELLS as usize + 3);
+        }
+    }
+
+    #[test]
+    fn a_stuck_thread_sorts_first_by_now() {
+        let mut report = interval(&[(10, 10, "server", 50), (10, 11, "stuck", 0), (20, 20, "db", 30)]);
+        let stuck = report.threads.iter_mut().find(|thread| thread.tid == 11).unwrap();
+        stuck.in_flight = Some(crate::report::InFlightReport {
+            name: "read".to_owned(),
+            nr: 0,
+            args: None,
+            started_ns: 1,
+            age_ns: 3_600_000_000_000,
+            state: crate::aggregate::in_flight::ThreadState::Blocked,
+            started_before_attach: true,
+        });
+        let mut view = View::default();
+        view.update(Default::default(), &report, |_| true);
+        view.key(KeyEvent::new(KeyCode::Char('w'), KeyModifiers::NONE));
+        let text = screen(&view, 80, 24);
+        let rows: Vec<&str> = text.lines().skip(3).take(3).collect();
+        assert!(rows[0].starts_with("10        server (2)"), "{text}");
+        assert!(rows[1].starts_with("  11      stuck") && rows[1].contains("read ≥1.0h"), "{text}");
+        assert!(text.lines().nth(2).unwrap().contains("NOW"), "{text}");
     }
 
     #[test]

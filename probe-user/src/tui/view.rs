@@ -51,11 +51,15 @@ pub struct Row {
     /// Share of the interval on a CPU, in percent; `None` without
     /// scheduler data.
     pub on_cpu_pct: Option<f64>,
+    /// Whether its scheduler times are a sample (records were dropped).
+    pub sampled: bool,
     pub runq_p99_ns: Option<u64>,
     pub migrations_per_s: f64,
     pub voluntary_per_s: f64,
     pub involuntary_per_s: f64,
     pub last_cpu: Option<u32>,
+    /// The syscall it is in now, if any.
+    pub now: Option<Now>,
     /// Intervals since the thread last did anything.
     pub(super) idle: u32,
     pub(super) exited: bool,
@@ -73,11 +77,17 @@ impl Row {
             busiest: busiest.map(|call| call.name.clone()),
             busiest_p99_ns: busiest.and_then(|call| call.p99_ns),
             on_cpu_pct: sched.map(|sched| sched.on_cpu_ns as f64 / 1e9 / span_s * 100.0),
+            sampled: sched.is_some_and(|sched| sched.sampled),
             runq_p99_ns: sched.and_then(|sched| sched.runq_p99_ns),
             migrations_per_s: sched.map_or(0.0, |sched| per_s(sched.migrations)),
             voluntary_per_s: sched.map_or(0.0, |sched| per_s(sched.voluntary_switches)),
             involuntary_per_s: sched.map_or(0.0, |sched| per_s(sched.involuntary_switches)),
             last_cpu: sched.and_then(|sched| sched.last_cpu),
+            now: thread.in_flight.as_ref().map(|call| Now {
+                syscall: call.name.clone(),
+                age_ns: call.age_ns,
+                at_least: call.started_before_attach,
+            }),
             idle: 0,
             exited: thread.exited,
         }
@@ -97,6 +107,16 @@ impl Row {
     }
 }
 
+/// The syscall a thread is in, when the interval closed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Now {
+    pub syscall: String,
+    /// Time in it so far.
+    pub age_ns: u64,
+    /// It began before probe attached: the age is a lower bound.
+    pub at_least: bool,
+}
+
 /// A column of the thread table, and the key that sorts by it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Column {
@@ -105,6 +125,8 @@ pub enum Column {
     Syscalls,
     Busiest,
     P99,
+    /// The syscall in progress, and for how long: sorted by age.
+    Now,
     OnCpu,
     Runq,
     Migrations,
@@ -115,12 +137,13 @@ pub enum Column {
 
 impl Column {
     /// Left to right.
-    pub const ALL: [Column; 11] = [
+    pub const ALL: [Column; 12] = [
         Column::Id,
         Column::Name,
         Column::Syscalls,
         Column::Busiest,
         Column::P99,
+        Column::Now,
         Column::OnCpu,
         Column::Runq,
         Column::Migrations,
@@ -137,6 +160,7 @@ impl Column {
             Column::Syscalls => 's',
             Column::Busiest => 'b',
             Column::P99 => '9',
+            Column::Now => 'w',
             Column::OnCpu => 'c',
             Column::Runq => 'r',
             Column::Migrations => 'm',
@@ -159,6 +183,7 @@ impl Column {
             Column::Syscalls => Value::Number(row.syscalls_per_s),
             Column::Busiest => Value::Text(row.busiest.as_deref().unwrap_or("")),
             Column::P99 => ns(row.busiest_p99_ns),
+            Column::Now => ns(row.now.as_ref().map(|now| now.age_ns)),
             Column::OnCpu => Value::Number(row.on_cpu_pct.unwrap_or(-1.0)),
             Column::Runq => ns(row.runq_p99_ns),
             Column::Migrations => Value::Number(row.migrations_per_s),
@@ -476,11 +501,14 @@ fn process_row(threads: &[&Row]) -> Row {
             .iter()
             .any(|row| row.on_cpu_pct.is_some())
             .then(|| sum(|row| row.on_cpu_pct.unwrap_or(0.0))),
+        sampled: threads.iter().any(|row| row.sampled),
         runq_p99_ns: threads.iter().filter_map(|row| row.runq_p99_ns).max(),
         migrations_per_s: sum(|row| row.migrations_per_s),
         voluntary_per_s: sum(|row| row.voluntary_per_s),
         involuntary_per_s: sum(|row| row.involuntary_per_s),
         last_cpu: None,
+        // Its oldest call in progress.
+        now: threads.iter().filter_map(|row| row.now.as_ref()).max_by_key(|now| now.age_ns).cloned(),
         idle: 0,
         exited: false,
     }

@@ -52,6 +52,19 @@ pub fn workload() -> PathBuf {
     path
 }
 
+/// Starts the workload with `args` (which make it say when it is ready:
+/// `--wait-signal`, `--ready-when-blocked`) and waits for that first line,
+/// which must start with `ready`; returns it with the rest of stdout.
+pub fn start_workload(args: &[&str], ready: &str) -> (Running, BufReader<std::process::ChildStdout>) {
+    let mut workload =
+        Running::spawn(Command::new(workload()).args(args).stdout(std::process::Stdio::piped()));
+    let mut stdout = BufReader::new(workload.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.starts_with(ready), "{line}");
+    (workload, stdout)
+}
+
 /// What probe wrote with `--json`: interval lines, then the summary.
 pub struct Trace {
     pub intervals: Vec<Value>,
@@ -104,6 +117,12 @@ pub struct Thread {
     /// Its context switches, from `/proc/thread-self/status`.
     pub voluntary: u64,
     pub involuntary: u64,
+    /// Its moves between CPUs, from `/proc/thread-self/sched`.
+    pub migrations: u64,
+    /// Its time on a CPU and waiting in a run queue, from
+    /// `/proc/thread-self/schedstat` (0 for a short-lived child).
+    pub run_ns: u64,
+    pub wait_ns: u64,
 }
 
 /// The workload's own account, from the last line it printed.
@@ -128,6 +147,9 @@ impl Workload {
                 cpu_ns: number(t, "cpu_ns"),
                 voluntary: number(t, "voluntary"),
                 involuntary: number(t, "involuntary"),
+                migrations: number(t, "migrations"),
+                run_ns: t["run_ns"].as_u64().unwrap_or(0),
+                wait_ns: t["wait_ns"].as_u64().unwrap_or(0),
             })
             .collect();
         Self { pid: report["pid"].as_u64().unwrap(), threads }
