@@ -11,6 +11,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::{error::ErrorKind, Parser};
+use probe_common::COMPAT_NR;
 
 use crate::{
     bpf::{Config, GoTarget, Probe},
@@ -212,7 +213,13 @@ fn run(args: Args) -> Result<i32> {
     };
     // With -e, only the syscalls traced.
     if !args.syscalls.is_empty() {
-        calls_at_attach.retain(|call| args.syscalls.iter().any(|sysno| sysno.id() as u32 == call.nr));
+        calls_at_attach.retain(|call| {
+            let nr = (call.nr & !COMPAT_NR) as usize;
+            args.syscalls.iter().any(|sysno| match call.nr & COMPAT_NR {
+                0 => sysno.id() as usize == nr,
+                _ => syscalls::x86::Sysno::new(nr).is_some_and(|compat| compat.name() == sysno.name()),
+            })
+        });
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -9,6 +9,9 @@ use crate::timeline::Limit;
 
 /// Longest `--interval` accepted: longer ones are almost certainly a typo.
 const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// Shortest `--interval` accepted: a report takes a few milliseconds to make,
+/// and rates over shorter spans are noise.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
 /// Longest `--duration` accepted.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -17,6 +20,7 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Without --pid or COMMAND, probe traces the whole system (all but itself).
 #[derive(Debug, Parser)]
 #[command(name = "probe", version, about, long_about = None)]
+#[command(group(clap::ArgGroup::new("target").args(["pid", "command"])))]
 pub struct Args {
     /// Trace these running processes, with every thread they have or start.
     #[arg(short, long, value_name = "PID", value_delimiter = ',', value_parser = parse_pid, conflicts_with = "command", allow_negative_numbers = true)]
@@ -45,7 +49,7 @@ pub struct Args {
     /// Follow a traced Go program's goroutines: which one made each
     /// syscall. Its uprobes cost the program microseconds at every goroutine
     /// switch.
-    #[arg(long, conflicts_with = "no_syscalls")]
+    #[arg(long, conflicts_with = "no_syscalls", requires = "target")]
     pub goroutines: bool,
 
     /// Also trace the processes that traced processes start (default with
@@ -67,7 +71,7 @@ pub struct Args {
     pub bench_floor: bool,
 
     /// Threads shown per interval, busiest first.
-    #[arg(long, value_name = "N", default_value_t = 10)]
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = parse_top)]
     pub top: usize,
 
     /// Write the report to FILE instead of stdout (a COMMAND keeps its own stdout).
@@ -152,6 +156,15 @@ fn parse_pid(text: &str) -> Result<u32, String> {
     }
 }
 
+/// Parses `--top`: a report of no thread says nothing.
+fn parse_top(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("not a number of threads, e.g. 10".into()),
+    }
+}
+
 fn parse_span(text: &str, max: Duration) -> Result<Duration, String> {
     let span =
         humantime::parse_duration(text.trim()).map_err(|err| format!("{err} (examples: 500ms, 2s, 1m)"))?;
@@ -185,7 +198,11 @@ pub fn parse_buffer_size(text: &str) -> Result<u32, String> {
 
 /// Parses an `--interval`.
 pub fn parse_interval(text: &str) -> Result<Duration, String> {
-    parse_span(text, MAX_INTERVAL)
+    let interval = parse_span(text, MAX_INTERVAL)?;
+    if interval < MIN_INTERVAL {
+        return Err(format!("must be at least {}", humantime::format_duration(MIN_INTERVAL)));
+    }
+    Ok(interval)
 }
 
 /// Parses a `--duration`.

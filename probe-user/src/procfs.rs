@@ -18,6 +18,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use probe_common::COMPAT_NR;
 
 use crate::aggregate::{in_flight::CallAtAttach, World};
 use crate::{clock::monotonic_ns, escape};
@@ -133,6 +134,8 @@ pub fn calls_in_progress(pids: Option<&[u32]>, attached_ns: u64) -> Vec<CallAtAt
     let mut clock: Option<ClockTask> = None;
     let mut calls = Vec::new();
     for pid in pids {
+        // A 32-bit program's calls are numbered from the i386 table.
+        let abi = if is_32_bit(pid) { COMPAT_NR } else { 0 };
         for tid in numbered_entries(Path::new(&format!("/proc/{pid}/task"))) {
             let task = format!("/proc/{pid}/task/{tid}");
             let Some((nr, args)) =
@@ -140,6 +143,7 @@ pub fn calls_in_progress(pids: Option<&[u32]>, attached_ns: u64) -> Vec<CallAtAt
             else {
                 continue;
             };
+            let nr = nr | abi;
             let stat = fs::read_to_string(format!("{task}/stat")).ok().and_then(|stat| Stat::parse(&stat));
             let exec_start =
                 fs::read_to_string(format!("{task}/sched")).ok().and_then(|sched| parse_exec_start(&sched));
@@ -153,6 +157,15 @@ pub fn calls_in_progress(pids: Option<&[u32]>, attached_ns: u64) -> Vec<CallAtAt
         }
     }
     calls
+}
+
+/// Whether process `pid` runs a 32-bit ELF program (`EI_CLASS` is
+/// `ELFCLASS32`).
+fn is_32_bit(pid: u32) -> bool {
+    let mut ident = [0u8; 5];
+    File::open(format!("/proc/{pid}/exe")).and_then(|exe| exe.read_exact_at(&mut ident, 0)).is_ok()
+        && ident[..4] == *b"\x7fELF"
+        && ident[4] == 1
 }
 
 /// The numbered entries of a `/proc` directory: processes, or threads.

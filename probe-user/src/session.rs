@@ -112,8 +112,14 @@ pub async fn run(
         _ if !options.announce => {}
         Traced::System => eprintln!("probe: tracing the whole system; Ctrl-C for the summary"),
         Traced::Pids(targets) => {
-            let pids: Vec<_> = targets.iter().map(|target| target.pid.to_string()).collect();
-            eprintln!("probe: tracing PID {}; Ctrl-C for the summary", pids.join(","));
+            // A long list is cut: the line is a greeting, not a record.
+            const SHOWN: usize = 10;
+            let pids: Vec<_> = targets.iter().take(SHOWN).map(|target| target.pid.to_string()).collect();
+            let more = match targets.len().saturating_sub(SHOWN) {
+                0 => String::new(),
+                more => format!(" and {more} more"),
+            };
+            eprintln!("probe: tracing PID {}{more}; Ctrl-C for the summary", pids.join(","));
         }
         Traced::Command(_) => {}
     }

@@ -53,6 +53,9 @@ pub struct PidTarget {
 impl PidTarget {
     /// Opens `pid`, refusing processes that do not exist and kernel threads.
     pub fn open(pid: u32) -> Result<Self> {
+        if pid == std::process::id() {
+            bail!("PID {pid} is probe itself, which never traces itself");
+        }
         // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
         if fd < 0 {
@@ -232,7 +235,11 @@ mod tests {
 
     #[test]
     fn pid_targets_refuse_missing_and_kernel_threads() {
-        assert!(PidTarget::open(std::process::id()).is_ok());
+        // The parent (cargo's test runner, a live process) can be traced;
+        // this process, probe itself, cannot.
+        assert!(PidTarget::open(std::os::unix::process::parent_id()).is_ok());
+        let err = PidTarget::open(std::process::id()).err().unwrap().to_string();
+        assert!(err.contains("probe itself"), "{err}");
         // PID 2 is kthreadd on Linux.
         let err = PidTarget::open(2).err().unwrap().to_string();
         assert!(err.contains("kernel thread"), "{err}");

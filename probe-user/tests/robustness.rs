@@ -170,6 +170,9 @@ fn bad_input_is_one_line_and_a_failure() {
         (&["--trace", "/proc/sys/kernel/pid_max"], 1, "a file of /proc or /sys"),
         (&["-o", "/tmp", "--json"], 1, "cannot write the report to /tmp"),
         (&["-o", "/tmp/probe-same", "--trace", "/tmp/probe-same"], 1, "name the same file"),
+        (&["-i", "1ns"], 2, "at least 10ms"),
+        (&["--top", "0"], 2, "--top"),
+        (&["--goroutines"], 2, "not provided: <--pid <PID>|COMMAND>"),
     ];
     for (args, code, says) in cases {
         let output = Command::new(PROBE).args(*args).output().unwrap();
