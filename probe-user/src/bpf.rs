@@ -168,6 +168,9 @@ pub struct CallsInFlight {
     /// Parked when their thread left its CPU mid-call (it may have come
     /// back since).
     pub parked: Vec<InFlight>,
+    /// Entries of the map of parked calls, probe's own included: for the
+    /// health report.
+    pub parked_entries: usize,
 }
 
 /// The two `LOST_CALLS_*` maps that take turns, and which one the programs
@@ -426,18 +429,20 @@ impl Probe {
         })
     }
 
-    /// Entries in the kernel maps that grow with the traced threads:
-    /// parked calls, and lost-call counters taken at the last turn.
-    pub fn map_entries(&self) -> (usize, usize) {
-        (self.calls_off_cpu.keys().count(), self.lost_calls.last_taken)
+    /// Lost-call counters (thread, syscall, errno) taken at the last turn:
+    /// the kernel map that grows with the threads losing records.
+    pub fn lost_call_keys(&self) -> usize {
+        self.lost_calls.last_taken
     }
 
     /// The traced syscalls in progress now, probe's own left out: one batch
     /// read of the parked calls, one of the per-CPU slots.
     pub fn calls_in_flight(&self) -> Result<CallsInFlight> {
         let own = std::process::id();
-        let parked = batch::<u32, InFlight>(self.calls_off_cpu.map(), BPF_MAP_LOOKUP_BATCH)
-            .context("cannot read the calls parked off-CPU")?
+        let entries = batch::<u32, InFlight>(self.calls_off_cpu.map(), BPF_MAP_LOOKUP_BATCH)
+            .context("cannot read the calls parked off-CPU")?;
+        let parked_entries = entries.len();
+        let parked = entries
             .into_iter()
             .map(|(_, call)| call)
             .filter(|call| call.start_ns != 0 && call.pid != own)
@@ -448,7 +453,7 @@ impl Probe {
             .map(|state| state.call)
             .filter(|call| call.start_ns != 0 && call.pid != own)
             .collect();
-        Ok(CallsInFlight { on_cpu, parked })
+        Ok(CallsInFlight { on_cpu, parked, parked_entries })
     }
 
     /// Syscalls whose records were dropped, by thread, syscall and errno:

@@ -50,7 +50,8 @@ impl World for Proc {
     }
 
     fn syscall_args(&self, pid: u32, tid: u32) -> Option<(u32, [u64; 6])> {
-        parse_syscall(&fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?)
+        let (nr, args) = parse_syscall(&fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?)?;
+        Some((nr | abi_of(pid), args))
     }
 }
 
@@ -134,8 +135,7 @@ pub fn calls_in_progress(pids: Option<&[u32]>, attached_ns: u64) -> Vec<CallAtAt
     let mut clock: Option<ClockTask> = None;
     let mut calls = Vec::new();
     for pid in pids {
-        // A 32-bit program's calls are numbered from the i386 table.
-        let abi = if is_32_bit(pid) { COMPAT_NR } else { 0 };
+        let abi = abi_of(pid);
         for tid in numbered_entries(Path::new(&format!("/proc/{pid}/task"))) {
             let task = format!("/proc/{pid}/task/{tid}");
             let Some((nr, args)) =
@@ -159,13 +159,20 @@ pub fn calls_in_progress(pids: Option<&[u32]>, attached_ns: u64) -> Vec<CallAtAt
     calls
 }
 
-/// Whether process `pid` runs a 32-bit ELF program (`EI_CLASS` is
-/// `ELFCLASS32`).
-fn is_32_bit(pid: u32) -> bool {
+/// `COMPAT_NR` for a process that runs a 32-bit ELF program (`EI_CLASS`
+/// is `ELFCLASS32`), whose syscall numbers `/proc` shows are the i386
+/// table's; else 0. As probe numbers them.
+fn abi_of(pid: u32) -> u32 {
     let mut ident = [0u8; 5];
-    File::open(format!("/proc/{pid}/exe")).and_then(|exe| exe.read_exact_at(&mut ident, 0)).is_ok()
-        && ident[..4] == *b"\x7fELF"
-        && ident[4] == 1
+    let elf32 =
+        File::open(format!("/proc/{pid}/exe")).and_then(|exe| exe.read_exact_at(&mut ident, 0)).is_ok()
+            && ident[..4] == *b"\x7fELF"
+            && ident[4] == 1;
+    if elf32 {
+        COMPAT_NR
+    } else {
+        0
+    }
 }
 
 /// The numbered entries of a `/proc` directory: processes, or threads.

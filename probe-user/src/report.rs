@@ -176,7 +176,7 @@ pub struct ThreadReport {
 pub struct InFlightReport {
     /// Syscall name.
     pub name: String,
-    /// Syscall number.
+    /// Syscall number (of the i386 table for a name marked `(i386)`).
     pub nr: u32,
     /// Its six argument registers, raw, in hex (`"0x3"`) as `/proc` and
     /// the kernel show them; `null` when the thread was on a CPU (`/proc`
@@ -198,7 +198,7 @@ impl InFlightReport {
     fn new(call: &CallInFlight) -> Self {
         Self {
             name: syscall_name(call.nr),
-            nr: call.nr,
+            nr: call.nr & !COMPAT_NR,
             args: call.args.map(|args| args.iter().map(|arg| format!("{arg:#x}")).collect()),
             started_ns: call.started_ns,
             age_ns: call.age_ns,

@@ -176,9 +176,9 @@ pub async fn run(
                 pipeline.add_lost_calls(&probe.take_lost_calls(false)?, &Proc);
                 let now_ns = monotonic_ns();
                 pipeline.settle(now_ns, &Proc);
-                note_in_flight(&probe, &mut pipeline, now_ns)?;
+                let calls_off_cpu = note_in_flight(&probe, &mut pipeline, now_ns)?;
                 let table = pipeline.close_interval(&Proc);
-                let span = measure(&probe, &pipeline, now_ns - start_ns, now_ns - last_ns)?;
+                let span = measure(&probe, &pipeline, now_ns - start_ns, now_ns - last_ns, calls_off_cpu)?;
                 last_ns = now_ns;
                 let interval = Interval {
                     table: &table,
@@ -241,8 +241,8 @@ pub async fn run(
     pipeline.add_lost_calls(&probe.take_lost_calls(true)?, &Proc);
     let now_ns = monotonic_ns();
     pipeline.settle(now_ns, &Proc);
-    note_in_flight(&probe, &mut pipeline, now_ns)?;
-    let span = measure(&probe, &pipeline, now_ns - start_ns, now_ns - start_ns)?;
+    let calls_off_cpu = note_in_flight(&probe, &mut pipeline, now_ns)?;
+    let span = measure(&probe, &pipeline, now_ns - start_ns, now_ns - start_ns, calls_off_cpu)?;
     pipeline.close_interval(&Proc);
     let mut summary = Report::new(Kind::Summary, pipeline.total(), span, None);
     if let Some(goroutines) = pipeline.goroutines() {
@@ -263,15 +263,21 @@ fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, outputs: &mut Out
 }
 
 /// Gives the pipeline the syscalls in progress at `now_ns`, for the
-/// interval about to close.
-fn note_in_flight(probe: &Probe, pipeline: &mut Pipeline, now_ns: u64) -> Result<()> {
+/// interval about to close; returns the entries of the map of parked calls.
+fn note_in_flight(probe: &Probe, pipeline: &mut Pipeline, now_ns: u64) -> Result<usize> {
     let calls = probe.calls_in_flight()?;
     pipeline.note_in_flight(&calls.on_cpu, &calls.parked, now_ns, &Proc);
-    Ok(())
+    Ok(calls.parked_entries)
 }
 
 /// What a report says beside its table: times, losses, probe's footprint.
-fn measure(probe: &Probe, pipeline: &Pipeline, elapsed_ns: u64, span_ns: u64) -> Result<Span> {
+fn measure(
+    probe: &Probe,
+    pipeline: &Pipeline,
+    elapsed_ns: u64,
+    span_ns: u64,
+    calls_off_cpu: usize,
+) -> Result<Span> {
     let drops = probe.drops()?;
     let lost = Losses {
         ring_buffer: drops.ring_buffer,
@@ -280,7 +286,7 @@ fn measure(probe: &Probe, pipeline: &Pipeline, elapsed_ns: u64, span_ns: u64) ->
         io_uring_full: drops.io_uring_full,
         undecodable: pipeline.undecodable(),
     };
-    let (calls_off_cpu, lost_call_keys) = probe.map_entries();
+    let lost_call_keys = probe.lost_call_keys();
     Ok(Span {
         elapsed_ns,
         span_ns,
