@@ -285,9 +285,7 @@ impl Probe {
             .map_max_entries(map::EVENTS, ring_bytes)
             .map_max_entries(map::TRACED, procfs::pid_max()?)
             .load(OBJECT)
-            .context(
-                "cannot load probe's BPF programs (they need Linux 5.18 or later, with BPF ring buffers)",
-            )?;
+            .map_err(|err| load_error(err.into()))?;
 
         let logs = match with_logs {
             true => {
@@ -661,6 +659,20 @@ where
 {
     let map = ebpf.take_map(name).with_context(|| format!("the BPF object lacks the map {name}"))?;
     M::try_from(map).with_context(|| format!("the map {name} has an unexpected type"))
+}
+
+/// Says what a failed load most likely needs: descriptors and memory are
+/// the user's to give; otherwise the kernel is too old for the programs.
+fn load_error(err: anyhow::Error) -> anyhow::Error {
+    let errno = err.chain().find_map(|cause| cause.downcast_ref::<io::Error>()?.raw_os_error());
+    let hint = match errno {
+        Some(libc::EMFILE | libc::ENFILE) => "too few file descriptors: raise `ulimit -n` to a few hundred",
+        Some(libc::ENOMEM) => {
+            "the kernel refused memory for its maps: lower --buffer-size, or raise `ulimit -l`"
+        }
+        _ => "they need Linux 5.18 or later, with BPF ring buffers",
+    };
+    err.context(format!("cannot load probe's BPF programs ({hint})"))
 }
 
 /// Fails early, with what to do, when the capabilities are missing: the

@@ -284,6 +284,16 @@ fn a_command_gets_default_signals_so_pipelines_end() {
 }
 
 #[test]
+fn too_few_descriptors_are_named_as_such() {
+    let output =
+        Command::new("prlimit").args(["--nofile=16:16"]).arg(PROBE).args(["-d", "1s"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("too few file descriptors") && !stderr.contains("5.18"), "{stderr}");
+}
+
+#[test]
 fn a_planted_symlink_is_not_followed() {
     // A link that user nobody put in /tmp, to a file only root may write.
     let target = std::env::temp_dir().join(format!("probe-precious-{}", std::process::id()));
