@@ -182,7 +182,12 @@ fn run(args: Args) -> Result<i32> {
     }
     let metrics = match endpoint {
         Some(endpoint) => {
-            let limits = Limits { threads: args.prometheus_threads, grace: args.prometheus_grace };
+            let limits = Limits {
+                processes: args.prometheus_processes,
+                by_pid: args.prometheus_pids,
+                threads: args.prometheus_threads,
+                grace: args.prometheus_grace,
+            };
             let store = Arc::new(Mutex::new(Store::new(limits)));
             Some((endpoint, store))
         }

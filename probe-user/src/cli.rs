@@ -102,6 +102,18 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 0, requires = "prometheus")]
     pub prometheus_threads: usize,
 
+    /// With --prometheus: processes (by name, or by PID with
+    /// --prometheus-pids) with series of their own; the rest are added up
+    /// under comm="other".
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = parse_top, requires = "prometheus")]
+    pub prometheus_processes: usize,
+
+    /// With --prometheus: a series per process ID (labels pid and comm)
+    /// instead of per process name (comm): a host that starts processes by
+    /// the thousand then has as many series, up to --prometheus-processes.
+    #[arg(long, requires = "prometheus")]
+    pub prometheus_pids: bool,
+
     /// With --prometheus: how long the series of a process or thread stay
     /// after it is gone (a thread's also after it went quiet).
     #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_interval, requires = "prometheus")]

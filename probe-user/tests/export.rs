@@ -93,7 +93,7 @@ fn run_workload(args: &[&str]) -> Workload {
 #[test]
 fn prometheus_counters_are_exact_and_histograms_agree() {
     let port = free_port();
-    let _probe = serve(port, &["-e", "getppid", "--prometheus-threads", "100"]);
+    let _probe = serve(port, &["-e", "getppid", "--prometheus-threads", "100", "--prometheus-pids"]);
     let run = run_workload(&["--getppid", "1000,2500,4000"]);
     let pid = run.pid.to_string();
     let total: u64 = run.threads.iter().map(|t| t.calls).sum();
@@ -133,8 +133,18 @@ fn prometheus_counters_are_exact_and_histograms_agree() {
 fn thread_series_stay_under_the_cap_and_go_after_their_threads() {
     let port = free_port();
     let cap = 50;
-    let _probe =
-        serve(port, &["-e", "getppid", "--prometheus-threads", &cap.to_string(), "--prometheus-grace", "3s"]);
+    let _probe = serve(
+        port,
+        &[
+            "-e",
+            "getppid",
+            "--prometheus-threads",
+            &cap.to_string(),
+            "--prometheus-grace",
+            "3s",
+            "--prometheus-pids",
+        ],
+    );
     let run = run_workload(&["--threads", "2000"]);
     let pid = run.pid.to_string();
     let of_workload = [("pid", pid.as_str())];
@@ -156,6 +166,34 @@ fn thread_series_stay_under_the_cap_and_go_after_their_threads() {
 
 /// Runs probe on the workload in COMMAND mode with `--trace`, and returns
 /// the timeline, probe's stderr and the workload's account.
+#[test]
+fn a_fork_storm_keeps_the_scrape_small() {
+    // 2,000 short processes of one name, and a few of others: by default a
+    // series per name, at most --prometheus-processes of them.
+    let port = free_port();
+    let _probe = serve(port, &["--prometheus-processes", "5", "--prometheus-grace", "1h"]);
+    let storm = "i=0; while [ $i -lt 2000 ]; do /bin/true; i=$((i+1)); done; /bin/echo >/dev/null; /bin/ls >/dev/null";
+    assert!(Command::new("sh").args(["-c", storm]).status().unwrap().success());
+    let done = |samples: &[Sample]| {
+        let exits = find(samples, "probe_syscalls_total", &[("comm", "true"), ("syscall", "exit_group")]);
+        exits.first().is_some_and(|sample| value(sample) == 2000.0)
+    };
+    let samples = scrape_until(port, "2000 exit_group of comm=true", done);
+    // Every process of a name is one series, and no pid label.
+    assert!(samples.iter().all(|sample| sample.labels.get("pid").is_none()), "pid labels by default");
+    let names: std::collections::BTreeSet<String> =
+        samples.iter().filter_map(|sample| sample.labels.get("comm").map(|comm| comm.to_string())).collect();
+    assert!(names.len() <= 5 + 1, "{names:?}");
+    // The whole scrape stays small however many processes came and went.
+    let body = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert!(body.len() < 512 * 1024, "{} bytes", body.len());
+}
+
 fn timeline(name: &str, args: &[&str], workload_args: &[&str]) -> (Json, String, Workload) {
     let path = report_path(&format!("{name}-timeline"));
     let path_arg = path.to_str().unwrap();

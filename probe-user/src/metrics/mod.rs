@@ -33,12 +33,17 @@ const BUCKETS: [f64; 22] = [
 ];
 
 /// Series of threads beyond the `--prometheus-threads` cap are added up
-/// under this `tid` label, per process.
+/// under this `tid` label, per process; processes beyond
+/// `--prometheus-processes`, under this `comm`.
 const OTHER: &str = "other";
 
 /// What the export keeps.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
+    /// Process series of their own; the rest go into comm="other".
+    pub processes: usize,
+    /// Process series per PID (labels pid, comm) rather than per name.
+    pub by_pid: bool,
     /// Threads with series of their own; 0: per-process series only.
     pub threads: usize,
     /// How long the series of a process or thread stay after it is gone
@@ -129,10 +134,22 @@ struct ProbeTotals {
 #[derive(Debug)]
 pub struct Store {
     limits: Limits,
-    processes: FxHashMap<u32, Series>,
+    processes: FxHashMap<ProcessKey, Series>,
+    /// Each process's name (its main thread's), as last seen, for the
+    /// processes of the interval at hand.
+    names: FxHashMap<u32, String>,
     threads: FxHashMap<ThreadKey, Series>,
     others: FxHashMap<u32, Series>,
     totals: ProbeTotals,
+}
+
+/// Whose a process series is: one process, all the processes of a name,
+/// or those beyond `Limits::processes`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum ProcessKey {
+    Pid(u32),
+    Name(String),
+    Other,
 }
 
 /// Where a thread's counts go.
@@ -147,6 +164,7 @@ impl Store {
         Self {
             limits,
             processes: FxHashMap::default(),
+            names: FxHashMap::default(),
             threads: FxHashMap::default(),
             others: FxHashMap::default(),
             totals: ProbeTotals::default(),
@@ -164,12 +182,23 @@ impl Store {
         alive: impl Fn(u32, Option<u32>) -> bool,
     ) {
         self.totals = totals;
+        // A process is named after its main thread, else any of its own.
+        self.names.clear();
+        let comms = table.iter().map(|(key, thread)| (key.pid, key.tid, &thread.comm));
+        let in_flight = table.in_flight().iter().map(|(key, call)| (key.pid, key.tid, &call.comm));
+        for (pid, tid, comm) in comms.chain(in_flight) {
+            if !comm.is_empty() && (tid == pid || !self.names.contains_key(&pid)) {
+                self.names.insert(pid, comm.clone());
+            }
+        }
         for (key, thread) in table.iter() {
-            let process = self.processes.entry(key.pid).or_insert_with(|| Series::new(now));
+            let process_key = self.process_key(key.pid);
+            let name = self.names.get(&key.pid).cloned().unwrap_or_default();
+            let process = self.processes.entry(process_key).or_insert_with(|| Series::new(now));
             process.add(thread, now);
             process.gone_since = None;
-            if key.tid == key.pid || process.comm.is_empty() {
-                process.comm.clone_from(&thread.comm);
+            if !name.is_empty() {
+                process.comm = name;
             }
             let slot = match self.limits.threads {
                 0 => Slot::Nowhere,
@@ -195,16 +224,26 @@ impl Store {
             series.oldest_in_flight_ns = 0;
         }
         for (key, call) in table.in_flight() {
-            let process = self.processes.entry(key.pid).or_insert_with(|| Series::new(now));
+            let process_key = self.process_key(key.pid);
+            let name = self.names.get(&key.pid).cloned().unwrap_or_default();
+            let process = self.processes.entry(process_key).or_insert_with(|| Series::new(now));
             process.gone_since = None;
-            if process.comm.is_empty() || (key.tid == key.pid && !call.comm.is_empty()) {
-                process.comm.clone_from(&call.comm);
+            // A process stuck in calls is not quiet.
+            process.last_active = now;
+            if !name.is_empty() {
+                process.comm = name;
             }
             process.oldest_in_flight_ns = process.oldest_in_flight_ns.max(call.age_ns);
         }
         let grace = self.limits.grace;
-        for (&pid, series) in &mut self.processes {
-            if series.last_active != now && series.gone_since.is_none() && !alive(pid, None) {
+        for (key, series) in &mut self.processes {
+            // A process series goes when its process does; a name's (and
+            // the rest's) when no process of it did anything for a while.
+            let gone = match key {
+                ProcessKey::Pid(pid) => !alive(*pid, None),
+                ProcessKey::Name(_) | ProcessKey::Other => now.duration_since(series.last_active) > grace,
+            };
+            if series.last_active != now && series.gone_since.is_none() && gone {
                 series.gone_since = Some(now);
             }
         }
@@ -218,7 +257,25 @@ impl Store {
         self.threads
             .retain(|_, series| !series.expired(now, grace, false) && !series.expired(now, grace, true));
         let processes = &self.processes;
-        self.others.retain(|pid, _| processes.contains_key(pid));
+        let by_pid = self.limits.by_pid;
+        // Threads beyond the cap are per process ID, whatever the processes'.
+        self.others.retain(|pid, series| match by_pid {
+            true => processes.contains_key(&ProcessKey::Pid(*pid)),
+            false => !series.expired(now, grace, true),
+        });
+    }
+
+    /// The series process `pid`'s counts go to: its own, its name's, or,
+    /// beyond the cap of new series, the rest's.
+    fn process_key(&self, pid: u32) -> ProcessKey {
+        let key = match self.limits.by_pid {
+            true => ProcessKey::Pid(pid),
+            false => ProcessKey::Name(self.names.get(&pid).cloned().unwrap_or_default()),
+        };
+        match self.processes.contains_key(&key) || self.processes.len() < self.limits.processes {
+            true => key,
+            false => ProcessKey::Other,
+        }
     }
 
     /// Processes with series.
@@ -265,7 +322,14 @@ impl Collector for Metrics {
         let processes: Vec<(Labels, &Series)> = store
             .processes
             .iter()
-            .map(|(pid, series)| (vec![("pid", pid.to_string()), ("comm", series.comm.clone())], series))
+            .map(|(key, series)| {
+                let labels = match key {
+                    ProcessKey::Pid(pid) => vec![("pid", pid.to_string()), ("comm", series.comm.clone())],
+                    ProcessKey::Name(name) => vec![("comm", name.clone())],
+                    ProcessKey::Other => vec![("comm", OTHER.to_owned())],
+                };
+                (labels, series)
+            })
             .collect();
         encode_series(&mut encoder, "probe", &processes)?;
         family(
@@ -501,7 +565,7 @@ mod tests {
 
     #[test]
     fn a_process_stuck_in_calls_has_its_oldest_as_a_gauge_until_it_is_gone() {
-        let limits = Limits { threads: 0, grace: Duration::ZERO };
+        let limits = Limits { processes: 100, by_pid: true, threads: 0, grace: Duration::ZERO };
         let store = Arc::new(Mutex::new(Store::new(limits)));
         // No records at all: its threads are all blocked.
         let mut table = Table::default();
