@@ -140,14 +140,15 @@ fn short_lived_children_are_seen_to_their_last_switch() {
             child.migrations
         );
         // It ran for its CPU time and its exit, not until its parent reaped
-        // it 50 ms later.
+        // it 50 ms later (the exit, and time the hypervisor stole, which
+        // probe counts and the kernel's CPU time does not, once took 4 ms).
         let on_cpu = field(sched, "on_cpu_ns");
         assert!(
             on_cpu as f64 >= 0.9 * child.cpu_ns as f64,
             "{on_cpu} ns on-CPU of {} ns: {sched}",
             child.cpu_ns
         );
-        assert!(on_cpu <= child.cpu_ns + 1_000_000, "{on_cpu} ns on-CPU of {} ns: {sched}", child.cpu_ns);
+        assert!(on_cpu <= child.cpu_ns + 10_000_000, "{on_cpu} ns on-CPU of {} ns: {sched}", child.cpu_ns);
     }
 }
 
