@@ -272,14 +272,15 @@ fn switches_and_migrations_equal_the_kernels_own_counts() {
         }
         // Where its time went, against the kernel's run and wait times
         // (the run-queue share differs for threads that run briefly and
-        // often: see the README; the sum does not). Not for the thread that
+        // often: see the README; the sum does not, beyond a few ms of
+        // the VM's steal on a thread's few ms of waits). Not for the thread that
         // moves itself between CPUs: once in a CI run the kernel counted
         // 25 ms of run delay where probe saw 15 ms of waits, cause not
         // found (README, "Scheduler view").
         let (on_cpu, runq) = (field(sched, "on_cpu_ns") as f64, field(sched, "runq_wait_ns") as f64);
         let kernel = (thread.run_ns + thread.wait_ns) as f64;
         assert!(
-            what == "affinity" || (on_cpu + runq - kernel).abs() <= 0.05 * kernel + 1e6,
+            what == "affinity" || (on_cpu + runq - kernel).abs() <= 0.05 * kernel + 5e6,
             "{what}: on-CPU + run queue {} ms, kernel {} ms: {sched}",
             (on_cpu + runq) / 1e6,
             kernel / 1e6
