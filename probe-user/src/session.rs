@@ -172,11 +172,7 @@ pub async fn run(
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                drain(events.get_mut(), &mut pipeline, &mut outputs);
-                pipeline.add_lost_calls(&probe.take_lost_calls(false)?, &Proc);
-                let now_ns = monotonic_ns();
-                pipeline.settle(now_ns, &Proc);
-                let calls_off_cpu = note_in_flight(&probe, &mut pipeline, now_ns)?;
+                let (now_ns, calls_off_cpu) = settle(&mut probe, events.get_mut(), &mut pipeline, &mut outputs, false)?;
                 let table = pipeline.close_interval(&Proc);
                 let span = measure(&probe, &pipeline, now_ns - start_ns, now_ns - last_ns, calls_off_cpu)?;
                 last_ns = now_ns;
@@ -237,11 +233,7 @@ pub async fn run(
     };
 
     // Every record of the finished trace is already in the ring buffer.
-    drain(events.get_mut(), &mut pipeline, &mut outputs);
-    pipeline.add_lost_calls(&probe.take_lost_calls(true)?, &Proc);
-    let now_ns = monotonic_ns();
-    pipeline.settle(now_ns, &Proc);
-    let calls_off_cpu = note_in_flight(&probe, &mut pipeline, now_ns)?;
+    let (now_ns, calls_off_cpu) = settle(&mut probe, events.get_mut(), &mut pipeline, &mut outputs, true)?;
     let span = measure(&probe, &pipeline, now_ns - start_ns, now_ns - start_ns, calls_off_cpu)?;
     pipeline.close_interval(&Proc);
     let mut summary = Report::new(Kind::Summary, pipeline.total(), span, None);
@@ -260,6 +252,27 @@ fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, outputs: &mut Out
             outputs.record(&record);
         }
     }
+}
+
+/// Brings the pipeline up to now, for an interval (or, with `last`, the
+/// trace) about to close; returns that time and the entries of the map of
+/// parked calls. The clock is read before the ring buffer is drained: read
+/// after, a switch recorded in between (a drain or a lost-call read can be
+/// preempted for milliseconds) would leave the time from the switch to the
+/// clock counted twice: on the CPU, and off it.
+fn settle(
+    probe: &mut Probe,
+    ring: &mut RingBuf<MapData>,
+    pipeline: &mut Pipeline,
+    outputs: &mut Outputs,
+    last: bool,
+) -> Result<(u64, usize)> {
+    let now_ns = monotonic_ns();
+    drain(ring, pipeline, outputs);
+    pipeline.add_lost_calls(&probe.take_lost_calls(last)?, &Proc);
+    pipeline.settle(now_ns, &Proc);
+    let calls_off_cpu = note_in_flight(probe, pipeline, now_ns)?;
+    Ok((now_ns, calls_off_cpu))
 }
 
 /// Gives the pipeline the syscalls in progress at `now_ns`, for the

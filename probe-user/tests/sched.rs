@@ -120,6 +120,7 @@ fn short_lived_children_are_seen_to_their_last_switch() {
     assert_eq!(trace.summary["lost_events"], 0);
     let children: Vec<_> = workload.doing("child").collect();
     assert_eq!(children.len() as u64, CHILDREN);
+    let mut sampled = 0;
     for child in children {
         let sched = sched(&trace, child.tid);
         // The kernel's counts, read by the child as its last act; then it
@@ -143,13 +144,24 @@ fn short_lived_children_are_seen_to_their_last_switch() {
         // it 50 ms later (the exit, and time the hypervisor stole, which
         // probe counts and the kernel's CPU time does not, once took 4 ms).
         let on_cpu = field(sched, "on_cpu_ns");
+        assert!(on_cpu <= child.cpu_ns + 10_000_000, "{on_cpu} ns on-CPU of {} ns: {sched}", child.cpu_ns);
+        // A run whose switch-in the kernel never reported (see README) has
+        // no start: such a child says its times are a sample.
+        if sched["sampled"] == true {
+            sampled += 1;
+            continue;
+        }
+        // The kernel's CPU clock of a new child may include part of its
+        // first wait for a CPU (up to 0.4 ms of 2 ms seen here, beside
+        // `sched_switch` as bpftrace saw it too), which probe counts as that.
+        let runq = field(sched, "runq_wait_ns");
         assert!(
-            on_cpu as f64 >= 0.9 * child.cpu_ns as f64,
-            "{on_cpu} ns on-CPU of {} ns: {sched}",
+            (on_cpu + runq) as f64 >= 0.95 * child.cpu_ns as f64,
+            "{on_cpu} ns on-CPU and {runq} ns waiting of {} ns: {sched}",
             child.cpu_ns
         );
-        assert!(on_cpu <= child.cpu_ns + 10_000_000, "{on_cpu} ns on-CPU of {} ns: {sched}", child.cpu_ns);
     }
+    assert!(sampled <= CHILDREN / 4, "{sampled} children have sampled times");
 }
 
 #[test]
@@ -259,6 +271,7 @@ fn switches_and_migrations_equal_the_kernels_own_counts() {
     );
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(trace.summary["lost_events"], 0);
+    let mut sampled = 0;
     for thread in &workload.threads {
         let sched = sched(&trace, thread.tid);
         let what = &thread.syscall;
@@ -267,8 +280,9 @@ fn switches_and_migrations_equal_the_kernels_own_counts() {
             ("involuntary_switches", thread.involuntary),
             ("migrations", thread.migrations),
         ] {
+            // The switches of its exit come after (a sleeper's once took 4).
             let seen = field(sched, name);
-            assert!((kernel..=kernel + 3).contains(&seen), "{what}: {name} {seen}, kernel {kernel}: {sched}");
+            assert!((kernel..=kernel + 5).contains(&seen), "{what}: {name} {seen}, kernel {kernel}: {sched}");
         }
         // Where its time went, against the kernel's run and wait times
         // (the run-queue share differs for threads that run briefly and
@@ -277,6 +291,12 @@ fn switches_and_migrations_equal_the_kernels_own_counts() {
         // moves itself between CPUs: once in a CI run the kernel counted
         // 25 ms of run delay where probe saw 15 ms of waits, cause not
         // found (README, "Scheduler view").
+        // A thread a switch-in of which the kernel never reported says its
+        // times are a sample (README): only its counts hold then.
+        if sched["sampled"] == true {
+            sampled += 1;
+            continue;
+        }
         let (on_cpu, runq) = (field(sched, "on_cpu_ns") as f64, field(sched, "runq_wait_ns") as f64);
         let kernel = (thread.run_ns + thread.wait_ns) as f64;
         assert!(
@@ -289,4 +309,7 @@ fn switches_and_migrations_equal_the_kernels_own_counts() {
             assert!((on_cpu - thread.cpu_ns as f64).abs() <= 0.1 * thread.cpu_ns as f64, "{sched}");
         }
     }
+    // Spinners share their CPUs with that thread most: one or two of them
+    // are often marked, the others not.
+    assert!(sampled < workload.threads.len(), "every thread's times are a sample");
 }

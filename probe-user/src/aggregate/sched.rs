@@ -49,8 +49,10 @@ pub struct SchedStats {
     /// Run-queue waits, ready to running.
     pub runq: Latencies,
     /// Scheduler records of the thread that the full ring buffer dropped
-    /// (counted in the kernel): the switch counts above still hold them,
-    /// but its times are a sample, not exact, when this is not 0.
+    /// (counted in the kernel), and switches onto a CPU the kernel never
+    /// reported (a switch-out after a switch-out): the switch counts above
+    /// still hold them, but its times are a sample, not exact, when this is
+    /// not 0.
     pub lost_records: u64,
 }
 
@@ -156,9 +158,17 @@ impl SchedTracker {
                 } else {
                     stats.involuntary += 1;
                 }
-                // A run that began before probe attached has no known start.
-                if let Some((since, cpu)) = state.running.take() {
-                    stats.run(cpu, ts.saturating_sub(since));
+                match state.running.take() {
+                    Some((since, cpu)) => stats.run(cpu, ts.saturating_sub(since)),
+                    // It left a CPU it was last seen leaving: the switch
+                    // that put it back never came. Not a dropped record: the
+                    // kernel did not fire `sched_switch` at all (seen on
+                    // this VM whenever the CPU was taken from one thread of
+                    // the hypervisor's agent, for every tracer, ftrace too).
+                    // The run's start is unknown, so its times are a sample.
+                    None if state.off.is_some() => stats.lost_records += 1,
+                    // A run that began before probe attached has no known start.
+                    None => {}
                 }
                 // The kernel counts the moves: none is missed for a lost
                 // record, and those before attach are not probe's to count.
@@ -420,6 +430,21 @@ mod tests {
         assert_eq!((stats.on_cpu_ns, stats.runq_wait_ns, stats.pairs.len()), (0, 30, 1));
         let stats = replay(&[ev(SwitchIn, 1, 80, 0)]);
         assert_eq!((stats.on_cpu_ns, stats.runq_wait_ns, stats.pairs.len(), stats.runq.len()), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn a_run_whose_start_never_came_marks_the_times_a_sample() {
+        use EventKind::*;
+        // Preempted at 100, back on the CPU unseen, exits at 300.
+        let stats = replay(&[
+            ev(SwitchIn, 0, 10, 0),
+            ev(SwitchOut, 0, 100, 0),
+            ev(SwitchOut, 0, 300, SWITCH_VOLUNTARY | SWITCH_EXITED),
+        ]);
+        assert_eq!((stats.on_cpu_ns, stats.involuntary, stats.voluntary), (90, 1, 1));
+        assert_eq!(stats.lost_records, 1);
+        // A thread first seen leaving (running since before attach) is not one.
+        assert_eq!(replay(&[ev(SwitchOut, 0, 50, 0), ev(SwitchIn, 1, 80, 0)]).lost_records, 0);
     }
 
     #[test]

@@ -294,7 +294,7 @@ fn write_sched(out: &mut dyn Write, sched: &SchedReport) -> io::Result<()> {
         write!(out, ", last cpu {cpu}")?;
     }
     if sched.sampled {
-        write!(out, " (times and migrations sampled: {} records lost)", sched.lost_records)?;
+        write!(out, " (times and migrations sampled: {} records lost or never sent)", sched.lost_records)?;
     }
     writeln!(out)
 }
