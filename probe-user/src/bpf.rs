@@ -670,6 +670,12 @@ fn load_error(err: anyhow::Error) -> anyhow::Error {
         Some(libc::ENOMEM) => {
             "the kernel refused memory for its maps: lower --buffer-size, or raise `ulimit -l`"
         }
+        // The capabilities are there (checked first), so they count for
+        // nothing here: a user namespace, or a security module's policy.
+        Some(libc::EPERM) => {
+            "the kernel refused: CAP_BPF and CAP_PERFMON count only in the host's user namespace, \
+             not a container's, and a security module may forbid BPF"
+        }
         _ => "they need Linux 5.18 or later, with BPF ring buffers",
     };
     err.context(format!("cannot load probe's BPF programs ({hint})"))

@@ -10,7 +10,8 @@
 //! the [`output`]s: the text or JSON [`report`] stream, the live view
 //! ([`tui`]), the Prometheus endpoint ([`metrics`]) and the Perfetto
 //! [`timeline`]. Only [`procfs`] reads `/proc`; the tables ask it through
-//! [`aggregate::World`].
+//! [`aggregate::World`]. The binary allocates through [`memory`], which
+//! turns running out of memory into one line.
 
 mod aggregate;
 pub mod app;
@@ -20,6 +21,7 @@ mod cli;
 mod clock;
 mod escape;
 mod golang;
+pub mod memory;
 mod metrics;
 mod output;
 mod pipeline;

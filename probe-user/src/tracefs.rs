@@ -12,8 +12,14 @@ use anyhow::{bail, Context, Result};
 /// is not (it is not at boot on some systems); says so on stderr.
 pub fn mount_point() -> Result<PathBuf> {
     for path in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
-        if Path::new(path).join("events").is_dir() {
-            return Ok(PathBuf::from(path));
+        match fs::metadata(Path::new(path).join("events")) {
+            Ok(events) if events.is_dir() => return Ok(PathBuf::from(path)),
+            // There but unreadable (a security module, a container's
+            // mount): mounting again would only fail, and say the wrong thing.
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                bail!("tracefs at {path} cannot be read: {err}")
+            }
+            _ => {}
         }
     }
     // SAFETY: NUL-terminated static strings; no data.

@@ -199,6 +199,34 @@ fn without_privileges_probe_says_what_it_needs() {
     );
 }
 
+#[test]
+fn an_unreadable_tracefs_is_named_as_such_and_costs_only_io_uring() {
+    // A user with CAP_BPF and CAP_PERFMON but not root: tracefs (mode 0700)
+    // is mounted, and closed to it.
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["--inh-caps=+bpf,+perfmon", "--ambient-caps=+bpf,+perfmon", "--"])
+        .arg(PROBE)
+        .args(["--no-tui", "--", "true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(first.contains("io_uring requests are not followed"), "{stderr}");
+    assert!(first.contains("cannot be read") && !first.contains("not mounted"), "{stderr}");
+}
+
+#[test]
+fn capabilities_of_a_user_namespace_are_named_as_not_enough() {
+    // Root of its own user namespace: every capability, none of them for BPF.
+    let output = Command::new("unshare").args(["-U", "-r"]).arg(PROBE).args(["--", "true"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("host's user namespace") && !stderr.contains("5.18"), "{stderr}");
+}
+
 /// 30 s of threads and processes that start, make a few calls and die, beside
 /// a storm of known size, into a tiny ring buffer: the storm's count stays
 /// exact, losses are reported, and probe's memory and maps stay flat.
@@ -291,6 +319,17 @@ fn too_few_descriptors_are_named_as_such() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("too few file descriptors") && !stderr.contains("5.18"), "{stderr}");
+}
+
+#[test]
+fn a_tight_address_space_limit_is_named_as_such() {
+    // 30 MB: less than probe needs to read the kernel's BTF.
+    let output =
+        Command::new("prlimit").args(["--as=30000000"]).arg(PROBE).args(["--", "true"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("out of memory") && stderr.contains("ulimit -v"), "{stderr}");
 }
 
 #[test]

@@ -36,6 +36,15 @@ impl Tmux {
         self.capture(&["-S", "-"])
     }
 
+    /// The pane's title, which an OSC 0 sequence written to it would set.
+    fn title(&self) -> String {
+        let output = Command::new("tmux")
+            .args(["display-message", "-p", "-t", &self.name, "#{pane_title}"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
     fn capture(&self, options: &[&str]) -> String {
         let output = Command::new("tmux")
             .args(["capture-pane", "-p", "-t", &self.name])
@@ -121,4 +130,28 @@ fn the_live_view_shows_sorts_and_quits_to_the_summary() {
     assert!(history.contains("probe summary:"), "{history}");
     assert!(screen.contains("probe-exit=0"), "{screen}");
     assert!(!screen.contains("PID/TID "), "the live view is gone: {screen}");
+}
+
+#[test]
+fn a_hostile_thread_name_is_shown_not_obeyed() {
+    // The COMMAND runs under a name that sets the terminal's title, then
+    // clears the screen: as its comm, it reaches every row of the view.
+    let dir = std::env::temp_dir().join(format!("probe-test-hostile-tui-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let name = "\x1b]0;owned\x07\x1b[2J";
+    let link = dir.join(name);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(workload(), &link).unwrap();
+    let command = format!("{PROBE} -i 300ms -- '{}' --getppid 1000000000; sleep 60", link.display());
+    let tmux = Tmux::start(120, 30, &command);
+    let screen = tmux
+        .wait_for(Duration::from_secs(10), "the renamed thread's row", |screen| screen.contains("getppid"));
+    assert!(screen.contains("\\x1b]0;owned\\x07\\x1b[2J"), "the name is not shown escaped: {screen}");
+    assert!(screen.lines().next().unwrap().starts_with("probe · "), "the screen was cleared: {screen}");
+    assert_ne!(tmux.title(), "owned", "the name set the terminal's title");
+    // With the attributes tmux keeps: no escape of the name's own either.
+    let raw = tmux.capture(&["-e"]);
+    assert!(!raw.contains("\x1b]") && !raw.contains("\x1b[2J"), "{raw:?}");
+    tmux.keys(&["q"]);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
