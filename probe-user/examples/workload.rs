@@ -6,7 +6,7 @@
 //! end one JSON line on stdout says which thread did what:
 //!
 //! ```text
-//! workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--enoent N]
+//! workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--sleeps MS,MS,...] [--enoent N]
 //!          [--affinity MOVES] [--spin MS,MS,...] [--fork N] [--threads N] [--churn SECONDS] [--io-uring NOPS,READS,ASYNC_READS] [--zero-read COUNTxMIB]
 //!          [--mixed ROUNDS,ROUNDS,...] [--pingpong ROUNDS] [--children COUNTxMICROSECONDS] [--block-read SECONDS] [--ready-when-blocked] [--exit CODE]
 //! ```
@@ -253,6 +253,29 @@ fn sleeps(calls: u64, each: Duration) -> Done {
     }
     SPANS.lock().unwrap().push((tid, start, monotonic_ns()));
     Done { tid, activity: "clock_nanosleep", calls }
+}
+
+/// Sleeps once for each of `each` in turn (`clock_nanosleep`): calls of
+/// known, different lengths, for the slowest ones.
+fn listed_sleeps(each: Vec<u64>) -> Done {
+    for &ms in &each {
+        let request = libc::timespec {
+            tv_sec: (ms / 1000) as libc::time_t,
+            tv_nsec: (ms % 1000 * 1_000_000) as libc::c_long,
+        };
+        // SAFETY: a relative sleep on CLOCK_MONOTONIC with a valid timespec.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_clock_nanosleep,
+                libc::CLOCK_MONOTONIC,
+                0,
+                &request as *const libc::timespec,
+                std::ptr::null_mut::<libc::timespec>(),
+            )
+        };
+        assert_eq!(ret, 0, "clock_nanosleep failed");
+    }
+    Done { tid: gettid(), activity: "sleeps", calls: each.len() as u64 }
 }
 
 /// Forks a child process that makes `calls` getppid calls and exits; the
@@ -550,7 +573,7 @@ fn wait_for_sigusr1() {
 fn usage(problem: &str) -> ! {
     eprintln!("workload: {problem}");
     eprintln!(
-        "usage: workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--enoent N] [--affinity MOVES] [--spin MS,MS,...] [--fork N] [--threads N] [--churn SECONDS] [--io-uring NOPS,READS,ASYNC_READS] [--zero-read COUNTxMIB] [--mixed ROUNDS,...] [--pingpong ROUNDS] [--children COUNTxMICROSECONDS] [--block-read SECONDS] [--ready-when-blocked] [--exit CODE]"
+        "usage: workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--sleeps MS,MS,...] [--enoent N] [--affinity MOVES] [--spin MS,MS,...] [--fork N] [--threads N] [--churn SECONDS] [--io-uring NOPS,READS,ASYNC_READS] [--zero-read COUNTxMIB] [--mixed ROUNDS,...] [--pingpong ROUNDS] [--children COUNTxMICROSECONDS] [--block-read SECONDS] [--ready-when-blocked] [--exit CODE]"
     );
     exit(2)
 }
@@ -587,6 +610,10 @@ fn main() {
                 let (count, each) = (number(count), Duration::from_millis(number(ms)));
                 blocking += 1;
                 jobs.push(Box::new(move || sleeps(count, each)));
+            }
+            "--sleeps" => {
+                let each: Vec<u64> = value().split(',').map(number).collect();
+                jobs.push(Box::new(move || listed_sleeps(each)));
             }
             "--enoent" => {
                 let calls = number(&value());

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use probe_common::COMPAT_NR;
+use probe_common::{COMPAT_NR, MAX_ERRNO};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 use syscalls::{Errno, Sysno};
@@ -12,6 +12,7 @@ use syscalls::{Errno, Sysno};
 use crate::aggregate::{
     in_flight::{CallInFlight, ThreadState},
     sched::SchedStats,
+    slowest::SlowCall,
     SyscallStats, Table, ThreadKey, ThreadStats,
 };
 
@@ -314,6 +315,25 @@ pub struct SyscallReport {
     /// The time they took at least, summed (from when each last blocked
     /// before attach, else from the attach).
     pub unfinished_at_attach_ns: u64,
+    /// The slowest calls of the span (at most 3), slowest first: the calls
+    /// behind the tail quantiles.
+    pub slowest: Vec<SlowCallReport>,
+}
+
+/// One of a syscall's slowest calls.
+#[derive(Clone, Debug, Serialize)]
+pub struct SlowCallReport {
+    pub duration_ns: u64,
+    /// When it began (`CLOCK_MONOTONIC`, like the timeline's and the calls
+    /// in flight's).
+    pub started_ns: u64,
+    /// Its return value, and the errno's name when it failed.
+    pub ret: i64,
+    pub errno: Option<String>,
+    /// Where its time went; `null` without scheduler events.
+    pub on_cpu_ns: Option<u64>,
+    pub blocked_ns: Option<u64>,
+    pub runq_ns: Option<u64>,
 }
 
 /// Context of a report that the table does not hold.
@@ -481,6 +501,24 @@ fn syscall_report(nr: u32, stats: &SyscallStats) -> SyscallReport {
         runq_ns: split.map(|(_, _, runq)| runq),
         unfinished_at_attach: stats.unfinished_at_attach,
         unfinished_at_attach_ns: stats.unfinished_at_attach_ns,
+        slowest: stats.slowest.calls().iter().map(slow_call_report).collect(),
+    }
+}
+
+fn slow_call_report(call: &SlowCall) -> SlowCallReport {
+    // The tracker keeps a split within its call.
+    let split = call.split.map(|split| {
+        let on_cpu = call.duration_ns.saturating_sub(split.blocked_ns + split.runq_ns);
+        (on_cpu, split.blocked_ns, split.runq_ns)
+    });
+    SlowCallReport {
+        duration_ns: call.duration_ns,
+        started_ns: call.started_ns,
+        ret: call.ret,
+        errno: (-MAX_ERRNO..0).contains(&call.ret).then(|| errno_name(-call.ret as i32)),
+        on_cpu_ns: split.map(|(on_cpu, _, _)| on_cpu),
+        blocked_ns: split.map(|(_, blocked, _)| blocked),
+        runq_ns: split.map(|(_, _, runq)| runq),
     }
 }
 

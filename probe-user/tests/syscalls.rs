@@ -40,6 +40,9 @@ fn command_mode_counts_exactly_times_sleeps_and_names_errors() {
     let opens = trace.syscall(opener.tid, "openat");
     assert_eq!(opens["errors"], 37, "{opens}");
     assert_eq!(opens["errnos"], serde_json::json!({"ENOENT": 37}));
+    let slowest = opens["slowest"].as_array().unwrap();
+    assert_eq!(slowest.len(), 3, "{opens}");
+    assert!(slowest.iter().all(|call| call["ret"] == -2 && call["errno"] == "ENOENT"), "{opens}");
 
     // Threads that exit are counted without a latency.
     let exit = trace.syscall(opener.tid, "exit");
@@ -53,6 +56,36 @@ fn command_mode_counts_exactly_times_sleeps_and_names_errors() {
     assert!(!trace.intervals.is_empty(), "no interval reports");
     let streamed: u64 = trace.intervals.iter().map(|i| i["events"].as_u64().unwrap()).sum();
     assert!(streamed <= trace.summary["events"].as_u64().unwrap());
+}
+
+#[test]
+fn the_slowest_calls_are_the_true_top_three_with_where_their_time_went() {
+    // Sleeps of known lengths in this order: the three longest are 80, 60
+    // and 40 ms, begun in the order 40, 80, 60; far enough apart that no
+    // delay in waking swaps them.
+    let (trace, workload, output) = trace_command("slowest", &[], &["--sleeps", "1,40,3,80,7,60,2"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let sleeper = workload.doing("sleeps").next().unwrap();
+    let sleeps = trace.syscall(sleeper.tid, "clock_nanosleep");
+    assert_eq!(sleeps["count"], 7, "{sleeps}");
+    let slowest = sleeps["slowest"].as_array().unwrap();
+    let field = |call: &Value, name: &str| call[name].as_u64().unwrap_or_else(|| panic!("{name}: {call}"));
+    let durations: Vec<u64> = slowest.iter().map(|call| field(call, "duration_ns")).collect();
+    assert_eq!(durations.len(), 3, "{sleeps}");
+    for (&duration, ms) in durations.iter().zip([80, 60, 40]) {
+        assert!((ms * 1_000_000..(ms + 15) * 1_000_000).contains(&duration), "{ms} ms: {sleeps}");
+    }
+    assert_eq!(sleeps["max_ns"], durations[0], "{sleeps}");
+    let started: Vec<u64> = slowest.iter().map(|call| field(call, "started_ns")).collect();
+    assert!(started[2] < started[0] && started[0] < started[1], "begun 40, 80, 60: {sleeps}");
+    for call in slowest {
+        assert_eq!((&call["ret"], &call["errno"]), (&0.into(), &Value::Null), "{call}");
+        // Asleep for almost all of it; the parts add up to the whole.
+        let (blocked, runq, on_cpu) =
+            (field(call, "blocked_ns"), field(call, "runq_ns"), field(call, "on_cpu_ns"));
+        assert!(blocked as f64 >= 0.9 * field(call, "duration_ns") as f64, "{call}");
+        assert_eq!(blocked + runq + on_cpu, field(call, "duration_ns"), "{call}");
+    }
 }
 
 #[test]

@@ -17,13 +17,24 @@ struct Tmux {
 
 impl Tmux {
     fn start(width: u16, height: u16, command: &str) -> Self {
-        let name = format!("probe-test-{}", std::process::id());
-        let status = Command::new("tmux")
-            .args(["new-session", "-d", "-s", &name, "-x", &width.to_string(), "-y", &height.to_string()])
-            .arg(command)
-            .status()
-            .expect("tmux is missing: run the tests with `cargo xtask test`, which installs it");
-        assert!(status.success());
+        // One name per session, and a few tries: the previous test's
+        // session was just killed, and a tmux server left without sessions
+        // is still exiting for a moment, refusing new ones.
+        static SESSIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let session = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("probe-test-{}-{session}", std::process::id());
+        for attempt in 1.. {
+            let output = Command::new("tmux")
+                .args(["new-session", "-d", "-s", &name, "-x", &width.to_string(), "-y", &height.to_string()])
+                .arg(command)
+                .output()
+                .expect("tmux is missing: run the tests with `cargo xtask test`, which installs it");
+            if output.status.success() {
+                break;
+            }
+            assert!(attempt < 20, "tmux cannot start a session: {}", String::from_utf8_lossy(&output.stderr));
+            std::thread::sleep(Duration::from_millis(100));
+        }
         Self { name }
     }
 

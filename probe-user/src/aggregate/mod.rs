@@ -4,6 +4,7 @@
 pub mod in_flight;
 pub mod latency;
 pub mod sched;
+pub mod slowest;
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,7 @@ use self::{
     in_flight::CallInFlight,
     latency::Latencies,
     sched::{SchedStats, Split},
+    slowest::{SlowCall, Slowest},
 };
 
 /// What the tables ask of the running system: which threads and processes
@@ -150,6 +152,8 @@ pub struct SyscallStats {
     pub split_ns: u64,
     pub blocked_ns: u64,
     pub runq_ns: u64,
+    /// The slowest timed calls, one by one.
+    pub slowest: Slowest,
 }
 
 impl SyscallStats {
@@ -165,6 +169,12 @@ impl SyscallStats {
         }
         self.total_ns = self.total_ns.saturating_add(event.duration_ns);
         self.latency.record(event.duration_ns);
+        self.slowest.offer(SlowCall {
+            duration_ns: event.duration_ns,
+            started_ns: event.start_ns,
+            ret: event.ret,
+            split: None,
+        });
     }
 
     /// Counts a call that was in progress when probe attached, and took at
@@ -204,6 +214,7 @@ impl SyscallStats {
         self.split_ns = self.split_ns.saturating_add(other.split_ns);
         self.blocked_ns = self.blocked_ns.saturating_add(other.blocked_ns);
         self.runq_ns = self.runq_ns.saturating_add(other.runq_ns);
+        self.slowest.merge(&other.slowest);
     }
 }
 
@@ -380,6 +391,7 @@ impl Table {
         stats.split_ns = stats.split_ns.saturating_add(event.duration_ns);
         stats.blocked_ns = stats.blocked_ns.saturating_add(split.blocked_ns);
         stats.runq_ns = stats.runq_ns.saturating_add(split.runq_ns);
+        stats.slowest.set_split(event.start_ns, split);
     }
 
     /// Adds one completed io_uring request, charged to its submitter `key`.
