@@ -97,9 +97,11 @@ fn run(args: Args) -> Result<i32> {
     if args.tui && !stdout_is_terminal {
         bail!("--tui needs a terminal on stdout");
     }
+    // `--slow` lines are a stream too: not under a full-screen view.
     let live = args.tui
         || (!args.no_tui
             && !args.json
+            && args.slow.is_none()
             && args.output.is_none()
             && args.prometheus.is_none()
             && stdout_is_terminal);
@@ -253,6 +255,9 @@ fn run(args: Args) -> Result<i32> {
         started_ns: attached_ns,
     };
     let mut pipeline = Pipeline::new(go_program.map(|(_, binary)| Goroutines::new(binary)));
+    if let Some(threshold) = args.slow {
+        pipeline.report_slow_calls(threshold);
+    }
     pipeline.attached(attached_ns, calls_at_attach, &procfs::Proc);
     runtime.block_on(session::run(probe, streams, target, options, pipeline, Outputs::new(sinks)))
 }

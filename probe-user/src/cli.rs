@@ -70,6 +70,11 @@ pub struct Args {
     #[arg(long, hide = true)]
     pub bench_floor: bool,
 
+    /// Report each call that takes at least DURATION on its own, as it
+    /// returns (like `perf trace --duration`), e.g. 10ms.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true, conflicts_with_all = ["tui", "prometheus", "no_syscalls"])]
+    pub slow: Option<Duration>,
+
     /// Threads shown per interval, busiest first.
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = parse_top)]
     pub top: usize,

@@ -19,6 +19,7 @@ use crate::{
     aggregate::{
         in_flight::{CallAtAttach, CallInFlight, CallsAtAttach, ThreadState},
         sched::SchedTracker,
+        slowest::SlowCall,
         Generations, Table, ThreadKey, World, MAX_EXITED_THREADS,
     },
     golang::Goroutines,
@@ -40,6 +41,20 @@ pub struct Pipeline {
     /// The previous note's calls: a call's arguments and its thread's name
     /// are read once.
     noted: FxHashMap<ThreadKey, CallInFlight>,
+    /// `--slow`: calls that took at least this long are reported one by one.
+    slow_ns: Option<u64>,
+    /// Such calls since the last [`Pipeline::take_slow_calls`].
+    slow_calls: Vec<SlowCallSeen>,
+}
+
+/// A call of `--slow`'s, as it returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlowCallSeen {
+    pub key: ThreadKey,
+    pub nr: u32,
+    /// The thread's name, made visible.
+    pub comm: String,
+    pub call: SlowCall,
 }
 
 impl Pipeline {
@@ -55,7 +70,19 @@ impl Pipeline {
             at_attach: CallsAtAttach::default(),
             in_flight: FxHashMap::default(),
             noted: FxHashMap::default(),
+            slow_ns: None,
+            slow_calls: Vec::new(),
         }
+    }
+
+    /// Reports the calls that take at least `threshold` one by one.
+    pub fn report_slow_calls(&mut self, threshold: std::time::Duration) {
+        self.slow_ns = Some(u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// The slow calls that returned since the last call, in their order.
+    pub fn take_slow_calls(&mut self) -> Vec<SlowCallSeen> {
+        mem::take(&mut self.slow_calls)
     }
 
     /// The trace began at `attached_ns` (the kernel's monotonic clock), with
@@ -100,8 +127,26 @@ impl Pipeline {
                 self.interval.record(key, event);
                 if event.flags & SYSCALL_NO_RETURN == 0 {
                     let end = event.start_ns.saturating_add(event.duration_ns);
-                    if let Some(split) = self.tracker.split(key, event.start_ns, end) {
+                    let split = self.tracker.split(key, event.start_ns, end);
+                    if let Some(split) = split {
                         self.interval.record_split(key, event, split);
+                    }
+                    if self.slow_ns.is_some_and(|slow_ns| event.duration_ns >= slow_ns) {
+                        self.slow_calls.push(SlowCallSeen {
+                            key,
+                            nr: event.nr,
+                            comm: self
+                                .interval
+                                .get(key)
+                                .map(|thread| thread.comm.clone())
+                                .unwrap_or_default(),
+                            call: SlowCall {
+                                duration_ns: event.duration_ns,
+                                started_ns: event.start_ns,
+                                ret: event.ret,
+                                split,
+                            },
+                        });
                     }
                 } else {
                     self.generations.exited(key);
@@ -337,7 +382,7 @@ impl Pipeline {
 mod tests {
     use super::*;
     use crate::{
-        aggregate::{tests::Listed, ThreadKey},
+        aggregate::{sched::Split, tests::Listed, ThreadKey},
         report::{Kind, Report, Span},
     };
     use probe_common::{GoEvent, IoUringEvent, SchedEvent, SyscallEvent, COMM_LEN, SWITCH_VOLUNTARY};
@@ -382,22 +427,40 @@ mod tests {
 
     const NOBODY: Listed = Listed(Vec::new());
 
+    /// Thread 2 runs, blocks in read (nr 0) at 100, is woken at 150 and
+    /// runs at 170; the read returns at 180.
+    fn blocked_read() -> [Vec<u8>; 5] {
+        use EventKind::*;
+        [
+            sched(SwitchIn, 2, 0, 0, 10),
+            sched(SwitchOut, 2, 0, SWITCH_VOLUNTARY, 100),
+            sched(Wakeup, 2, 1, 0, 150),
+            sched(SwitchIn, 2, 1, 0, 170),
+            syscall(2, 0, 90, 90),
+        ]
+    }
+
+    #[test]
+    fn slow_calls_come_out_one_by_one_with_their_split_and_name() {
+        let mut pipeline = Pipeline::new(None);
+        pipeline.report_slow_calls(std::time::Duration::from_nanos(80));
+        // A fast getppid (39) before the read, a just-too-fast one after.
+        feed(&mut pipeline, &[syscall(2, 39, 20, 5)]);
+        feed(&mut pipeline, &blocked_read());
+        feed(&mut pipeline, &[syscall(2, 39, 185, 79)]);
+        let slow = pipeline.take_slow_calls();
+        assert_eq!(slow.len(), 1, "{slow:?}");
+        assert_eq!((slow[0].key, slow[0].nr, slow[0].comm.as_str()), (ThreadKey::new(1, 2), 0, "worker"));
+        let call = slow[0].call;
+        assert_eq!((call.duration_ns, call.started_ns), (90, 90));
+        assert_eq!(call.split, Some(Split { blocked_ns: 50, runq_ns: 20 }));
+        assert!(pipeline.take_slow_calls().is_empty());
+    }
+
     #[test]
     fn a_blocking_call_is_split_by_the_scheduler_events_inside_it() {
-        use EventKind::*;
         let mut pipeline = Pipeline::new(None);
-        // Thread 2 runs, blocks in read (nr 0) at 100, is woken at 150 and
-        // runs at 170; the read returns at 180.
-        feed(
-            &mut pipeline,
-            &[
-                sched(SwitchIn, 2, 0, 0, 10),
-                sched(SwitchOut, 2, 0, SWITCH_VOLUNTARY, 100),
-                sched(Wakeup, 2, 1, 0, 150),
-                sched(SwitchIn, 2, 1, 0, 170),
-                syscall(2, 0, 90, 90),
-            ],
-        );
+        feed(&mut pipeline, &blocked_read());
         let interval = pipeline.close_interval(&Listed(vec![(1, 2)]));
         let thread = interval.get(ThreadKey::new(1, 2)).unwrap();
         let read = &thread.syscalls[&0];

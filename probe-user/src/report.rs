@@ -9,6 +9,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 use syscalls::{Errno, Sysno};
 
+use crate::pipeline::SlowCallSeen;
+
 use crate::aggregate::{
     in_flight::{CallInFlight, ThreadState},
     sched::SchedStats,
@@ -484,7 +486,7 @@ fn syscall_report(nr: u32, stats: &SyscallStats) -> SyscallReport {
     SyscallReport {
         name: syscall_name(nr),
         nr: nr & !COMPAT_NR,
-        abi: if nr & COMPAT_NR != 0 { "i386" } else { "x86_64" },
+        abi: abi(nr),
         count: stats.count,
         errors: stats.errors,
         errnos: stats.errnos.iter().map(|(&errno, &n)| (errno_name(errno), n)).collect(),
@@ -502,6 +504,45 @@ fn syscall_report(nr: u32, stats: &SyscallStats) -> SyscallReport {
         unfinished_at_attach: stats.unfinished_at_attach,
         unfinished_at_attach_ns: stats.unfinished_at_attach_ns,
         slowest: stats.slowest.calls().iter().map(slow_call_report).collect(),
+    }
+}
+
+/// A `--slow` call, reported on its own as it returns.
+#[derive(Clone, Debug, Serialize)]
+pub struct SlowCallLine {
+    /// Always `"slow_call"`, beside the reports' `"interval"` and `"summary"`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub name: String,
+    pub nr: u32,
+    pub abi: &'static str,
+    #[serde(flatten)]
+    pub call: SlowCallReport,
+}
+
+impl SlowCallLine {
+    pub fn new(seen: &SlowCallSeen) -> Self {
+        Self {
+            kind: "slow_call",
+            pid: seen.key.pid,
+            tid: seen.key.tid,
+            comm: seen.comm.clone(),
+            name: syscall_name(seen.nr),
+            nr: seen.nr & !COMPAT_NR,
+            abi: abi(seen.nr),
+            call: slow_call_report(&seen.call),
+        }
+    }
+}
+
+fn abi(nr: u32) -> &'static str {
+    if nr & COMPAT_NR != 0 {
+        "i386"
+    } else {
+        "x86_64"
     }
 }
 

@@ -252,6 +252,10 @@ fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, outputs: &mut Out
             outputs.record(&record);
         }
     }
+    let slow = pipeline.take_slow_calls();
+    if !slow.is_empty() {
+        outputs.slow_calls(&slow);
+    }
 }
 
 /// Brings the pipeline up to now, for an interval (or, with `last`, the

@@ -261,7 +261,7 @@ fn stress_churn_and_storm_with_a_tiny_buffer() {
     assert!(status.success(), "{stderr}");
     let workload = Workload::parse(&workload_line);
     let summary = lines.pop().unwrap();
-    let trace = Trace { intervals: lines, summary };
+    let trace = Trace { intervals: lines, slow_calls: Vec::new(), summary };
 
     let storm = workload.doing("getppid").next().unwrap();
     let call = trace.syscall(storm.tid, "getppid");

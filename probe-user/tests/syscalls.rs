@@ -89,6 +89,40 @@ fn the_slowest_calls_are_the_true_top_three_with_where_their_time_went() {
 }
 
 #[test]
+fn slow_calls_are_reported_one_by_one_as_they_return() {
+    // At 30 ms, the sleeps of 40, 80 and 60 ms are slow; the short ones and
+    // a storm of getppid are not.
+    let (trace, workload, output) =
+        trace_command("slow", &["--slow", "30ms"], &["--sleeps", "1,40,3,80,7,60,2", "--getppid", "100000"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(!trace.slow_calls.is_empty());
+    for call in &trace.slow_calls {
+        assert!(call["duration_ns"].as_u64().unwrap() >= 30_000_000, "{call}");
+        assert_ne!(call["name"], "getppid", "{call}");
+    }
+    let sleeper = workload.doing("sleeps").next().unwrap();
+    let sleeps: Vec<&Value> = trace.slow_calls.iter().filter(|call| call["tid"] == sleeper.tid).collect();
+    let durations: Vec<u64> = sleeps.iter().map(|call| call["duration_ns"].as_u64().unwrap()).collect();
+    assert_eq!(durations.len(), 3, "{sleeps:?}");
+    // In the order they returned, each as long as asked.
+    for (&duration, ms) in durations.iter().zip([40, 80, 60]) {
+        assert!((ms * 1_000_000..(ms + 15) * 1_000_000).contains(&duration), "{ms} ms: {sleeps:?}");
+    }
+    for call in &sleeps {
+        assert_eq!(
+            (&call["name"], &call["pid"], &call["ret"]),
+            (&"clock_nanosleep".into(), &workload.pid.into(), &0.into())
+        );
+        assert!(call["blocked_ns"].as_u64().unwrap() >= 30_000_000, "{call}");
+    }
+    // The same calls are the slowest of the summary.
+    let summary = trace.syscall(sleeper.tid, "clock_nanosleep");
+    let slowest: Vec<u64> =
+        summary["slowest"].as_array().unwrap().iter().map(|c| c["duration_ns"].as_u64().unwrap()).collect();
+    assert_eq!(slowest, [durations[1], durations[2], durations[0]], "{summary}");
+}
+
+#[test]
 fn pid_mode_sees_threads_started_after_attach_and_ends_with_the_target() {
     let report = report_path("pid");
     let (mut workload, mut stdout) =

@@ -23,6 +23,7 @@ use probe_common::Record;
 use crate::{
     aggregate::{Table, World},
     golang::Goroutines,
+    pipeline::SlowCallSeen,
     report::{Report, Span},
 };
 
@@ -79,6 +80,9 @@ pub trait Sink {
     /// A record, in ring-buffer order, as it arrives.
     fn record(&mut self, _record: &Record) {}
 
+    /// Calls that took at least `--slow`, as they returned.
+    fn slow_calls(&mut self, _calls: &[SlowCallSeen]) {}
+
     /// An interval closed.
     fn interval(&mut self, interval: &Interval<'_>) -> Result<Flow>;
 
@@ -110,6 +114,12 @@ impl Outputs {
     pub fn record(&mut self, record: &Record) {
         for &i in &self.following {
             self.sinks[i].record(record);
+        }
+    }
+
+    pub fn slow_calls(&mut self, calls: &[SlowCallSeen]) {
+        for sink in &mut self.sinks {
+            sink.slow_calls(calls);
         }
     }
 

@@ -22,7 +22,10 @@ use std::{
 use anyhow::{Context, Result};
 
 use super::{text, Flow, Interval, Sink};
-use crate::report::{Kind, Report};
+use crate::{
+    pipeline::SlowCallSeen,
+    report::{Kind, Report, SlowCallLine},
+};
 
 /// Reports rendered and not yet written before new ones are dropped.
 const BACKLOG: usize = 16;
@@ -40,6 +43,8 @@ pub struct Stream {
     gone: Arc<AtomicBool>,
     /// Interval reports dropped because the writer was stuck.
     dropped: u64,
+    /// `--slow` calls dropped for the same reason.
+    dropped_slow: u64,
     json: bool,
     /// Threads per interval report; `None`: the summary only.
     top: Option<usize>,
@@ -67,7 +72,7 @@ impl Stream {
                 let _ = finished.send(result);
             })
             .context("cannot start the output's thread")?;
-        Ok(Self { reports: Some(reports), done, gone, dropped: 0, json, top })
+        Ok(Self { reports: Some(reports), done, gone, dropped: 0, dropped_slow: 0, json, top })
     }
 
     fn render(&self, report: &Report) -> io::Result<Vec<u8>> {
@@ -102,6 +107,29 @@ fn write_all(
 }
 
 impl Sink for Stream {
+    fn slow_calls(&mut self, calls: &[SlowCallSeen]) {
+        let Some(reports) = &self.reports else {
+            return;
+        };
+        let mut bytes = Vec::new();
+        for call in calls {
+            let line = SlowCallLine::new(call);
+            // Writing to memory fails only on a serializer bug.
+            let written = match self.json {
+                true => serde_json::to_writer(&mut bytes, &line).map_err(io::Error::from),
+                false => text::write_slow_call(&mut bytes, &line),
+            };
+            if written.is_ok() && self.json {
+                bytes.push(b'\n');
+            }
+        }
+        match reports.try_send(bytes) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.dropped_slow += calls.len() as u64,
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
     fn interval(&mut self, interval: &Interval<'_>) -> Result<Flow> {
         if self.gone.load(Ordering::Relaxed) {
             // A reader that went away (`probe | head`) ends the trace quietly.
@@ -142,9 +170,13 @@ impl Sink for Stream {
             Ok(Ok(())) => unsent.is_none(),
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => false,
         };
-        if self.dropped > 0 || (!written && !self.gone.load(Ordering::Relaxed)) {
+        if self.dropped + self.dropped_slow > 0 || (!written && !self.gone.load(Ordering::Relaxed)) {
+            let slow = match self.dropped_slow {
+                0 => String::new(),
+                calls => format!(", {calls} slow calls"),
+            };
             eprintln!(
-                "probe: the report's reader is not reading: {} interval reports left out{}",
+                "probe: the report's reader is not reading: {} interval reports{slow} left out{}",
                 self.dropped,
                 if written { "" } else { ", and the summary" }
             );

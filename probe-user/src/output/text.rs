@@ -2,7 +2,7 @@
 
 use std::io::{self, Write};
 
-use crate::report::{InFlightReport, IoUringReport, Kind, Report, SchedReport, SyscallReport};
+use crate::report::{InFlightReport, IoUringReport, Kind, Report, SchedReport, SlowCallLine, SyscallReport};
 
 /// Migration pairs shown per thread; JSON has them all.
 const PAIRS_SHOWN: usize = 3;
@@ -26,6 +26,31 @@ pub fn human_ns(ns: u64) -> String {
 
 fn latency(ns: Option<u64>) -> String {
     ns.map_or_else(|| "-".to_owned(), human_ns)
+}
+
+/// Writes a `--slow` call as one line: what, how long and where the time
+/// went, how it returned, whose it was.
+pub fn write_slow_call(out: &mut dyn Write, line: &SlowCallLine) -> io::Result<()> {
+    let call = &line.call;
+    let split = match (call.blocked_ns, call.runq_ns) {
+        (Some(blocked), Some(runq)) => {
+            format!(" (blocked {}, run queue {})", human_ns(blocked), human_ns(runq))
+        }
+        _ => String::new(),
+    };
+    let returned = match &call.errno {
+        Some(errno) => format!("-1 {errno}"),
+        None => call.ret.to_string(),
+    };
+    writeln!(
+        out,
+        "slow call: {} {}{split} = {returned}, tid {} ({}) of pid {}",
+        line.name,
+        human_ns(call.duration_ns),
+        line.tid,
+        line.comm,
+        line.pid
+    )
 }
 
 /// Writes `report` as a heading and one row per thread and syscall.
@@ -307,6 +332,31 @@ mod tests {
         Table,
     };
     use crate::report::{Health, Losses, Span};
+
+    #[test]
+    fn a_slow_call_is_one_line_with_its_split_and_errno() {
+        use crate::{
+            aggregate::{sched::Split, slowest::SlowCall, ThreadKey},
+            pipeline::SlowCallSeen,
+        };
+        let seen = |ret, split| SlowCallSeen {
+            key: ThreadKey::new(7, 9),
+            nr: 0,
+            comm: "\\x1bworker".to_owned(),
+            call: SlowCall { duration_ns: 20_100_000, started_ns: 5, ret, split },
+        };
+        let line = |seen: SlowCallSeen| {
+            let mut out = Vec::new();
+            write_slow_call(&mut out, &SlowCallLine::new(&seen)).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let split = Some(Split { blocked_ns: 19_900_000, runq_ns: 120_000 });
+        assert_eq!(
+            line(seen(4096, split)),
+            "slow call: read 20.1ms (blocked 19.9ms, run queue 120µs) = 4096, tid 9 (\\x1bworker) of pid 7\n"
+        );
+        assert_eq!(line(seen(-4, None)), "slow call: read 20.1ms = -1 EINTR, tid 9 (\\x1bworker) of pid 7\n");
+    }
 
     #[test]
     fn human_units_keep_three_digits() {

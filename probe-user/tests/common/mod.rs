@@ -65,9 +65,11 @@ pub fn start_workload(args: &[&str], ready: &str) -> (Running, BufReader<std::pr
     (workload, stdout)
 }
 
-/// What probe wrote with `--json`: interval lines, then the summary.
+/// What probe wrote with `--json`: interval lines and `--slow` calls, then
+/// the summary.
 pub struct Trace {
     pub intervals: Vec<Value>,
+    pub slow_calls: Vec<Value>,
     pub summary: Value,
 }
 
@@ -80,8 +82,10 @@ impl Trace {
             .collect();
         let summary = lines.pop().expect("no output");
         assert_eq!(summary["type"], "summary", "the last line is the summary");
-        assert!(lines.iter().all(|line| line["type"] == "interval"));
-        Self { intervals: lines, summary }
+        let (slow_calls, intervals): (Vec<Value>, Vec<Value>) =
+            lines.into_iter().partition(|line| line["type"] == "slow_call");
+        assert!(intervals.iter().all(|line| line["type"] == "interval"));
+        Self { intervals, slow_calls, summary }
     }
 
     pub fn thread(&self, tid: u64) -> &Value {
