@@ -124,11 +124,12 @@ fn the_live_view_shows_sorts_and_quits_to_the_summary() {
     });
     assert!(screen.contains("SYS/s▲"), "{screen}");
 
-    // A thread's detail, then back.
+    // A thread's detail, with its slowest calls, then back.
     tmux.keys(&["Down", "Down", "Enter"]);
-    tmux.wait_for(Duration::from_secs(3), "the detail screen", |screen| {
+    let screen = tmux.wait_for(Duration::from_secs(3), "the detail screen", |screen| {
         screen.contains("since probe started")
     });
+    assert!(screen.contains("slowest "), "{screen}");
     tmux.keys(&["Escape"]);
     tmux.wait_for(Duration::from_secs(3), "the table", |screen| screen.contains("PID/TID"));
 

@@ -329,9 +329,11 @@ fn draw_detail(frame: &mut Frame, area: Rect, detail: &ThreadDetail, selected: u
     let call = thread.syscalls.get(selected);
     let buckets = call.and_then(|call| detail.buckets.get(&call.nr)).map_or(&[][..], Vec::as_slice);
     let name = call.map_or("", |call| call.name.as_str());
+    // Its slowest calls first, the calls behind the tail; then the buckets.
+    let mut lines = call.map_or_else(Vec::new, slowest_lines);
+    lines.extend(histogram_lines(buckets, histogram.width.saturating_sub(24)));
     frame.render_widget(
-        Paragraph::new(histogram_lines(buckets, histogram.width.saturating_sub(24)))
-            .block(Block::new().borders(Borders::TOP).title(format!("{name} latency"))),
+        Paragraph::new(lines).block(Block::new().borders(Borders::TOP).title(format!("{name} latency"))),
         histogram,
     );
     frame.render_widget(
@@ -344,6 +346,23 @@ fn draw_detail(frame: &mut Frame, area: Rect, detail: &ThreadDetail, selected: u
 
 /// `< 2.05µs ████▌ 123`: one line per power-of-two bucket, bars scaled to
 /// the fullest.
+/// `slowest 80.1ms: blocked 80.1ms, runq 12.7µs, = 0`, a line per kept call.
+fn slowest_lines(call: &crate::report::SyscallReport) -> Vec<TextLine<'static>> {
+    call.slowest
+        .iter()
+        .map(|slow| {
+            let split = match (slow.blocked_ns, slow.runq_ns) {
+                (Some(blocked), Some(runq)) => {
+                    format!(": blocked {}, runq {}", human_ns(blocked), human_ns(runq))
+                }
+                _ => String::new(),
+            };
+            let returned = slow.errno.clone().unwrap_or_else(|| slow.ret.to_string());
+            TextLine::from(format!("slowest {}{split}, = {returned}", human_ns(slow.duration_ns)))
+        })
+        .collect()
+}
+
 fn histogram_lines(buckets: &[(u64, u64)], bar_cells: u16) -> Vec<TextLine<'static>> {
     let fullest = buckets.iter().map(|&(_, count)| count).max().unwrap_or(0).max(1);
     buckets
