@@ -1,5 +1,6 @@
 //! The report stream: text tables or JSON lines, to stdout or `--output`,
-//! every interval (unless another output shows them) and at the end.
+//! every interval (unless another output shows them) and at the end, and
+//! the `--slow` calls as they return.
 //!
 //! A reader that stops reading (`probe | sleep 60`, a FIFO nobody opens
 //! again) must not stop probe: the reports are rendered in the event loop
