@@ -108,6 +108,12 @@ pub const SWITCH_EXITED: u32 = 2;
 /// The kernel's largest errno; `-4095..=-1` returns are errors.
 pub const MAX_ERRNO: i64 = 4095;
 
+/// The errno a syscall's return value `ret` reports (`-errno`), if any.
+#[inline(always)]
+pub fn errno_of(ret: i64) -> Option<u32> {
+    (-MAX_ERRNO..0).contains(&ret).then_some(-ret as u32)
+}
+
 /// One scheduler event of a traced thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,18 +4,14 @@
 
 use core::mem::MaybeUninit;
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task_btf},
-    macros::raw_tracepoint,
-    programs::RawTracePointContext,
-};
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext};
 use probe_common::{
     EventKind, LostCall, SchedEvent, LOST_INVOLUNTARY_SWITCH, LOST_SWITCH_IN, LOST_VOLUNTARY_SWITCH,
     LOST_WAKEUP, SWITCH_EXITED, SWITCH_VOLUNTARY,
 };
 
 use crate::{
-    shared::{config, cpu, cpu_state, is_traced, now, send, task_ids, write_comm},
+    shared::{config, cpu, cpu_state, current_task_field, is_traced, now, send, task_ids, write_comm},
     syscalls::{count_lost, park_call},
 };
 
@@ -34,18 +30,6 @@ shared!(global TRACE_SCHED);
 static TASK_MIGRATIONS_OFFSET: u32 = 0;
 shared!(global TASK_MIGRATIONS_OFFSET);
 
-/// The current thread's count of moves between CPUs, as the kernel keeps
-/// it. A plain load through a BTF pointer (see `syscalls::compat_bit`).
-#[inline(always)]
-fn own_migrations() -> u64 {
-    // SAFETY: the helper returns the current task, which outlives the
-    // program; the offset is se.nr_migrations's, from BTF.
-    unsafe {
-        let task = bpf_get_current_task_btf() as *const u8;
-        core::ptr::read_volatile(task.add(config(&TASK_MIGRATIONS_OFFSET) as usize).cast::<u64>())
-    }
-}
-
 #[inline(always)]
 fn sched_event(kind: EventKind, tid: u32, pid: u32, flags: u32, ts_ns: u64, named: bool) -> SchedEvent {
     let mut record = MaybeUninit::<SchedEvent>::uninit();
@@ -60,7 +44,8 @@ fn sched_event(kind: EventKind, tid: u32, pid: u32, flags: u32, ts_ns: u64, name
         (*r)._pad = 0;
         (*r).ts_ns = ts_ns;
         // Only a SwitchOut runs as the thread it is about.
-        (*r).nr_migrations = if named { own_migrations() } else { 0 };
+        (*r).nr_migrations =
+            if named { current_task_field::<u64>(config(&TASK_MIGRATIONS_OFFSET)) } else { 0 };
         write_comm(&raw mut (*r).comm, named);
         record.assume_init()
     }

@@ -4,7 +4,10 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, generated},
+    helpers::{
+        bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated,
+    },
     macros::map,
     maps::{Array, PerCpuArray, RingBuf},
 };
@@ -155,6 +158,20 @@ pub(crate) fn cpu() -> u32 {
 pub(crate) fn now() -> u64 {
     // SAFETY: a helper without side effects.
     unsafe { bpf_ktime_get_ns() }
+}
+
+/// The field of the current task at byte `offset` (found by the loader in
+/// BTF). A BTF pointer: the verifier checks the load against task_struct's
+/// layout and turns it into a plain load, where `bpf_probe_read_kernel`
+/// would cost a helper call (about 70 ns on this VM).
+#[inline(always)]
+pub(crate) fn current_task_field<T: Copy>(offset: u32) -> T {
+    // SAFETY: the helper returns the current task, which outlives the
+    // program; the caller's offset is a field of type T, from BTF.
+    unsafe {
+        let task = bpf_get_current_task_btf() as *const u8;
+        core::ptr::read_volatile(task.add(offset as usize).cast::<T>())
+    }
 }
 
 /// Reads a task's `(tid, tgid)` at the offsets the loader found in BTF.

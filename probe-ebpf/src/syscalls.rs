@@ -9,19 +9,19 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap},
     programs::RawTracePointContext,
 };
 use aya_log_ebpf::warn;
 use probe_common::{
-    syscall_flags, Counter, CpuState, EventKind, InFlight, LostCall, SyscallEvent, COMPAT_FLAGS_BASE,
-    COMPAT_NR, MAX_ERRNO, MAX_LOST_KEYS, MAX_PARKED_CALLS, MAX_SYSCALL_NR, SYSCALL_NO_RETURN,
+    errno_of, syscall_flags, Counter, CpuState, EventKind, InFlight, LostCall, SyscallEvent,
+    COMPAT_FLAGS_BASE, COMPAT_NR, MAX_LOST_KEYS, MAX_PARKED_CALLS, MAX_SYSCALL_NR, SYSCALL_NO_RETURN,
     SYSCALL_UNSEEN_ENTRY,
 };
 
-use crate::shared::{bump, config, cpu, cpu_state, is_traced, now, send, write_comm};
+use crate::shared::{bump, config, cpu, cpu_state, current_task_field, is_traced, now, send, write_comm};
 
 /// Non-zero: trace only the syscalls flagged `WANTED` in `SYSCALL_FLAGS`.
 /// Set by the loader, like the globals in `shared`.
@@ -93,8 +93,7 @@ fn emit(state: *mut CpuState, call: &InFlight, ret: i64, duration_ns: u64) {
         record.assume_init()
     };
     if !send(state, &record) {
-        let errno = if (-MAX_ERRNO..0).contains(&ret) { -ret as u32 } else { 0 };
-        count_lost(LostCall { pid: call.pid, tid: call.tid, nr: call.nr, errno });
+        count_lost(LostCall { pid: call.pid, tid: call.tid, nr: call.nr, errno: errno_of(ret).unwrap_or(0) });
     }
 }
 
@@ -135,16 +134,7 @@ pub(crate) fn compat_bit() -> u32 {
     if offset == 0 {
         return 0;
     }
-    // A BTF pointer: the verifier checks the load against task_struct's
-    // layout and turns it into a plain load, where bpf_probe_read_kernel
-    // would cost a helper call (about 70 ns a syscall on this VM).
-    // SAFETY: the helper returns the current task, which outlives the
-    // program; the offset is thread_info.status's, from BTF.
-    let status = unsafe {
-        let task = bpf_get_current_task_btf() as *const u8;
-        core::ptr::read_volatile(task.add(offset as usize).cast::<u32>())
-    };
-    if status & TS_COMPAT != 0 {
+    if current_task_field::<u32>(offset) & TS_COMPAT != 0 {
         COMPAT_NR
     } else {
         0

@@ -230,26 +230,32 @@ fn getppid_storm(calls: u64) -> Done {
     Done { tid: gettid(), activity: "getppid", calls }
 }
 
-fn sleeps(calls: u64, each: Duration) -> Done {
+/// One relative `clock_nanosleep` of `each` on CLOCK_MONOTONIC, made
+/// directly (the C library's `nanosleep` may pick another call).
+fn sleep_once(each: Duration) {
     let request = libc::timespec {
         tv_sec: each.as_secs() as libc::time_t,
         tv_nsec: each.subsec_nanos() as libc::c_long,
     };
+    // SAFETY: a relative sleep on CLOCK_MONOTONIC with a valid timespec.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clock_nanosleep,
+            libc::CLOCK_MONOTONIC,
+            0,
+            &request as *const libc::timespec,
+            std::ptr::null_mut::<libc::timespec>(),
+        )
+    };
+    assert_eq!(ret, 0, "clock_nanosleep failed");
+}
+
+fn sleeps(calls: u64, each: Duration) -> Done {
     let tid = gettid();
     let start = monotonic_ns();
     BLOCKING.lock().unwrap().push((tid, libc::SYS_clock_nanosleep, "clock_nanosleep", start));
     for _ in 0..calls {
-        // SAFETY: a relative sleep on CLOCK_MONOTONIC with a valid timespec.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_clock_nanosleep,
-                libc::CLOCK_MONOTONIC,
-                0,
-                &request as *const libc::timespec,
-                std::ptr::null_mut::<libc::timespec>(),
-            )
-        };
-        assert_eq!(ret, 0, "clock_nanosleep failed");
+        sleep_once(each);
     }
     SPANS.lock().unwrap().push((tid, start, monotonic_ns()));
     Done { tid, activity: "clock_nanosleep", calls }
@@ -259,21 +265,7 @@ fn sleeps(calls: u64, each: Duration) -> Done {
 /// known, different lengths, for the slowest ones.
 fn listed_sleeps(each: Vec<u64>) -> Done {
     for &ms in &each {
-        let request = libc::timespec {
-            tv_sec: (ms / 1000) as libc::time_t,
-            tv_nsec: (ms % 1000 * 1_000_000) as libc::c_long,
-        };
-        // SAFETY: a relative sleep on CLOCK_MONOTONIC with a valid timespec.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_clock_nanosleep,
-                libc::CLOCK_MONOTONIC,
-                0,
-                &request as *const libc::timespec,
-                std::ptr::null_mut::<libc::timespec>(),
-            )
-        };
-        assert_eq!(ret, 0, "clock_nanosleep failed");
+        sleep_once(Duration::from_millis(ms));
     }
     Done { tid: gettid(), activity: "sleeps", calls: each.len() as u64 }
 }

@@ -207,9 +207,11 @@ impl Probe {
         let filter_pids = u8::from(config.filter_pids);
         let filter_syscalls = u8::from(!config.only.is_empty());
         let trace_sched = u8::from(config.sched);
+        let btf = btf::KernelBtf::default();
         // Where sys_exit reads the number of a call it did not see start.
         let syscall_nr_offset = match config.report_unseen && config.syscalls && !config.floor {
-            true => btf::syscall_nr_offset()
+            true => btf
+                .syscall_nr_offset()
                 .inspect_err(|err| {
                     log::warn!("calls in progress at attach are not counted when they return: {err:#}")
                 })
@@ -221,7 +223,7 @@ impl Probe {
         // Where sys_enter finds whether a call is a 32-bit one; without it
         // (no BTF), probe says that it cannot tell.
         let task_status_offset = match config.syscalls && !config.floor {
-            true => btf::task_status_offset()
+            true => btf.task_status_offset()
                 .inspect_err(|err| {
                     eprintln!("probe: 32-bit syscalls cannot be told from 64-bit ones and are named from x86-64's table: {err:#}")
                 })
@@ -237,17 +239,17 @@ impl Probe {
         // With the offsets, a process stays traced until its final switch.
         let untrace_at_free = u8::from(reads_tasks && config.filter_pids);
         let offsets = match reads_tasks {
-            true => btf::task_offsets()?,
+            true => btf.task_offsets().context("the scheduler view needs it; --no-sched runs without")?,
             false => TaskOffsets { pid: 0, tgid: 0 },
         };
         // The kernel's own count of each thread's migrations, in every
         // switch-out: exact however many records are lost.
         let migrations_offset = match config.sched && !config.floor {
-            true => {
-                btf::task_migrations_offset().context("cannot find where the kernel counts migrations")?
-            }
+            true => btf.task_migrations_offset().context("cannot find where the kernel counts migrations")?,
             false => 0,
         };
+        // Megabytes that nothing needs from here on.
+        drop(btf);
         let io_uring = match config.io_uring && config.syscalls && !config.floor {
             true => IoUringLayout::read()
                 .inspect_err(|err| eprintln!("probe: io_uring requests are not followed: {err:#}"))

@@ -8,9 +8,9 @@
 //! private, and the BTF crates on crates.io are LGPL or pull in libbpf).
 //! The loader then proves the task offsets on probe's own task before use.
 
-use std::{fs, path::Path};
+use std::{cell::OnceCell, fs, io};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 
 /// Where the kernel exposes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -26,47 +26,54 @@ pub struct TaskOffsets {
     pub tgid: u32,
 }
 
-/// Reads the offsets from the running kernel's BTF.
-pub fn task_offsets() -> Result<TaskOffsets> {
-    let path = Path::new(VMLINUX_BTF);
-    let data = fs::read(path).with_context(|| {
-        format!("cannot read the kernel's BTF at {VMLINUX_BTF}, which the scheduler view needs (a kernel built with CONFIG_DEBUG_INFO_BTF has it); --no-sched runs without")
-    })?;
-    task_offsets_in(&data).context("cannot find task_struct's pid and tgid in the kernel's BTF")
+/// The running kernel's BTF, read once, when an offset is first asked
+/// for: it is megabytes, and several offsets come from it at start-up.
+#[derive(Debug, Default)]
+pub struct KernelBtf {
+    data: OnceCell<io::Result<Vec<u8>>>,
+}
+
+impl KernelBtf {
+    fn data(&self) -> Result<&[u8]> {
+        self.data.get_or_init(|| fs::read(VMLINUX_BTF)).as_deref().map_err(|err| {
+            anyhow!("cannot read the kernel's BTF at {VMLINUX_BTF} (a kernel built with CONFIG_DEBUG_INFO_BTF has it): {err}")
+        })
+    }
+
+    /// `task_struct.pid` and `.tgid`.
+    pub fn task_offsets(&self) -> Result<TaskOffsets> {
+        task_offsets_in(self.data()?).context("cannot find task_struct's pid and tgid in the kernel's BTF")
+    }
+
+    /// The byte offset of `pt_regs.orig_ax`, where x86-64 keeps a syscall's
+    /// number for its whole course.
+    pub fn syscall_nr_offset(&self) -> Result<u32> {
+        let [orig_ax] = member_offsets(self.data()?, "pt_regs", ["orig_ax"])
+            .context("cannot find pt_regs.orig_ax in the kernel's BTF")?;
+        Ok(orig_ax)
+    }
+
+    /// The byte offset in `task_struct` of `thread_info.status`, whose
+    /// `TS_COMPAT` marks a 32-bit syscall.
+    pub fn task_status_offset(&self) -> Result<u32> {
+        task_status_offset_in(self.data()?)
+            .context("cannot find task_struct's thread_info.status in the kernel's BTF")
+    }
+
+    /// The byte offset in `task_struct` of `se.nr_migrations`, the kernel's
+    /// count of the thread's moves between CPUs.
+    pub fn task_migrations_offset(&self) -> Result<u32> {
+        let data = self.data()?;
+        let [se] = member_offsets(data, "task_struct", ["se"])?;
+        let [nr_migrations] = member_offsets(data, "sched_entity", ["nr_migrations"])?;
+        Ok(se + nr_migrations)
+    }
 }
 
 /// Reads the offsets from raw BTF (native endianness).
 pub fn task_offsets_in(data: &[u8]) -> Result<TaskOffsets> {
     let [pid, tgid] = member_offsets(data, "task_struct", ["pid", "tgid"])?;
     Ok(TaskOffsets { pid, tgid })
-}
-
-/// The byte offset of `pt_regs.orig_ax`, where x86-64 keeps a syscall's
-/// number for its whole course, in the running kernel's BTF.
-pub fn syscall_nr_offset() -> Result<u32> {
-    let data =
-        fs::read(VMLINUX_BTF).with_context(|| format!("cannot read the kernel's BTF at {VMLINUX_BTF}"))?;
-    let [orig_ax] = member_offsets(&data, "pt_regs", ["orig_ax"])
-        .context("cannot find pt_regs.orig_ax in the kernel's BTF")?;
-    Ok(orig_ax)
-}
-
-/// The byte offset in `task_struct` of `thread_info.status`, whose
-/// `TS_COMPAT` marks a 32-bit syscall, in the running kernel's BTF.
-pub fn task_status_offset() -> Result<u32> {
-    let data =
-        fs::read(VMLINUX_BTF).with_context(|| format!("cannot read the kernel's BTF at {VMLINUX_BTF}"))?;
-    task_status_offset_in(&data).context("cannot find task_struct's thread_info.status in the kernel's BTF")
-}
-
-/// The byte offset in `task_struct` of `se.nr_migrations`, the kernel's
-/// count of the thread's moves between CPUs, in the running kernel's BTF.
-pub fn task_migrations_offset() -> Result<u32> {
-    let data =
-        fs::read(VMLINUX_BTF).with_context(|| format!("cannot read the kernel's BTF at {VMLINUX_BTF}"))?;
-    let [se] = member_offsets(&data, "task_struct", ["se"])?;
-    let [nr_migrations] = member_offsets(&data, "sched_entity", ["nr_migrations"])?;
-    Ok(se + nr_migrations)
 }
 
 fn task_status_offset_in(data: &[u8]) -> Result<u32> {
@@ -243,17 +250,18 @@ mod tests {
 
     #[test]
     fn the_running_kernel_has_them() {
-        let offsets = task_offsets().unwrap();
+        let btf = KernelBtf::default();
+        let offsets = btf.task_offsets().unwrap();
         assert_ne!(offsets.pid, offsets.tgid);
         assert!(offsets.pid > 0 && offsets.pid < 16384, "{offsets:?}");
         // x86-64's pt_regs is also its ptrace ABI: orig_ax is the 16th word.
         #[cfg(target_arch = "x86_64")]
-        assert_eq!(syscall_nr_offset().unwrap(), 120);
+        assert_eq!(btf.syscall_nr_offset().unwrap(), 120);
         // thread_info leads task_struct (CONFIG_THREAD_INFO_IN_TASK), and
         // status follows its two longs.
         #[cfg(target_arch = "x86_64")]
-        assert_eq!(task_status_offset().unwrap(), 16);
-        let migrations = task_migrations_offset().unwrap();
+        assert_eq!(btf.task_status_offset().unwrap(), 16);
+        let migrations = btf.task_migrations_offset().unwrap();
         assert!(migrations > offsets.pid.min(1024) / 4 && migrations < 16384, "{migrations}");
     }
 }

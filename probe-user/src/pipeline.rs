@@ -135,11 +135,7 @@ impl Pipeline {
                         self.slow_calls.push(SlowCallSeen {
                             key,
                             nr: event.nr,
-                            comm: self
-                                .interval
-                                .get(key)
-                                .map(|thread| thread.comm.clone())
-                                .unwrap_or_default(),
+                            comm: self.known_comm(key).unwrap_or_default(),
                             call: SlowCall {
                                 duration_ns: event.duration_ns,
                                 started_ns: event.start_ns,

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use probe_common::{COMPAT_NR, MAX_ERRNO};
+use probe_common::{errno_of, COMPAT_NR};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 use syscalls::{Errno, Sysno};
@@ -556,7 +556,7 @@ fn slow_call_report(call: &SlowCall) -> SlowCallReport {
         duration_ns: call.duration_ns,
         started_ns: call.started_ns,
         ret: call.ret,
-        errno: (-MAX_ERRNO..0).contains(&call.ret).then(|| errno_name(-call.ret as i32)),
+        errno: errno_of(call.ret).map(|errno| errno_name(errno as i32)),
         on_cpu_ns: split.map(|(on_cpu, _, _)| on_cpu),
         blocked_ns: split.map(|(_, blocked, _)| blocked),
         runq_ns: split.map(|(_, _, runq)| runq),

@@ -7,11 +7,7 @@
 
 mod common;
 
-use std::{
-    io::Read,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -120,30 +116,12 @@ fn command_mode_shows_calls_in_progress_and_lists_them_at_the_end() {
 
 #[test]
 fn pid_mode_finds_calls_in_progress_at_attach_and_counts_them_apart_when_they_return() {
-    let report = report_path("in-flight-pid");
-    let (mut workload, mut stdout) =
+    let (mut workload, stdout) =
         start_workload(&["--ready-when-blocked", "--block-read", "5", "--sleep", "1x7000"], "{\"blocked\"");
     // Long enough blocked before probe comes that "since attach" would be
     // far off the truth.
     std::thread::sleep(Duration::from_millis(1500));
-
-    let mut probe = Running::spawn(
-        Command::new(PROBE)
-            .args(["--json", "-i", "500ms", "-o"])
-            .arg(&report)
-            .args(["-p", &workload.id().to_string()])
-            .stderr(Stdio::piped()),
-    );
-    let mut probe_stderr = wait_until_tracing(&mut probe);
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    assert!(workload.wait().unwrap().success());
-    let status = wait_with_timeout(&mut probe, Duration::from_secs(10));
-    let mut errors = String::new();
-    probe_stderr.read_to_string(&mut errors).unwrap();
-    assert!(status.success(), "probe failed: {errors}");
-    let trace = Trace::read(&report);
-    std::fs::remove_file(&report).unwrap();
+    let (trace, rest) = trace_pid("in-flight-pid", &["-i", "500ms"], &mut workload, stdout, || {});
     let reader = &spans(&rest, "read")[0];
     let sleeper = &spans(&rest, "clock_nanosleep")[0];
 

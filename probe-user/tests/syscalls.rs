@@ -4,7 +4,6 @@
 mod common;
 
 use std::{
-    io::Read,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -124,34 +123,16 @@ fn slow_calls_are_reported_one_by_one_as_they_return() {
 
 #[test]
 fn pid_mode_sees_threads_started_after_attach_and_ends_with_the_target() {
-    let report = report_path("pid");
-    let (mut workload, mut stdout) =
+    let (mut workload, stdout) =
         start_workload(&["--wait-signal", "--getppid", "3000,17000,42000", "--enoent", "5"], "{\"ready\"");
-
-    let mut probe = Running::spawn(
-        Command::new(PROBE)
-            .args(["--json", "-o"])
-            .arg(&report)
-            .args(["-p", &workload.id().to_string()])
-            .stderr(Stdio::piped()),
-    );
-    let mut probe_stderr = wait_until_tracing(&mut probe);
+    let pid = workload.id() as i32;
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(workload.id() as i32, libc::SIGUSR1) };
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    assert!(workload.wait().unwrap().success());
-
-    // probe ends by itself once its only target is gone.
-    let status = wait_with_timeout(&mut probe, Duration::from_secs(10));
-    let mut errors = String::new();
-    probe_stderr.read_to_string(&mut errors).unwrap();
-    assert!(status.success(), "probe failed: {errors}");
+    let (trace, rest) = trace_pid("pid", &[], &mut workload, stdout, || unsafe {
+        libc::kill(pid, libc::SIGUSR1);
+    });
     let workload = Workload::parse(&rest);
-    let trace = Trace::read(&report);
     assert_eq!(trace.summary["lost_events"], 0);
     assert_exact(&trace, &workload);
-    std::fs::remove_file(report).unwrap();
 }
 
 #[test]

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use rustc_hash::FxHashMap;
 
 use probe_common::{
-    IoUringEvent, LostCall, SyscallEvent, COMM_LEN, IO_URING_ASYNC, LOST_INVOLUNTARY_SWITCH,
-    LOST_VOLUNTARY_SWITCH, MAX_ERRNO, SYSCALL_NO_RETURN,
+    errno_of, IoUringEvent, LostCall, SyscallEvent, COMM_LEN, IO_URING_ASYNC, LOST_INVOLUNTARY_SWITCH,
+    LOST_VOLUNTARY_SWITCH, SYSCALL_NO_RETURN,
 };
 
 use self::{
@@ -163,10 +163,7 @@ impl SyscallStats {
         if event.flags & SYSCALL_NO_RETURN != 0 {
             return;
         }
-        if (-MAX_ERRNO..0).contains(&event.ret) {
-            self.errors += 1;
-            *self.errnos.entry(-event.ret as i32).or_default() += 1;
-        }
+        self.add_errors(errno_of(event.ret), 1);
         self.total_ns = self.total_ns.saturating_add(event.duration_ns);
         self.latency.record(event.duration_ns);
         self.slowest.offer(SlowCall {
@@ -181,10 +178,7 @@ impl SyscallStats {
     /// least `lower_bound_ns`.
     pub fn record_unfinished(&mut self, event: &SyscallEvent, lower_bound_ns: u64) {
         self.count += 1;
-        if (-MAX_ERRNO..0).contains(&event.ret) {
-            self.errors += 1;
-            *self.errnos.entry(-event.ret as i32).or_default() += 1;
-        }
+        self.add_errors(errno_of(event.ret), 1);
         self.unfinished_at_attach += 1;
         self.unfinished_at_attach_ns = self.unfinished_at_attach_ns.saturating_add(lower_bound_ns);
     }
@@ -192,7 +186,12 @@ impl SyscallStats {
     fn record_lost(&mut self, errno: u32, calls: u64) {
         self.count += calls;
         self.lost += calls;
-        if errno != 0 {
+        self.add_errors((errno != 0).then_some(errno), calls);
+    }
+
+    /// Counts `calls` failures with `errno`, if they failed.
+    fn add_errors(&mut self, errno: Option<u32>, calls: u64) {
+        if let Some(errno) = errno {
             self.errors += calls;
             *self.errnos.entry(errno as i32).or_default() += calls;
         }

@@ -4,9 +4,9 @@
 #![allow(dead_code)] // Each test file uses its own part of the harness.
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Output},
+    process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -204,6 +204,42 @@ pub fn assert_exact(trace: &Trace, workload: &Workload) {
         let (tid, syscall) = (thread.tid, &thread.syscall);
         assert_eq!(call["count"].as_u64(), Some(thread.calls), "{syscall} of thread {tid}: {call}");
     }
+}
+
+/// Traces the running `workload` with `probe --json -p` and `args`; once
+/// probe traces, `started` runs (a signal that lets the workload go on,
+/// say); then the workload's remaining stdout is read, the workload must
+/// exit well, and probe must end by itself with it. Returns probe's trace
+/// and that stdout.
+pub fn trace_pid(
+    name: &str,
+    args: &[&str],
+    workload: &mut Running,
+    mut stdout: BufReader<ChildStdout>,
+    started: impl FnOnce(),
+) -> (Trace, String) {
+    let report = report_path(name);
+    let mut probe = Running::spawn(
+        Command::new(PROBE)
+            .args(["--json", "-o"])
+            .arg(&report)
+            .args(args)
+            .args(["-p", &workload.id().to_string()])
+            .stderr(Stdio::piped()),
+    );
+    let mut probe_stderr = wait_until_tracing(&mut probe);
+    started();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert!(workload.wait().unwrap().success());
+    // probe ends by itself once its only target is gone.
+    let status = wait_with_timeout(&mut probe, Duration::from_secs(10));
+    let mut errors = String::new();
+    probe_stderr.read_to_string(&mut errors).unwrap();
+    assert!(status.success(), "probe failed: {errors}");
+    let trace = Trace::read(&report);
+    std::fs::remove_file(&report).unwrap();
+    (trace, rest)
 }
 
 /// Reads stderr of a probe until it says it is tracing (a note may come
