@@ -253,12 +253,16 @@ pub struct SchedReport {
     pub cpus: BTreeMap<String, u64>,
     /// Migrations per CPU pair, most frequent first.
     pub migration_pairs: Vec<MigrationPair>,
-    /// Whether the full ring buffer dropped scheduler records of this
-    /// thread: its switch counts are still exact (the kernel counted them),
-    /// but its times, run-queue quantiles and migrations are a sample.
+    /// Whether scheduler records of this thread were dropped by the full
+    /// ring buffer, or runs of it seen at one end only: its switch counts
+    /// and migrations are still exact (the kernel counted them), but its
+    /// times, run-queue quantiles and CPU pairs are a sample.
     pub sampled: bool,
     /// How many of its scheduler records were dropped.
     pub lost_records: u64,
+    /// How many of its runs were seen at one end only (dropped, or a switch
+    /// the kernel never reported).
+    pub partial_runs: u64,
 }
 
 /// Migrations from one CPU to another.
@@ -580,8 +584,9 @@ fn sched_report(stats: &SchedStats) -> SchedReport {
         last_cpu: stats.last_cpu,
         cpus: stats.cpus.iter().map(|(cpu, &ns)| (cpu.to_string(), ns)).collect(),
         migration_pairs: pairs,
-        sampled: stats.lost_records > 0,
+        sampled: stats.sampled(),
         lost_records: stats.lost_records,
+        partial_runs: stats.partial_runs,
     }
 }
 

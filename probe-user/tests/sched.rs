@@ -41,9 +41,10 @@ fn forced_moves_sleeps_and_a_lone_spinner() {
         "kernel said {}: {hops}",
         hopper.migrations
     );
-    // The moves seen as runs on the other CPU: no more than the kernel's
-    // count, and all but a rare one (seen once in many runs on this VM, its
-    // cause not found: the exact count is `migrations`, above).
+    // The moves seen as runs on the other CPU, the ends of runs whose start
+    // the kernel never reported (see README) among them: no more than the
+    // kernel's count, and all but a rare one (seen once in many runs on
+    // this VM, its cause not found: the exact count is `migrations`, above).
     let pairs: u64 = hops["migration_pairs"].as_array().unwrap().iter().map(|p| field(p, "count")).sum();
     assert!((MOVES - 2..=migrations).contains(&pairs), "{hops}");
     for cpu in ["0", "1"] {
@@ -64,12 +65,17 @@ fn forced_moves_sleeps_and_a_lone_spinner() {
     );
     assert!(field(naps, "blocked_ns") >= 100_000_000, "{naps}");
 
-    // A thread that only spins: its on-CPU time is its CPU time.
+    // A thread that only spins: its on-CPU time is its CPU time, unless a
+    // switch of it went unreported (see README), which it then says: its
+    // time is short by the runs seen at one end only.
     let spinner = workload.doing("spin").next().unwrap();
     let spin = sched(&trace, spinner.tid);
     let on_cpu = field(spin, "on_cpu_ns") as f64;
     let cpu = spinner.cpu_ns as f64;
-    assert!((on_cpu - cpu).abs() <= 0.1 * cpu, "on-CPU {on_cpu} ns vs CPU time {cpu} ns: {spin}");
+    assert!(on_cpu <= 1.1 * cpu, "on-CPU {on_cpu} ns vs CPU time {cpu} ns: {spin}");
+    if spin["sampled"] == false {
+        assert!(on_cpu >= 0.9 * cpu, "on-CPU {on_cpu} ns vs CPU time {cpu} ns: {spin}");
+    }
     let per_cpu: u64 = spin["cpus"].as_object().unwrap().values().map(|ns| ns.as_u64().unwrap()).sum();
     assert_eq!(per_cpu, field(spin, "on_cpu_ns"));
     assert!(spin["last_cpu"].is_u64());
@@ -252,7 +258,8 @@ fn switches_and_migrations_stay_exact_when_records_are_lost() {
             thread.syscall,
             thread.migrations
         );
-        assert_eq!(sched["sampled"], field(sched, "lost_records") > 0, "{sched}");
+        let partial = field(sched, "lost_records") + field(sched, "partial_runs");
+        assert_eq!(sched["sampled"], partial > 0, "{sched}");
         sampled += u64::from(sched["sampled"] == true);
     }
     assert!(sampled > 0, "no thread's times were marked as a sample");

@@ -44,16 +44,21 @@ pub struct SchedStats {
     pub cpus: BTreeMap<u32, u64>,
     /// Runs that began on another CPU than the previous one, per (from, to)
     /// CPU pair: the migrations that were seen as runs (fewer, when a thread
-    /// was moved more than once while it waited, or records were lost).
+    /// was moved more than once while it waited). A run seen at one end
+    /// only still counts: its CPU is that end's.
     pub pairs: BTreeMap<(u32, u32), u64>,
     /// Run-queue waits, ready to running.
     pub runq: Latencies,
     /// Scheduler records of the thread that the full ring buffer dropped
-    /// (counted in the kernel), and switches onto a CPU the kernel never
-    /// reported (a switch-out after a switch-out): the switch counts above
-    /// still hold them, but its times are a sample, not exact, when this is
-    /// not 0.
+    /// (counted in the kernel): the switch counts above still hold them,
+    /// but its times are a sample, not exact, when this is not 0.
     pub lost_records: u64,
+    /// Runs seen at one end only: a switch-out after a switch-out (the
+    /// switch onto the CPU never came) or a switch-in while running (the
+    /// switch off never came), whether the record was dropped or the kernel
+    /// never reported the switch. Their time on the CPU is unknown and not
+    /// counted, so the times are a sample when this is not 0.
+    pub partial_runs: u64,
 }
 
 impl SchedStats {
@@ -79,6 +84,12 @@ impl SchedStats {
         }
         self.runq.merge(&other.runq);
         self.lost_records += other.lost_records;
+        self.partial_runs += other.partial_runs;
+    }
+
+    /// Whether its times, run-queue waits and CPU pairs miss something.
+    pub fn sampled(&self) -> bool {
+        self.lost_records > 0 || self.partial_runs > 0
     }
 }
 
@@ -161,12 +172,17 @@ impl SchedTracker {
                 match state.running.take() {
                     Some((since, cpu)) => stats.run(cpu, ts.saturating_sub(since)),
                     // It left a CPU it was last seen leaving: the switch
-                    // that put it back never came. Not a dropped record: the
-                    // kernel did not fire `sched_switch` at all (seen on
-                    // this VM whenever the CPU was taken from one thread of
-                    // the hypervisor's agent, for every tracer, ftrace too).
-                    // The run's start is unknown, so its times are a sample.
-                    None if state.off.is_some() => stats.lost_records += 1,
+                    // that put it back never came. Dropped, or the kernel
+                    // did not fire `sched_switch` at all (seen on this VM
+                    // whenever the CPU was taken from one thread of the
+                    // hypervisor's agent, for every tracer, ftrace too). The
+                    // run's start is unknown, but where it ran is not.
+                    None if state.off.is_some() => {
+                        stats.partial_runs += 1;
+                        if let Some(last) = state.last_cpu.filter(|&last| last != event.cpu) {
+                            *stats.pairs.entry((last, event.cpu)).or_default() += 1;
+                        }
+                    }
                     // A run that began before probe attached has no known start.
                     None => {}
                 }
@@ -201,6 +217,11 @@ impl SchedTracker {
                 }
             }
             Some(EventKind::SwitchIn) => {
+                // Still running: the switch that took it off the CPU never
+                // came, and when that run ended is unknown.
+                if state.running.is_some() {
+                    stats.partial_runs += 1;
+                }
                 // What earlier intervals took of this time off the CPU is
                 // theirs; this one gets the rest.
                 let charged = state.charged_to;
@@ -442,9 +463,22 @@ mod tests {
             ev(SwitchOut, 0, 300, SWITCH_VOLUNTARY | SWITCH_EXITED),
         ]);
         assert_eq!((stats.on_cpu_ns, stats.involuntary, stats.voluntary), (90, 1, 1));
-        assert_eq!(stats.lost_records, 1);
+        assert_eq!((stats.partial_runs, stats.lost_records), (1, 0));
+        assert!(stats.sampled());
+        // Back unseen on the other CPU: a move all the same.
+        let moved = replay(&[ev(SwitchIn, 0, 10, 0), ev(SwitchOut, 0, 100, 0), ev(SwitchOut, 1, 300, 0)]);
+        assert_eq!((moved.pairs, moved.partial_runs), (BTreeMap::from([((0, 1), 1)]), 1));
         // A thread first seen leaving (running since before attach) is not one.
-        assert_eq!(replay(&[ev(SwitchOut, 0, 50, 0), ev(SwitchIn, 1, 80, 0)]).lost_records, 0);
+        assert!(!replay(&[ev(SwitchOut, 0, 50, 0), ev(SwitchIn, 1, 80, 0)]).sampled());
+    }
+
+    #[test]
+    fn a_run_whose_end_never_came_marks_the_times_a_sample() {
+        use EventKind::*;
+        // On CPU 0 from 10, off it unseen, back on CPU 1 at 200 until 250.
+        let stats = replay(&[ev(SwitchIn, 0, 10, 0), ev(SwitchIn, 1, 200, 0), ev(SwitchOut, 1, 250, 0)]);
+        assert_eq!((stats.on_cpu_ns, stats.partial_runs), (50, 1));
+        assert_eq!(stats.pairs, BTreeMap::from([((0, 1), 1)]));
     }
 
     #[test]

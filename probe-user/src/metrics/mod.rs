@@ -419,7 +419,7 @@ struct SchedCounter {
     value: fn(&SchedStats) -> Value<'static>,
 }
 
-const SCHED_COUNTERS: [SchedCounter; 7] = [
+const SCHED_COUNTERS: [SchedCounter; 8] = [
     SchedCounter {
         name: "on_cpu_seconds",
         help: "Time running on a CPU.",
@@ -452,8 +452,13 @@ const SCHED_COUNTERS: [SchedCounter; 7] = [
     },
     SchedCounter {
         name: "lost_records",
-        help: "Scheduler records the full ring buffer dropped: while this grows, the time counters and migrations are a sample (the switch counters stay exact).",
+        help: "Scheduler records the full ring buffer dropped: while this grows, the time counters are a sample (the switch and migration counters stay exact).",
         value: |s| Value::Count(s.lost_records),
+    },
+    SchedCounter {
+        name: "partial_runs",
+        help: "Runs seen at one end only (a dropped record, or a switch the kernel never reported): while this grows, the time counters are a sample.",
+        value: |s| Value::Count(s.partial_runs),
     },
 ];
 

@@ -319,7 +319,11 @@ fn write_sched(out: &mut dyn Write, sched: &SchedReport) -> io::Result<()> {
         write!(out, ", last cpu {cpu}")?;
     }
     if sched.sampled {
-        write!(out, " (times and migrations sampled: {} records lost or never sent)", sched.lost_records)?;
+        write!(
+            out,
+            " (times sampled: {} records dropped, {} runs seen at one end only)",
+            sched.lost_records, sched.partial_runs
+        )?;
     }
     writeln!(out)
 }
