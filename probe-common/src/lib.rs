@@ -5,6 +5,9 @@
 //! and make decoding depend on garbage) and starts with an [`EventKind`] tag.
 #![no_std]
 
+#[cfg(feature = "user")]
+extern crate alloc;
+
 pub mod names;
 
 /// Tags the record type at the start of every ring-buffer record.
@@ -34,6 +37,12 @@ pub enum EventKind {
     GoSysmon = 9,
     /// An [`IoUringEvent`]: a request completed.
     IoUring = 10,
+    /// A [`SlowDetail`]: what a call of `--slow`'s left behind at its
+    /// return, sent just before its [`SyscallEvent`].
+    SlowDetail = 11,
+    /// A [`WakeEvent`]: a [`EventKind::Wakeup`] with its waker, sent
+    /// instead of one with `--slow`.
+    WokenBy = 12,
 }
 
 impl EventKind {
@@ -50,6 +59,8 @@ impl EventKind {
             8 => Some(Self::GoExit),
             9 => Some(Self::GoSysmon),
             10 => Some(Self::IoUring),
+            11 => Some(Self::SlowDetail),
+            12 => Some(Self::WokenBy),
             _ => None,
         }
     }
@@ -128,8 +139,9 @@ pub struct SchedEvent {
     pub tid: u32,
     /// `SWITCH_*` flags.
     pub flags: u32,
-    /// Explicit padding, so that the record has no hole.
-    pub _pad: u32,
+    /// In a voluntary `SwitchOut` with `--slow`: what the thread blocked
+    /// on, its kernel stack's id in `KERNEL_STACKS` plus one; 0 otherwise.
+    pub kernel_stack: u32,
     /// `bpf_ktime_get_ns()` of the event.
     pub ts_ns: u64,
     /// In a `SwitchOut`: the kernel's count of the thread's moves between
@@ -140,6 +152,106 @@ pub struct SchedEvent {
     /// thread itself); zeros otherwise.
     pub comm: [u8; COMM_LEN],
 }
+
+/// `WakeEvent::context`: the waker ran in a task's context (a syscall, a
+/// kernel thread, or a fault), so it is the waker.
+pub const WAKER_TASK: u32 = 0;
+/// `WakeEvent::context`: the wakeup came from an interrupt (a timer, a
+/// device) or a softirq on the interrupt's stack: the task that was
+/// interrupted is not the waker, and only the kernel stack tells what was.
+pub const WAKER_INTERRUPT: u32 = 1;
+
+/// `WakeEvent::waker_nr` when the waker was not in a syscall.
+pub const NO_SYSCALL: u32 = u32::MAX;
+
+/// A traced thread became runnable, and who made it so (`sched_wakeup`,
+/// which runs as the waker). Sent with `--slow` instead of a `SchedEvent`
+/// `Wakeup`, which it also is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WakeEvent {
+    /// Always [`EventKind::WokenBy`].
+    pub kind: u32,
+    /// The waker's CPU.
+    pub cpu: u32,
+    /// The thread woken, and its process.
+    pub pid: u32,
+    pub tid: u32,
+    /// The task that ran the wakeup, and its process; with
+    /// [`WAKER_INTERRUPT`], the one that was interrupted.
+    pub waker_pid: u32,
+    pub waker_tid: u32,
+    /// The waker's syscall in progress (`COMPAT_NR` marks an i386 one), or
+    /// [`NO_SYSCALL`].
+    pub waker_nr: u32,
+    /// [`WAKER_TASK`] or [`WAKER_INTERRUPT`].
+    pub context: u32,
+    /// The wakeup's kernel stack: its id in `KERNEL_STACKS` plus one; 0
+    /// when it could not be kept.
+    pub kernel_stack: u32,
+    /// Explicit padding, so that the record has no hole.
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` of the wakeup.
+    pub ts_ns: u64,
+    /// The waker's name.
+    pub waker_comm: [u8; COMM_LEN],
+}
+
+impl WakeEvent {
+    /// The plain wakeup it also is.
+    pub fn as_wakeup(&self) -> SchedEvent {
+        SchedEvent {
+            kind: EventKind::Wakeup as u32,
+            cpu: self.cpu,
+            pid: self.pid,
+            tid: self.tid,
+            flags: 0,
+            kernel_stack: 0,
+            ts_ns: self.ts_ns,
+            nr_migrations: 0,
+            comm: [0; COMM_LEN],
+        }
+    }
+}
+
+/// Words of `pt_regs` a [`SlowDetail`] carries: x86-64's whole struct
+/// (the loader checks the kernel's size in BTF).
+pub const REGS_WORDS: usize = 21;
+
+/// Bytes of user stack, from the stack pointer up, a [`SlowDetail`]
+/// carries: enough for a DWARF unwinder to walk the frames of the usual
+/// programs (perf's default is 8 KiB).
+pub const STACK_BYTES: usize = 16_384;
+
+/// What a call of `--slow`'s left behind at its return, for userspace to
+/// unwind, symbolize and decode: the thread's user registers (a syscall
+/// changes none but the return value's, so they are those of its entry)
+/// and the top of its user stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlowDetail {
+    /// Always [`EventKind::SlowDetail`].
+    pub kind: u32,
+    pub cpu: u32,
+    pub pid: u32,
+    pub tid: u32,
+    /// The call's `start_ns`, which its [`SyscallEvent`] carries too.
+    pub start_ns: u64,
+    /// Bytes of `stack` read: the most of `STACK_BYTES`, halved until the
+    /// read stayed inside the stack's mapping; 0 if none could be read.
+    pub stack_len: u32,
+    /// Explicit padding, so that the record has no hole.
+    pub _pad: u32,
+    /// The thread's `struct pt_regs` at the return, raw: the loader finds
+    /// each register's place in BTF.
+    pub regs: [u64; REGS_WORDS],
+    /// The user stack from the stack pointer up.
+    pub stack: [u8; STACK_BYTES],
+}
+
+/// Capacity of `KERNEL_STACKS`: distinct kernel stacks (blocking sites and
+/// wakeup paths) kept for `--slow`. One seen again costs no entry.
+pub const MAX_KERNEL_STACKS: u32 = 16_384;
 
 /// What the Go runtime of a traced process did on one of its threads, from
 /// a uprobe on a runtime function.
@@ -175,6 +287,11 @@ pub struct OffsetCheck {
     pub pid: u32,
     /// `tgid` read at its offset.
     pub tgid: u32,
+    /// Non-zero: the program found itself on probe's task's kernel stack,
+    /// as `--slow` tells a wakeup in a task from one in an interrupt.
+    pub on_task_stack: u32,
+    /// Explicit padding, so that the record has no hole.
+    pub _pad: u32,
 }
 
 /// A syscall in flight: what `sys_enter` keeps for `sys_exit`.
@@ -326,15 +443,20 @@ pub const MAX_LOST_KEYS: u32 = 1 << 20;
 
 /// A ring-buffer record, decoded: the one place a record's tag is read.
 /// A new record kind is a struct above, a variant here and its arm in
-/// [`Record::decode`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// [`Record::decode`]. Userspace's only: a slow call's detail is boxed,
+/// so that the other records, one per event, stay small.
+#[cfg(feature = "user")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
     Syscall(SyscallEvent),
     Sched(SchedEvent),
     Go(GoEvent),
     IoUring(IoUringEvent),
+    SlowDetail(alloc::boxed::Box<SlowDetail>),
+    WokenBy(WakeEvent),
 }
 
+#[cfg(feature = "user")]
 impl Record {
     /// Decodes one ring-buffer record, whatever its bytes: `None` unless it
     /// starts with a known tag and has exactly its type's size.
@@ -349,6 +471,8 @@ impl Record {
                 Self::Go(read_record(bytes)?)
             }
             EventKind::IoUring => Self::IoUring(read_record(bytes)?),
+            EventKind::SlowDetail => Self::SlowDetail(alloc::boxed::Box::new(read_record(bytes)?)),
+            EventKind::WokenBy => Self::WokenBy(read_record(bytes)?),
         })
     }
 }
@@ -357,6 +481,7 @@ impl Record {
 ///
 /// Only for the padding-free `#[repr(C)]` records of this crate, made of
 /// integers and byte arrays, for which every bit pattern is a valid value.
+#[cfg(feature = "user")]
 fn read_record<T: Copy>(bytes: &[u8]) -> Option<T> {
     if bytes.len() != core::mem::size_of::<T>() {
         return None;
@@ -393,10 +518,12 @@ const _: () = assert!(core::mem::align_of::<SchedEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<GoEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<IoUringEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<IoRequest>() == 24);
-const _: () = assert!(core::mem::size_of::<OffsetCheck>() == 16);
+const _: () = assert!(core::mem::size_of::<OffsetCheck>() == 24);
 const _: () = assert!(core::mem::size_of::<LostCall>() == 16);
+const _: () = assert!(core::mem::size_of::<WakeEvent>() == 64);
+const _: () = assert!(core::mem::size_of::<SlowDetail>() == 32 + 8 * REGS_WORDS + STACK_BYTES);
 
-#[cfg(test)]
+#[cfg(all(test, feature = "user"))]
 mod tests {
     use super::*;
 
@@ -429,7 +556,7 @@ mod tests {
             pid: 2,
             tid: 3,
             flags: 0,
-            _pad: 0,
+            kernel_stack: 0,
             ts_ns: 7,
             nr_migrations: 0,
             comm: [0; COMM_LEN],

@@ -64,6 +64,12 @@ pub mod global {
     pub const IOU_COMPLETE_RES: &str = "IOU_COMPLETE_RES";
     /// Offset of `ctx` in the `io_uring_create` record.
     pub const IOU_CREATE_CTX: &str = "IOU_CREATE_CTX";
+    /// `--slow`'s threshold in ns; 0: no details are taken.
+    pub const SLOW_NS: &str = "SLOW_NS";
+    /// Offset of `sp` in `pt_regs`: where a slow call's user stack starts.
+    pub const PT_REGS_SP_OFFSET: &str = "PT_REGS_SP_OFFSET";
+    /// Offset of `stack` in `task_struct`: the task's kernel stack.
+    pub const TASK_STACK_OFFSET: &str = "TASK_STACK_OFFSET";
 }
 
 /// Maps the loader sizes, fills or reads.
@@ -88,6 +94,8 @@ pub mod map {
     pub const CPU_STATE: &str = "CPU_STATE";
     /// What [`super::program::CHECK_OFFSETS`] read from probe's own task.
     pub const OFFSET_CHECK: &str = "OFFSET_CHECK";
+    /// Kernel stacks of blocking switch-outs and wakeups, with `--slow`.
+    pub const KERNEL_STACKS: &str = "KERNEL_STACKS";
 }
 
 /// Programs, by function name.

@@ -9,7 +9,10 @@ use aya_ebpf::{
 };
 use probe_common::OffsetCheck;
 
-use crate::shared::{config, task_ids, SELF_PID};
+use crate::{
+    shared::{config, task_ids, SELF_PID},
+    slow::on_task_stack,
+};
 
 /// What `check_offsets` read from probe's own task, for the loader to compare.
 #[map]
@@ -29,7 +32,9 @@ pub fn check_offsets(_ctx: RawTracePointContext) -> u32 {
     let task = unsafe { bpf_get_current_task() } as *const u8;
     if let (Ok((pid, tgid)), Some(slot)) = (task_ids(task), OFFSET_CHECK.get_ptr_mut(0)) {
         // SAFETY: a map slot only this program writes.
-        unsafe { *slot = OffsetCheck { pid_tgid, pid, tgid } };
+        unsafe {
+            *slot = OffsetCheck { pid_tgid, pid, tgid, on_task_stack: u32::from(on_task_stack()), _pad: 0 }
+        };
     }
     0
 }

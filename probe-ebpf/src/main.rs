@@ -16,6 +16,8 @@
 //! - `sched`: `sched_switch` and the wakeups;
 //! - `golang`: the uprobes on the Go runtime;
 //! - `io_uring`: the io_uring tracepoints;
+//! - `slow`: with `--slow`, the registers, user and kernel stacks and
+//!   wakers behind slow calls;
 //! - `check`: the start-up check of the `task_struct` offsets, and the
 //!   benchmarks' do-nothing program.
 //!
@@ -69,6 +71,7 @@ mod io_uring;
 mod process;
 mod sched;
 mod shared;
+mod slow;
 mod syscalls;
 
 #[cfg(not(test))]

@@ -6,12 +6,14 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext};
 use probe_common::{
-    EventKind, LostCall, SchedEvent, LOST_INVOLUNTARY_SWITCH, LOST_SWITCH_IN, LOST_VOLUNTARY_SWITCH,
-    LOST_WAKEUP, SWITCH_EXITED, SWITCH_VOLUNTARY,
+    EventKind, LostCall, SchedEvent, WakeEvent, LOST_INVOLUNTARY_SWITCH, LOST_SWITCH_IN,
+    LOST_VOLUNTARY_SWITCH, LOST_WAKEUP, NO_SYSCALL, SWITCH_EXITED, SWITCH_VOLUNTARY, WAKER_INTERRUPT,
+    WAKER_TASK,
 };
 
 use crate::{
     shared::{config, cpu, cpu_state, current_task_field, is_traced, now, send, task_ids, write_comm},
+    slow::{kernel_stack, on_task_stack, slow_ns},
     syscalls::{count_lost, park_call},
 };
 
@@ -31,7 +33,15 @@ static TASK_MIGRATIONS_OFFSET: u32 = 0;
 shared!(global TASK_MIGRATIONS_OFFSET);
 
 #[inline(always)]
-fn sched_event(kind: EventKind, tid: u32, pid: u32, flags: u32, ts_ns: u64, named: bool) -> SchedEvent {
+fn sched_event(
+    kind: EventKind,
+    tid: u32,
+    pid: u32,
+    flags: u32,
+    kernel_stack: u32,
+    ts_ns: u64,
+    named: bool,
+) -> SchedEvent {
     let mut record = MaybeUninit::<SchedEvent>::uninit();
     let r = record.as_mut_ptr();
     // SAFETY: every field is written before the record is read.
@@ -41,7 +51,7 @@ fn sched_event(kind: EventKind, tid: u32, pid: u32, flags: u32, ts_ns: u64, name
         (*r).pid = pid;
         (*r).tid = tid;
         (*r).flags = flags;
-        (*r)._pad = 0;
+        (*r).kernel_stack = kernel_stack;
         (*r).ts_ns = ts_ns;
         // Only a SwitchOut runs as the thread it is about.
         (*r).nr_migrations =
@@ -64,7 +74,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
     //          struct task_struct *next, unsigned int prev_state)
     // The tracepoint fires before the switch: prev is still current.
     let state = cpu_state()?;
-    park_call(ctx, state);
+    let in_call = park_call(ctx, state);
     if config(&TRACE_SCHED) == 0 {
         return Ok(0);
     }
@@ -82,12 +92,19 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
         }
         let lost =
             if flags & SWITCH_VOLUNTARY != 0 { LOST_VOLUNTARY_SWITCH } else { LOST_INVOLUNTARY_SWITCH };
-        if !send(state, &sched_event(EventKind::SwitchOut, prev as u32, prev_pid, flags, now, true)) {
+        // With --slow, what a call blocks in: a stack walk per blocking
+        // switch, so only when asked.
+        let stack =
+            if in_call && flags & SWITCH_VOLUNTARY != 0 && slow_ns() != 0 { kernel_stack(ctx) } else { 0 };
+        let out = sched_event(EventKind::SwitchOut, prev as u32, prev_pid, flags, stack, now, true);
+        if !send(state, &out) {
             count_lost(LostCall { pid: prev_pid, tid: prev as u32, nr: lost, errno: 0 });
         }
     }
     let (tid, pid) = task_ids(ctx.arg::<*const u8>(2))?;
-    if pid != 0 && is_traced(pid) && !send(state, &sched_event(EventKind::SwitchIn, tid, pid, 0, now, false))
+    if pid != 0
+        && is_traced(pid)
+        && !send(state, &sched_event(EventKind::SwitchIn, tid, pid, 0, 0, now, false))
     {
         count_lost(LostCall { pid, tid, nr: LOST_SWITCH_IN, errno: 0 });
     }
@@ -98,10 +115,49 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
 fn woken(ctx: &RawTracePointContext, kind: EventKind) -> Result<u32, u32> {
     // TP_PROTO(struct task_struct *p): runs as the waker, not as p.
     let (tid, pid) = task_ids(ctx.arg::<*const u8>(0))?;
-    if pid != 0 && is_traced(pid) && !send(cpu_state()?, &sched_event(kind, tid, pid, 0, now(), false)) {
+    if pid == 0 || !is_traced(pid) {
+        return Ok(0);
+    }
+    let state = cpu_state()?;
+    let sent = if kind == EventKind::Wakeup && slow_ns() != 0 {
+        send(state, &woken_by(ctx, state, tid, pid))
+    } else {
+        send(state, &sched_event(kind, tid, pid, 0, 0, now(), false))
+    };
+    if !sent {
         count_lost(LostCall { pid, tid, nr: LOST_WAKEUP, errno: 0 });
     }
     Ok(0)
+}
+
+/// A wakeup of thread `tid` with who made it: the current task, unless
+/// this runs on an interrupt's stack; its syscall in progress, if it is
+/// traced; the kernel stack of the wakeup.
+#[inline(never)]
+fn woken_by(ctx: &RawTracePointContext, state: *mut probe_common::CpuState, tid: u32, pid: u32) -> WakeEvent {
+    let waker = bpf_get_current_pid_tgid();
+    let in_task = on_task_stack();
+    // SAFETY: this CPU's state: its call is the current thread's, if any.
+    let call = unsafe { (*state).call };
+    let waker_nr = if in_task && call.start_ns != 0 { call.nr } else { NO_SYSCALL };
+    let mut record = MaybeUninit::<WakeEvent>::uninit();
+    let r = record.as_mut_ptr();
+    // SAFETY: every field is written before the record is read.
+    unsafe {
+        (*r).kind = EventKind::WokenBy as u32;
+        (*r).cpu = cpu();
+        (*r).pid = pid;
+        (*r).tid = tid;
+        (*r).waker_pid = (waker >> 32) as u32;
+        (*r).waker_tid = waker as u32;
+        (*r).waker_nr = waker_nr;
+        (*r).context = if in_task { WAKER_TASK } else { WAKER_INTERRUPT };
+        (*r).kernel_stack = kernel_stack(ctx);
+        (*r)._pad = 0;
+        (*r).ts_ns = now();
+        write_comm(&raw mut (*r).waker_comm, true);
+        record.assume_init()
+    }
 }
 
 #[raw_tracepoint(tracepoint = "sched_wakeup")]

@@ -9,7 +9,7 @@ use aya_ebpf::{
         generated,
     },
     macros::map,
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{ring_buf::RingBufEntry, Array, PerCpuArray, RingBuf},
 };
 use probe_common::{Counter, CpuState, SchedEvent, SyscallEvent, COMM_LEN, COUNTER_SLOTS};
 
@@ -146,6 +146,18 @@ pub(crate) fn send<T: 'static>(state: *mut CpuState, record: &T) -> bool {
         return false;
     }
     true
+}
+
+/// Reserves room for one record to fill in place (one too big for the
+/// program's stack), or counts it lost and returns `None`. The caller
+/// submits it without waking the reader: the record that follows it does.
+#[inline(always)]
+pub(crate) fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
+    let entry = EVENTS.reserve::<T>(0);
+    if entry.is_none() {
+        bump(Counter::LostEvents);
+    }
+    entry
 }
 
 #[inline(always)]

@@ -21,7 +21,10 @@ use probe_common::{
     SYSCALL_UNSEEN_ENTRY,
 };
 
-use crate::shared::{bump, config, cpu, cpu_state, current_task_field, is_traced, now, send, write_comm};
+use crate::{
+    shared::{bump, config, cpu, cpu_state, current_task_field, is_traced, now, send, write_comm},
+    slow::{send_detail, slow_ns},
+};
 
 /// Non-zero: trace only the syscalls flagged `WANTED` in `SYSCALL_FLAGS`.
 /// Set by the loader, like the globals in `shared`.
@@ -228,7 +231,12 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
     };
     // TP_PROTO(struct pt_regs *regs, long ret)
     let ret = ctx.arg::<i64>(1);
-    emit(state, &call, ret, now() - call.start_ns);
+    let duration_ns = now() - call.start_ns;
+    let slow_ns = slow_ns();
+    if slow_ns != 0 && duration_ns >= slow_ns {
+        send_detail(ctx, state, &call);
+    }
+    emit(state, &call, ret, duration_ns);
     Ok(0)
 }
 
@@ -297,16 +305,18 @@ fn unseen_entry(ctx: &RawTracePointContext, state: *mut CpuState, tid_pid: u64, 
 
 /// Moves the call of a thread that leaves its CPU mid-syscall from the
 /// CPU's state to `CALLS_OFF_CPU`, where `sys_exit` finds it on any CPU.
+/// Whether it had one.
 #[inline(always)]
-pub(crate) fn park_call(ctx: &RawTracePointContext, state: *mut CpuState) {
+pub(crate) fn park_call(ctx: &RawTracePointContext, state: *mut CpuState) -> bool {
     // SAFETY: this CPU's state.
     let on_cpu = unsafe { &mut (*state).call };
     if on_cpu.start_ns == 0 {
-        return;
+        return false;
     }
     let call = *on_cpu;
     on_cpu.start_ns = 0;
     if CALLS_OFF_CPU.insert(call.tid, call, 0).is_err() && bump(Counter::InFlightFull) == 1 {
         warn!(ctx, "parked-call map full: calls of blocked threads are lost");
     }
+    true
 }

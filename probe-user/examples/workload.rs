@@ -231,7 +231,10 @@ fn getppid_storm(calls: u64) -> Done {
 }
 
 /// One relative `clock_nanosleep` of `each` on CLOCK_MONOTONIC, made
-/// directly (the C library's `nanosleep` may pick another call).
+/// directly (the C library's `nanosleep` may pick another call). A frame of
+/// its own, which `--slow`'s test finds by name in the call's user stack
+/// (release builds here carry no debug information to name inlined ones).
+#[inline(never)]
 fn sleep_once(each: Duration) {
     let request = libc::timespec {
         tv_sec: each.as_secs() as libc::time_t,

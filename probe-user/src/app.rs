@@ -156,6 +156,9 @@ fn run(args: Args) -> Result<i32> {
         // A COMMAND's threads start traced; those of --pid and of the
         // whole system may be mid-call.
         report_unseen: gated.is_none(),
+        slow_ns: args
+            .slow
+            .map_or(0, |threshold| u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX).max(1)),
         go: go_program.as_ref().map(|(path, binary)| GoTarget {
             path: path.clone(),
             goid_offset: binary.goid_offset,

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         raw_trace_point::RawTracePointLinkId, uprobe::UProbeScope, RawTracePoint, TracePoint, UProbe,
     },
@@ -18,12 +18,12 @@ use aya::{
 use probe_common::{
     names::{global, map, program},
     syscall_flags, Counter, CpuState, InFlight, LostCall, OffsetCheck, SyscallEvent, COMPAT_FLAGS_BASE,
-    MAX_SYSCALL_NR,
+    MAX_SYSCALL_NR, REGS_WORDS,
 };
 use syscalls::{x86::Sysno as I386, Sysno};
 
 use crate::{
-    btf::{self, TaskOffsets},
+    btf::{self, RegsLayout, TaskOffsets},
     procfs,
     tracefs::{self, Format},
 };
@@ -71,6 +71,10 @@ pub struct Config {
     /// Send the calls that return without a seen entry (in progress at
     /// attach): for `--pid` and whole-system traces.
     pub report_unseen: bool,
+    /// `--slow`'s threshold in ns: calls at least this long are sent with
+    /// their registers and user stack, and (with `sched`) the kernel stacks
+    /// they blocked in and their wakers; 0: none.
+    pub slow_ns: u64,
 }
 
 /// Where the io_uring tracepoints' records keep the fields the programs
@@ -158,6 +162,10 @@ pub struct Probe {
     lost_calls: LostCalls,
     calls_off_cpu: HashMap<MapData, u32, InFlight>,
     cpu_state: PerCpuArray<MapData, CpuState>,
+    /// With `--slow`: the kernel stacks records name, and where the
+    /// registers of a slow call's record are.
+    kernel_stacks: Option<StackTraceMap<MapData>>,
+    regs: Option<RegsLayout>,
 }
 
 /// The traced syscalls in progress, as the kernel programs hold them.
@@ -248,6 +256,19 @@ impl Probe {
             true => btf.task_migrations_offset().context("cannot find where the kernel counts migrations")?,
             false => 0,
         };
+        // --slow's details: where pt_regs keeps the registers, and (for the
+        // wakers) where a task's kernel stack is.
+        let slow = config.slow_ns != 0 && config.syscalls && !config.floor;
+        let regs = match slow {
+            true => Some(btf.regs_layout(REGS_WORDS).context("--slow reads a slow call's registers")?),
+            false => None,
+        };
+        let task_stack_offset = match slow && config.sched {
+            true => btf.task_stack_offset().context("--slow tells interrupts from tasks by their stacks")?,
+            false => 0,
+        };
+        let slow_ns = if slow { config.slow_ns } else { 0 };
+        let sp_offset = regs.map_or(0, |regs| regs.sp);
         // Megabytes that nothing needs from here on.
         drop(btf);
         let io_uring = match config.io_uring && config.syscalls && !config.floor {
@@ -284,6 +305,9 @@ impl Probe {
             .override_global(global::IOU_COMPLETE_REQ, &at(|l| l.complete_req), true)
             .override_global(global::IOU_COMPLETE_RES, &at(|l| l.complete_res), true)
             .override_global(global::IOU_CREATE_CTX, &at(|l| l.create_ctx), true)
+            .override_global(global::SLOW_NS, &slow_ns, true)
+            .override_global(global::PT_REGS_SP_OFFSET, &sp_offset, true)
+            .override_global(global::TASK_STACK_OFFSET, &task_stack_offset, true)
             .map_max_entries(map::EVENTS, ring_bytes)
             .map_max_entries(map::TRACED, procfs::pid_max()?)
             .load(OBJECT)
@@ -314,10 +338,10 @@ impl Probe {
                     .attach(tracepoint)
                     .with_context(|| format!("cannot attach to the raw tracepoint {tracepoint}"))?;
             }
-            return Self::assemble(ebpf, logs);
+            return Self::assemble(ebpf, logs, None);
         }
         if reads_tasks {
-            check_offsets(&mut ebpf, offsets)?;
+            check_offsets(&mut ebpf, offsets, task_stack_offset != 0)?;
         }
         let mut programs = Vec::new();
         if config.sched {
@@ -367,7 +391,7 @@ impl Probe {
                     .with_context(|| format!("cannot attach to io_uring:{event}"))?;
             }
         }
-        Self::assemble(ebpf, logs)
+        Self::assemble(ebpf, logs, regs)
     }
 
     /// Takes the maps userspace uses once the programs are loaded (taken
@@ -375,8 +399,13 @@ impl Probe {
     fn assemble(
         mut ebpf: Ebpf,
         logs: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+        regs: Option<RegsLayout>,
     ) -> Result<(Self, Streams)> {
         let events = take_map(&mut ebpf, map::EVENTS)?;
+        let kernel_stacks = match regs {
+            Some(_) => Some(take_map(&mut ebpf, map::KERNEL_STACKS)?),
+            None => None,
+        };
         let probe = Self {
             traced: take_map(&mut ebpf, map::TRACED)?,
             counters: take_map(&mut ebpf, map::COUNTERS)?,
@@ -388,10 +417,24 @@ impl Probe {
             },
             calls_off_cpu: take_map(&mut ebpf, map::CALLS_OFF_CPU)?,
             cpu_state: take_map(&mut ebpf, map::CPU_STATE)?,
+            kernel_stacks,
+            regs,
             ebpf,
             stats: None,
         };
         Ok((probe, Streams { events, logs }))
+    }
+
+    /// The addresses of kernel stack `id` (a record's id plus one), innermost
+    /// first; `None` for 0 (not kept) or one the map does not hold.
+    pub fn kernel_stack(&self, id: u32) -> Option<Vec<u64>> {
+        let stack = self.kernel_stacks.as_ref()?.get(&id.checked_sub(1)?, 0).ok()?;
+        Some(stack.frames().iter().map(|frame| frame.ip).collect())
+    }
+
+    /// Where a slow call's registers are in its record, with `--slow`.
+    pub fn regs_layout(&self) -> Option<RegsLayout> {
+        self.regs
     }
 
     /// Adds a process (all its threads, present and future) to the trace.
@@ -626,7 +669,9 @@ fn attach(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<RawTracePo
 /// offsets during one syscall of probe's, and the ids must match the
 /// kernel's own answer. A wrong layout would silently misattribute every
 /// scheduler event, so it stops probe instead.
-fn check_offsets(ebpf: &mut Ebpf, offsets: TaskOffsets) -> Result<()> {
+/// With `task_stack`, also that the programs tell they run on a task's
+/// kernel stack, as `--slow` tells a waker from an interrupt.
+fn check_offsets(ebpf: &mut Ebpf, offsets: TaskOffsets, task_stack: bool) -> Result<()> {
     let link = attach(ebpf, program::CHECK_OFFSETS, program::SYS_ENTER)?;
     // SAFETY: getppid has no arguments and no side effects; it is the
     // syscall that the check program observes.
@@ -643,6 +688,9 @@ fn check_offsets(ebpf: &mut Ebpf, offsets: TaskOffsets) -> Result<()> {
             "the kernel's BTF gives task_struct offsets (pid at {}, tgid at {}) that do not read this process's ids (read {:?}, expected {:?}); run with --no-sched",
             offsets.pid, offsets.tgid, (seen.pid, seen.tgid), expected
         );
+    }
+    if task_stack && seen.on_task_stack == 0 {
+        bail!("--slow cannot tell a waker from an interrupt on this kernel (its kernel stacks are not 16 KiB: KASAN?); run without --slow");
     }
     Ok(())
 }

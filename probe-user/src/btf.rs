@@ -70,6 +70,48 @@ impl KernelBtf {
     }
 }
 
+/// Where `pt_regs` keeps the registers a slow call's report reads: the
+/// instruction, stack and frame pointers its user stack is unwound from,
+/// and the six syscall arguments (x86-64: rdi, rsi, rdx, r10, r8, r9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegsLayout {
+    pub ip: u32,
+    pub sp: u32,
+    pub bp: u32,
+    pub args: [u32; 6],
+}
+
+impl RegsLayout {
+    /// Register `offset`'s value in `regs`, a raw `pt_regs`.
+    pub fn read(regs: &[u64], offset: u32) -> u64 {
+        regs.get(offset as usize / 8).copied().unwrap_or(0)
+    }
+}
+
+impl KernelBtf {
+    /// `pt_regs`' registers, all inside the first `words` words (what the
+    /// kernel programs copy).
+    pub fn regs_layout(&self, words: usize) -> Result<RegsLayout> {
+        let [ip, sp, bp, di, si, dx, r10, r8, r9] =
+            member_offsets(self.data()?, "pt_regs", ["ip", "sp", "bp", "di", "si", "dx", "r10", "r8", "r9"])
+                .context("cannot find pt_regs' registers in the kernel's BTF")?;
+        let layout = RegsLayout { ip, sp, bp, args: [di, si, dx, r10, r8, r9] };
+        let last = [ip, sp, bp, di, si, dx, r10, r8, r9].into_iter().max().unwrap_or(0);
+        ensure!(
+            last % 8 == 0 && (last as usize) < words * 8,
+            "pt_regs in the kernel's BTF is not x86-64's (a register at byte {last})"
+        );
+        Ok(layout)
+    }
+
+    /// The byte offset of `task_struct.stack`, the task's kernel stack.
+    pub fn task_stack_offset(&self) -> Result<u32> {
+        let [stack] = member_offsets(self.data()?, "task_struct", ["stack"])
+            .context("cannot find task_struct.stack in the kernel's BTF")?;
+        Ok(stack)
+    }
+}
+
 /// Reads the offsets from raw BTF (native endianness).
 pub fn task_offsets_in(data: &[u8]) -> Result<TaskOffsets> {
     let [pid, tgid] = member_offsets(data, "task_struct", ["pid", "tgid"])?;

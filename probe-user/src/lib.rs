@@ -28,6 +28,7 @@ mod pipeline;
 mod procfs;
 mod report;
 mod session;
+mod slow;
 mod target;
 mod timeline;
 mod tracefs;

@@ -10,7 +10,7 @@
 use std::mem;
 
 use probe_common::{
-    EventKind, InFlight, LostCall, Record, SyscallEvent, SWITCH_EXITED, SYSCALL_NO_RETURN,
+    EventKind, InFlight, LostCall, Record, SlowDetail, SyscallEvent, SWITCH_EXITED, SYSCALL_NO_RETURN,
     SYSCALL_UNSEEN_ENTRY,
 };
 use rustc_hash::FxHashMap;
@@ -18,11 +18,12 @@ use rustc_hash::FxHashMap;
 use crate::{
     aggregate::{
         in_flight::{CallAtAttach, CallInFlight, CallsAtAttach, ThreadState},
-        sched::SchedTracker,
+        sched::{Blocked, SchedTracker, Waker},
         slowest::SlowCall,
         Generations, Table, ThreadKey, World, MAX_EXITED_THREADS,
     },
     golang::Goroutines,
+    slow::Explanation,
 };
 
 /// Turns records into an interval's table and the run's total.
@@ -45,6 +46,8 @@ pub struct Pipeline {
     slow_ns: Option<u64>,
     /// Such calls since the last [`Pipeline::take_slow_calls`].
     slow_calls: Vec<SlowCallSeen>,
+    /// Their details, by (thread, start), until their calls come.
+    details: FxHashMap<(u32, u64), Box<SlowDetail>>,
 }
 
 /// A call of `--slow`'s, as it returned.
@@ -55,7 +58,18 @@ pub struct SlowCallSeen {
     /// The thread's name, made visible.
     pub comm: String,
     pub call: SlowCall,
+    /// Its registers and user stack at its return; `None` when the kernel
+    /// programs were not asked for them or their record was dropped.
+    pub detail: Option<Box<SlowDetail>>,
+    /// Its longest sleep, with what it slept in and who woke it.
+    pub blocked: Option<Blocked>,
+    /// What the above say, once the event loop has had them explained.
+    pub explanation: Option<Explanation>,
 }
+
+/// Details of slow calls waiting for their calls' records: one is sent
+/// just before its call, so more than a few are those of dropped calls.
+const PENDING_DETAILS: usize = 64;
 
 impl Pipeline {
     /// A pipeline that also follows `goroutines`, for a traced Go program.
@@ -72,6 +86,7 @@ impl Pipeline {
             noted: FxHashMap::default(),
             slow_ns: None,
             slow_calls: Vec::new(),
+            details: FxHashMap::default(),
         }
     }
 
@@ -127,11 +142,13 @@ impl Pipeline {
                 self.interval.record(key, event);
                 if event.flags & SYSCALL_NO_RETURN == 0 {
                     let end = event.start_ns.saturating_add(event.duration_ns);
+                    let slow = self.slow_ns.is_some_and(|slow_ns| event.duration_ns >= slow_ns);
+                    let blocked = if slow { self.tracker.blocked(key, event.start_ns, end) } else { None };
                     let split = self.tracker.split(key, event.start_ns, end);
                     if let Some(split) = split {
                         self.interval.record_split(key, event, split);
                     }
-                    if self.slow_ns.is_some_and(|slow_ns| event.duration_ns >= slow_ns) {
+                    if slow {
                         self.slow_calls.push(SlowCallSeen {
                             key,
                             nr: event.nr,
@@ -142,6 +159,9 @@ impl Pipeline {
                                 ret: event.ret,
                                 split,
                             },
+                            detail: self.details.remove(&(event.tid, event.start_ns)),
+                            blocked,
+                            explanation: None,
                         });
                     }
                 } else {
@@ -159,6 +179,17 @@ impl Pipeline {
                     self.interval.mark_exited(key);
                     self.generations.exited(key);
                 }
+            }
+            Record::WokenBy(event) => {
+                let key = self.generations.current(event.pid, event.tid);
+                self.tracker.apply(key, &event.as_wakeup(), &mut self.interval);
+                self.tracker.woken_by(key, Waker::new(event));
+            }
+            Record::SlowDetail(detail) => {
+                if self.details.len() == PENDING_DETAILS {
+                    self.details.clear();
+                }
+                self.details.insert((detail.tid, detail.start_ns), detail.clone());
             }
             Record::Go(event) => {
                 if let Some(goroutines) = &mut self.goroutines {
@@ -412,7 +443,17 @@ mod tests {
     fn sched(kind: EventKind, tid: u32, cpu: u32, flags: u32, ts_ns: u64) -> Vec<u8> {
         let comm = if kind == EventKind::SwitchOut { name("worker") } else { [0; COMM_LEN] };
         let nr_migrations = 0;
-        bytes(&SchedEvent { kind: kind as u32, cpu, pid: 1, tid, flags, _pad: 0, ts_ns, nr_migrations, comm })
+        bytes(&SchedEvent {
+            kind: kind as u32,
+            cpu,
+            pid: 1,
+            tid,
+            flags,
+            kernel_stack: 0,
+            ts_ns,
+            nr_migrations,
+            comm,
+        })
     }
 
     fn feed(pipeline: &mut Pipeline, records: &[Vec<u8>]) {

@@ -9,7 +9,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 use syscalls::{Errno, Sysno};
 
-use crate::pipeline::SlowCallSeen;
+use crate::{pipeline::SlowCallSeen, slow::Explanation};
 
 use crate::aggregate::{
     in_flight::{CallInFlight, ThreadState},
@@ -525,6 +525,9 @@ pub struct SlowCallLine {
     pub abi: &'static str,
     #[serde(flatten)]
     pub call: SlowCallReport,
+    /// Its stacks and waker, with the kernel programs' details.
+    #[serde(flatten)]
+    pub explanation: Option<Explanation>,
 }
 
 impl SlowCallLine {
@@ -538,6 +541,7 @@ impl SlowCallLine {
             nr: seen.nr & !COMPAT_NR,
             abi: abi(seen.nr),
             call: slow_call_report(&seen.call),
+            explanation: seen.explanation.clone(),
         }
     }
 }

@@ -23,6 +23,7 @@ use crate::{
     pipeline::Pipeline,
     procfs::{self, Proc},
     report::{Health, Kind, Losses, Report, Span},
+    slow::Explainer,
     target::{exit_code, PidTarget},
 };
 
@@ -148,17 +149,19 @@ pub async fn run(
         }
     }
 
+    // --slow's stacks and wakers, when the kernel programs send them.
+    let mut explainer = probe.regs_layout().map(Explainer::new);
     let end = loop {
         tokio::select! {
             guard = events.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &mut pipeline, &mut outputs);
+                drain(guard.get_inner_mut(), &mut pipeline, &mut outputs, &probe, &mut explainer);
                 guard.clear_ready();
             }
-            _ = poll.tick() => drain(events.get_mut(), &mut pipeline, &mut outputs),
+            _ = poll.tick() => drain(events.get_mut(), &mut pipeline, &mut outputs, &probe, &mut explainer),
             _ = lost_calls.tick() => {
                 // Records first: they precede the calls counted since.
-                drain(events.get_mut(), &mut pipeline, &mut outputs);
+                drain(events.get_mut(), &mut pipeline, &mut outputs, &probe, &mut explainer);
                 pipeline.add_lost_calls(&probe.take_lost_calls(false)?, &Proc);
             }
             guard = async {
@@ -172,7 +175,7 @@ pub async fn run(
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                let (now_ns, calls_off_cpu) = settle(&mut probe, events.get_mut(), &mut pipeline, &mut outputs, false)?;
+                let (now_ns, calls_off_cpu) = settle(&mut probe, events.get_mut(), &mut pipeline, &mut outputs, &mut explainer, false)?;
                 let table = pipeline.close_interval(&Proc);
                 let span = measure(&probe, &pipeline, now_ns - start_ns, now_ns - last_ns, calls_off_cpu)?;
                 last_ns = now_ns;
@@ -233,7 +236,8 @@ pub async fn run(
     };
 
     // Every record of the finished trace is already in the ring buffer.
-    let (now_ns, calls_off_cpu) = settle(&mut probe, events.get_mut(), &mut pipeline, &mut outputs, true)?;
+    let (now_ns, calls_off_cpu) =
+        settle(&mut probe, events.get_mut(), &mut pipeline, &mut outputs, &mut explainer, true)?;
     let span = measure(&probe, &pipeline, now_ns - start_ns, now_ns - start_ns, calls_off_cpu)?;
     pipeline.close_interval(&Proc);
     let mut summary = Report::new(Kind::Summary, pipeline.total(), span, None);
@@ -245,17 +249,30 @@ pub async fn run(
     Ok(exit_code.unwrap_or(0))
 }
 
-/// Takes every record waiting in the ring buffer, in its order.
-fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, outputs: &mut Outputs) {
+/// Takes every record waiting in the ring buffer, in its order; the slow
+/// calls among them go out at once, explained when `explainer` is there.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    pipeline: &mut Pipeline,
+    outputs: &mut Outputs,
+    probe: &Probe,
+    explainer: &mut Option<Explainer>,
+) {
     while let Some(bytes) = ring.next() {
         if let Some(record) = pipeline.ingest(&bytes) {
             outputs.record(&record);
         }
     }
-    let slow = pipeline.take_slow_calls();
-    if !slow.is_empty() {
-        outputs.slow_calls(&slow);
+    let mut slow = pipeline.take_slow_calls();
+    if slow.is_empty() {
+        return;
     }
+    if let Some(explainer) = explainer {
+        for call in &mut slow {
+            call.explanation = Some(explainer.explain(probe, call));
+        }
+    }
+    outputs.slow_calls(&slow);
 }
 
 /// Brings the pipeline up to now, for an interval (or, with `last`, the
@@ -269,10 +286,11 @@ fn settle(
     ring: &mut RingBuf<MapData>,
     pipeline: &mut Pipeline,
     outputs: &mut Outputs,
+    explainer: &mut Option<Explainer>,
     last: bool,
 ) -> Result<(u64, usize)> {
     let now_ns = monotonic_ns();
-    drain(ring, pipeline, outputs);
+    drain(ring, pipeline, outputs, probe, explainer);
     pipeline.add_lost_calls(&probe.take_lost_calls(last)?, &Proc);
     pipeline.settle(now_ns, &Proc);
     let calls_off_cpu = note_in_flight(probe, pipeline, now_ns)?;

@@ -275,7 +275,8 @@ impl Sink for Timeline {
         match record {
             Record::Syscall(event) => self.syscall(event),
             Record::Sched(event) => self.sched(event),
-            Record::Go(_) | Record::IoUring(_) => {}
+            Record::WokenBy(event) => self.sched(&event.as_wakeup()),
+            Record::Go(_) | Record::IoUring(_) | Record::SlowDetail(_) => {}
         }
     }
 

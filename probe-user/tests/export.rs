@@ -736,3 +736,183 @@ fn a_bad_web_config_is_one_line() {
     }
     std::fs::remove_dir_all(&directory).unwrap();
 }
+
+/// Sleeps of known lengths, each in a latency bucket of its own (le 0.05,
+/// 0.25 and 0.5 s), far from the bounds: the workload's slowest calls.
+const SLEEPS_MS: [u64; 3] = [30, 150, 350];
+const SLEEP_BUCKETS: [&str; 3] = ["0.05", "0.25", "0.5"];
+
+/// One bucket's exemplar: its labels, value and timestamp (seconds).
+#[derive(Debug)]
+struct Exemplar {
+    labels: HashMap<String, String>,
+    value: f64,
+    timestamp: f64,
+}
+
+/// The exemplars on process `pid`'s `clock_nanosleep` latency buckets in
+/// an OpenMetrics exposition, by bucket bound.
+fn sleep_exemplars(openmetrics: &str, pid: &str) -> BTreeMap<String, Exemplar> {
+    let label = |labels: &str, name: &str| {
+        let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
+        Some(labels[start..][..labels[start..].find('"')?].to_owned())
+    };
+    openmetrics
+        .lines()
+        .filter(|line| line.starts_with("probe_syscall_latency_seconds_bucket{"))
+        .filter(|line| {
+            line.contains(&format!("pid=\"{pid}\"")) && line.contains("syscall=\"clock_nanosleep\"")
+        })
+        .filter_map(|line| {
+            let (sample, exemplar) = line.split_once(" # {")?;
+            let (labels, rest) = exemplar.split_once("} ")?;
+            let (value, timestamp) = rest.split_once(' ')?;
+            let labels = labels
+                .split(',')
+                .map(|pair| {
+                    let (name, value) = pair.split_once('=').unwrap();
+                    (name.to_owned(), value.trim_matches('"').to_owned())
+                })
+                .collect();
+            let exemplar =
+                Exemplar { labels, value: value.parse().unwrap(), timestamp: timestamp.parse().unwrap() };
+            Some((label(sample, "le")?, exemplar))
+        })
+        .collect()
+}
+
+fn unix_seconds(time: std::time::SystemTime) -> f64 {
+    time.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// Runs the sleeps under `probe --prometheus` (clock_nanosleep only, a
+/// series per process): probe, the workload's pid and sleeper's tid, and
+/// the wall-clock time before and after the workload.
+fn sleeps_under_probe(port: u16) -> (Running, String, String, f64, f64) {
+    let probe = serve(port, &["-e", "clock_nanosleep", "--prometheus-pids"]);
+    let before = unix_seconds(std::time::SystemTime::now());
+    let sleeps = SLEEPS_MS.map(|ms| ms.to_string()).join(",");
+    let run = run_workload(&["--sleeps", &sleeps]);
+    let after = unix_seconds(std::time::SystemTime::now());
+    let sleeper = run.doing("sleeps").next().expect("a sleeping thread").tid.to_string();
+    (probe, run.pid.to_string(), sleeper, before, after)
+}
+
+/// Checks that `exemplars` (by bucket bound) are the sleeps, made by
+/// `sleeper` of process `pid` between `before` and `after`.
+fn assert_sleep_exemplars(
+    exemplars: &BTreeMap<String, Exemplar>,
+    pid: &str,
+    sleeper: &str,
+    (before, after): (f64, f64),
+) {
+    for (ms, le) in SLEEPS_MS.into_iter().zip(SLEEP_BUCKETS) {
+        let exemplar = exemplars.get(le).unwrap_or_else(|| panic!("no exemplar on le={le}: {exemplars:?}"));
+        let slept = exemplar.value * 1000.0;
+        assert!((ms as f64..ms as f64 + 10.0).contains(&slept), "the {ms} ms sleep: {exemplar:?}");
+        let expected: HashMap<String, String> =
+            [("pid", pid), ("tid", sleeper)].map(|(k, v)| (k.to_owned(), v.to_owned())).into();
+        assert_eq!(exemplar.labels, expected, "the {ms} ms sleep");
+        // Dated when it returned, on the wall clock.
+        assert!(
+            (before - 0.05..after + 0.05).contains(&exemplar.timestamp),
+            "the {ms} ms sleep at {} not within {before}..{after}",
+            exemplar.timestamp
+        );
+    }
+}
+
+#[test]
+fn latency_buckets_carry_the_slowest_calls_as_exemplars() {
+    let port = free_port();
+    let (_probe, pid, sleeper, before, after) = sleeps_under_probe(port);
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let agent = agent(None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (openmetrics, exemplars) = loop {
+        let (status, _, openmetrics) = get(&agent, &url, &[("Accept", "application/openmetrics-text")]);
+        assert_eq!(status, 200);
+        let exemplars = sleep_exemplars(&openmetrics, &pid);
+        if SLEEP_BUCKETS.iter().all(|le| exemplars.contains_key(*le)) || Instant::now() > deadline {
+            break (openmetrics, exemplars);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_sleep_exemplars(&exemplars, &pid, &sleeper, (before, after));
+    // The sleeps have their buckets' exemplars, at most one a bucket.
+    let buckets = openmetrics.lines().filter(|line| {
+        line.starts_with("probe_syscall_latency_seconds_bucket{")
+            && line.contains(&format!("pid=\"{pid}\""))
+            && line.contains(" # {")
+    });
+    assert!(buckets.count() >= SLEEPS_MS.len());
+    // The classic text has none.
+    let (_, content_type, text) = get(&agent, &url, &[]);
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(text.contains(&format!("pid=\"{pid}\"")), "{text}");
+    assert!(!text.contains(" # {"), "an exemplar in the classic text");
+}
+
+#[test]
+fn prometheus_stores_the_exemplars() {
+    let port = free_port();
+    let (_probe, pid, sleeper, before, after) = sleeps_under_probe(port);
+    let directory = std::env::temp_dir().join(format!("probe-test-prometheus-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    let config = directory.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: probe\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+        ),
+    )
+    .unwrap();
+    let web = free_port();
+    let log = std::fs::File::create(directory.join("prometheus.log")).unwrap();
+    let prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", directory.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+        .arg("--enable-feature=exemplar-storage")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("prometheus is missing: run the tests with `cargo xtask test`, which installs it");
+    let prometheus = Running(prometheus);
+    let query = format!("probe_syscall_latency_seconds_bucket{{pid=\"{pid}\",syscall=\"clock_nanosleep\"}}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exemplars = loop {
+        let answer = ureq::get(&format!("http://127.0.0.1:{web}/api/v1/query_exemplars"))
+            .query("query", &query)
+            .query("start", (before - 60.0).to_string())
+            .query("end", (after + 600.0).to_string())
+            .call()
+            .ok()
+            .and_then(|mut response| response.body_mut().read_to_string().ok())
+            .and_then(|body| serde_json::from_str::<Json>(&body).ok());
+        let exemplars: BTreeMap<String, Exemplar> = answer
+            .iter()
+            .flat_map(|answer| answer["data"].as_array().cloned().unwrap_or_default())
+            .filter_map(|series| {
+                let le = series["seriesLabels"]["le"].as_str()?.to_owned();
+                // The latest, should Prometheus have several.
+                let exemplar = series["exemplars"].as_array()?.last()?.clone();
+                let labels = exemplar["labels"].as_object()?;
+                let labels =
+                    labels.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned())).collect();
+                let value = exemplar["value"].as_str()?.parse().ok()?;
+                Some((le, Exemplar { labels, value, timestamp: exemplar["timestamp"].as_f64()? }))
+            })
+            .collect();
+        if SLEEP_BUCKETS.iter().all(|le| exemplars.contains_key(*le)) || Instant::now() > deadline {
+            break exemplars;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    drop(prometheus);
+    let log = std::fs::read_to_string(directory.join("prometheus.log")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&directory);
+    assert!(!exemplars.is_empty(), "Prometheus stored no exemplar; its log:\n{log}");
+    assert_sleep_exemplars(&exemplars, &pid, &sleeper, (before, after));
+}

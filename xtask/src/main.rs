@@ -150,8 +150,14 @@ fn test(root: &Path) -> Result<()> {
     cargo(root, &["fmt", "--manifest-path", "probe-ebpf/Cargo.toml", "--check"])?;
     cargo(root, &["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"])?;
     // The live view's end-to-end test runs probe in a tmux terminal; the
-    // Go view's tests build Go programs.
-    command::install_missing(&[("tmux", "tmux"), ("go", "golang-go")])?;
+    // Go view's tests build Go programs, and --slow's a C program; an
+    // export test has a Prometheus scrape probe's exemplars.
+    command::install_missing(&[
+        ("tmux", "tmux"),
+        ("go", "golang-go"),
+        ("gcc", "gcc"),
+        ("prometheus", "prometheus"),
+    ])?;
     // The unit tests, fuzzing included, also in debug: overflow checks on.
     cargo(root, &["test", "--package", "probe", "--lib"])?;
     // Release: the workloads run at full speed. One test at a time: the

@@ -18,7 +18,9 @@ use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 
-use probe_common::{EventKind, SchedEvent, SWITCH_EXITED, SWITCH_VOLUNTARY};
+use probe_common::{
+    EventKind, SchedEvent, WakeEvent, COMM_LEN, NO_SYSCALL, SWITCH_EXITED, SWITCH_VOLUNTARY, WAKER_INTERRUPT,
+};
 
 use super::{in_flight::ThreadState, latency::Latencies, Table, ThreadKey, World};
 
@@ -100,6 +102,58 @@ const KEPT_SPANS: usize = 16;
 /// waiting in a run queue.
 type OffSpan = (u64, u64, bool);
 
+/// Who made a thread runnable (`--slow`'s `WokenBy` records).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Waker {
+    pub pid: u32,
+    pub tid: u32,
+    /// Its name, raw.
+    pub comm: [u8; COMM_LEN],
+    /// Its syscall in progress, if it was a traced one.
+    pub nr: Option<u32>,
+    /// The wakeup came from an interrupt: `pid`, `tid` and `comm` are the
+    /// task it interrupted, not the waker.
+    pub interrupt: bool,
+    /// The wakeup's kernel stack (`KERNEL_STACKS` id plus one; 0: none).
+    pub kernel_stack: u32,
+}
+
+impl Waker {
+    pub fn new(event: &WakeEvent) -> Self {
+        Self {
+            pid: event.waker_pid,
+            tid: event.waker_tid,
+            comm: event.waker_comm,
+            nr: (event.waker_nr != NO_SYSCALL).then_some(event.waker_nr),
+            interrupt: event.context == WAKER_INTERRUPT,
+            kernel_stack: event.kernel_stack,
+        }
+    }
+}
+
+/// The longest time a call spent asleep, with what it slept in and what
+/// woke it (`--slow`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Blocked {
+    pub ns: u64,
+    /// The blocking switch-out's kernel stack (id plus one; 0: none).
+    pub kernel_stack: u32,
+    /// `None` when the wakeup was not seen with its waker.
+    pub waker: Option<Waker>,
+    /// How long it then waited for a CPU.
+    pub runq_ns: u64,
+}
+
+/// What `--slow` knows of a thread's latest sleep.
+#[derive(Clone, Copy, Debug)]
+struct Sleep {
+    from: u64,
+    to: u64,
+    kernel_stack: u32,
+    waker: Option<Waker>,
+    runq_ns: u64,
+}
+
 /// Where a thread is, between events.
 #[derive(Clone, Debug, Default)]
 struct RunState {
@@ -120,9 +174,35 @@ struct RunState {
     charged_to: u64,
     /// Its latest off-CPU spans, oldest first.
     off_spans: Vec<OffSpan>,
+    /// With `--slow`: the kernel stack of its latest blocking switch-out,
+    /// and who woke it since.
+    blocked_in: u32,
+    woken_by: Option<Waker>,
+    /// With `--slow`: its latest sleeps, oldest first, as `off_spans`.
+    sleeps: Vec<Sleep>,
 }
 
 impl RunState {
+    /// Keeps a sleep from `from` to `to`, then `runq_ns` in a run queue,
+    /// with what `--slow` learnt of it; only with `--slow`, which sends
+    /// the stacks.
+    fn slept(&mut self, from: u64, to: u64, runq_ns: u64) {
+        let waker = self.woken_by.take();
+        if self.blocked_in == 0 && waker.is_none() {
+            return;
+        }
+        if self.sleeps.len() == KEPT_SPANS {
+            self.sleeps.remove(0);
+        }
+        self.sleeps.push(Sleep {
+            from,
+            to,
+            kernel_stack: std::mem::take(&mut self.blocked_in),
+            waker,
+            runq_ns,
+        });
+    }
+
     fn off_cpu(&mut self, from: u64, to: u64, blocked: bool) {
         if to > from {
             if self.off_spans.len() == KEPT_SPANS {
@@ -194,6 +274,8 @@ impl SchedTracker {
                 state.migrations_seen = Some(event.nr_migrations.max(state.migrations_seen.unwrap_or(0)));
                 state.off = Some((ts, voluntary));
                 state.ready = (!voluntary).then_some(ts);
+                state.blocked_in = event.kernel_stack;
+                state.woken_by = None;
                 state.charged_to = ts;
                 state.last_cpu = Some(event.cpu);
                 stats.last_cpu = Some(event.cpu);
@@ -230,6 +312,7 @@ impl SchedTracker {
                         if voluntary {
                             add(&mut stats.blocked_ns, ready.saturating_sub(off.max(charged)));
                             state.off_cpu(off, ready, true);
+                            state.slept(off, ready, ts.saturating_sub(ready));
                         }
                         wait(stats, ts.saturating_sub(ready), ts.saturating_sub(ready.max(charged)));
                         state.off_cpu(ready, ts, false);
@@ -238,6 +321,7 @@ impl SchedTracker {
                     (Some((off, _)), None) => {
                         add(&mut stats.blocked_ns, ts.saturating_sub(off.max(charged)));
                         state.off_cpu(off, ts, true);
+                        state.slept(off, ts, 0);
                     }
                     // A new thread's first run.
                     (None, Some(ready)) => {
@@ -258,6 +342,37 @@ impl SchedTracker {
             // refuses them.
             _ => {}
         }
+    }
+
+    /// `waker` made thread `key` runnable (the `Wakeup` itself is applied
+    /// apart): kept for its sleep, if this wakeup ended one.
+    pub fn woken_by(&mut self, key: ThreadKey, waker: Waker) {
+        if let Some(state) = self.threads.get_mut(&key) {
+            if state.running.is_none() && state.woken_by.is_none() && state.off.is_some_and(|(_, v)| v) {
+                state.woken_by = Some(waker);
+            }
+        }
+    }
+
+    /// The longest sleep of thread `key` between `start` and `end` (a
+    /// `--slow` call), with what it slept in and who woke it; `None`
+    /// without one. To be asked before [`SchedTracker::split`], which
+    /// forgets the spans of the call.
+    pub fn blocked(&mut self, key: ThreadKey, start: u64, end: u64) -> Option<Blocked> {
+        let state = self.threads.get_mut(&key)?;
+        let longest = state
+            .sleeps
+            .iter()
+            .filter(|sleep| sleep.from >= start && sleep.to <= end)
+            .max_by_key(|sleep| sleep.to - sleep.from)
+            .map(|sleep| Blocked {
+                ns: sleep.to - sleep.from,
+                kernel_stack: sleep.kernel_stack,
+                waker: sleep.waker,
+                runq_ns: sleep.runq_ns,
+            });
+        state.sleeps.retain(|sleep| sleep.to > end);
+        longest
     }
 
     /// Thread `key`, unseen so far, has been asleep since `ts` (found so at
@@ -381,7 +496,7 @@ mod tests {
 
     fn ev(kind: EventKind, cpu: u32, ts_ns: u64, flags: u32) -> SchedEvent {
         let (pid, tid, nr_migrations, comm) = (1, 2, 0, [0; COMM_LEN]);
-        SchedEvent { kind: kind as u32, cpu, pid, tid, flags, _pad: 0, ts_ns, nr_migrations, comm }
+        SchedEvent { kind: kind as u32, cpu, pid, tid, flags, kernel_stack: 0, ts_ns, nr_migrations, comm }
     }
 
     fn replay(events: &[SchedEvent]) -> SchedStats {
@@ -479,6 +594,39 @@ mod tests {
         let stats = replay(&[ev(SwitchIn, 0, 10, 0), ev(SwitchIn, 1, 200, 0), ev(SwitchOut, 1, 250, 0)]);
         assert_eq!((stats.on_cpu_ns, stats.partial_runs), (50, 1));
         assert_eq!(stats.pairs, BTreeMap::from([((0, 1), 1)]));
+    }
+
+    #[test]
+    fn a_calls_longest_sleep_keeps_what_it_slept_in_and_who_woke_it() {
+        use EventKind::*;
+        let mut tracker = SchedTracker::default();
+        let mut table = Table::default();
+        let key = ThreadKey::new(1, 2);
+        let waker = |tid| Waker { pid: 1, tid, comm: [0; COMM_LEN], nr: Some(1), interrupt: false, kernel_stack: 9 };
+        let blocking = |ts, stack| SchedEvent { kernel_stack: stack, ..ev(SwitchOut, 0, ts, SWITCH_VOLUNTARY) };
+        // In one call from 5 to 1000: asleep 10..30 in stack 4, woken by 7;
+        // asleep 100..400 in stack 5, woken by 8 and 20 ns in the run queue.
+        for (event, woken_by) in [
+            (ev(SwitchIn, 0, 1, 0), None),
+            (blocking(10, 4), None),
+            (ev(Wakeup, 1, 30, 0), Some(waker(7))),
+            (ev(SwitchIn, 0, 32, 0), None),
+            (blocking(100, 5), None),
+            (ev(Wakeup, 1, 400, 0), Some(waker(8))),
+            // A second wakeup changes nothing.
+            (ev(Wakeup, 1, 405, 0), Some(waker(6))),
+            (ev(SwitchIn, 0, 420, 0), None),
+        ] {
+            tracker.apply(key, &event, &mut table);
+            if let Some(waker) = woken_by {
+                tracker.woken_by(key, waker);
+            }
+        }
+        let blocked = tracker.blocked(key, 5, 1000).unwrap();
+        assert_eq!((blocked.ns, blocked.kernel_stack, blocked.runq_ns), (300, 5, 20));
+        assert_eq!(blocked.waker.map(|waker| waker.tid), Some(8));
+        // Asked for once: the next call does not find this one's sleeps.
+        assert_eq!(tracker.blocked(key, 1000, 2000), None);
     }
 
     #[test]

@@ -1,25 +1,28 @@
 //! Prometheus / OpenMetrics export (`--prometheus`): what every process
 //! (and, with `--prometheus-threads`, every thread) has done since probe
 //! started, as counters and latency histograms, kept bounded on a busy
-//! host. [`server`] serves it over HTTP.
+//! host; each latency bucket carries the slowest call known in it as an
+//! OpenMetrics exemplar. [`server`] serves it over HTTP.
 
 pub mod server;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
+use probe_common::errno_of;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet},
-    metrics::MetricType,
+    metrics::{exemplar::Exemplar, MetricType},
 };
 use rustc_hash::FxHashMap;
 
 use crate::{
     aggregate::{sched::SchedStats, SyscallStats, Table, ThreadKey, ThreadStats},
+    clock::WallClock,
     output::{Flow, Interval, Sink},
     report::{errno_name, syscall_name, Report},
 };
@@ -52,6 +55,12 @@ pub struct Limits {
     pub grace: Duration,
 }
 
+/// The bucket of `BUCKETS` (or the `+Inf` one) a latency falls in.
+fn bucket_of(ns: u64) -> usize {
+    let seconds = ns as f64 / 1e9;
+    BUCKETS.partition_point(|&upper| upper < seconds)
+}
+
 /// One syscall's counts and latency histogram.
 #[derive(Clone, Debug, Default)]
 struct SyscallSeries {
@@ -60,19 +69,73 @@ struct SyscallSeries {
     sum_ns: u64,
     /// Per bucket of `BUCKETS`, then the `+Inf` one; not cumulative.
     buckets: [u64; BUCKETS.len() + 1],
+    /// Per bucket, the slowest call known in it: of the calls the
+    /// aggregates keep one by one (each thread's slowest of each interval),
+    /// so the upper buckets have theirs, and the crowded lower ones one
+    /// of their slowest threads' at least.
+    exemplars: [Option<SlowExemplar>; BUCKETS.len() + 1],
 }
 
 impl SyscallSeries {
-    fn add(&mut self, stats: &SyscallStats) {
+    /// Adds thread `key`'s calls of an interval; `wall` dates its slowest.
+    fn add(&mut self, stats: &SyscallStats, key: ThreadKey, wall: WallClock) {
         self.count += stats.count;
         for (&errno, &n) in &stats.errnos {
             *self.errnos.entry(errno).or_default() += n;
         }
         self.sum_ns = self.sum_ns.saturating_add(stats.total_ns);
         for (ns, n) in stats.latency.values() {
-            let seconds = ns as f64 / 1e9;
-            self.buckets[BUCKETS.partition_point(|&upper| upper < seconds)] += n;
+            self.buckets[bucket_of(ns)] += n;
         }
+        for call in stats.slowest.calls() {
+            let kept = &mut self.exemplars[bucket_of(call.duration_ns)];
+            // A tie keeps the earlier call: a bucket's exemplar only ever
+            // moves to a later one, as Prometheus wants (it drops an
+            // exemplar older than the last it stored for the series).
+            if kept.is_none_or(|kept| call.duration_ns > kept.duration_ns) {
+                *kept = Some(SlowExemplar {
+                    duration_ns: call.duration_ns,
+                    // When it returned, not when it began: a later
+                    // interval's call then has the later time, even one
+                    // that began before the call it replaces.
+                    ended: wall.at(call.started_ns.saturating_add(call.duration_ns)),
+                    pid: key.pid,
+                    tid: key.tid,
+                    errno: errno_of(call.ret),
+                });
+            }
+        }
+    }
+}
+
+/// A slow call, as an exemplar of its bucket.
+#[derive(Clone, Copy, Debug)]
+struct SlowExemplar {
+    duration_ns: u64,
+    /// Dated once, when it is kept: a scrape sends the same exemplar again
+    /// (which Prometheus recognizes as such) until a slower call takes its
+    /// place.
+    ended: SystemTime,
+    pid: u32,
+    tid: u32,
+    errno: Option<u32>,
+}
+
+impl SlowExemplar {
+    /// Labels that find the call: its thread (the thread's name is left
+    /// out: it is the thread's own to choose, any length, and OpenMetrics
+    /// caps an exemplar's labels at 128 characters, which these numbers and
+    /// errno names stay far below), and its errno if it failed.
+    fn labels(&self) -> Labels {
+        let mut labels = vec![("pid", self.pid.to_string()), ("tid", self.tid.to_string())];
+        if let Some(errno) = self.errno {
+            labels.push(("errno", errno_name(errno as i32)));
+        }
+        labels
+    }
+
+    fn exemplar(&self) -> Exemplar<Labels, f64> {
+        Exemplar::new(self.labels(), self.duration_ns as f64 / 1e9, Some(self.ended))
     }
 }
 
@@ -102,9 +165,9 @@ impl Series {
         }
     }
 
-    fn add(&mut self, thread: &ThreadStats, now: Instant) {
+    fn add(&mut self, thread: &ThreadStats, key: ThreadKey, wall: WallClock, now: Instant) {
         for (&nr, stats) in &thread.syscalls {
-            self.syscalls.entry(nr).or_default().add(stats);
+            self.syscalls.entry(nr).or_default().add(stats, key, wall);
         }
         if let Some(sched) = &thread.sched {
             self.sched.get_or_insert_with(SchedStats::default).merge(sched);
@@ -171,14 +234,15 @@ impl Store {
         }
     }
 
-    /// Adds an interval's table, then drops the series of what is gone (per
-    /// `alive`, asked only of the series the interval did not touch) once
-    /// their grace period is over.
+    /// Adds an interval's table (its slowest calls dated by `wall`), then
+    /// drops the series of what is gone (per `alive`, asked only of the
+    /// series the interval did not touch) once their grace period is over.
     fn add_interval(
         &mut self,
         table: &Table,
         totals: ProbeTotals,
         now: Instant,
+        wall: WallClock,
         alive: impl Fn(u32, Option<u32>) -> bool,
     ) {
         self.totals = totals;
@@ -195,7 +259,7 @@ impl Store {
             let process_key = self.process_key(key.pid);
             let name = self.names.get(&key.pid).cloned().unwrap_or_default();
             let process = self.processes.entry(process_key).or_insert_with(|| Series::new(now));
-            process.add(thread, now);
+            process.add(thread, key, wall, now);
             process.gone_since = None;
             if !name.is_empty() {
                 process.comm = name;
@@ -210,7 +274,7 @@ impl Store {
                 Slot::Other => self.others.entry(key.pid).or_insert_with(|| Series::new(now)),
                 Slot::Nowhere => continue,
             };
-            series.add(thread, now);
+            series.add(thread, key, wall, now);
             if thread.exited && matches!(slot, Slot::Own) {
                 series.gone_since.get_or_insert(now);
             }
@@ -298,7 +362,7 @@ impl Sink for Export {
         };
         let world = interval.world;
         let mut store = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        store.add_interval(interval.table, totals, Instant::now(), |pid, tid| match tid {
+        store.add_interval(interval.table, totals, Instant::now(), WallClock::now(), |pid, tid| match tid {
             Some(tid) => world.thread_alive(pid, tid),
             None => world.process_alive(pid),
         });
@@ -376,7 +440,12 @@ impl EncodeMetric for Value<'_> {
                 let mut buckets: Vec<(f64, u64)> = BUCKETS.iter().copied().zip(series.buckets).collect();
                 buckets.push((f64::INFINITY, series.buckets[BUCKETS.len()]));
                 let count = series.buckets.iter().sum();
-                encoder.encode_histogram::<NoLabelSet>(series.sum_ns as f64 / 1e9, count, &buckets, None)
+                // Indexed as `buckets`. Only OpenMetrics has exemplars: the
+                // classic text converted from it drops them.
+                let exemplars: HashMap<usize, Exemplar<Labels, f64>> = (series.exemplars.iter().enumerate())
+                    .filter_map(|(bucket, kept)| Some((bucket, kept.as_ref()?.exemplar())))
+                    .collect();
+                encoder.encode_histogram(series.sum_ns as f64 / 1e9, count, &buckets, Some(&exemplars))
             }
         }
     }
@@ -544,6 +613,7 @@ mod tests {
     use super::*;
     use crate::aggregate::{
         in_flight::{CallInFlight, ThreadState},
+        tests::{event, record},
         ThreadKey,
     };
     use prometheus_client::{encoding::text::encode, registry::Registry};
@@ -578,7 +648,10 @@ mod tests {
             [(ThreadKey::new(7, 7), stuck(2_500_000_000)), (ThreadKey::new(7, 8), stuck(12_500_000_000))];
         table.set_in_flight(calls.into_iter().collect());
         let now = Instant::now();
-        store.lock().unwrap().add_interval(&table, ProbeTotals::default(), now, |_, _| true);
+        store
+            .lock()
+            .unwrap()
+            .add_interval(&table, ProbeTotals::default(), now, WallClock::now(), |_, _| true);
         let text = scrape(&store);
         assert!(text.contains("# TYPE probe_oldest_syscall_in_flight_seconds gauge"), "{text}");
         assert!(
@@ -587,14 +660,100 @@ mod tests {
         );
         // Its calls returned: 0; then it is gone, and so are its series.
         let later = now + Duration::from_secs(1);
-        store.lock().unwrap().add_interval(&Table::default(), ProbeTotals::default(), later, |_, _| true);
+        store.lock().unwrap().add_interval(
+            &Table::default(),
+            ProbeTotals::default(),
+            later,
+            WallClock::now(),
+            |_, _| true,
+        );
         assert!(
             scrape(&store).contains("probe_oldest_syscall_in_flight_seconds{pid=\"7\",comm=\"stuck\"} 0.0")
         );
         for seconds in [2, 3] {
             let then = now + Duration::from_secs(seconds);
-            store.lock().unwrap().add_interval(&Table::default(), ProbeTotals::default(), then, |_, _| false);
+            store.lock().unwrap().add_interval(
+                &Table::default(),
+                ProbeTotals::default(),
+                then,
+                WallClock::now(),
+                |_, _| false,
+            );
         }
         assert!(!scrape(&store).contains("pid=\"7\""), "{}", scrape(&store));
+    }
+
+    /// The bucket line of `le` in `text`, split at its exemplar: the line
+    /// up to it, the exemplar's labels and value, and its timestamp.
+    fn bucket<'a>(text: &'a str, le: &str) -> (&'a str, &'a str, f64) {
+        let line = text
+            .lines()
+            .find(|line| line.starts_with("probe_syscall_latency_seconds_bucket{") && line.contains(le))
+            .unwrap_or_else(|| panic!("no bucket {le}: {text}"));
+        let Some((sample, exemplar)) = line.split_once(" # ") else {
+            return (line, "", 0.0);
+        };
+        let (exemplar, timestamp) = exemplar.rsplit_once(' ').unwrap();
+        (sample, exemplar, timestamp.parse().unwrap())
+    }
+
+    #[test]
+    fn each_bucket_carries_its_slowest_call_as_an_exemplar() {
+        let limits = Limits { processes: 100, by_pid: true, threads: 0, grace: Duration::from_secs(60) };
+        let store = Arc::new(Mutex::new(Store::new(limits)));
+        let wall = WallClock::now();
+        let interval = |calls: &[(u32, i64, u64, u64)]| {
+            let mut table = Table::default();
+            for &(tid, ret, ms, start_ns) in calls {
+                let mut call = event(tid, 0, ret, ms * 1_000_000);
+                call.start_ns = start_ns;
+                record(&mut table, &call);
+            }
+            store.lock().unwrap().add_interval(
+                &table,
+                ProbeTotals::default(),
+                Instant::now(),
+                wall,
+                |_, _| true,
+            );
+            scrape(&store)
+        };
+        let seconds = |ns: u64| wall.at(ns).duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        // 30 ms (interrupted) and 40 ms share the 50 ms bucket; 200 ms is
+        // alone in the 250 ms one; 1 µs has the first bucket.
+        let text = interval(&[
+            (101, -4, 30, 5_000_000_000),
+            (102, 0, 40, 6_000_000_000),
+            (101, 0, 200, 7_000_000_000),
+            (103, 0, 0, 8_000_000_000),
+        ]);
+        let (sample, exemplar, timestamp) = bucket(&text, "le=\"0.05\"");
+        assert!(sample.ends_with(" 3"), "{sample}");
+        assert_eq!(exemplar, "{pid=\"100\",tid=\"102\"} 0.04");
+        assert!((timestamp - seconds(6_040_000_000)).abs() < 1e-3, "ends when it returned: {timestamp}");
+        assert_eq!(bucket(&text, "le=\"0.25\"").1, "{pid=\"100\",tid=\"101\"} 0.2");
+        assert_eq!(bucket(&text, "le=\"0.000001\"").1, "{pid=\"100\",tid=\"103\"} 0.0");
+        assert_eq!(bucket(&text, "le=\"0.1\"").1, "", "no call of its own in the 100 ms bucket");
+        // A later interval: a slower failed call takes the 50 ms bucket, a
+        // faster one does not take the 250 ms one.
+        let text = interval(&[(104, -4, 45, 9_000_000_000), (105, 0, 150, 10_000_000_000)]);
+        assert_eq!(bucket(&text, "le=\"0.05\"").1, "{pid=\"100\",tid=\"104\",errno=\"EINTR\"} 0.045");
+        assert_eq!(bucket(&text, "le=\"0.25\"").1, "{pid=\"100\",tid=\"101\"} 0.2");
+        assert!((bucket(&text, "le=\"0.25\"").2 - seconds(7_200_000_000)).abs() < 1e-3);
+    }
+
+    #[test]
+    fn exemplar_labels_stay_within_the_128_characters_of_openmetrics() {
+        let longest = (1..4096).max_by_key(|&errno| errno_name(errno).len()).unwrap();
+        let call = SlowExemplar {
+            duration_ns: 1,
+            ended: SystemTime::now(),
+            pid: u32::MAX,
+            tid: u32::MAX,
+            errno: Some(longest as u32),
+        };
+        let length: usize =
+            call.labels().iter().map(|(name, value)| name.len() + value.chars().count()).sum();
+        assert!(length <= 128, "{length}: {:?}", call.labels());
     }
 }

@@ -3,6 +3,7 @@
 use std::io::{self, Write};
 
 use crate::report::{InFlightReport, IoUringReport, Kind, Report, SchedReport, SlowCallLine, SyscallReport};
+use crate::slow::{End, Explanation, Stack};
 
 /// Migration pairs shown per thread; JSON has them all.
 const PAIRS_SHOWN: usize = 3;
@@ -50,7 +51,56 @@ pub fn write_slow_call(out: &mut dyn Write, line: &SlowCallLine) -> io::Result<(
         line.tid,
         line.comm,
         line.pid
-    )
+    )?;
+    if let Some(explanation) = &line.explanation {
+        write_explanation(out, explanation)?;
+    }
+    Ok(())
+}
+
+/// What `--slow` found out about a call, one indented line each: like
+/// strace's `-k` and `-y`, offcputime's stacks and offwaketime's wakers.
+fn write_explanation(out: &mut dyn Write, explanation: &Explanation) -> io::Result<()> {
+    if !explanation.args.is_empty() {
+        let args: Vec<String> = explanation.args.iter().map(|arg| format!("{}={arg}", arg.name)).collect();
+        writeln!(out, "    args: {}", args.join(", "))?;
+    }
+    if let Some(stack) = &explanation.user_stack {
+        writeln!(out, "    called from: {}", stack_line(stack))?;
+    }
+    if let (Some(ns), Some(stack)) = (explanation.blocked_ns, &explanation.blocked_in) {
+        writeln!(out, "    blocked {} in: {}", human_ns(ns), stack_line(stack))?;
+    }
+    if let Some(waker) = &explanation.woken_by {
+        let who = format!("tid {} ({}) of pid {}", waker.tid, waker.comm, waker.pid);
+        let doing = match (waker.context, &waker.syscall) {
+            ("interrupt", _) => format!("an interrupt, while {who} ran"),
+            (_, Some(syscall)) => format!("{who} in {syscall}"),
+            (_, None) => format!("{who} (in no traced syscall)"),
+        };
+        let path = waker.stack.as_ref().map_or_else(String::new, |stack| format!(": {}", stack_line(stack)));
+        writeln!(out, "    woken by {doing}{path}; then {} in the run queue", human_ns(waker.runq_ns))?;
+    }
+    Ok(())
+}
+
+/// A stack innermost first, on one line, and how it ended.
+fn stack_line(stack: &Stack) -> String {
+    let frames: Vec<String> = stack
+        .frames
+        .iter()
+        .map(|frame| match (&frame.function, &frame.file, frame.line) {
+            (Some(function), Some(file), Some(line)) => format!("{function} ({file}:{line})"),
+            (Some(function), _, _) => function.clone(),
+            (None, _, _) => format!("{:#x}", frame.addr),
+        })
+        .collect();
+    let end = match stack.end {
+        End::Complete => "",
+        End::Truncated => " ← … (truncated)",
+        End::ProcessGone => " (the process exited before its objects were read: callers unknown)",
+    };
+    format!("{}{end}", frames.join(" ← "))
 }
 
 /// Writes `report` as a heading and one row per thread and syscall.
@@ -348,6 +398,9 @@ mod tests {
             nr: 0,
             comm: "\\x1bworker".to_owned(),
             call: SlowCall { duration_ns: 20_100_000, started_ns: 5, ret, split },
+            detail: None,
+            blocked: None,
+            explanation: None,
         };
         let line = |seen: SlowCallSeen| {
             let mut out = Vec::new();

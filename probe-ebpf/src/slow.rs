@@ -1,0 +1,128 @@
+//! `--slow`: what a slow call's report needs beyond its times, taken only
+//! when asked (`SLOW_NS` non-zero), so that without it each program pays
+//! one comparison. At a slow call's return: its registers and the top of
+//! its user stack (a `SlowDetail`, unwound and symbolized in userspace). At
+//! each blocking switch-out in a syscall: the kernel stack the thread
+//! blocked in. At each wakeup: who woke it, and from where (a `WakeEvent`).
+
+use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP,
+    helpers::{bpf_probe_read_kernel_buf, bpf_probe_read_user_buf},
+    macros::map,
+    maps::StackTrace,
+    programs::{tracing::StackIdContext, RawTracePointContext},
+};
+use probe_common::{CpuState, EventKind, InFlight, SlowDetail, MAX_KERNEL_STACKS, REGS_WORDS, STACK_BYTES};
+
+use crate::shared::{config, cpu, current_task_field, reserve};
+
+/// `--slow`'s threshold in ns; 0: no details are taken. Set by the loader,
+/// like the globals in `shared`.
+#[unsafe(no_mangle)]
+static SLOW_NS: u64 = 0;
+/// Byte offset of `sp` in `pt_regs` (from BTF).
+#[unsafe(no_mangle)]
+static PT_REGS_SP_OFFSET: u32 = 0;
+/// Byte offset of `stack` in `task_struct` (from BTF): the task's kernel
+/// stack, which tells a wakeup in a task's context from one in an
+/// interrupt's; 0: not told.
+#[unsafe(no_mangle)]
+static TASK_STACK_OFFSET: u32 = 0;
+shared!(global SLOW_NS, PT_REGS_SP_OFFSET, TASK_STACK_OFFSET);
+
+/// x86-64's `THREAD_SIZE` (a macro, so not in BTF) without KASAN, which
+/// doubles it; the start-up check proves it on probe's own task.
+const THREAD_SIZE: u64 = 16_384;
+
+/// Kernel stacks by id. Without `BPF_F_REUSE_STACKID`, a stack whose hash
+/// bucket is taken by another is not kept (its id is then 0 in the record)
+/// rather than overwriting one a record already names.
+#[map]
+static KERNEL_STACKS: StackTrace = StackTrace::with_max_entries(MAX_KERNEL_STACKS, 0);
+shared!(map KERNEL_STACKS);
+
+#[inline(always)]
+pub(crate) fn slow_ns() -> u64 {
+    config(&SLOW_NS)
+}
+
+/// The current kernel stack's id in `KERNEL_STACKS` plus one; 0 if it
+/// could not be kept.
+#[inline(always)]
+pub(crate) fn kernel_stack(ctx: &RawTracePointContext) -> u32 {
+    ctx.get_stackid(&KERNEL_STACKS, 0).map_or(0, |id| id as u32 + 1)
+}
+
+/// Whether this program runs on the current task's kernel stack: in its
+/// context (a syscall, a kernel thread, a fault), not on an interrupt's
+/// stack, where the current task is only the one that was interrupted.
+/// Always false when the loader gave no `task_struct.stack` offset.
+///
+/// A function of its own with a frame of a few bytes: since Linux 6.13 a
+/// tracing program's function whose frame is 64 bytes or more runs on a
+/// per-CPU private stack, which is no task's (the start-up check calls
+/// this same function in a syscall, and probe refuses `--slow` if it does
+/// not find itself on probe's own stack there).
+#[inline(never)]
+pub(crate) fn on_task_stack() -> bool {
+    let offset = config(&TASK_STACK_OFFSET);
+    if offset == 0 {
+        return false;
+    }
+    let base = current_task_field::<u64>(offset);
+    let marker = 0u64;
+    // The program's frame is on the stack it runs on; the address is only
+    // compared (privileged programs may read pointers as numbers).
+    let here = core::ptr::addr_of!(marker) as u64;
+    here.wrapping_sub(base) < THREAD_SIZE
+}
+
+/// Sends what a slow call left behind: the thread's user registers, and as
+/// much of its user stack as can be read from the stack pointer up. Sent
+/// before the call's own record, so userspace has it when that comes; a
+/// detail that does not fit is only counted lost, and the call is then
+/// reported without it. The call's record then wakes the reader at once:
+/// its stack can only be symbolized while its process lives.
+#[inline(never)]
+pub(crate) fn send_detail(ctx: &RawTracePointContext, state: *mut CpuState, call: &InFlight) {
+    // SAFETY: this CPU's state; programs on one CPU do not run concurrently.
+    unsafe { (*state).unsent = u32::MAX - 1 };
+    let Some(mut entry) = reserve::<SlowDetail>() else {
+        return;
+    };
+    let d = entry.as_mut_ptr();
+    // SAFETY: every byte of the reserved record is written below: the
+    // header, the registers (zeroed by the helper if unreadable) and the
+    // stack (each failed read zeroes what it covers, and the first read
+    // covers it all).
+    unsafe {
+        (*d).kind = EventKind::SlowDetail as u32;
+        (*d).cpu = cpu();
+        (*d).pid = call.pid;
+        (*d).tid = call.tid;
+        (*d).start_ns = call.start_ns;
+        (*d)._pad = 0;
+        // TP_PROTO(struct pt_regs *regs, long ret)
+        let regs = &mut *(&raw mut (*d).regs).cast::<[u8; REGS_WORDS * 8]>();
+        let _ = bpf_probe_read_kernel_buf(ctx.arg::<*const u8>(0), regs);
+        let sp = (*d).regs.get((config(&PT_REGS_SP_OFFSET) / 8) as usize).copied().unwrap_or(0) as *const u8;
+        let stack = &mut (*d).stack;
+        // The stack's mapping may end less than STACK_BYTES above the
+        // pointer (a main thread's, near its top): halve until the read
+        // stays inside it. Constant sizes, for the verifier.
+        (*d).stack_len = if bpf_probe_read_user_buf(sp, stack).is_ok() {
+            STACK_BYTES as u32
+        } else if bpf_probe_read_user_buf(sp, &mut stack[..STACK_BYTES / 2]).is_ok() {
+            (STACK_BYTES / 2) as u32
+        } else if bpf_probe_read_user_buf(sp, &mut stack[..STACK_BYTES / 4]).is_ok() {
+            (STACK_BYTES / 4) as u32
+        } else if bpf_probe_read_user_buf(sp, &mut stack[..STACK_BYTES / 8]).is_ok() {
+            (STACK_BYTES / 8) as u32
+        } else if bpf_probe_read_user_buf(sp, &mut stack[..STACK_BYTES / 16]).is_ok() {
+            (STACK_BYTES / 16) as u32
+        } else {
+            0
+        };
+    }
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+}
