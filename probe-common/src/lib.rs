@@ -40,8 +40,8 @@ pub enum EventKind {
     /// A [`SlowDetail`]: what a call of `--slow`'s left behind at its
     /// return, sent just before its [`SyscallEvent`].
     SlowDetail = 11,
-    /// A [`WakeEvent`]: a [`EventKind::Wakeup`] with its waker, sent
-    /// instead of one with `--slow`.
+    /// A [`WakeEvent`]: who is waking a thread (`sched_waking`), with
+    /// `--slow`; the [`EventKind::Wakeup`] follows.
     WokenBy = 12,
 }
 
@@ -164,9 +164,9 @@ pub const WAKER_INTERRUPT: u32 = 1;
 /// `WakeEvent::waker_nr` when the waker was not in a syscall.
 pub const NO_SYSCALL: u32 = u32::MAX;
 
-/// A traced thread became runnable, and who made it so (`sched_wakeup`,
-/// which runs as the waker). Sent with `--slow` instead of a `SchedEvent`
-/// `Wakeup`, which it also is.
+/// A traced thread is being woken, and who does it (`sched_waking`, which
+/// runs as the waker). Sent with `--slow`, before the `SchedEvent` `Wakeup`
+/// of the same wakeup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WakeEvent {
@@ -191,27 +191,10 @@ pub struct WakeEvent {
     pub kernel_stack: u32,
     /// Explicit padding, so that the record has no hole.
     pub _pad: u32,
-    /// `bpf_ktime_get_ns()` of the wakeup.
+    /// `bpf_ktime_get_ns()` of the waking.
     pub ts_ns: u64,
     /// The waker's name.
     pub waker_comm: [u8; COMM_LEN],
-}
-
-impl WakeEvent {
-    /// The plain wakeup it also is.
-    pub fn as_wakeup(&self) -> SchedEvent {
-        SchedEvent {
-            kind: EventKind::Wakeup as u32,
-            cpu: self.cpu,
-            pid: self.pid,
-            tid: self.tid,
-            flags: 0,
-            kernel_stack: 0,
-            ts_ns: self.ts_ns,
-            nr_migrations: 0,
-            comm: [0; COMM_LEN],
-        }
-    }
 }
 
 /// Words of `pt_regs` a [`SlowDetail`] carries: x86-64's whole struct

@@ -117,6 +117,8 @@ pub mod program {
     pub const SCHED_WAKEUP: &str = "sched_wakeup";
     /// Raw tracepoint `sched_wakeup_new` (`sched:sched_wakeup_new`).
     pub const SCHED_WAKEUP_NEW: &str = "sched_wakeup_new";
+    /// Raw tracepoint `sched_waking` (`sched:sched_waking`), with `--slow`.
+    pub const SCHED_WAKING: &str = "sched_waking";
     /// Raw tracepoint `sched_process_fork` (`sched:sched_process_fork`).
     pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
     /// Raw tracepoint `sched_process_exit` (`sched:sched_process_exit`).

@@ -6,14 +6,13 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext};
 use probe_common::{
-    EventKind, LostCall, SchedEvent, WakeEvent, LOST_INVOLUNTARY_SWITCH, LOST_SWITCH_IN,
-    LOST_VOLUNTARY_SWITCH, LOST_WAKEUP, NO_SYSCALL, SWITCH_EXITED, SWITCH_VOLUNTARY, WAKER_INTERRUPT,
-    WAKER_TASK,
+    EventKind, LostCall, SchedEvent, LOST_INVOLUNTARY_SWITCH, LOST_SWITCH_IN, LOST_VOLUNTARY_SWITCH,
+    LOST_WAKEUP, SWITCH_EXITED, SWITCH_VOLUNTARY,
 };
 
 use crate::{
     shared::{config, cpu, cpu_state, current_task_field, is_traced, now, send, task_ids, write_comm},
-    slow::{kernel_stack, on_task_stack, slow_ns},
+    slow::{kernel_stack, slow_ns},
     syscalls::{count_lost, park_call},
 };
 
@@ -118,46 +117,10 @@ fn woken(ctx: &RawTracePointContext, kind: EventKind) -> Result<u32, u32> {
     if pid == 0 || !is_traced(pid) {
         return Ok(0);
     }
-    let state = cpu_state()?;
-    let sent = if kind == EventKind::Wakeup && slow_ns() != 0 {
-        send(state, &woken_by(ctx, state, tid, pid))
-    } else {
-        send(state, &sched_event(kind, tid, pid, 0, 0, now(), false))
-    };
-    if !sent {
+    if !send(cpu_state()?, &sched_event(kind, tid, pid, 0, 0, now(), false)) {
         count_lost(LostCall { pid, tid, nr: LOST_WAKEUP, errno: 0 });
     }
     Ok(0)
-}
-
-/// A wakeup of thread `tid` with who made it: the current task, unless
-/// this runs on an interrupt's stack; its syscall in progress, if it is
-/// traced; the kernel stack of the wakeup.
-#[inline(never)]
-fn woken_by(ctx: &RawTracePointContext, state: *mut probe_common::CpuState, tid: u32, pid: u32) -> WakeEvent {
-    let waker = bpf_get_current_pid_tgid();
-    let in_task = on_task_stack();
-    // SAFETY: this CPU's state: its call is the current thread's, if any.
-    let call = unsafe { (*state).call };
-    let waker_nr = if in_task && call.start_ns != 0 { call.nr } else { NO_SYSCALL };
-    let mut record = MaybeUninit::<WakeEvent>::uninit();
-    let r = record.as_mut_ptr();
-    // SAFETY: every field is written before the record is read.
-    unsafe {
-        (*r).kind = EventKind::WokenBy as u32;
-        (*r).cpu = cpu();
-        (*r).pid = pid;
-        (*r).tid = tid;
-        (*r).waker_pid = (waker >> 32) as u32;
-        (*r).waker_tid = waker as u32;
-        (*r).waker_nr = waker_nr;
-        (*r).context = if in_task { WAKER_TASK } else { WAKER_INTERRUPT };
-        (*r).kernel_stack = kernel_stack(ctx);
-        (*r)._pad = 0;
-        (*r).ts_ns = now();
-        write_comm(&raw mut (*r).waker_comm, true);
-        record.assume_init()
-    }
 }
 
 #[raw_tracepoint(tracepoint = "sched_wakeup")]

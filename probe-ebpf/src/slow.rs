@@ -3,18 +3,26 @@
 //! one comparison. At a slow call's return: its registers and the top of
 //! its user stack (a `SlowDetail`, unwound and symbolized in userspace). At
 //! each blocking switch-out in a syscall: the kernel stack the thread
-//! blocked in. At each wakeup: who woke it, and from where (a `WakeEvent`).
+//! blocked in. At each wakeup: who woke it, and from where (a `WakeEvent`,
+//! from `sched_waking`, attached only with `--slow`).
+
+use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
-    helpers::{bpf_probe_read_kernel_buf, bpf_probe_read_user_buf},
-    macros::map,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf, bpf_probe_read_user_buf},
+    macros::{map, raw_tracepoint},
     maps::StackTrace,
     programs::{tracing::StackIdContext, RawTracePointContext},
 };
-use probe_common::{CpuState, EventKind, InFlight, SlowDetail, MAX_KERNEL_STACKS, REGS_WORDS, STACK_BYTES};
+use probe_common::{
+    CpuState, EventKind, InFlight, SlowDetail, WakeEvent, MAX_KERNEL_STACKS, NO_SYSCALL, REGS_WORDS,
+    STACK_BYTES, WAKER_INTERRUPT, WAKER_TASK,
+};
 
-use crate::shared::{config, cpu, current_task_field, reserve};
+use crate::shared::{
+    config, cpu, cpu_state, current_task_field, is_traced, now, reserve, send, task_ids, write_comm,
+};
 
 /// `--slow`'s threshold in ns; 0: no details are taken. Set by the loader,
 /// like the globals in `shared`.
@@ -125,4 +133,59 @@ pub(crate) fn send_detail(ctx: &RawTracePointContext, state: *mut CpuState, call
         };
     }
     entry.submit(BPF_RB_NO_WAKEUP as u64);
+}
+
+/// `sched_waking` runs in the waker's context, before the wakeup is done
+/// (`sched_wakeup` may run later on the woken thread's CPU, in the
+/// interrupt that carries a wakeup queued there), and only for a thread
+/// that was asleep.
+#[raw_tracepoint(tracepoint = "sched_waking")]
+pub fn sched_waking(ctx: RawTracePointContext) -> u32 {
+    match try_sched_waking(&ctx) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+shared!(program sched_waking as SCHED_WAKING);
+
+fn try_sched_waking(ctx: &RawTracePointContext) -> Result<u32, u32> {
+    // TP_PROTO(struct task_struct *p): runs as the waker, not as p.
+    let (tid, pid) = task_ids(ctx.arg::<*const u8>(0))?;
+    if pid == 0 || !is_traced(pid) {
+        return Ok(0);
+    }
+    let state = cpu_state()?;
+    // A waker record that does not fit is counted lost; the slow call it
+    // was for is then reported without its waker.
+    send(state, &woken_by(ctx, state, tid, pid));
+    Ok(0)
+}
+
+/// Who is waking thread `tid`: the current task, unless this runs on an
+/// interrupt's stack; its syscall in progress, if it is traced; the
+/// kernel stack of the wakeup.
+#[inline(never)]
+fn woken_by(ctx: &RawTracePointContext, state: *mut CpuState, tid: u32, pid: u32) -> WakeEvent {
+    let waker = bpf_get_current_pid_tgid();
+    let in_task = on_task_stack();
+    // SAFETY: this CPU's state: its call is the current thread's, if any.
+    let call = unsafe { (*state).call };
+    let waker_nr = if in_task && call.start_ns != 0 { call.nr } else { NO_SYSCALL };
+    let mut record = MaybeUninit::<WakeEvent>::uninit();
+    let r = record.as_mut_ptr();
+    // SAFETY: every field is written before the record is read.
+    unsafe {
+        (*r).kind = EventKind::WokenBy as u32;
+        (*r).cpu = cpu();
+        (*r).pid = pid;
+        (*r).tid = tid;
+        (*r).waker_pid = (waker >> 32) as u32;
+        (*r).waker_tid = waker as u32;
+        (*r).waker_nr = waker_nr;
+        (*r).context = if in_task { WAKER_TASK } else { WAKER_INTERRUPT };
+        (*r).kernel_stack = kernel_stack(ctx);
+        (*r)._pad = 0;
+        (*r).ts_ns = now();
+        write_comm(&raw mut (*r).waker_comm, true);
+        record.assume_init()
+    }
 }

@@ -346,6 +346,10 @@ impl Probe {
         let mut programs = Vec::new();
         if config.sched {
             programs.extend([program::SCHED_WAKEUP, program::SCHED_WAKEUP_NEW]);
+            // The wakers of --slow's calls.
+            if task_stack_offset != 0 {
+                programs.push(program::SCHED_WAKING);
+            }
         }
         if config.follow_forks && config.filter_pids {
             programs.push(program::SCHED_PROCESS_FORK);

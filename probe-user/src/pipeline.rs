@@ -18,7 +18,7 @@ use rustc_hash::FxHashMap;
 use crate::{
     aggregate::{
         in_flight::{CallAtAttach, CallInFlight, CallsAtAttach, ThreadState},
-        sched::{Blocked, SchedTracker, Waker},
+        sched::{SchedTracker, Sleep, Waker},
         slowest::SlowCall,
         Generations, Table, ThreadKey, World, MAX_EXITED_THREADS,
     },
@@ -58,11 +58,13 @@ pub struct SlowCallSeen {
     /// The thread's name, made visible.
     pub comm: String,
     pub call: SlowCall,
+    /// The goroutine that made it, with `--goroutines`.
+    pub goroutine: Option<u64>,
     /// Its registers and user stack at its return; `None` when the kernel
     /// programs were not asked for them or their record was dropped.
     pub detail: Option<Box<SlowDetail>>,
     /// Its longest sleep, with what it slept in and who woke it.
-    pub blocked: Option<Blocked>,
+    pub blocked: Option<Sleep>,
     /// What the above say, once the event loop has had them explained.
     pub explanation: Option<Explanation>,
 }
@@ -93,6 +95,12 @@ impl Pipeline {
     /// Reports the calls that take at least `threshold` one by one.
     pub fn report_slow_calls(&mut self, threshold: std::time::Duration) {
         self.slow_ns = Some(u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Names the wait sites of the interval's syscalls (`--slow`'s kernel
+    /// stacks) not named yet.
+    pub fn name_wait_sites(&mut self, name: &mut dyn FnMut(u32) -> Option<String>) {
+        self.interval.name_wait_sites(name);
     }
 
     /// The slow calls that returned since the last call, in their order.
@@ -143,7 +151,13 @@ impl Pipeline {
                 if event.flags & SYSCALL_NO_RETURN == 0 {
                     let end = event.start_ns.saturating_add(event.duration_ns);
                     let slow = self.slow_ns.is_some_and(|slow_ns| event.duration_ns >= slow_ns);
-                    let blocked = if slow { self.tracker.blocked(key, event.start_ns, end) } else { None };
+                    // Only --slow's programs send what a sleep was in.
+                    let sleeps = match self.slow_ns {
+                        Some(_) => self.tracker.sleeps(key, event.start_ns, end),
+                        None => Vec::new(),
+                    };
+                    self.interval.record_wait_sites(key, event.nr, &sleeps);
+                    let blocked = sleeps.iter().filter(|_| slow).max_by_key(|sleep| sleep.ns()).copied();
                     let split = self.tracker.split(key, event.start_ns, end);
                     if let Some(split) = split {
                         self.interval.record_split(key, event, split);
@@ -159,6 +173,10 @@ impl Pipeline {
                                 ret: event.ret,
                                 split,
                             },
+                            goroutine: self
+                                .goroutines
+                                .as_ref()
+                                .and_then(|goroutines| goroutines.goroutine_of(event.pid, event.tid)),
                             detail: self.details.remove(&(event.tid, event.start_ns)),
                             blocked,
                             explanation: None,
@@ -182,7 +200,6 @@ impl Pipeline {
             }
             Record::WokenBy(event) => {
                 let key = self.generations.current(event.pid, event.tid);
-                self.tracker.apply(key, &event.as_wakeup(), &mut self.interval);
                 self.tracker.woken_by(key, Waker::new(event));
             }
             Record::SlowDetail(detail) => {

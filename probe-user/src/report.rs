@@ -324,6 +324,20 @@ pub struct SyscallReport {
     /// The slowest calls of the span (at most 3), slowest first: the calls
     /// behind the tail quantiles.
     pub slowest: Vec<SlowCallReport>,
+    /// With `--slow`: where its time asleep went, the kernel functions it
+    /// slept in, most first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub wait_sites: Vec<WaitSiteReport>,
+}
+
+/// Where in the kernel a syscall slept, and for how long in all.
+#[derive(Clone, Debug, Serialize)]
+pub struct WaitSiteReport {
+    /// The innermost two kernel functions below the scheduler's.
+    pub site: String,
+    pub blocked_ns: u64,
+    /// Its share of the syscall's time asleep with a known site.
+    pub share: f64,
 }
 
 /// One of a syscall's slowest calls.
@@ -367,7 +381,7 @@ impl Report {
         let mut threads: Vec<ThreadReport> = busiest
             .into_iter()
             .take(shown)
-            .map(|(key, thread)| thread_report(key, thread, in_flight.get(&key)))
+            .map(|(key, thread)| thread_report(table, key, thread, in_flight.get(&key)))
             .collect();
         let reported: FxHashSet<ThreadKey> = threads.iter().map(thread_key).collect();
         let mut waiting: Vec<(&ThreadKey, &CallInFlight)> =
@@ -375,7 +389,7 @@ impl Report {
         waiting.sort_by(|a, b| b.1.age_ns.cmp(&a.1.age_ns).then(a.0.cmp(b.0)));
         threads.extend(waiting.into_iter().take(top.unwrap_or(usize::MAX)).map(|(&key, call)| {
             match table.get(key) {
-                Some(thread) => thread_report(key, thread, Some(call)),
+                Some(thread) => thread_report(table, key, thread, Some(call)),
                 None => idle_report(key, call),
             }
         }));
@@ -415,7 +429,7 @@ impl ThreadDetail {
             return in_flight.map(|call| Self { thread: idle_report(key, call), buckets: BTreeMap::new() });
         };
         Some(Self {
-            thread: thread_report(key, stats, in_flight),
+            thread: thread_report(table, key, stats, in_flight),
             buckets: stats.syscalls.iter().map(|(&nr, call)| (nr, call.latency.log2_buckets())).collect(),
         })
     }
@@ -425,14 +439,19 @@ fn thread_key(thread: &ThreadReport) -> ThreadKey {
     ThreadKey { pid: thread.pid, tid: thread.tid, generation: thread.generation }
 }
 
-fn thread_report(key: ThreadKey, thread: &ThreadStats, in_flight: Option<&CallInFlight>) -> ThreadReport {
+fn thread_report(
+    table: &Table,
+    key: ThreadKey,
+    thread: &ThreadStats,
+    in_flight: Option<&CallInFlight>,
+) -> ThreadReport {
     ThreadReport {
         tid: key.tid,
         generation: key.generation,
         pid: key.pid,
         comm: thread.comm.clone(),
         exited: thread.exited,
-        syscalls: syscall_reports(&thread.syscalls),
+        syscalls: syscall_reports(&thread.syscalls, &|site| table.site_name(site).map(str::to_owned)),
         sched: thread.sched.as_ref().map(sched_report),
         io_uring: io_uring_reports(thread),
         in_flight: in_flight.map(InFlightReport::new),
@@ -472,14 +491,18 @@ fn io_uring_reports(thread: &ThreadStats) -> Vec<IoUringReport> {
     rows
 }
 
-/// Syscall rows, most total time first.
-pub fn syscall_reports(syscalls: &FxHashMap<u32, SyscallStats>) -> Vec<SyscallReport> {
-    let mut rows: Vec<_> = syscalls.iter().map(|(&nr, stats)| syscall_report(nr, stats)).collect();
+/// Syscall rows, most total time first; `site_name` names their wait
+/// sites.
+pub fn syscall_reports(
+    syscalls: &FxHashMap<u32, SyscallStats>,
+    site_name: &dyn Fn(u32) -> Option<String>,
+) -> Vec<SyscallReport> {
+    let mut rows: Vec<_> = syscalls.iter().map(|(&nr, stats)| syscall_report(nr, stats, site_name)).collect();
     rows.sort_by(|a, b| (b.total_ns, b.count).cmp(&(a.total_ns, a.count)).then_with(|| a.name.cmp(&b.name)));
     rows
 }
 
-fn syscall_report(nr: u32, stats: &SyscallStats) -> SyscallReport {
+fn syscall_report(nr: u32, stats: &SyscallStats, site_name: &dyn Fn(u32) -> Option<String>) -> SyscallReport {
     // Scaled to the total, when some calls could not be split (made before
     // the thread's first scheduler event): the parts then add up to it.
     let split = (stats.split_ns > 0).then(|| {
@@ -508,7 +531,32 @@ fn syscall_report(nr: u32, stats: &SyscallStats) -> SyscallReport {
         unfinished_at_attach: stats.unfinished_at_attach,
         unfinished_at_attach_ns: stats.unfinished_at_attach_ns,
         slowest: stats.slowest.calls().iter().map(slow_call_report).collect(),
+        wait_sites: wait_sites(stats, site_name),
     }
+}
+
+/// Wait sites shown per syscall; JSON's are the same.
+const WAIT_SITES: usize = 3;
+
+/// A syscall's top wait sites, most time first, with their share of the
+/// time asleep `--slow` saw a stack for.
+fn wait_sites(stats: &SyscallStats, site_name: &dyn Fn(u32) -> Option<String>) -> Vec<WaitSiteReport> {
+    let asleep: u64 = stats.wait_sites.values().sum();
+    let mut sites: Vec<(u32, u64)> = stats.wait_sites.iter().map(|(&site, &ns)| (site, ns)).collect();
+    sites.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    sites
+        .into_iter()
+        .take(WAIT_SITES)
+        .map(|(site, ns)| WaitSiteReport {
+            site: match (site, site_name(site)) {
+                (0, _) => "(kernel stack not kept)".to_owned(),
+                (_, Some(name)) => name,
+                (_, None) => "(kernel stack not found)".to_owned(),
+            },
+            blocked_ns: ns,
+            share: ns as f64 / asleep.max(1) as f64,
+        })
+        .collect()
 }
 
 /// A `--slow` call, reported on its own as it returns.
@@ -523,6 +571,10 @@ pub struct SlowCallLine {
     pub name: String,
     pub nr: u32,
     pub abi: &'static str,
+    /// The goroutine that made it (0: the runtime's scheduler), with
+    /// `--goroutines`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goroutine: Option<u64>,
     #[serde(flatten)]
     pub call: SlowCallReport,
     /// Its stacks and waker, with the kernel programs' details.
@@ -540,6 +592,7 @@ impl SlowCallLine {
             name: syscall_name(seen.nr),
             nr: seen.nr & !COMPAT_NR,
             abi: abi(seen.nr),
+            goroutine: seen.goroutine,
             call: slow_call_report(&seen.call),
             explanation: seen.explanation.clone(),
         }

@@ -291,6 +291,9 @@ fn settle(
 ) -> Result<(u64, usize)> {
     let now_ns = monotonic_ns();
     drain(ring, pipeline, outputs, probe, explainer);
+    if let Some(explainer) = explainer {
+        pipeline.name_wait_sites(&mut |site| explainer.site_name(probe, site));
+    }
     pipeline.add_lost_calls(&probe.take_lost_calls(last)?, &Proc);
     pipeline.settle(now_ns, &Proc);
     let calls_off_cpu = note_in_flight(probe, pipeline, now_ns)?;

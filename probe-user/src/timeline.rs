@@ -2,8 +2,10 @@
 //! Perfetto UI and `chrome://tracing` open. Each traced thread is a track,
 //! named `comm (tid)` under its process, with a slice per syscall; each CPU
 //! is a track under a pseudo-process "CPUs", with a slice per run of a traced
-//! thread and an instant per migration onto it. Events are written as they
-//! arrive, so memory stays flat however long the trace.
+//! thread and an instant per migration onto it. With `--slow`, a flow arrow
+//! goes from the syscall of a traced thread that woke another to the
+//! syscall it woke it from. Events are written as they arrive, so memory
+//! stays flat however long the trace.
 
 use std::{
     fs::File,
@@ -14,7 +16,8 @@ use std::{
 
 use anyhow::{Context, Result};
 use probe_common::{
-    EventKind, Record, SchedEvent, SyscallEvent, COMM_LEN, SYSCALL_NO_RETURN, SYSCALL_UNSEEN_ENTRY,
+    EventKind, Record, SchedEvent, SyscallEvent, WakeEvent, COMM_LEN, SYSCALL_NO_RETURN,
+    SYSCALL_UNSEEN_ENTRY, WAKER_TASK,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::{json, Value};
@@ -69,6 +72,8 @@ pub struct Timeline {
     cpus: FxHashSet<u32>,
     runs: FxHashMap<u32, Run>,
     last_cpu: FxHashMap<u32, u32>,
+    /// Flow arrows drawn so far: the next one's id.
+    flows: u64,
     /// Whether an event was written (the next one needs a comma).
     started: bool,
     /// The first write error: the timeline stops there, the trace goes on.
@@ -95,6 +100,7 @@ impl Timeline {
             cpus: FxHashSet::default(),
             runs: FxHashMap::default(),
             last_cpu: FxHashMap::default(),
+            flows: 0,
             started: false,
             error: None,
         };
@@ -128,6 +134,27 @@ impl Timeline {
             slice["args"] = json!({"ret": event.ret});
         }
         self.event(event.start_ns, slice);
+    }
+
+    /// An arrow from the waker's slice to the woken thread's, both at the
+    /// waking: each binds to the syscall it falls in. Only between threads
+    /// with tracks: an interrupt, or a thread outside the trace, has none.
+    fn woken(&mut self, event: &WakeEvent) {
+        if event.context != WAKER_TASK || !self.names.contains_key(&(event.waker_pid, event.waker_tid)) {
+            return;
+        }
+        self.flows += 1;
+        let ts = micros(event.ts_ns);
+        let (id, pid, tid) = (self.flows, event.pid, event.tid);
+        let (waker_pid, waker_tid) = (event.waker_pid, event.waker_tid);
+        self.event(
+            event.ts_ns,
+            json!({"ph": "s", "id": id, "cat": "wakeup", "name": "wakeup", "pid": waker_pid, "tid": waker_tid, "ts": ts}),
+        );
+        self.event(
+            event.ts_ns,
+            json!({"ph": "f", "bp": "e", "id": id, "cat": "wakeup", "name": "wakeup", "pid": pid, "tid": tid, "ts": ts}),
+        );
     }
 
     /// Follows the runs of traced threads on each CPU.
@@ -275,7 +302,7 @@ impl Sink for Timeline {
         match record {
             Record::Syscall(event) => self.syscall(event),
             Record::Sched(event) => self.sched(event),
-            Record::WokenBy(event) => self.sched(&event.as_wakeup()),
+            Record::WokenBy(event) => self.woken(event),
             Record::Go(_) | Record::IoUring(_) | Record::SlowDetail(_) => {}
         }
     }

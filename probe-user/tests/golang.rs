@@ -124,3 +124,38 @@ fn without_goroutines_a_go_program_gets_a_hint_and_no_uprobes() {
     assert!(stderr.contains("is a Go program: --goroutines"), "{stderr}");
     assert!(trace.summary.get("goroutines").is_none());
 }
+
+#[test]
+fn a_go_programs_slow_reads_name_their_goroutines_and_functions() {
+    // Each worker's first read waits for main's first write, 5 ms on.
+    let binary = build("goroutines", &[]);
+    // It lives on for 300 ms after, for its objects to be read.
+    let (trace, output) =
+        trace_program("go-slow", &["--goroutines", "--slow", "3ms"], &binary, &["4", "300"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let workers: Vec<u64> = stdout
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap()["goid"].as_u64().unwrap())
+        .collect();
+    let reads: Vec<&Value> = trace.slow_calls.iter().filter(|call| call["name"] == "read").collect();
+    assert!(reads.len() >= workers.len(), "{:#?}", trace.slow_calls);
+    let mut named = 0;
+    for read in reads {
+        let goid = read["goroutine"].as_u64().unwrap_or_else(|| panic!("no goroutine: {read}"));
+        assert!(workers.contains(&goid), "goroutine {goid} is no worker {workers:?}: {read}");
+        if read["user_stack"]["end"] == "process_gone" {
+            continue;
+        }
+        named += 1;
+        let from: Vec<&str> = read["user_stack"]["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|f| f["function"].as_str())
+            .collect();
+        assert!(from.contains(&"syscall.Read"), "{from:?}");
+        assert!(from.iter().any(|f| f.starts_with("main.main.func")), "{from:?}");
+    }
+    assert!(named > 0, "no slow read was explained while the program lived");
+}

@@ -110,3 +110,60 @@ fn a_rust_programs_slow_call_names_its_functions() {
     assert!(from.iter().any(|f| f.ends_with("thread_start")), "{from:?}");
     assert!(functions(&calls[0]["blocked_in"]).contains(&"do_nanosleep"), "{}", calls[0]);
 }
+
+#[test]
+fn the_timeline_draws_an_arrow_from_the_writer_to_the_reader_it_woke() {
+    let program = build_c("slowcalls");
+    let path = report_path("slow-timeline").with_extension("trace.json");
+    let path_arg = path.to_str().unwrap();
+    let (_, output) = trace_program("slow-timeline", &["--slow", "10ms", "--trace", path_arg], &program, &[]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let said = String::from_utf8_lossy(&output.stdout);
+    let ids: Vec<u64> = said.split_whitespace().filter_map(|word| word.parse().ok()).collect();
+    let [_, reader, writer] = ids[..] else { panic!("the program said {said:?}") };
+    let timeline: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let events = timeline["traceEvents"].as_array().unwrap();
+    let flow = |phase: &str, tid: u64| {
+        events
+            .iter()
+            .filter(|e| e["ph"] == phase && e["tid"] == tid)
+            .map(|e| e["id"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    // The writer's write woke the reader's read: one arrow between them,
+    // starting inside the write's slice and ending inside the read's.
+    let starts = flow("s", writer);
+    let ends = flow("f", reader);
+    let arrow = starts.iter().find(|id| ends.contains(id)).unwrap_or_else(|| panic!("{starts:?} {ends:?}"));
+    let at = |phase: &str| {
+        events.iter().find(|e| e["ph"] == phase && e["id"] == *arrow).unwrap()["ts"].as_f64().unwrap()
+    };
+    let slice = |tid: u64, name: &str| {
+        events.iter().filter(|e| e["ph"] == "X" && e["tid"] == tid && e["name"] == name).any(|e| {
+            let (ts, dur) = (e["ts"].as_f64().unwrap(), e["dur"].as_f64().unwrap());
+            (ts..=ts + dur).contains(&at("s"))
+        })
+    };
+    assert!(slice(writer, "write"), "the arrow does not start in the writer's write");
+    assert!(slice(reader, "read"), "the arrow does not end in the reader's read");
+}
+
+#[test]
+fn each_syscall_says_where_in_the_kernel_its_blocked_time_went() {
+    let program = build_c("slowcalls");
+    let (trace, output) = trace_program("slow-sites", &["--slow", "10ms"], &program, &[]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let said = String::from_utf8_lossy(&output.stdout);
+    let reader: u64 = said.split_whitespace().nth(3).and_then(|word| word.parse().ok()).unwrap();
+    // All of the read's sleep was in the pipe, all of the nap's in the
+    // timer; both sites are named by their innermost kernel functions.
+    for (name, site) in [("read", "pipe_read"), ("clock_nanosleep", "do_nanosleep")] {
+        let call = trace.syscall(reader, name);
+        let sites = call["wait_sites"].as_array().unwrap_or_else(|| panic!("no wait sites: {call}"));
+        assert!(sites[0]["site"].as_str().unwrap().contains(site), "{sites:?}");
+        assert!(sites[0]["share"].as_f64().unwrap() > 0.99, "{sites:?}");
+        let asleep: u64 = sites.iter().map(|s| s["blocked_ns"].as_u64().unwrap()).sum();
+        assert!(asleep <= call["blocked_ns"].as_u64().unwrap() + 1_000_000, "{call}");
+    }
+}

@@ -51,6 +51,9 @@ enum Tracer {
     ProbeCommand,
     ProbeSystem,
     ProbeNoSched,
+    /// `--slow 10ms`: what its details cost where no call is that slow
+    /// (stacks at each blocking switch, wakers) beside `ProbeCommand`.
+    ProbeSlow,
     Bpftrace,
     PerfTrace,
     Strace,
@@ -59,13 +62,14 @@ enum Tracer {
     AgainstSystem,
 }
 
-const TRACERS: [Tracer; 9] = [
+const TRACERS: [Tracer; 10] = [
     Tracer::Untraced,
     Tracer::Floor,
     Tracer::ProbePid,
     Tracer::ProbeCommand,
     Tracer::ProbeSystem,
     Tracer::ProbeNoSched,
+    Tracer::ProbeSlow,
     Tracer::Bpftrace,
     Tracer::PerfTrace,
     Tracer::Strace,
@@ -90,6 +94,7 @@ impl Tracer {
             Tracer::ProbeCommand => "probe -- COMMAND",
             Tracer::ProbeSystem => "probe (whole system)",
             Tracer::ProbeNoSched => "probe --no-sched",
+            Tracer::ProbeSlow => "probe --slow 10ms",
             Tracer::Bpftrace => "bpftrace histogram",
             Tracer::PerfTrace => "perf trace -s",
             Tracer::Strace => "strace -f -c",
@@ -191,6 +196,7 @@ fn measure(paths: &Paths, workload: &Workload, tracer: Tracer) -> Result<Sample>
         Tracer::Floor => traced_by_probe(paths, with_workload(probe(&["--bench-floor"])), false),
         Tracer::ProbeCommand => traced_by_probe(paths, with_workload(probe(&[])), true),
         Tracer::ProbeNoSched => traced_by_probe(paths, with_workload(probe(&["--no-sched"])), true),
+        Tracer::ProbeSlow => traced_by_probe(paths, with_workload(probe(&["--slow", "10ms"])), true),
         Tracer::ProbePid => probe_pid(paths, &args, probe(&[])),
         Tracer::ProbeSystem => probe_system(paths, &args, probe(&[])),
         Tracer::AgainstPid => probe_pid(paths, &args, against()?),

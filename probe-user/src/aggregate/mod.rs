@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 
 // FxHash: these maps are keyed by kernel-assigned ids and looked up on every
 // event; SipHash's resistance to chosen keys buys nothing here.
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use sched::Sleep;
 
 use probe_common::{
     errno_of, IoUringEvent, LostCall, SyscallEvent, COMM_LEN, IO_URING_ASYNC, LOST_INVOLUNTARY_SWITCH,
@@ -154,6 +156,9 @@ pub struct SyscallStats {
     pub runq_ns: u64,
     /// The slowest timed calls, one by one.
     pub slowest: Slowest,
+    /// With `--slow`: time asleep in the calls, by the kernel stack the
+    /// thread slept in (`KERNEL_STACKS` id plus one; 0: not kept).
+    pub wait_sites: FxHashMap<u32, u64>,
 }
 
 impl SyscallStats {
@@ -214,7 +219,14 @@ impl SyscallStats {
         self.blocked_ns = self.blocked_ns.saturating_add(other.blocked_ns);
         self.runq_ns = self.runq_ns.saturating_add(other.runq_ns);
         self.slowest.merge(&other.slowest);
+        for (&site, &ns) in &other.wait_sites {
+            add_ns(self.wait_sites.entry(site).or_default(), ns);
+        }
     }
+}
+
+fn add_ns(total: &mut u64, ns: u64) {
+    *total = total.saturating_add(ns);
 }
 
 /// One io_uring opcode's requests of one thread.
@@ -317,6 +329,9 @@ pub struct Table {
     /// The syscalls in progress at the end of the span, by thread (threads
     /// without a row too).
     in_flight: FxHashMap<ThreadKey, CallInFlight>,
+    /// What each kernel stack of `SyscallStats::wait_sites` is called (see
+    /// [`Table::name_wait_sites`]).
+    site_names: FxHashMap<u32, String>,
 }
 
 impl Table {
@@ -393,6 +408,39 @@ impl Table {
         stats.slowest.set_split(event.start_ns, split);
     }
 
+    /// Adds the sleeps of a syscall of `key` that was just recorded to
+    /// where its syscall's blocked time went.
+    pub fn record_wait_sites(&mut self, key: ThreadKey, nr: u32, sleeps: &[Sleep]) {
+        let Some(stats) = self.threads.get_mut(&key).and_then(|thread| thread.syscalls.get_mut(&nr)) else {
+            return;
+        };
+        for sleep in sleeps {
+            add_ns(stats.wait_sites.entry(sleep.kernel_stack).or_default(), sleep.ns());
+        }
+    }
+
+    /// Names the wait sites not named yet, with `name` (which returns
+    /// `None` for one it cannot tell).
+    pub fn name_wait_sites(&mut self, name: &mut dyn FnMut(u32) -> Option<String>) {
+        let sites = self
+            .threads
+            .values()
+            .flat_map(|thread| thread.syscalls.values())
+            .flat_map(|s| s.wait_sites.keys());
+        let unnamed: FxHashSet<u32> =
+            sites.filter(|site| !self.site_names.contains_key(site)).copied().collect();
+        for site in unnamed {
+            if let Some(named) = name(site) {
+                self.site_names.insert(site, named);
+            }
+        }
+    }
+
+    /// What wait site `site` is called, if it was named.
+    pub fn site_name(&self, site: u32) -> Option<&str> {
+        self.site_names.get(&site).map(String::as_str)
+    }
+
     /// Adds one completed io_uring request, charged to its submitter `key`.
     pub fn record_io_uring(&mut self, key: ThreadKey, event: &IoUringEvent) {
         let thread = self.thread(key, &[0; COMM_LEN]);
@@ -424,6 +472,9 @@ impl Table {
         self.events += other.events;
         // What is in progress is as of the later span's end.
         self.in_flight.clone_from(&other.in_flight);
+        for (&site, name) in &other.site_names {
+            self.site_names.entry(site).or_insert_with(|| name.clone());
+        }
         for (&key, theirs) in &other.threads {
             if theirs.exited {
                 self.mark_exited(key);

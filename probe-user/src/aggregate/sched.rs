@@ -131,11 +131,12 @@ impl Waker {
     }
 }
 
-/// The longest time a call spent asleep, with what it slept in and what
-/// woke it (`--slow`).
+/// A sleep of a thread in a syscall, with what it slept in and what woke
+/// it (`--slow`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Blocked {
-    pub ns: u64,
+pub struct Sleep {
+    pub from: u64,
+    pub to: u64,
     /// The blocking switch-out's kernel stack (id plus one; 0: none).
     pub kernel_stack: u32,
     /// `None` when the wakeup was not seen with its waker.
@@ -144,14 +145,10 @@ pub struct Blocked {
     pub runq_ns: u64,
 }
 
-/// What `--slow` knows of a thread's latest sleep.
-#[derive(Clone, Copy, Debug)]
-struct Sleep {
-    from: u64,
-    to: u64,
-    kernel_stack: u32,
-    waker: Option<Waker>,
-    runq_ns: u64,
+impl Sleep {
+    pub fn ns(&self) -> u64 {
+        self.to - self.from
+    }
 }
 
 /// Where a thread is, between events.
@@ -344,35 +341,29 @@ impl SchedTracker {
         }
     }
 
-    /// `waker` made thread `key` runnable (the `Wakeup` itself is applied
-    /// apart): kept for its sleep, if this wakeup ended one.
+    /// `waker` is waking thread `key` (its `Wakeup` follows): kept for the
+    /// sleep this ends, if the thread is asleep and not already being woken.
     pub fn woken_by(&mut self, key: ThreadKey, waker: Waker) {
         if let Some(state) = self.threads.get_mut(&key) {
-            if state.running.is_none() && state.woken_by.is_none() && state.off.is_some_and(|(_, v)| v) {
+            let asleep =
+                state.running.is_none() && state.ready.is_none() && state.off.is_some_and(|(_, v)| v);
+            if asleep && state.woken_by.is_none() {
                 state.woken_by = Some(waker);
             }
         }
     }
 
-    /// The longest sleep of thread `key` between `start` and `end` (a
-    /// `--slow` call), with what it slept in and who woke it; `None`
-    /// without one. To be asked before [`SchedTracker::split`], which
-    /// forgets the spans of the call.
-    pub fn blocked(&mut self, key: ThreadKey, start: u64, end: u64) -> Option<Blocked> {
-        let state = self.threads.get_mut(&key)?;
-        let longest = state
-            .sleeps
-            .iter()
-            .filter(|sleep| sleep.from >= start && sleep.to <= end)
-            .max_by_key(|sleep| sleep.to - sleep.from)
-            .map(|sleep| Blocked {
-                ns: sleep.to - sleep.from,
-                kernel_stack: sleep.kernel_stack,
-                waker: sleep.waker,
-                runq_ns: sleep.runq_ns,
-            });
+    /// The sleeps of thread `key` between `start` and `end` (a syscall,
+    /// with `--slow`), with what it slept in and who woke it; they are
+    /// forgotten then.
+    pub fn sleeps(&mut self, key: ThreadKey, start: u64, end: u64) -> Vec<Sleep> {
+        let Some(state) = self.threads.get_mut(&key).filter(|state| !state.sleeps.is_empty()) else {
+            return Vec::new();
+        };
+        let within =
+            state.sleeps.iter().filter(|sleep| sleep.from >= start && sleep.to <= end).copied().collect();
         state.sleeps.retain(|sleep| sleep.to > end);
-        longest
+        within
     }
 
     /// Thread `key`, unseen so far, has been asleep since `ts` (found so at
@@ -602,8 +593,10 @@ mod tests {
         let mut tracker = SchedTracker::default();
         let mut table = Table::default();
         let key = ThreadKey::new(1, 2);
-        let waker = |tid| Waker { pid: 1, tid, comm: [0; COMM_LEN], nr: Some(1), interrupt: false, kernel_stack: 9 };
-        let blocking = |ts, stack| SchedEvent { kernel_stack: stack, ..ev(SwitchOut, 0, ts, SWITCH_VOLUNTARY) };
+        let waker =
+            |tid| Waker { pid: 1, tid, comm: [0; COMM_LEN], nr: Some(1), interrupt: false, kernel_stack: 9 };
+        let blocking =
+            |ts, stack| SchedEvent { kernel_stack: stack, ..ev(SwitchOut, 0, ts, SWITCH_VOLUNTARY) };
         // In one call from 5 to 1000: asleep 10..30 in stack 4, woken by 7;
         // asleep 100..400 in stack 5, woken by 8 and 20 ns in the run queue.
         for (event, woken_by) in [
@@ -617,16 +610,18 @@ mod tests {
             (ev(Wakeup, 1, 405, 0), Some(waker(6))),
             (ev(SwitchIn, 0, 420, 0), None),
         ] {
-            tracker.apply(key, &event, &mut table);
+            // sched_waking comes before its wakeup.
             if let Some(waker) = woken_by {
                 tracker.woken_by(key, waker);
             }
+            tracker.apply(key, &event, &mut table);
         }
-        let blocked = tracker.blocked(key, 5, 1000).unwrap();
-        assert_eq!((blocked.ns, blocked.kernel_stack, blocked.runq_ns), (300, 5, 20));
-        assert_eq!(blocked.waker.map(|waker| waker.tid), Some(8));
+        let sleeps = tracker.sleeps(key, 5, 1000);
+        let found: Vec<_> =
+            sleeps.iter().map(|s| (s.ns(), s.kernel_stack, s.runq_ns, s.waker.map(|w| w.tid))).collect();
+        assert_eq!(found, [(20, 4, 2, Some(7)), (300, 5, 20, Some(8))]);
         // Asked for once: the next call does not find this one's sleeps.
-        assert_eq!(tracker.blocked(key, 1000, 2000), None);
+        assert_eq!(tracker.sleeps(key, 1000, 2000), []);
     }
 
     #[test]

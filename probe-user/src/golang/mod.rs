@@ -108,6 +108,12 @@ impl Goroutines {
         }
     }
 
+    /// The goroutine thread `tid` of process `pid` runs now (0: the
+    /// runtime's scheduler); `None` before the runtime said.
+    pub fn goroutine_of(&self, pid: u32, tid: u32) -> Option<u64> {
+        self.processes.get(&pid)?.threads.get(&tid)?.goroutine
+    }
+
     /// Attributes a syscall record to the goroutine its thread runs.
     pub fn syscall(&mut self, event: &SyscallEvent) {
         let Some(process) = self.processes.get_mut(&event.pid) else {
@@ -169,7 +175,7 @@ impl Goroutines {
                         .map_or_else(|| "?".to_owned(), escape::visible),
                 },
                 exited: goroutine.exited,
-                syscalls: syscall_reports(&goroutine.syscalls),
+                syscalls: syscall_reports(&goroutine.syscalls, &|_| None),
                 threads: goroutine.threads.iter().copied().collect(),
                 moves: goroutine.moves,
             })

@@ -43,9 +43,10 @@ pub fn write_slow_call(out: &mut dyn Write, line: &SlowCallLine) -> io::Result<(
         Some(errno) => format!("-1 {errno}"),
         None => call.ret.to_string(),
     };
+    let goroutine = line.goroutine.map_or_else(String::new, |goid| format!(", goroutine {goid}"));
     writeln!(
         out,
-        "slow call: {} {}{split} = {returned}, tid {} ({}) of pid {}",
+        "slow call: {} {}{split} = {returned}, tid {} ({}) of pid {}{goroutine}",
         line.name,
         human_ns(call.duration_ns),
         line.tid,
@@ -154,6 +155,16 @@ pub fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
         for call in &thread.syscalls {
             lead(out)?;
             write_row(out, call, summary)?;
+            if summary && !call.wait_sites.is_empty() {
+                // --slow's kernel stacks: what the blocked time was spent in.
+                let sites: Vec<String> = call
+                    .wait_sites
+                    .iter()
+                    .map(|site| format!("{:.0}% {}", 100.0 * site.share, site.site))
+                    .collect();
+                lead(out)?;
+                writeln!(out, "   {} asleep in: {}", call.name, sites.join(", "))?;
+            }
         }
         for call in thread.syscalls.iter().filter(|call| call.unfinished_at_attach > 0) {
             lead(out)?;
@@ -398,6 +409,7 @@ mod tests {
             nr: 0,
             comm: "\\x1bworker".to_owned(),
             call: SlowCall { duration_ns: 20_100_000, started_ns: 5, ret, split },
+            goroutine: None,
             detail: None,
             blocked: None,
             explanation: None,

@@ -15,7 +15,7 @@ use blazesym::symbolize::{
 use serde::Serialize;
 
 use crate::{
-    aggregate::sched::{Blocked, Waker},
+    aggregate::sched::{Sleep, Waker},
     bpf::Probe,
     btf::RegsLayout,
     escape,
@@ -132,13 +132,13 @@ impl Explainer {
         Explanation {
             user_stack,
             args,
-            blocked_ns: Some(blocked.ns),
+            blocked_ns: Some(blocked.ns()),
             blocked_in: self.kernel_stack(probe, blocked.kernel_stack),
             woken_by: blocked.waker.map(|waker| self.woken_by(probe, &blocked, &waker)),
         }
     }
 
-    fn woken_by(&self, probe: &Probe, blocked: &Blocked, waker: &Waker) -> WokenBy {
+    fn woken_by(&self, probe: &Probe, blocked: &Sleep, waker: &Waker) -> WokenBy {
         WokenBy {
             context: if waker.interrupt { "interrupt" } else { "task" },
             pid: waker.pid,
@@ -148,6 +148,15 @@ impl Explainer {
             stack: self.kernel_stack(probe, waker.kernel_stack),
             runq_ns: blocked.runq_ns,
         }
+    }
+
+    /// The name of a wait site: the two innermost functions of kernel stack
+    /// `id` below the scheduler's (`anon_pipe_read ← vfs_read`).
+    pub fn site_name(&self, probe: &Probe, id: u32) -> Option<String> {
+        let stack = self.kernel_stack(probe, id)?;
+        let names: Vec<&str> =
+            stack.frames.iter().filter_map(|frame| frame.function.as_deref()).take(2).collect();
+        (!names.is_empty()).then(|| names.join(" ← "))
     }
 
     /// Kernel stack `id`, symbolized, from what it is about on: the

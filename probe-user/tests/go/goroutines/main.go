@@ -64,4 +64,10 @@ func main() {
 		}
 	}
 	wg.Wait()
+	// An optional second argument: milliseconds to live on, so that a
+	// tracer can still read the process's objects.
+	if len(os.Args) > 2 {
+		linger, _ := strconv.Atoi(os.Args[2])
+		time.Sleep(time.Duration(linger) * time.Millisecond)
+	}
 }
