@@ -64,7 +64,9 @@ pub(crate) fn kernel_stack(ctx: &RawTracePointContext) -> u32 {
 /// Whether this program runs on the current task's kernel stack: in its
 /// context (a syscall, a kernel thread, a fault), not on an interrupt's
 /// stack, where the current task is only the one that was interrupted.
-/// Always false when the loader gave no `task_struct.stack` offset.
+/// Always false when the loader gave no `task_struct.stack` offset. (An
+/// interrupt of user code runs on the task's stack: userspace tells that
+/// one by the interrupt entry in the wakeup's kernel stack.)
 ///
 /// A function of its own with a frame of a few bytes: since Linux 6.13 a
 /// tracing program's function whose frame is 64 bytes or more runs on a

@@ -27,6 +27,7 @@ use crate::{
     pipeline::Pipeline,
     procfs,
     session::{self, Options, Traced},
+    slow::Slow,
     target::{GatedCommand, PidTarget, SpawnError},
     timeline::Timeline,
     tui::Live,
@@ -198,6 +199,12 @@ fn run(args: Args) -> Result<i32> {
         }
         None => None,
     };
+    // --slow's explaining thread, and kallsyms read, before the traced
+    // threads run: a storm would fill the ring buffer meanwhile.
+    let slow = match probe.regs_layout() {
+        Some(regs) => Some(Slow::start(regs).context("cannot start the thread that explains slow calls")?),
+        None => None,
+    };
     let (target, command_output) = if let Some(mut gated) = gated {
         probe.trace_pid(gated.pid.as_raw() as u32)?;
         let command_output = gated.output.take();
@@ -262,5 +269,5 @@ fn run(args: Args) -> Result<i32> {
         pipeline.report_slow_calls(threshold);
     }
     pipeline.attached(attached_ns, calls_at_attach, &procfs::Proc);
-    runtime.block_on(session::run(probe, streams, target, options, pipeline, Outputs::new(sinks)))
+    runtime.block_on(session::run(probe, streams, target, options, pipeline, slow, Outputs::new(sinks)))
 }

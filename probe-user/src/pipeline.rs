@@ -23,7 +23,7 @@ use crate::{
         Generations, Table, ThreadKey, World, MAX_EXITED_THREADS,
     },
     golang::Goroutines,
-    slow::Explanation,
+    slow::{Explanation, KernelStacks},
 };
 
 /// Turns records into an interval's table and the run's total.
@@ -65,6 +65,8 @@ pub struct SlowCallSeen {
     pub detail: Option<Box<SlowDetail>>,
     /// Its longest sleep, with what it slept in and who woke it.
     pub blocked: Option<Sleep>,
+    /// The kernel stacks of that sleep and its wakeup, once read.
+    pub kernel_stacks: KernelStacks,
     /// What the above say, once the event loop has had them explained.
     pub explanation: Option<Explanation>,
 }
@@ -179,6 +181,7 @@ impl Pipeline {
                                 .and_then(|goroutines| goroutines.goroutine_of(event.pid, event.tid)),
                             detail: self.details.remove(&(event.tid, event.start_ns)),
                             blocked,
+                            kernel_stacks: KernelStacks::default(),
                             explanation: None,
                         });
                     }

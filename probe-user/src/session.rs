@@ -23,7 +23,7 @@ use crate::{
     pipeline::Pipeline,
     procfs::{self, Proc},
     report::{Health, Kind, Losses, Report, Span},
-    slow::Explainer,
+    slow::Slow,
     target::{exit_code, PidTarget},
 };
 
@@ -88,6 +88,7 @@ pub async fn run(
     traced: Traced,
     options: Options,
     mut pipeline: Pipeline,
+    mut slow: Option<Slow>,
     mut outputs: Outputs,
 ) -> Result<i32> {
     let start = Instant::now();
@@ -149,19 +150,23 @@ pub async fn run(
         }
     }
 
-    // --slow's stacks and wakers, when the kernel programs send them.
-    let mut explainer = probe.regs_layout().map(Explainer::new);
     let end = loop {
         tokio::select! {
+            Some(call) = async {
+                match slow.as_mut() {
+                    Some(slow) => slow.explaining.next().await,
+                    None => pending().await,
+                }
+            } => outputs.slow_calls(std::slice::from_ref(&call)),
             guard = events.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &mut pipeline, &mut outputs, &probe, &mut explainer);
+                drain(guard.get_inner_mut(), &mut pipeline, &mut outputs, &probe, slow.as_ref());
                 guard.clear_ready();
             }
-            _ = poll.tick() => drain(events.get_mut(), &mut pipeline, &mut outputs, &probe, &mut explainer),
+            _ = poll.tick() => drain(events.get_mut(), &mut pipeline, &mut outputs, &probe, slow.as_ref()),
             _ = lost_calls.tick() => {
                 // Records first: they precede the calls counted since.
-                drain(events.get_mut(), &mut pipeline, &mut outputs, &probe, &mut explainer);
+                drain(events.get_mut(), &mut pipeline, &mut outputs, &probe, slow.as_ref());
                 pipeline.add_lost_calls(&probe.take_lost_calls(false)?, &Proc);
             }
             guard = async {
@@ -175,7 +180,7 @@ pub async fn run(
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                let (now_ns, calls_off_cpu) = settle(&mut probe, events.get_mut(), &mut pipeline, &mut outputs, &mut explainer, false)?;
+                let (now_ns, calls_off_cpu) = settle(&mut probe, events.get_mut(), &mut pipeline, &mut outputs, slow.as_ref(), false)?;
                 let table = pipeline.close_interval(&Proc);
                 let span = measure(&probe, &pipeline, now_ns - start_ns, now_ns - last_ns, calls_off_cpu)?;
                 last_ns = now_ns;
@@ -237,9 +242,16 @@ pub async fn run(
 
     // Every record of the finished trace is already in the ring buffer.
     let (now_ns, calls_off_cpu) =
-        settle(&mut probe, events.get_mut(), &mut pipeline, &mut outputs, &mut explainer, true)?;
+        settle(&mut probe, events.get_mut(), &mut pipeline, &mut outputs, slow.as_ref(), true)?;
     let span = measure(&probe, &pipeline, now_ns - start_ns, now_ns - start_ns, calls_off_cpu)?;
     pipeline.close_interval(&Proc);
+    // The last slow calls, once explained, before the summary.
+    if let Some(slow) = slow.take() {
+        let rest = slow.explaining.finish();
+        if !rest.is_empty() {
+            outputs.slow_calls(&rest);
+        }
+    }
     let mut summary = Report::new(Kind::Summary, pipeline.total(), span, None);
     if let Some(goroutines) = pipeline.goroutines() {
         (summary.goroutines, summary.go) = goroutines.report();
@@ -250,29 +262,27 @@ pub async fn run(
 }
 
 /// Takes every record waiting in the ring buffer, in its order; the slow
-/// calls among them go out at once, explained when `explainer` is there.
+/// calls among them go out at once, or once explained when `slow` is there.
 fn drain(
     ring: &mut RingBuf<MapData>,
     pipeline: &mut Pipeline,
     outputs: &mut Outputs,
     probe: &Probe,
-    explainer: &mut Option<Explainer>,
+    slow: Option<&Slow>,
 ) {
     while let Some(bytes) = ring.next() {
         if let Some(record) = pipeline.ingest(&bytes) {
             outputs.record(&record);
         }
     }
-    let mut slow = pipeline.take_slow_calls();
-    if slow.is_empty() {
-        return;
+    let calls = pipeline.take_slow_calls();
+    let unexplained: Vec<_> = match slow {
+        Some(slow) => calls.into_iter().filter_map(|call| slow.explaining.submit(probe, call)).collect(),
+        None => calls,
+    };
+    if !unexplained.is_empty() {
+        outputs.slow_calls(&unexplained);
     }
-    if let Some(explainer) = explainer {
-        for call in &mut slow {
-            call.explanation = Some(explainer.explain(probe, call));
-        }
-    }
-    outputs.slow_calls(&slow);
 }
 
 /// Brings the pipeline up to now, for an interval (or, with `last`, the
@@ -286,13 +296,13 @@ fn settle(
     ring: &mut RingBuf<MapData>,
     pipeline: &mut Pipeline,
     outputs: &mut Outputs,
-    explainer: &mut Option<Explainer>,
+    slow: Option<&Slow>,
     last: bool,
 ) -> Result<(u64, usize)> {
     let now_ns = monotonic_ns();
-    drain(ring, pipeline, outputs, probe, explainer);
-    if let Some(explainer) = explainer {
-        pipeline.name_wait_sites(&mut |site| explainer.site_name(probe, site));
+    drain(ring, pipeline, outputs, probe, slow);
+    if let Some(slow) = slow {
+        pipeline.name_wait_sites(&mut |site| slow.sites.name(probe, site));
     }
     pipeline.add_lost_calls(&probe.take_lost_calls(last)?, &Proc);
     pipeline.settle(now_ns, &Proc);

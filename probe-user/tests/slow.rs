@@ -109,6 +109,11 @@ fn a_rust_programs_slow_call_names_its_functions() {
     assert!(from.contains(&"workload::sleep_once"), "{from:?}");
     assert!(from.iter().any(|f| f.ends_with("thread_start")), "{from:?}");
     assert!(functions(&calls[0]["blocked_in"]).contains(&"do_nanosleep"), "{}", calls[0]);
+    // The timer's interrupt woke it, whatever it interrupted (the spinner
+    // in user code, an idle CPU, probe itself).
+    let waker = &calls[0]["woken_by"];
+    assert_eq!(waker["context"], "interrupt", "{waker}");
+    assert!(functions(&waker["stack"]).contains(&"hrtimer_wakeup"), "{waker}");
 }
 
 #[test]

@@ -62,6 +62,9 @@ pub fn write_slow_call(out: &mut dyn Write, line: &SlowCallLine) -> io::Result<(
 /// What `--slow` found out about a call, one indented line each: like
 /// strace's `-k` and `-y`, offcputime's stacks and offwaketime's wakers.
 fn write_explanation(out: &mut dyn Write, explanation: &Explanation) -> io::Result<()> {
+    if let Some(why) = explanation.unexplained {
+        writeln!(out, "    ({why})")?;
+    }
     if !explanation.args.is_empty() {
         let args: Vec<String> = explanation.args.iter().map(|arg| format!("{}={arg}", arg.name)).collect();
         writeln!(out, "    args: {}", args.join(", "))?;
@@ -412,6 +415,7 @@ mod tests {
             goroutine: None,
             detail: None,
             blocked: None,
+            kernel_stacks: Default::default(),
             explanation: None,
         };
         let line = |seen: SlowCallSeen| {

@@ -8,11 +8,18 @@
 mod args;
 mod unwind;
 
+use std::{
+    io,
+    sync::mpsc::{self, SyncSender, TrySendError},
+    thread::JoinHandle,
+};
+
 use blazesym::symbolize::{
     source::{Kernel, Process, Source},
     CodeInfo, Input, Symbolized, Symbolizer,
 };
 use serde::Serialize;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
     aggregate::sched::{Sleep, Waker},
@@ -79,6 +86,9 @@ pub struct Explanation {
     /// Its arguments, decoded where it matters (file descriptors as what
     /// they are now, paths as read now); empty without its registers.
     pub args: Vec<Arg>,
+    /// Why it has no explanation, if it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unexplained: Option<&'static str>,
 }
 
 /// Kernel frames of the scheduler and of the tracing itself, above what a
@@ -100,27 +110,120 @@ const MACHINERY: [&str; 14] = [
     "perf_trace_",
 ];
 
+/// `--slow`'s explaining thread, and the names of the wait sites.
+pub struct Slow {
+    pub explaining: Explaining,
+    pub sites: SiteNamer,
+}
+
+impl Slow {
+    /// Starts the thread, and reads kallsyms for the wait sites.
+    pub fn start(regs: RegsLayout) -> io::Result<Self> {
+        Ok(Self { explaining: Explaining::start(regs)?, sites: SiteNamer::new() })
+    }
+}
+
+/// Slow calls waiting to be explained at once: beyond, a call is reported
+/// unexplained (and says so) rather than delay the ones behind it.
+const QUEUED: usize = 256;
+
+/// Explains slow calls on a thread of its own: symbolizing a program's
+/// objects the first time takes up to a second, which the record pipeline
+/// must not wait for (the ring buffer would fill meanwhile).
+pub struct Explaining {
+    calls: SyncSender<SlowCallSeen>,
+    explained: UnboundedReceiver<SlowCallSeen>,
+    thread: JoinHandle<()>,
+}
+
+impl Explaining {
+    pub fn start(regs: RegsLayout) -> io::Result<Self> {
+        let (calls, queued) = mpsc::sync_channel::<SlowCallSeen>(QUEUED);
+        let (done, explained) = tokio::sync::mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new().name("probe-slow".to_owned()).spawn(move || {
+            // The lowest priority: on a busy machine the event loop, which
+            // must keep the ring buffer from filling, comes first.
+            // SAFETY: sets this thread's nice value; no memory is involved.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, nix::unistd::gettid().as_raw() as libc::id_t, 19)
+            };
+            let mut explainer = Explainer::new(regs);
+            for mut call in queued {
+                call.explanation = Some(explainer.explain(&call));
+                if done.send(call).is_err() {
+                    return;
+                }
+            }
+        })?;
+        Ok(Self { calls, explained, thread })
+    }
+
+    /// Hands `call` over, with the kernel stacks it names read from `probe`
+    /// (the map is the event loop's); a call the queue has no room for
+    /// comes back, marked unexplained.
+    pub fn submit(&self, probe: &Probe, mut call: SlowCallSeen) -> Option<SlowCallSeen> {
+        let stack = |id: u32| probe.kernel_stack(id);
+        if let Some(blocked) = &call.blocked {
+            call.kernel_stacks = KernelStacks {
+                blocked_in: stack(blocked.kernel_stack),
+                woken_by: blocked.waker.and_then(|waker| stack(waker.kernel_stack)),
+            };
+        }
+        self.calls.try_send(call).err().map(|err| {
+            let (mut call, why) = match err {
+                TrySendError::Full(call) => (call, "too many slow calls at once: this one was not explained"),
+                TrySendError::Disconnected(call) => (call, "the thread that explains slow calls stopped"),
+            };
+            call.explanation = Some(Explanation { unexplained: Some(why), ..Default::default() });
+            call
+        })
+    }
+
+    /// The next call explained.
+    pub async fn next(&mut self) -> Option<SlowCallSeen> {
+        self.explained.recv().await
+    }
+
+    /// Waits for the calls handed over to be explained, and returns them.
+    pub fn finish(self) -> Vec<SlowCallSeen> {
+        let Self { calls, mut explained, thread } = self;
+        drop(calls);
+        let _ = thread.join();
+        let mut rest = Vec::new();
+        while let Ok(call) = explained.try_recv() {
+            rest.push(call);
+        }
+        rest
+    }
+}
+
+/// The kernel stacks a slow call names, read by the event loop.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelStacks {
+    pub blocked_in: Option<Vec<u64>>,
+    pub woken_by: Option<Vec<u64>>,
+}
+
 /// Turns the raw material of slow calls into answers.
-pub struct Explainer {
+struct Explainer {
     regs: RegsLayout,
     symbolizer: Symbolizer,
     unwinders: unwind::Unwinders,
 }
 
 impl Explainer {
-    pub fn new(regs: RegsLayout) -> Self {
+    fn new(regs: RegsLayout) -> Self {
         Self { regs, symbolizer: Symbolizer::new(), unwinders: unwind::Unwinders::default() }
     }
 
-    /// Explains `seen`, with the kernel stacks `probe` holds.
-    pub fn explain(&mut self, probe: &Probe, seen: &SlowCallSeen) -> Explanation {
+    fn explain(&mut self, seen: &SlowCallSeen) -> Explanation {
         let user_stack = seen.detail.as_ref().map(|detail| {
             let read = |offset| RegsLayout::read(&detail.regs, offset);
             let (ip, sp, bp) = (read(self.regs.ip), read(self.regs.sp), read(self.regs.bp));
             let stack = &detail.stack[..(detail.stack_len as usize).min(detail.stack.len())];
             let (addrs, end) = self.unwinders.unwind(seen.key.pid, ip, sp, bp, stack);
             let source = Source::Process(Process::new(seen.key.pid.into()));
-            Stack { frames: self.symbolize(&source, &addrs), end }
+            Stack { frames: symbolize(&self.symbolizer, &source, &addrs), end }
         });
         let args = seen.detail.as_ref().map_or_else(Vec::new, |detail| {
             let registers = self.regs.args.map(|offset| RegsLayout::read(&detail.regs, offset));
@@ -129,78 +232,107 @@ impl Explainer {
         let Some(blocked) = seen.blocked else {
             return Explanation { user_stack, args, ..Default::default() };
         };
+        let kernel =
+            |addrs: &Option<Vec<u64>>| addrs.as_deref().map(|addrs| kernel_stack(&self.symbolizer, addrs));
         Explanation {
             user_stack,
             args,
             blocked_ns: Some(blocked.ns()),
-            blocked_in: self.kernel_stack(probe, blocked.kernel_stack),
-            woken_by: blocked.waker.map(|waker| self.woken_by(probe, &blocked, &waker)),
+            blocked_in: kernel(&seen.kernel_stacks.blocked_in),
+            woken_by: blocked
+                .waker
+                .map(|waker| woken_by(&blocked, &waker, kernel(&seen.kernel_stacks.woken_by))),
+            unexplained: None,
         }
     }
+}
 
-    fn woken_by(&self, probe: &Probe, blocked: &Sleep, waker: &Waker) -> WokenBy {
-        WokenBy {
-            context: if waker.interrupt { "interrupt" } else { "task" },
-            pid: waker.pid,
-            tid: waker.tid,
-            comm: escape::visible_bytes(waker.comm.split(|&b| b == 0).next().unwrap_or_default()),
-            syscall: waker.nr.map(syscall_name),
-            stack: self.kernel_stack(probe, waker.kernel_stack),
-            runq_ns: blocked.runq_ns,
-        }
+/// Who woke a sleep. An interrupt is told two ways: the kernel program ran
+/// on an interrupt's stack, or the wakeup's kernel stack passes through an
+/// interrupt's entry. The second is needed for an interrupt that came while
+/// the CPU ran user code: x86-64 runs it on the interrupted task's own
+/// kernel stack (an exception, such as a page fault, is the task's own).
+fn woken_by(blocked: &Sleep, waker: &Waker, stack: Option<Stack>) -> WokenBy {
+    let entered =
+        stack.as_ref().is_some_and(|stack| {
+            stack.frames.iter().filter_map(|frame| frame.function.as_deref()).any(|name| {
+                (name.starts_with("asm_") && !name.starts_with("asm_exc_")) || name == "asm_exc_nmi"
+            })
+        });
+    WokenBy {
+        context: if waker.interrupt || entered { "interrupt" } else { "task" },
+        pid: waker.pid,
+        tid: waker.tid,
+        comm: escape::visible_bytes(waker.comm.split(|&b| b == 0).next().unwrap_or_default()),
+        syscall: waker.nr.map(syscall_name),
+        stack,
+        runq_ns: blocked.runq_ns,
+    }
+}
+
+/// Names the wait sites of the tables, on the event loop: kernel stacks
+/// only, each once, from kallsyms, which is read once when probe starts.
+pub struct SiteNamer {
+    symbolizer: Symbolizer,
+}
+
+impl SiteNamer {
+    pub fn new() -> Self {
+        let symbolizer = Symbolizer::new();
+        // Reads kallsyms now, before the trace, not at its first interval.
+        let _ = symbolizer.symbolize(&Source::Kernel(Kernel::default()), Input::AbsAddr(&[0]));
+        Self { symbolizer }
     }
 
     /// The name of a wait site: the two innermost functions of kernel stack
     /// `id` below the scheduler's (`anon_pipe_read ← vfs_read`).
-    pub fn site_name(&self, probe: &Probe, id: u32) -> Option<String> {
-        let stack = self.kernel_stack(probe, id)?;
+    pub fn name(&self, probe: &Probe, id: u32) -> Option<String> {
+        let stack = kernel_stack(&self.symbolizer, &probe.kernel_stack(id)?);
         let names: Vec<&str> =
             stack.frames.iter().filter_map(|frame| frame.function.as_deref()).take(2).collect();
         (!names.is_empty()).then(|| names.join(" ← "))
     }
+}
 
-    /// Kernel stack `id`, symbolized, from what it is about on: the
-    /// scheduler's and the tracing's own frames on top are left out.
-    fn kernel_stack(&self, probe: &Probe, id: u32) -> Option<Stack> {
-        let addrs = probe.kernel_stack(id)?;
-        let frames = self.symbolize(&Source::Kernel(Kernel::default()), &addrs);
-        let machinery = |frame: &Frame| {
-            frame.function.as_deref().is_some_and(|name| MACHINERY.iter().any(|m| name.starts_with(m)))
+/// A kernel stack, symbolized, from what it is about on: the tracing's and
+/// the scheduler's own frames on top are left out, and under an
+/// interrupt's entry what it interrupted.
+fn kernel_stack(symbolizer: &Symbolizer, addrs: &[u64]) -> Stack {
+    let frames = symbolize(symbolizer, &Source::Kernel(Kernel::default()), addrs);
+    let machinery = |frame: &Frame| {
+        frame.function.as_deref().is_some_and(|name| MACHINERY.iter().any(|m| name.starts_with(m)))
+    };
+    let skip = frames.iter().position(|frame| !machinery(frame)).unwrap_or(frames.len());
+    let mut frames = frames[skip..].to_vec();
+    if let Some(entry) =
+        frames.iter().position(|f| f.function.as_deref().is_some_and(|n| n.starts_with("asm_")))
+    {
+        frames.truncate(entry + 1);
+    }
+    Stack { frames, end: End::Complete }
+}
+
+/// The frames at `addrs`: where debug information says functions were
+/// inlined at an address, each of them too, innermost first.
+fn symbolize(symbolizer: &Symbolizer, source: &Source, addrs: &[u64]) -> Vec<Frame> {
+    let symbols = symbolizer.symbolize(source, Input::AbsAddr(addrs)).unwrap_or_default();
+    let mut frames = Vec::with_capacity(addrs.len());
+    for (i, &addr) in addrs.iter().enumerate() {
+        let Some(Symbolized::Sym(sym)) = symbols.get(i) else {
+            frames.push(Frame { addr, function: None, file: None, line: None, inlined: false });
+            continue;
         };
-        let skip = frames.iter().rposition(machinery).map_or(0, |last| last + 1);
-        let mut frames = frames[skip..].to_vec();
-        // Under an interrupt's entry is whatever it interrupted: not how
-        // the wakeup came about.
-        if let Some(entry) =
-            frames.iter().position(|f| f.function.as_deref().is_some_and(|n| n.starts_with("asm_")))
-        {
-            frames.truncate(entry + 1);
+        let frame = |name: &str, code: Option<&CodeInfo>, inlined| Frame {
+            addr,
+            function: Some(escape::visible(name)),
+            file: code.map(|code| escape::visible(&code.file.to_string_lossy())),
+            line: code.and_then(|code| code.line),
+            inlined,
+        };
+        for inlined in sym.inlined.iter().rev() {
+            frames.push(frame(&inlined.name, inlined.code_info.as_ref(), true));
         }
-        Some(Stack { frames, end: End::Complete })
+        frames.push(frame(&sym.name, sym.code_info.as_deref(), false));
     }
-
-    /// The frames at `addrs`: where debug information says functions were
-    /// inlined at an address, each of them too, innermost first.
-    fn symbolize(&self, source: &Source, addrs: &[u64]) -> Vec<Frame> {
-        let symbols = self.symbolizer.symbolize(source, Input::AbsAddr(addrs)).unwrap_or_default();
-        let mut frames = Vec::with_capacity(addrs.len());
-        for (i, &addr) in addrs.iter().enumerate() {
-            let Some(Symbolized::Sym(sym)) = symbols.get(i) else {
-                frames.push(Frame { addr, function: None, file: None, line: None, inlined: false });
-                continue;
-            };
-            let frame = |name: &str, code: Option<&CodeInfo>, inlined| Frame {
-                addr,
-                function: Some(escape::visible(name)),
-                file: code.map(|code| escape::visible(&code.file.to_string_lossy())),
-                line: code.and_then(|code| code.line),
-                inlined,
-            };
-            for inlined in sym.inlined.iter().rev() {
-                frames.push(frame(&inlined.name, inlined.code_info.as_ref(), true));
-            }
-            frames.push(frame(&sym.name, sym.code_info.as_deref(), false));
-        }
-        frames
-    }
+    frames
 }
