@@ -420,6 +420,10 @@ pub const LOST_INVOLUNTARY_SWITCH: u32 = 0x8000_0001;
 pub const LOST_SWITCH_IN: u32 = 0x8000_0002;
 /// `LostCall::nr` of a dropped `Wakeup` or `WakeupNew`.
 pub const LOST_WAKEUP: u32 = 0x8000_0003;
+/// `LostCall::nr` whose value is not a count but the kernel's count of the
+/// thread's migrations at its latest dropped `SwitchOut`: when its last
+/// switch-outs are dropped, its migrations stay exact all the same.
+pub const LOST_MIGRATIONS: u32 = 0x8000_0004;
 
 /// Capacity of `LOST_CALLS`: (thread, syscall, errno) combinations.
 pub const MAX_LOST_KEYS: u32 = 1 << 20;

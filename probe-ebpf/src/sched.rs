@@ -6,14 +6,14 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext};
 use probe_common::{
-    EventKind, LostCall, SchedEvent, LOST_INVOLUNTARY_SWITCH, LOST_SWITCH_IN, LOST_VOLUNTARY_SWITCH,
-    LOST_WAKEUP, SWITCH_EXITED, SWITCH_VOLUNTARY,
+    EventKind, LostCall, SchedEvent, LOST_INVOLUNTARY_SWITCH, LOST_MIGRATIONS, LOST_SWITCH_IN,
+    LOST_VOLUNTARY_SWITCH, LOST_WAKEUP, SWITCH_EXITED, SWITCH_VOLUNTARY,
 };
 
 use crate::{
     shared::{config, cpu, cpu_state, current_task_field, is_traced, now, send, task_ids, write_comm},
     slow::{kernel_stack, slow_ns},
-    syscalls::{count_lost, park_call},
+    syscalls::{count_lost, keep_lost_max, park_call},
 };
 
 /// `TASK_DEAD` in a task's state (include/linux/sched.h): its last switch.
@@ -98,6 +98,8 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
         let out = sched_event(EventKind::SwitchOut, prev as u32, prev_pid, flags, stack, now, true);
         if !send(state, &out) {
             count_lost(LostCall { pid: prev_pid, tid: prev as u32, nr: lost, errno: 0 });
+            let migrations = LostCall { pid: prev_pid, tid: prev as u32, nr: LOST_MIGRATIONS, errno: 0 };
+            keep_lost_max(migrations, out.nr_migrations);
         }
     }
     let (tid, pid) = task_ids(ctx.arg::<*const u8>(2))?;

@@ -119,6 +119,23 @@ pub(crate) fn count_lost(key: LostCall) {
     }
 }
 
+/// Keeps `value` under `key` in the active lost-call map if it is more than
+/// the value there (`LOST_MIGRATIONS`: a count the kernel keeps, not one of
+/// records). Only the thread itself writes its key, as in `count_lost`.
+#[inline(never)]
+pub(crate) fn keep_lost_max(key: LostCall, value: u64) {
+    let lost = match LOST_CALLS_ACTIVE.get(0) {
+        Some(&1) => &LOST_CALLS_1,
+        _ => &LOST_CALLS_0,
+    };
+    if let Some(kept) = lost.get_ptr_mut(key) {
+        // SAFETY: see above.
+        unsafe { *kept = (*kept).max(value) };
+    } else if lost.insert(key, value, 0).is_err() {
+        bump(Counter::LostUncounted);
+    }
+}
+
 /// `SYSCALL_FLAGS` of syscall `nr` (with `COMPAT_NR` for the i386 table's).
 #[inline(always)]
 fn flags_of(nr: u32) -> u8 {

@@ -98,11 +98,9 @@ fn run(args: Args) -> Result<i32> {
     if args.tui && !stdout_is_terminal {
         bail!("--tui needs a terminal on stdout");
     }
-    // `--slow` lines are a stream too: not under a full-screen view.
     let live = args.tui
         || (!args.no_tui
             && !args.json
-            && args.slow.is_none()
             && args.output.is_none()
             && args.prometheus.is_none()
             && stdout_is_terminal);
@@ -117,7 +115,8 @@ fn run(args: Args) -> Result<i32> {
             bail!("-o and --trace name the same file, {}: give them two", report.display());
         }
     }
-    let stream = Stream::open(args.output.as_deref(), args.json, intervals)?;
+    // The live view shows --slow's calls on its terminal itself.
+    let stream = Stream::open(args.output.as_deref(), args.json, intervals, !live || args.output.is_some())?;
     // Ports and paths are checked before anything is loaded or started.
     let endpoint =
         args.prometheus.map(|address| Endpoint::bind(address, args.web_config.as_deref())).transpose()?;

@@ -71,8 +71,9 @@ pub struct Args {
     pub bench_floor: bool,
 
     /// Report each call that takes at least DURATION on its own, as it
-    /// returns (like `perf trace --duration`), e.g. 10ms.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true, conflicts_with_all = ["tui", "prometheus", "no_syscalls"])]
+    /// returns (like `perf trace --duration`), e.g. 10ms: with its stacks,
+    /// waker and arguments; in the live view, in a pane of its own.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true, conflicts_with_all = ["prometheus", "no_syscalls"])]
     pub slow: Option<Duration>,
 
     /// Threads shown per interval, busiest first.

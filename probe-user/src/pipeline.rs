@@ -10,8 +10,8 @@
 use std::mem;
 
 use probe_common::{
-    EventKind, InFlight, LostCall, Record, SlowDetail, SyscallEvent, SWITCH_EXITED, SYSCALL_NO_RETURN,
-    SYSCALL_UNSEEN_ENTRY,
+    EventKind, InFlight, LostCall, Record, SlowDetail, SyscallEvent, LOST_MIGRATIONS, SWITCH_EXITED,
+    SYSCALL_NO_RETURN, SYSCALL_UNSEEN_ENTRY,
 };
 use rustc_hash::FxHashMap;
 
@@ -369,6 +369,9 @@ impl Pipeline {
             // Counted since the last read, so most likely by the thread
             // that has these ids now.
             let key = self.generations.current(call.pid, call.tid);
+            if call.nr == LOST_MIGRATIONS {
+                self.tracker.migrated(key, count, &mut self.interval);
+            }
             self.interval.record_lost(key, &call, count);
             // A dead thread's row can be folded away; its ids are left to
             // the scheduler's and the syscalls' own signs of a new thread.

@@ -170,3 +170,20 @@ fn a_hostile_thread_name_is_shown_not_obeyed() {
     tmux.keys(&["q"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn slow_calls_come_to_a_pane_of_their_own() {
+    // Three 30 ms sleeps, and a spinner that keeps the view up.
+    let command =
+        format!("{PROBE} --tui --slow 20ms -- {} --sleeps 30,30,30 --spin 4000", workload().display());
+    let tmux = Tmux::start(140, 30, &command);
+    let screen = tmux.wait_for(Duration::from_secs(10), "the slow calls' pane with three calls", |screen| {
+        screen.contains("slow calls: ") && screen.matches("clock_nanosleep 30").count() == 3
+    });
+    // Each with where it was made and what woke it.
+    let line = screen.lines().find(|line| line.contains("clock_nanosleep 30")).unwrap();
+    assert!(line.contains("sleep_once"), "{line}");
+    assert!(line.contains("in do_nanosleep"), "{line}");
+    assert!(line.contains("woken by an interrupt"), "{line}");
+    tmux.keys(&["q"]);
+}

@@ -16,7 +16,7 @@ use sched::Sleep;
 
 use probe_common::{
     errno_of, IoUringEvent, LostCall, SyscallEvent, COMM_LEN, IO_URING_ASYNC, LOST_INVOLUNTARY_SWITCH,
-    LOST_VOLUNTARY_SWITCH, SYSCALL_NO_RETURN,
+    LOST_MIGRATIONS, LOST_VOLUNTARY_SWITCH, SYSCALL_NO_RETURN,
 };
 
 use self::{
@@ -376,6 +376,10 @@ impl Table {
             return;
         }
         let sched = thread.sched.get_or_insert_with(SchedStats::default);
+        // Not a record: the tracker takes the kernel's count of moves.
+        if call.nr == LOST_MIGRATIONS {
+            return;
+        }
         sched.lost_records += count;
         match call.nr {
             LOST_VOLUNTARY_SWITCH => sched.voluntary += count,

@@ -341,6 +341,19 @@ impl SchedTracker {
         }
     }
 
+    /// The kernel counted `nr_migrations` moves of thread `key` by a
+    /// switch-out whose record was dropped: the moves since the count last
+    /// seen are its, even when no later switch-out of it is ever seen.
+    pub fn migrated(&mut self, key: ThreadKey, nr_migrations: u64, table: &mut Table) {
+        let Some(state) = self.threads.get_mut(&key) else {
+            return;
+        };
+        if let Some(seen) = state.migrations_seen.filter(|&seen| nr_migrations > seen) {
+            table.sched_mut(key).migrations += nr_migrations - seen;
+            state.migrations_seen = Some(nr_migrations);
+        }
+    }
+
     /// `waker` is waking thread `key` (its `Wakeup` follows): kept for the
     /// sleep this ends, if the thread is asleep and not already being woken.
     pub fn woken_by(&mut self, key: ThreadKey, waker: Waker) {
@@ -635,6 +648,23 @@ mod tests {
         // A thread born since attach: all of its moves.
         let stats = replay(&[ev(WakeupNew, 0, 5, 0), ev(SwitchIn, 0, 6, 0), moved(2, 30)]);
         assert_eq!(stats.migrations, 2);
+    }
+
+    #[test]
+    fn moves_counted_by_a_dropped_last_switch_out_are_not_missed() {
+        use EventKind::*;
+        let mut tracker = SchedTracker::default();
+        let mut table = Table::default();
+        let key = ThreadKey::new(1, 2);
+        let out = |count: u64, ts_ns: u64| SchedEvent { nr_migrations: count, ..ev(SwitchOut, 0, ts_ns, 0) };
+        for event in [out(7, 10), ev(SwitchIn, 1, 20, 0), out(9, 30)] {
+            tracker.apply(key, &event, &mut table);
+        }
+        // Its later switch-outs were dropped; the kernel kept the count of
+        // the last one (12), then an older one's (10) comes too late.
+        tracker.migrated(key, 12, &mut table);
+        tracker.migrated(key, 10, &mut table);
+        assert_eq!(table.sched_mut(key).migrations, 5);
     }
 
     #[test]

@@ -49,12 +49,15 @@ pub struct Stream {
     json: bool,
     /// Threads per interval report; `None`: the summary only.
     top: Option<usize>,
+    /// Whether `--slow` calls are written (not to the terminal the live
+    /// view has, which shows them itself).
+    slow_calls: bool,
 }
 
 impl Stream {
     /// Reports to `path`, or to stdout without one; interval reports of the
-    /// `top` busiest threads, or none.
-    pub fn open(path: Option<&Path>, json: bool, top: Option<usize>) -> Result<Self> {
+    /// `top` busiest threads, or none; `--slow` calls if `slow_calls`.
+    pub fn open(path: Option<&Path>, json: bool, top: Option<usize>, slow_calls: bool) -> Result<Self> {
         let out: Box<dyn Write + Send> = match path {
             Some(path) => Box::new(BufWriter::new(
                 super::file::create(path)
@@ -73,7 +76,7 @@ impl Stream {
                 let _ = finished.send(result);
             })
             .context("cannot start the output's thread")?;
-        Ok(Self { reports: Some(reports), done, gone, dropped: 0, dropped_slow: 0, json, top })
+        Ok(Self { reports: Some(reports), done, gone, dropped: 0, dropped_slow: 0, json, top, slow_calls })
     }
 
     fn render(&self, report: &Report) -> io::Result<Vec<u8>> {
@@ -109,7 +112,7 @@ fn write_all(
 
 impl Sink for Stream {
     fn slow_calls(&mut self, calls: &[SlowCallSeen]) {
-        let Some(reports) = &self.reports else {
+        let Some(reports) = self.reports.as_ref().filter(|_| self.slow_calls) else {
             return;
         };
         let mut bytes = Vec::new();

@@ -88,6 +88,47 @@ fn write_explanation(out: &mut dyn Write, explanation: &Explanation) -> io::Resu
     Ok(())
 }
 
+/// Frames a one-line slow call shows of its user stack.
+const BRIEF_FRAMES: usize = 3;
+
+/// A `--slow` call in one line, for the live view's pane: what, how long,
+/// how it returned, whose, asleep in what, woken by whom, and last (a
+/// narrow terminal cuts it first) called from where.
+pub fn slow_call_brief(line: &SlowCallLine) -> String {
+    let call = &line.call;
+    let returned = match &call.errno {
+        Some(errno) => format!("-1 {errno}"),
+        None => call.ret.to_string(),
+    };
+    let mut brief =
+        format!("{} {} = {returned} · {} {}", line.name, human_ns(call.duration_ns), line.comm, line.tid);
+    let Some(explanation) = &line.explanation else {
+        return brief;
+    };
+    if let Some(site) = explanation.blocked_in.as_ref().and_then(|stack| stack.frames.first()) {
+        brief.push_str(&format!(" · in {}", site.function.as_deref().unwrap_or("?")));
+    }
+    if let Some(waker) = &explanation.woken_by {
+        match (waker.context, &waker.syscall) {
+            ("interrupt", _) => brief.push_str(" · woken by an interrupt"),
+            (_, Some(syscall)) => {
+                brief.push_str(&format!(" · woken by {} {} ({syscall})", waker.comm, waker.tid))
+            }
+            (_, None) => brief.push_str(&format!(" · woken by {} {}", waker.comm, waker.tid)),
+        }
+    }
+    if let Some(stack) = &explanation.user_stack {
+        let mut names: Vec<&str> =
+            stack.frames.iter().filter_map(|frame| frame.function.as_deref()).collect();
+        names.dedup();
+        if !names.is_empty() {
+            let shown: Vec<&str> = names.into_iter().take(BRIEF_FRAMES).collect();
+            brief.push_str(&format!(" · from {}", shown.join(" ← ")));
+        }
+    }
+    brief
+}
+
 /// A stack innermost first, on one line, and how it ended.
 fn stack_line(stack: &Stack) -> String {
     let frames: Vec<String> = stack

@@ -32,8 +32,9 @@ use view::{Control, Header, View};
 
 use crate::{
     aggregate::Table,
-    output::{Cost, Flow, Interval, Sink},
-    report::{Kind, Report, ThreadDetail},
+    output::{slow_call_brief, Cost, Flow, Interval, Sink},
+    pipeline::SlowCallSeen,
+    report::{Kind, Report, SlowCallLine, ThreadDetail},
 };
 
 /// The terminal, in raw mode on its alternate screen while this lives (or
@@ -200,6 +201,15 @@ impl Sink for Live {
                 return Poll::Pending;
             }
         }
+    }
+
+    fn slow_calls(&mut self, calls: &[SlowCallSeen]) {
+        for call in calls {
+            self.view.add_slow_call(slow_call_brief(&SlowCallLine::new(call)));
+        }
+        // Shown as they come, not at the next interval; a drawing error
+        // shows at the next interval's drawing too.
+        let _ = self.draw();
     }
 
     /// The terminal is given back before the summary is written to it.

@@ -1,6 +1,8 @@
 //! Draws a [`View`]: header, thread table or one thread's detail, the
 //! COMMAND's output pane, and a footer of keys.
 
+use std::collections::VecDeque;
+
 use ratatui::{
     layout::{Constraint, Layout, Rect},
     style::{Modifier, Style, Stylize},
@@ -14,6 +16,9 @@ use crate::{output::human_ns, report::ThreadDetail};
 
 /// Lines of the COMMAND's output shown under the table.
 const OUTPUT_PANE_LINES: u16 = 4;
+
+/// `--slow` calls shown under the table, the latest last.
+const SLOW_PANE_LINES: u16 = 4;
 
 /// The columns a narrow terminal gives up first, the last first; then the
 /// others from the right. 80 cells hold all but these.
@@ -144,9 +149,11 @@ fn cell(column: Column, line: &Line) -> String {
 pub fn draw(frame: &mut Frame, view: &View) {
     // The detail needs the room more than the pane.
     let output = if view.output.is_empty() || view.detail.is_some() { 0 } else { OUTPUT_PANE_LINES + 1 };
-    let [header, body, pane, footer] = Layout::vertical([
+    let slow = if view.slow.is_empty() || view.detail.is_some() { 0 } else { SLOW_PANE_LINES + 1 };
+    let [header, body, slow_pane, pane, footer] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Min(3),
+        Constraint::Length(slow),
         Constraint::Length(output),
         Constraint::Length(2),
     ])
@@ -161,8 +168,15 @@ pub fn draw(frame: &mut Frame, view: &View) {
         None if view.show_goroutines => draw_goroutines(frame, body, view),
         None => draw_table(frame, body, view),
     }
+    if slow > 0 {
+        let title =
+            format!("slow calls: {} · their stacks in full: --json or the text stream", view.slow_calls);
+        draw_pane(frame, slow_pane, &view.slow, SLOW_PANE_LINES, title);
+    }
     if output > 0 {
-        draw_output(frame, pane, view);
+        let plural = if view.output_lines == 1 { "" } else { "s" };
+        let title = format!("COMMAND output ({} line{plural})", view.output_lines);
+        draw_pane(frame, pane, &view.output, OUTPUT_PANE_LINES, title);
     }
     draw_footer(frame, footer, view);
 }
@@ -408,16 +422,11 @@ fn scheduler_lines(thread: &crate::report::ThreadReport) -> Vec<TextLine<'static
     lines
 }
 
-fn draw_output(frame: &mut Frame, area: Rect, view: &View) {
-    let shown = view.output.len().min(OUTPUT_PANE_LINES as usize);
-    let lines: Vec<TextLine> = view
-        .output
-        .iter()
-        .skip(view.output.len() - shown)
-        .map(|line| TextLine::from(line.as_str()))
-        .collect();
-    let plural = if view.output_lines == 1 { "" } else { "s" };
-    let title = format!("COMMAND output ({} line{plural})", view.output_lines);
+/// A pane of the latest `height` of `lines` under a titled rule.
+fn draw_pane(frame: &mut Frame, area: Rect, lines: &VecDeque<String>, height: u16, title: String) {
+    let shown = lines.len().min(height as usize);
+    let lines: Vec<TextLine> =
+        lines.iter().skip(lines.len() - shown).map(|line| TextLine::from(line.as_str())).collect();
     frame.render_widget(Paragraph::new(lines).block(Block::new().borders(Borders::TOP).title(title)), area);
 }
 

@@ -246,6 +246,9 @@ pub struct View {
     /// instead of the threads while `show_goroutines`.
     pub goroutines: Vec<GoroutineReport>,
     pub show_goroutines: bool,
+    /// `--slow`'s latest calls, one line each, and how many came in all.
+    pub slow: VecDeque<String>,
+    pub slow_calls: u64,
 }
 
 impl Default for View {
@@ -265,6 +268,8 @@ impl Default for View {
             output_lines: 0,
             goroutines: Vec::new(),
             show_goroutines: false,
+            slow: VecDeque::new(),
+            slow_calls: 0,
         }
     }
 }
@@ -324,6 +329,15 @@ impl View {
         }
         self.output.push_back(line);
         self.output_lines += 1;
+    }
+
+    /// Takes a `--slow` call's line.
+    pub fn add_slow_call(&mut self, line: String) {
+        if self.slow.len() == OUTPUT_LINES {
+            self.slow.pop_front();
+        }
+        self.slow.push_back(line);
+        self.slow_calls += 1;
     }
 
     /// The table's lines: processes in sort order, each followed by its
