@@ -99,6 +99,17 @@ impl Pipeline {
         self.slow_ns = Some(u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX));
     }
 
+    /// Keeps the explanation of `call`, back from `--slow`'s thread, with
+    /// the slowest calls it is one of, in the interval and the run.
+    pub fn explained(&mut self, call: &SlowCallSeen) {
+        if let Some(explanation) = &call.explanation {
+            let explanation = std::sync::Arc::new(explanation.clone());
+            let started_ns = call.call.started_ns;
+            self.interval.explain(call.key, call.nr, started_ns, explanation.clone());
+            self.total.explain(call.key, call.nr, started_ns, explanation);
+        }
+    }
+
     /// Names the wait sites of the interval's syscalls (`--slow`'s kernel
     /// stacks) not named yet.
     pub fn name_wait_sites(&mut self, name: &mut dyn FnMut(u32) -> Option<String>) {

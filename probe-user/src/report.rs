@@ -354,6 +354,10 @@ pub struct SlowCallReport {
     pub on_cpu_ns: Option<u64>,
     pub blocked_ns: Option<u64>,
     pub runq_ns: Option<u64>,
+    /// With `--slow`, for a call of its threshold: its stacks, waker and
+    /// arguments, as its `slow_call` line had them.
+    #[serde(flatten)]
+    pub explanation: Option<Explanation>,
 }
 
 /// Context of a report that the table does not hold.
@@ -451,7 +455,7 @@ fn thread_report(
         pid: key.pid,
         comm: thread.comm.clone(),
         exited: thread.exited,
-        syscalls: syscall_reports(&thread.syscalls, &|site| table.site_name(site).map(str::to_owned)),
+        syscalls: syscall_reports(&thread.syscalls, Some((table, key))),
         sched: thread.sched.as_ref().map(sched_report),
         io_uring: io_uring_reports(thread),
         in_flight: in_flight.map(InFlightReport::new),
@@ -491,18 +495,18 @@ fn io_uring_reports(thread: &ThreadStats) -> Vec<IoUringReport> {
     rows
 }
 
-/// Syscall rows, most total time first; `site_name` names their wait
-/// sites.
+/// Syscall rows, most total time first; with thread `key` of `table`, their
+/// wait sites named and their slowest calls explained, as `--slow` told.
 pub fn syscall_reports(
     syscalls: &FxHashMap<u32, SyscallStats>,
-    site_name: &dyn Fn(u32) -> Option<String>,
+    of: Option<(&Table, ThreadKey)>,
 ) -> Vec<SyscallReport> {
-    let mut rows: Vec<_> = syscalls.iter().map(|(&nr, stats)| syscall_report(nr, stats, site_name)).collect();
+    let mut rows: Vec<_> = syscalls.iter().map(|(&nr, stats)| syscall_report(nr, stats, of)).collect();
     rows.sort_by(|a, b| (b.total_ns, b.count).cmp(&(a.total_ns, a.count)).then_with(|| a.name.cmp(&b.name)));
     rows
 }
 
-fn syscall_report(nr: u32, stats: &SyscallStats, site_name: &dyn Fn(u32) -> Option<String>) -> SyscallReport {
+fn syscall_report(nr: u32, stats: &SyscallStats, of: Option<(&Table, ThreadKey)>) -> SyscallReport {
     // Scaled to the total, when some calls could not be split (made before
     // the thread's first scheduler event): the parts then add up to it.
     let split = (stats.split_ns > 0).then(|| {
@@ -530,8 +534,18 @@ fn syscall_report(nr: u32, stats: &SyscallStats, site_name: &dyn Fn(u32) -> Opti
         runq_ns: split.map(|(_, _, runq)| runq),
         unfinished_at_attach: stats.unfinished_at_attach,
         unfinished_at_attach_ns: stats.unfinished_at_attach_ns,
-        slowest: stats.slowest.calls().iter().map(slow_call_report).collect(),
-        wait_sites: wait_sites(stats, site_name),
+        slowest: stats
+            .slowest
+            .calls()
+            .iter()
+            .map(|call| SlowCallReport {
+                explanation: of.and_then(|(table, key)| table.explanation(key, nr, call.started_ns)).cloned(),
+                ..slow_call_report(call)
+            })
+            .collect(),
+        wait_sites: wait_sites(stats, &|site| {
+            of.and_then(|(table, _)| table.site_name(site)).map(str::to_owned)
+        }),
     }
 }
 
@@ -621,6 +635,7 @@ fn slow_call_report(call: &SlowCall) -> SlowCallReport {
         on_cpu_ns: split.map(|(on_cpu, _, _)| on_cpu),
         blocked_ns: split.map(|(_, blocked, _)| blocked),
         runq_ns: split.map(|(_, _, runq)| runq),
+        explanation: None,
     }
 }
 

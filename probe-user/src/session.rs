@@ -157,7 +157,10 @@ pub async fn run(
                     Some(slow) => slow.explaining.next().await,
                     None => pending().await,
                 }
-            } => outputs.slow_calls(std::slice::from_ref(&call)),
+            } => {
+                pipeline.explained(&call);
+                outputs.slow_calls(std::slice::from_ref(&call));
+            }
             guard = events.readable_mut() => {
                 let mut guard = guard?;
                 drain(guard.get_inner_mut(), &mut pipeline, &mut outputs, &probe, slow.as_ref());
@@ -248,6 +251,9 @@ pub async fn run(
     // The last slow calls, once explained, before the summary.
     if let Some(slow) = slow.take() {
         let rest = slow.explaining.finish();
+        for call in &rest {
+            pipeline.explained(call);
+        }
         if !rest.is_empty() {
             outputs.slow_calls(&rest);
         }

@@ -83,12 +83,20 @@ fn a_c_programs_slow_calls_come_with_their_callers_sleeps_and_wakers() {
     assert!(functions(&read_waker["stack"]).iter().any(|f| f.ends_with("pipe_write")), "{read_waker}");
     // The blocked time is the call's, less its moments on the CPU.
     assert!(read["blocked_ns"].as_u64().unwrap() >= 29_000_000, "{read}");
+    // One sleep, the one the stacks and the waker are of.
+    assert!(read["longest_sleep_ns"].as_u64().unwrap() >= 29_000_000, "{read}");
 
     // Its arguments: the fd as the pipe it is, the count as a number.
     let args = read["args"].as_array().unwrap();
     assert_eq!((args[0]["name"].as_str(), args[0]["fd"].as_i64()), (Some("fd"), Some(3)), "{args:?}");
     assert!(args[0]["what"].as_str().is_some_and(|what| what.starts_with("pipe:[")), "{args:?}");
     assert_eq!((args[2]["name"].as_str(), args[2]["value"].as_u64()), (Some("count"), Some(1)), "{args:?}");
+
+    // The summary's slowest read is that call, with the same answers.
+    let slowest = &trace.syscall(reader, "read")["slowest"][0];
+    assert_eq!(slowest["started_ns"], read["started_ns"], "{slowest}");
+    assert_eq!(slowest["user_stack"], read["user_stack"], "{slowest}");
+    assert_eq!(slowest["woken_by"]["comm"], "writer", "{slowest}");
 }
 
 #[test]

@@ -14,6 +14,10 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use sched::Sleep;
 
+use std::sync::Arc;
+
+use crate::slow::Explanation;
+
 use probe_common::{
     errno_of, IoUringEvent, LostCall, SyscallEvent, COMM_LEN, IO_URING_ASYNC, LOST_INVOLUNTARY_SWITCH,
     LOST_MIGRATIONS, LOST_VOLUNTARY_SWITCH, SYSCALL_NO_RETURN,
@@ -332,6 +336,9 @@ pub struct Table {
     /// What each kernel stack of `SyscallStats::wait_sites` is called (see
     /// [`Table::name_wait_sites`]).
     site_names: FxHashMap<u32, String>,
+    /// `--slow`'s explanations of the calls among the slowest, by thread,
+    /// syscall and start.
+    explained: FxHashMap<(ThreadKey, u32, u64), Arc<Explanation>>,
 }
 
 impl Table {
@@ -440,6 +447,24 @@ impl Table {
         }
     }
 
+    /// Keeps `explanation` of the call of thread `key` and syscall `nr`
+    /// that began at `started_ns`, if it is among its slowest here.
+    pub fn explain(&mut self, key: ThreadKey, nr: u32, started_ns: u64, explanation: Arc<Explanation>) {
+        if self.is_slowest(key, nr, started_ns) {
+            self.explained.insert((key, nr, started_ns), explanation);
+        }
+    }
+
+    /// The explanation of one of the slowest calls, if `--slow` gave one.
+    pub fn explanation(&self, key: ThreadKey, nr: u32, started_ns: u64) -> Option<&Explanation> {
+        self.explained.get(&(key, nr, started_ns)).map(Arc::as_ref)
+    }
+
+    fn is_slowest(&self, key: ThreadKey, nr: u32, started_ns: u64) -> bool {
+        let stats = self.threads.get(&key).and_then(|thread| thread.syscalls.get(&nr));
+        stats.is_some_and(|stats| stats.slowest.calls().iter().any(|call| call.started_ns == started_ns))
+    }
+
     /// What wait site `site` is called, if it was named.
     pub fn site_name(&self, site: u32) -> Option<&str> {
         self.site_names.get(&site).map(String::as_str)
@@ -479,6 +504,7 @@ impl Table {
         for (&site, name) in &other.site_names {
             self.site_names.entry(site).or_insert_with(|| name.clone());
         }
+        self.explained.extend(other.explained.iter().map(|(&call, explanation)| (call, explanation.clone())));
         for (&key, theirs) in &other.threads {
             if theirs.exited {
                 self.mark_exited(key);
@@ -490,6 +516,10 @@ impl Table {
             }
         }
         self.fold_beyond_cap(world);
+        // Only the calls still among the slowest keep theirs.
+        let explained = std::mem::take(&mut self.explained);
+        self.explained =
+            explained.into_iter().filter(|&((key, nr, at), _)| self.is_slowest(key, nr, at)).collect();
     }
 
     /// Names the threads no record named (seen only switching in or woken

@@ -175,7 +175,7 @@ impl Goroutines {
                         .map_or_else(|| "?".to_owned(), escape::visible),
                 },
                 exited: goroutine.exited,
-                syscalls: syscall_reports(&goroutine.syscalls, &|_| None),
+                syscalls: syscall_reports(&goroutine.syscalls, None),
                 threads: goroutine.threads.iter().copied().collect(),
                 moves: goroutine.moves,
             })

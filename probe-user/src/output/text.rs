@@ -72,7 +72,7 @@ fn write_explanation(out: &mut dyn Write, explanation: &Explanation) -> io::Resu
     if let Some(stack) = &explanation.user_stack {
         writeln!(out, "    called from: {}", stack_line(stack))?;
     }
-    if let (Some(ns), Some(stack)) = (explanation.blocked_ns, &explanation.blocked_in) {
+    if let (Some(ns), Some(stack)) = (explanation.longest_sleep_ns, &explanation.blocked_in) {
         writeln!(out, "    blocked {} in: {}", human_ns(ns), stack_line(stack))?;
     }
     if let Some(waker) = &explanation.woken_by {

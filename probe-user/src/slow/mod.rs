@@ -79,8 +79,9 @@ pub struct Explanation {
     /// Where in the program the call was made; `None` when its stack was
     /// not sent (a full ring buffer).
     pub user_stack: Option<Stack>,
-    /// Its longest sleep, and the kernel stack it slept in.
-    pub blocked_ns: Option<u64>,
+    /// Its longest sleep (its whole time asleep is the call's
+    /// `blocked_ns`), and the kernel stack it slept in.
+    pub longest_sleep_ns: Option<u64>,
     pub blocked_in: Option<Stack>,
     pub woken_by: Option<WokenBy>,
     /// Its arguments, decoded where it matters (file descriptors as what
@@ -237,7 +238,7 @@ impl Explainer {
         Explanation {
             user_stack,
             args,
-            blocked_ns: Some(blocked.ns()),
+            longest_sleep_ns: Some(blocked.ns()),
             blocked_in: kernel(&seen.kernel_stacks.blocked_in),
             woken_by: blocked
                 .waker
