@@ -169,7 +169,9 @@ impl Pipeline {
                         Some(_) => self.tracker.sleeps(key, event.start_ns, end),
                         None => Vec::new(),
                     };
-                    self.interval.record_wait_sites(key, event.nr, &sleeps);
+                    if !sleeps.is_empty() {
+                        self.interval.record_wait_sites(key, event.nr, &sleeps);
+                    }
                     let blocked = sleeps.iter().filter(|_| slow).max_by_key(|sleep| sleep.ns()).copied();
                     let split = self.tracker.split(key, event.start_ns, end);
                     if let Some(split) = split {

@@ -183,12 +183,14 @@ impl RunState {
     /// Keeps a sleep from `from` to `to`, then `runq_ns` in a run queue,
     /// with what `--slow` learnt of it; only with `--slow`, which sends
     /// the stacks.
-    fn slept(&mut self, from: u64, to: u64, runq_ns: u64) {
+    /// Whether it kept one more.
+    fn slept(&mut self, from: u64, to: u64, runq_ns: u64) -> bool {
         let waker = self.woken_by.take();
         if self.blocked_in == 0 && waker.is_none() {
-            return;
+            return false;
         }
-        if self.sleeps.len() == KEPT_SPANS {
+        let full = self.sleeps.len() == KEPT_SPANS;
+        if full {
             self.sleeps.remove(0);
         }
         self.sleeps.push(Sleep {
@@ -198,6 +200,7 @@ impl RunState {
             waker,
             runq_ns,
         });
+        !full
     }
 
     fn off_cpu(&mut self, from: u64, to: u64, blocked: bool) {
@@ -226,6 +229,10 @@ pub struct SchedTracker {
     /// The traced thread each CPU last switched to, to repair a lost
     /// SwitchOut: the next SwitchIn on that CPU ends the run.
     on_cpu: FxHashMap<u32, ThreadKey>,
+    /// Sleeps kept in all (at least: an exited thread's are not taken
+    /// off), so that a syscall looks its thread up for them only when
+    /// `--slow` sent any.
+    sleeps_kept: usize,
 }
 
 impl SchedTracker {
@@ -309,7 +316,8 @@ impl SchedTracker {
                         if voluntary {
                             add(&mut stats.blocked_ns, ready.saturating_sub(off.max(charged)));
                             state.off_cpu(off, ready, true);
-                            state.slept(off, ready, ts.saturating_sub(ready));
+                            self.sleeps_kept +=
+                                usize::from(state.slept(off, ready, ts.saturating_sub(ready)));
                         }
                         wait(stats, ts.saturating_sub(ready), ts.saturating_sub(ready.max(charged)));
                         state.off_cpu(ready, ts, false);
@@ -318,7 +326,7 @@ impl SchedTracker {
                     (Some((off, _)), None) => {
                         add(&mut stats.blocked_ns, ts.saturating_sub(off.max(charged)));
                         state.off_cpu(off, ts, true);
-                        state.slept(off, ts, 0);
+                        self.sleeps_kept += usize::from(state.slept(off, ts, 0));
                     }
                     // A new thread's first run.
                     (None, Some(ready)) => {
@@ -370,12 +378,17 @@ impl SchedTracker {
     /// with `--slow`), with what it slept in and who woke it; they are
     /// forgotten then.
     pub fn sleeps(&mut self, key: ThreadKey, start: u64, end: u64) -> Vec<Sleep> {
+        if self.sleeps_kept == 0 {
+            return Vec::new();
+        }
         let Some(state) = self.threads.get_mut(&key).filter(|state| !state.sleeps.is_empty()) else {
             return Vec::new();
         };
         let within =
             state.sleeps.iter().filter(|sleep| sleep.from >= start && sleep.to <= end).copied().collect();
+        let kept = state.sleeps.len();
         state.sleeps.retain(|sleep| sleep.to > end);
+        self.sleeps_kept = self.sleeps_kept.saturating_sub(kept - state.sleeps.len());
         within
     }
 
