@@ -10,32 +10,37 @@ use std::{
 
 use common::{workload, PROBE};
 
-/// A tmux session, killed when dropped.
+/// A tmux session on a tmux server of its own, killed when dropped: a
+/// server shared with the previous test would be exiting for a moment once
+/// that test killed its session, and take a session started then with it.
 struct Tmux {
-    name: String,
+    socket: String,
 }
 
 impl Tmux {
     fn start(width: u16, height: u16, command: &str) -> Self {
-        // One name per session, and a few tries: the previous test's
-        // session was just killed, and a tmux server left without sessions
-        // is still exiting for a moment, refusing new ones.
         static SESSIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let session = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!("probe-test-{}-{session}", std::process::id());
-        for attempt in 1.. {
-            let output = Command::new("tmux")
-                .args(["new-session", "-d", "-s", &name, "-x", &width.to_string(), "-y", &height.to_string()])
-                .arg(command)
-                .output()
-                .expect("tmux is missing: run the tests with `cargo xtask test`, which installs it");
-            if output.status.success() {
-                break;
-            }
-            assert!(attempt < 20, "tmux cannot start a session: {}", String::from_utf8_lossy(&output.stderr));
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Self { name }
+        let tmux = Self { socket: format!("probe-test-{}-{session}", std::process::id()) };
+        let output = tmux
+            .command()
+            .args(["new-session", "-d", "-x", &width.to_string(), "-y", &height.to_string()])
+            .arg(command)
+            .output()
+            .expect("tmux is missing: run the tests with `cargo xtask test`, which installs it");
+        assert!(
+            output.status.success(),
+            "tmux cannot start a session: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        tmux
+    }
+
+    /// A tmux command to this session's server.
+    fn command(&self) -> Command {
+        let mut command = Command::new("tmux");
+        command.args(["-L", &self.socket]);
+        command
     }
 
     fn screen(&self) -> String {
@@ -49,24 +54,17 @@ impl Tmux {
 
     /// The pane's title, which an OSC 0 sequence written to it would set.
     fn title(&self) -> String {
-        let output = Command::new("tmux")
-            .args(["display-message", "-p", "-t", &self.name, "#{pane_title}"])
-            .output()
-            .unwrap();
+        let output = self.command().args(["display-message", "-p", "#{pane_title}"]).output().unwrap();
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
     fn capture(&self, options: &[&str]) -> String {
-        let output = Command::new("tmux")
-            .args(["capture-pane", "-p", "-t", &self.name])
-            .args(options)
-            .output()
-            .unwrap();
+        let output = self.command().args(["capture-pane", "-p"]).args(options).output().unwrap();
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     fn keys(&self, keys: &[&str]) {
-        let status = Command::new("tmux").args(["send-keys", "-t", &self.name]).args(keys).status().unwrap();
+        let status = self.command().arg("send-keys").args(keys).status().unwrap();
         assert!(status.success());
     }
 
@@ -86,7 +84,7 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = Command::new("tmux").args(["kill-session", "-t", &self.name]).status();
+        let _ = self.command().arg("kill-server").status();
     }
 }
 
@@ -177,8 +175,14 @@ fn slow_calls_come_to_a_pane_of_their_own() {
     let command =
         format!("{PROBE} --tui --slow 20ms -- {} --sleeps 30,30,30 --spin 4000", workload().display());
     let tmux = Tmux::start(140, 30, &command);
-    let screen = tmux.wait_for(Duration::from_secs(10), "the slow calls' pane with three calls", |screen| {
-        screen.contains("slow calls: ") && screen.matches("clock_nanosleep 30").count() == 3
+    // The pane shows the latest four: the sleeps, and the main thread's
+    // waits (which may come before and after them).
+    let count = |screen: &str| -> u64 {
+        let Some(at) = screen.find("slow calls: ") else { return 0 };
+        screen[at + 12..].split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    let screen = tmux.wait_for(Duration::from_secs(10), "the slow calls' pane with the sleeps", |screen| {
+        count(screen) >= 3 && screen.contains("clock_nanosleep 30")
     });
     // Each with where it was made and what woke it.
     let line = screen.lines().find(|line| line.contains("clock_nanosleep 30")).unwrap();
