@@ -187,7 +187,8 @@ pub struct WakeEvent {
     /// [`WAKER_TASK`] or [`WAKER_INTERRUPT`].
     pub context: u32,
     /// The wakeup's kernel stack: its id in `KERNEL_STACKS` plus one; 0
-    /// when it could not be kept.
+    /// when it could not be kept; [`KERNEL_STACK_NOT_TAKEN`] when the woken
+    /// call had not yet run `--slow`'s threshold.
     pub kernel_stack: u32,
     /// Explicit padding, so that the record has no hole.
     pub _pad: u32,
@@ -235,6 +236,11 @@ pub struct SlowDetail {
 /// Capacity of `KERNEL_STACKS`: distinct kernel stacks (blocking sites and
 /// wakeup paths) kept for `--slow`. One seen again costs no entry.
 pub const MAX_KERNEL_STACKS: u32 = 16_384;
+
+/// A [`WakeEvent`]'s `kernel_stack` when the wakeup's stack was not taken:
+/// a walk costs microseconds at every wakeup, so it is taken only for a
+/// call already as slow as `--slow` asks when it is woken.
+pub const KERNEL_STACK_NOT_TAKEN: u32 = u32::MAX;
 
 /// What the Go runtime of a traced process did on one of its threads, from
 /// a uprobe on a runtime function.

@@ -16,12 +16,15 @@ use aya_ebpf::{
     programs::{tracing::StackIdContext, RawTracePointContext},
 };
 use probe_common::{
-    CpuState, EventKind, InFlight, SlowDetail, WakeEvent, MAX_KERNEL_STACKS, NO_SYSCALL, REGS_WORDS,
-    STACK_BYTES, WAKER_INTERRUPT, WAKER_TASK,
+    CpuState, EventKind, InFlight, SlowDetail, WakeEvent, KERNEL_STACK_NOT_TAKEN, MAX_KERNEL_STACKS,
+    NO_SYSCALL, REGS_WORDS, STACK_BYTES, WAKER_INTERRUPT, WAKER_TASK,
 };
 
-use crate::shared::{
-    config, cpu, cpu_state, current_task_field, is_traced, now, reserve, send, task_ids, write_comm,
+use crate::{
+    shared::{
+        config, cpu, cpu_state, current_task_field, is_traced, now, reserve, send, task_ids, write_comm,
+    },
+    syscalls::CALLS_OFF_CPU,
 };
 
 /// `--slow`'s threshold in ns; 0: no details are taken. Set by the loader,
@@ -155,38 +158,56 @@ fn try_sched_waking(ctx: &RawTracePointContext) -> Result<u32, u32> {
     if pid == 0 || !is_traced(pid) {
         return Ok(0);
     }
+    // Only a sleep in a traced call can make one slow; such a call was
+    // parked when its thread left the CPU. The thread is asleep: its call
+    // stays until it runs again, after this.
+    // SAFETY: a copy of the entry is read, under RCU like any map value.
+    let Some(started_ns) = (unsafe { CALLS_OFF_CPU.get(tid) }).map(|call| call.start_ns) else {
+        return Ok(0);
+    };
     let state = cpu_state()?;
     // A waker record that does not fit is counted lost; the slow call it
     // was for is then reported without its waker.
-    send(state, &woken_by(ctx, state, tid, pid));
+    send(state, &woken_by(ctx, state, u64::from(pid) << 32 | u64::from(tid), started_ns));
     Ok(0)
 }
 
-/// Who is waking thread `tid`: the current task, unless this runs on an
-/// interrupt's stack; its syscall in progress, if it is traced; the
-/// kernel stack of the wakeup.
+/// Who is waking thread `tid_pid` (`bpf_get_current_pid_tgid`'s layout:
+/// a BPF function takes five arguments at most, the record's address
+/// included), whose call began at `started_ns`: the
+/// current task, unless this runs on an interrupt's stack; its syscall in
+/// progress, if it is traced; the kernel stack of the wakeup, if the call
+/// has already run `--slow`'s threshold. (The walk costs more than the rest
+/// of the program several times over, at every wakeup of a pipe
+/// ping-pong; a call that becomes slow only after its wakeup, in a run
+/// queue, is reported without it.)
 #[inline(never)]
-fn woken_by(ctx: &RawTracePointContext, state: *mut CpuState, tid: u32, pid: u32) -> WakeEvent {
+fn woken_by(ctx: &RawTracePointContext, state: *mut CpuState, tid_pid: u64, started_ns: u64) -> WakeEvent {
     let waker = bpf_get_current_pid_tgid();
     let in_task = on_task_stack();
     // SAFETY: this CPU's state: its call is the current thread's, if any.
     let call = unsafe { (*state).call };
     let waker_nr = if in_task && call.start_ns != 0 { call.nr } else { NO_SYSCALL };
+    let ts_ns = now();
+    let stack = match ts_ns.wrapping_sub(started_ns) >= slow_ns() {
+        true => kernel_stack(ctx),
+        false => KERNEL_STACK_NOT_TAKEN,
+    };
     let mut record = MaybeUninit::<WakeEvent>::uninit();
     let r = record.as_mut_ptr();
     // SAFETY: every field is written before the record is read.
     unsafe {
         (*r).kind = EventKind::WokenBy as u32;
         (*r).cpu = cpu();
-        (*r).pid = pid;
-        (*r).tid = tid;
+        (*r).pid = (tid_pid >> 32) as u32;
+        (*r).tid = tid_pid as u32;
         (*r).waker_pid = (waker >> 32) as u32;
         (*r).waker_tid = waker as u32;
         (*r).waker_nr = waker_nr;
         (*r).context = if in_task { WAKER_TASK } else { WAKER_INTERRUPT };
-        (*r).kernel_stack = kernel_stack(ctx);
+        (*r).kernel_stack = stack;
         (*r)._pad = 0;
-        (*r).ts_ns = now();
+        (*r).ts_ns = ts_ns;
         write_comm(&raw mut (*r).waker_comm, true);
         record.assume_init()
     }

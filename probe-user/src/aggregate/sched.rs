@@ -19,7 +19,8 @@ use std::collections::BTreeMap;
 use rustc_hash::FxHashMap;
 
 use probe_common::{
-    EventKind, SchedEvent, WakeEvent, COMM_LEN, NO_SYSCALL, SWITCH_EXITED, SWITCH_VOLUNTARY, WAKER_INTERRUPT,
+    EventKind, SchedEvent, WakeEvent, COMM_LEN, KERNEL_STACK_NOT_TAKEN, NO_SYSCALL, SWITCH_EXITED,
+    SWITCH_VOLUNTARY, WAKER_INTERRUPT,
 };
 
 use super::{in_flight::ThreadState, latency::Latencies, Table, ThreadKey, World};
@@ -116,6 +117,9 @@ pub struct Waker {
     pub interrupt: bool,
     /// The wakeup's kernel stack (`KERNEL_STACKS` id plus one; 0: none).
     pub kernel_stack: u32,
+    /// Whether the kernel programs took it: only for a call that had run
+    /// `--slow`'s threshold when woken.
+    pub stack_taken: bool,
 }
 
 impl Waker {
@@ -126,7 +130,11 @@ impl Waker {
             comm: event.waker_comm,
             nr: (event.waker_nr != NO_SYSCALL).then_some(event.waker_nr),
             interrupt: event.context == WAKER_INTERRUPT,
-            kernel_stack: event.kernel_stack,
+            kernel_stack: match event.kernel_stack {
+                KERNEL_STACK_NOT_TAKEN => 0,
+                id => id,
+            },
+            stack_taken: event.kernel_stack != KERNEL_STACK_NOT_TAKEN,
         }
     }
 }
@@ -619,8 +627,15 @@ mod tests {
         let mut tracker = SchedTracker::default();
         let mut table = Table::default();
         let key = ThreadKey::new(1, 2);
-        let waker =
-            |tid| Waker { pid: 1, tid, comm: [0; COMM_LEN], nr: Some(1), interrupt: false, kernel_stack: 9 };
+        let waker = |tid| Waker {
+            pid: 1,
+            tid,
+            comm: [0; COMM_LEN],
+            nr: Some(1),
+            interrupt: false,
+            kernel_stack: 9,
+            stack_taken: true,
+        };
         let blocking =
             |ts, stack| SchedEvent { kernel_stack: stack, ..ev(SwitchOut, 0, ts, SWITCH_VOLUNTARY) };
         // In one call from 5 to 1000: asleep 10..30 in stack 4, woken by 7;

@@ -80,6 +80,9 @@ fn write_explanation(out: &mut dyn Write, explanation: &Explanation) -> io::Resu
         let doing = match (waker.context, &waker.syscall) {
             ("interrupt", _) => format!("an interrupt, while {who} ran"),
             (_, Some(syscall)) => format!("{who} in {syscall}"),
+            ("task_or_interrupt", None) => {
+                format!("{who} (in no traced syscall), or an interrupt while it ran")
+            }
             (_, None) => format!("{who} (in no traced syscall)"),
         };
         let path = waker.stack.as_ref().map_or_else(String::new, |stack| format!(": {}", stack_line(stack)));

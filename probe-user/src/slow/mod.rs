@@ -60,7 +60,9 @@ pub struct Stack {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct WokenBy {
     /// `"task"`, or `"interrupt"`: then `tid`, `pid` and `comm` are the
-    /// task it interrupted, not the waker.
+    /// task it interrupted, not the waker; or `"task_or_interrupt"` when
+    /// the wakeup's stack, which tells an interrupt of user code, was not
+    /// taken (the call had not run `--slow`'s threshold when woken).
     pub context: &'static str,
     pub pid: u32,
     pub tid: u32,
@@ -253,6 +255,7 @@ impl Explainer {
 /// interrupt's entry. The second is needed for an interrupt that came while
 /// the CPU ran user code: x86-64 runs it on the interrupted task's own
 /// kernel stack (an exception, such as a page fault, is the task's own).
+/// Without that stack, a task not in a syscall may have been interrupted.
 fn woken_by(blocked: &Sleep, waker: &Waker, stack: Option<Stack>) -> WokenBy {
     let entered =
         stack.as_ref().is_some_and(|stack| {
@@ -261,7 +264,11 @@ fn woken_by(blocked: &Sleep, waker: &Waker, stack: Option<Stack>) -> WokenBy {
             })
         });
     WokenBy {
-        context: if waker.interrupt || entered { "interrupt" } else { "task" },
+        context: match (waker.interrupt || entered, waker.stack_taken || waker.nr.is_some()) {
+            (true, _) => "interrupt",
+            (false, true) => "task",
+            (false, false) => "task_or_interrupt",
+        },
         pid: waker.pid,
         tid: waker.tid,
         comm: escape::visible_bytes(waker.comm.split(|&b| b == 0).next().unwrap_or_default()),
@@ -336,4 +343,28 @@ fn symbolize(symbolizer: &Symbolizer, source: &Source, addrs: &[u64]) -> Vec<Fra
         frames.push(frame(&sym.name, sym.code_info.as_deref(), false));
     }
     frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_waker_without_its_stack_and_out_of_syscalls_may_have_been_an_interrupt() {
+        let waker = Waker {
+            pid: 1,
+            tid: 2,
+            comm: [0; probe_common::COMM_LEN],
+            nr: None,
+            interrupt: false,
+            kernel_stack: 0,
+            stack_taken: false,
+        };
+        let sleep = Sleep { from: 0, to: 10, kernel_stack: 0, waker: Some(waker), runq_ns: 0 };
+        let context = |waker: Waker| woken_by(&sleep, &waker, None).context;
+        assert_eq!(context(waker), "task_or_interrupt");
+        assert_eq!(context(Waker { nr: Some(0), ..waker }), "task");
+        assert_eq!(context(Waker { stack_taken: true, ..waker }), "task");
+        assert_eq!(context(Waker { interrupt: true, ..waker }), "interrupt");
+    }
 }
