@@ -495,6 +495,17 @@ pub const MAX_SYSCALL_NR: u32 = 1024;
 /// have fewer than 512 numbers).
 pub const COMPAT_FLAGS_BASE: u32 = 512;
 
+/// Syscall `nr`'s index in the per-syscall arrays (`SYSCALL_FLAGS`,
+/// `DETAIL_NS`): the i386 table's (`COMPAT_NR`) from `COMPAT_FLAGS_BASE`.
+#[inline(always)]
+pub const fn table_index(nr: u32) -> u32 {
+    if nr & COMPAT_NR != 0 {
+        (nr & !COMPAT_NR) + COMPAT_FLAGS_BASE
+    } else {
+        nr
+    }
+}
+
 /// Set in a syscall number (`InFlight::nr`, `SyscallEvent::nr`,
 /// `LostCall::nr`) made through a 32-bit entry: the number is the i386
 /// table's. Below the `LOST_*` numbers, above any syscall's.

@@ -96,6 +96,8 @@ pub mod map {
     pub const OFFSET_CHECK: &str = "OFFSET_CHECK";
     /// Kernel stacks of blocking switch-outs and wakeups, with `--slow`.
     pub const KERNEL_STACKS: &str = "KERNEL_STACKS";
+    /// Per syscall, the duration from which its calls send their details.
+    pub const DETAIL_NS: &str = "DETAIL_NS";
 }
 
 /// Programs, by function name.

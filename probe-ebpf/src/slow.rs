@@ -1,9 +1,9 @@
-//! `--slow`: what a slow call's report needs beyond its times, taken only
-//! when asked (`SLOW_NS` non-zero), so that without it each program pays
-//! one comparison. At a slow call's return: its registers and the top of
-//! its user stack (a `SlowDetail`, unwound and symbolized in userspace). At
-//! each blocking switch-out in a syscall: the kernel stack the thread
-//! blocked in. At each wakeup: who woke it, and from where (a `WakeEvent`,
+//! What a slow call's report needs beyond its times. At the return of a
+//! call as slow as `DETAIL_NS` asks (`--slow`'s, and the run's tail): its
+//! registers and the top of its user stack (a `SlowDetail`, unwound and
+//! symbolized in userspace); any other call pays one array lookup and one
+//! comparison. Only with `--slow` (`SLOW_NS` non-zero), at each blocking
+//! switch-out in a syscall: the kernel stack the thread blocked in. At each wakeup: who woke it, and from where (a `WakeEvent`,
 //! from `sched_waking`, attached only with `--slow`).
 
 use core::mem::MaybeUninit;
@@ -12,12 +12,12 @@ use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf, bpf_probe_read_user_buf},
     macros::{map, raw_tracepoint},
-    maps::StackTrace,
+    maps::{Array, StackTrace},
     programs::{tracing::StackIdContext, RawTracePointContext},
 };
 use probe_common::{
-    CpuState, EventKind, InFlight, SlowDetail, WakeEvent, KERNEL_STACK_NOT_TAKEN, MAX_KERNEL_STACKS,
-    NO_SYSCALL, REGS_WORDS, STACK_BYTES, WAKER_INTERRUPT, WAKER_TASK,
+    table_index, CpuState, EventKind, InFlight, SlowDetail, WakeEvent, KERNEL_STACK_NOT_TAKEN,
+    MAX_KERNEL_STACKS, MAX_SYSCALL_NR, NO_SYSCALL, REGS_WORDS, STACK_BYTES, WAKER_INTERRUPT, WAKER_TASK,
 };
 
 use crate::{
@@ -51,6 +51,20 @@ const THREAD_SIZE: u64 = 16_384;
 #[map]
 static KERNEL_STACKS: StackTrace = StackTrace::with_max_entries(MAX_KERNEL_STACKS, 0);
 shared!(map KERNEL_STACKS);
+
+/// Per syscall (indexed by `table_index`), the duration from which its
+/// calls send their details: `--slow`'s threshold, or the run's tail as
+/// userspace keeps it; 0: never.
+#[map]
+static DETAIL_NS: Array<u64> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
+shared!(map DETAIL_NS);
+
+/// Whether a call of `nr` that took `duration_ns` sends its details.
+#[inline(always)]
+pub(crate) fn wants_detail(nr: u32, duration_ns: u64) -> bool {
+    let from = DETAIL_NS.get(table_index(nr)).copied().unwrap_or(0);
+    from != 0 && duration_ns >= from
+}
 
 #[inline(always)]
 pub(crate) fn slow_ns() -> u64 {

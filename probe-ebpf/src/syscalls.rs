@@ -16,14 +16,14 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use probe_common::{
-    errno_of, syscall_flags, Counter, CpuState, EventKind, InFlight, LostCall, SyscallEvent,
+    errno_of, syscall_flags, table_index, Counter, CpuState, EventKind, InFlight, LostCall, SyscallEvent,
     COMPAT_FLAGS_BASE, COMPAT_NR, MAX_LOST_KEYS, MAX_PARKED_CALLS, MAX_SYSCALL_NR, SYSCALL_NO_RETURN,
     SYSCALL_UNSEEN_ENTRY,
 };
 
 use crate::{
     shared::{bump, config, cpu, cpu_state, current_task_field, is_traced, now, send, write_comm},
-    slow::{send_detail, slow_ns},
+    slow::{send_detail, wants_detail},
 };
 
 /// Non-zero: trace only the syscalls flagged `WANTED` in `SYSCALL_FLAGS`.
@@ -136,11 +136,10 @@ pub(crate) fn keep_lost_max(key: LostCall, value: u64) {
     }
 }
 
-/// `SYSCALL_FLAGS` of syscall `nr` (with `COMPAT_NR` for the i386 table's).
+/// `SYSCALL_FLAGS` of syscall `nr`.
 #[inline(always)]
 fn flags_of(nr: u32) -> u8 {
-    let index = if nr & COMPAT_NR != 0 { (nr & !COMPAT_NR) + COMPAT_FLAGS_BASE } else { nr };
-    SYSCALL_FLAGS.get(index).copied().unwrap_or(0)
+    SYSCALL_FLAGS.get(table_index(nr)).copied().unwrap_or(0)
 }
 
 /// `COMPAT_NR` when the current syscall is a 32-bit one (`in_ia32_syscall()`:
@@ -249,8 +248,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
     // TP_PROTO(struct pt_regs *regs, long ret)
     let ret = ctx.arg::<i64>(1);
     let duration_ns = now() - call.start_ns;
-    let slow_ns = slow_ns();
-    if slow_ns != 0 && duration_ns >= slow_ns {
+    if wants_detail(call.nr, duration_ns) {
         send_detail(ctx, state, &call);
     }
     emit(state, &call, ret, duration_ns);

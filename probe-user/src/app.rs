@@ -198,10 +198,19 @@ fn run(args: Args) -> Result<i32> {
         }
         None => None,
     };
-    // --slow's explaining thread, and kallsyms read, before the traced
-    // threads run: a storm would fill the ring buffer meanwhile.
+    let mut pipeline = Pipeline::new(go_program.map(|(_, binary)| Goroutines::new(binary)));
+    if let Some(threshold) = args.slow {
+        pipeline.report_slow_calls(threshold);
+    }
+    // The explaining thread, which slow calls' details go to, and with
+    // --slow kallsyms read, before the traced threads run: a storm would
+    // fill the ring buffer meanwhile.
+    probe.send_details_from(&pipeline.details_from())?;
     let slow = match probe.regs_layout() {
-        Some(regs) => Some(Slow::start(regs).context("cannot start the thread that explains slow calls")?),
+        Some(regs) => Some(
+            Slow::start(regs, args.slow.is_some())
+                .context("cannot start the thread that explains slow calls")?,
+        ),
         None => None,
     };
     let (target, command_output) = if let Some(mut gated) = gated {
@@ -263,10 +272,6 @@ fn run(args: Args) -> Result<i32> {
         announce: !live,
         started_ns: attached_ns,
     };
-    let mut pipeline = Pipeline::new(go_program.map(|(_, binary)| Goroutines::new(binary)));
-    if let Some(threshold) = args.slow {
-        pipeline.report_slow_calls(threshold);
-    }
     pipeline.attached(attached_ns, calls_at_attach, &procfs::Proc);
     runtime.block_on(session::run(probe, streams, target, options, pipeline, slow, Outputs::new(sinks)))
 }

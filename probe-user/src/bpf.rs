@@ -162,9 +162,11 @@ pub struct Probe {
     lost_calls: LostCalls,
     calls_off_cpu: HashMap<MapData, u32, InFlight>,
     cpu_state: PerCpuArray<MapData, CpuState>,
-    /// With `--slow`: the kernel stacks records name, and where the
-    /// registers of a slow call's record are.
+    /// With slow calls' details: the kernel stacks records name (`--slow`'s),
+    /// from how long each syscall's calls send them, and where the
+    /// registers of their records are.
     kernel_stacks: Option<StackTraceMap<MapData>>,
+    detail_ns: Option<Array<MapData, u64>>,
     regs: Option<RegsLayout>,
 }
 
@@ -256,12 +258,21 @@ impl Probe {
             true => btf.task_migrations_offset().context("cannot find where the kernel counts migrations")?,
             false => 0,
         };
-        // --slow's details: where pt_regs keeps the registers, and (for the
-        // wakers) where a task's kernel stack is.
+        // A slow call's details (--slow's, and the tail exemplars'): where
+        // pt_regs keeps the registers, and (for --slow's wakers) where a
+        // task's kernel stack is.
         let slow = config.slow_ns != 0 && config.syscalls && !config.floor;
-        let regs = match slow {
-            true => Some(btf.regs_layout(REGS_WORDS).context("--slow reads a slow call's registers")?),
-            false => None,
+        let regs = match (config.syscalls && !config.floor, slow) {
+            (false, _) => None,
+            (true, true) => {
+                Some(btf.regs_layout(REGS_WORDS).context("--slow reads a slow call's registers")?)
+            }
+            (true, false) => btf
+                .regs_layout(REGS_WORDS)
+                .inspect_err(|err| {
+                    eprintln!("probe: the slowest calls come without their stacks and arguments: {err:#}")
+                })
+                .ok(),
         };
         let task_stack_offset = match slow && config.sched {
             true => btf.task_stack_offset().context("--slow tells interrupts from tasks by their stacks")?,
@@ -406,9 +417,11 @@ impl Probe {
         regs: Option<RegsLayout>,
     ) -> Result<(Self, Streams)> {
         let events = take_map(&mut ebpf, map::EVENTS)?;
-        let kernel_stacks = match regs {
-            Some(_) => Some(take_map(&mut ebpf, map::KERNEL_STACKS)?),
-            None => None,
+        let (kernel_stacks, detail_ns) = match regs {
+            Some(_) => {
+                (Some(take_map(&mut ebpf, map::KERNEL_STACKS)?), Some(take_map(&mut ebpf, map::DETAIL_NS)?))
+            }
+            None => (None, None),
         };
         let probe = Self {
             traced: take_map(&mut ebpf, map::TRACED)?,
@@ -422,6 +435,7 @@ impl Probe {
             calls_off_cpu: take_map(&mut ebpf, map::CALLS_OFF_CPU)?,
             cpu_state: take_map(&mut ebpf, map::CPU_STATE)?,
             kernel_stacks,
+            detail_ns,
             regs,
             ebpf,
             stats: None,
@@ -436,7 +450,20 @@ impl Probe {
         Some(stack.frames().iter().map(|frame| frame.ip).collect())
     }
 
-    /// Where a slow call's registers are in its record, with `--slow`.
+    /// Has the calls of each syscall (`(table_index, ns)`) send their
+    /// details from that long; without details, nothing.
+    pub fn send_details_from(&mut self, entries: &[(u32, u64)]) -> Result<()> {
+        let Some(detail_ns) = self.detail_ns.as_mut() else {
+            return Ok(());
+        };
+        for &(index, ns) in entries {
+            detail_ns.set(index, ns, 0).context("cannot set from when slow calls send their details")?;
+        }
+        Ok(())
+    }
+
+    /// Where a slow call's registers are in its record, when calls send
+    /// their details.
     pub fn regs_layout(&self) -> Option<RegsLayout> {
         self.regs
     }

@@ -23,7 +23,7 @@ use crate::{
         Generations, Table, ThreadKey, World, MAX_EXITED_THREADS,
     },
     golang::Goroutines,
-    slow::{Explanation, KernelStacks},
+    slow::{DetailFloors, Explanation, KernelStacks},
 };
 
 /// Turns records into an interval's table and the run's total.
@@ -48,11 +48,17 @@ pub struct Pipeline {
     slow_calls: Vec<SlowCallSeen>,
     /// Their details, by (thread, start), until their calls come.
     details: FxHashMap<(u32, u64), Box<SlowDetail>>,
+    /// From how long calls send their details.
+    floors: DetailFloors,
 }
 
-/// A call of `--slow`'s, as it returned.
+/// A call with its details, as it returned: one of `--slow`'s, or one of
+/// the run's slowest of its thread and syscall.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlowCallSeen {
+    /// One of `--slow`'s, reported on its own; else only explained for
+    /// the tables' slowest calls.
+    pub report: bool,
     pub key: ThreadKey,
     pub nr: u32,
     /// The thread's name, made visible.
@@ -91,12 +97,21 @@ impl Pipeline {
             slow_ns: None,
             slow_calls: Vec::new(),
             details: FxHashMap::default(),
+            floors: DetailFloors::new(None),
         }
     }
 
     /// Reports the calls that take at least `threshold` one by one.
     pub fn report_slow_calls(&mut self, threshold: std::time::Duration) {
-        self.slow_ns = Some(u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX));
+        let slow_ns = u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX);
+        self.slow_ns = Some(slow_ns);
+        self.floors = DetailFloors::new(Some(slow_ns));
+    }
+
+    /// From how long the calls of each syscall are to send their details
+    /// (`(table_index, ns)`), all of them: for the start.
+    pub fn details_from(&self) -> Vec<(u32, u64)> {
+        self.floors.all()
     }
 
     /// Keeps the explanation of `call`, back from `--slow`'s thread, with
@@ -164,6 +179,20 @@ impl Pipeline {
                 if event.flags & SYSCALL_NO_RETURN == 0 {
                     let end = event.start_ns.saturating_add(event.duration_ns);
                     let slow = self.slow_ns.is_some_and(|slow_ns| event.duration_ns >= slow_ns);
+                    let detail = match self.details.is_empty() {
+                        true => None,
+                        false => self.details.remove(&(event.tid, event.start_ns)),
+                    };
+                    // Under --slow's threshold, a call's details are kept
+                    // only if it is one of the run's slowest so far; they
+                    // count against the floors' budget.
+                    let tail = detail.is_some() && !slow;
+                    if tail {
+                        self.floors.seen(event.nr);
+                    }
+                    let exemplar = tail
+                        && self.interval.is_slowest(key, event.nr, event.start_ns)
+                        && self.total.would_keep(key, event.nr, event.duration_ns);
                     // Only --slow's programs send what a sleep was in.
                     let sleeps = match self.slow_ns {
                         Some(_) => self.tracker.sleeps(key, event.start_ns, end),
@@ -172,13 +201,15 @@ impl Pipeline {
                     if !sleeps.is_empty() {
                         self.interval.record_wait_sites(key, event.nr, &sleeps);
                     }
-                    let blocked = sleeps.iter().filter(|_| slow).max_by_key(|sleep| sleep.ns()).copied();
+                    let blocked =
+                        sleeps.iter().filter(|_| slow || exemplar).max_by_key(|sleep| sleep.ns()).copied();
                     let split = self.tracker.split(key, event.start_ns, end);
                     if let Some(split) = split {
                         self.interval.record_split(key, event, split);
                     }
-                    if slow {
+                    if slow || exemplar {
                         self.slow_calls.push(SlowCallSeen {
+                            report: slow,
                             key,
                             nr: event.nr,
                             comm: self.known_comm(key).unwrap_or_default(),
@@ -192,7 +223,7 @@ impl Pipeline {
                                 .goroutines
                                 .as_ref()
                                 .and_then(|goroutines| goroutines.goroutine_of(event.pid, event.tid)),
-                            detail: self.details.remove(&(event.tid, event.start_ns)),
+                            detail,
                             blocked,
                             kernel_stacks: KernelStacks::default(),
                             explanation: None,
@@ -415,6 +446,8 @@ impl Pipeline {
     /// returns it, its unnamed threads named.
     pub fn close_interval(&mut self, world: &dyn World) -> Table {
         let mut interval = mem::take(&mut self.interval);
+        interval.details_from = Some(self.floors.clone());
+        self.total.details_from = Some(self.floors.clone());
         interval.set_in_flight(mem::take(&mut self.in_flight));
         interval.name_unnamed(world);
         self.total.merge(&interval, world);
@@ -423,6 +456,13 @@ impl Pipeline {
             goroutines.refresh(world);
         }
         interval
+    }
+
+    /// Raises the floors of the syscalls whose details came faster than
+    /// their budget over the `seconds` just past; returns the entries that
+    /// changed, for the kernel's array.
+    pub fn raise_detail_floors(&mut self, seconds: f64) -> Vec<(u32, u64)> {
+        self.floors.close_interval(seconds)
     }
 
     /// The run so far, up to the last closed interval.
@@ -528,6 +568,35 @@ mod tests {
         assert_eq!((call.duration_ns, call.started_ns), (90, 90));
         assert_eq!(call.split, Some(Split { blocked_ns: 50, runq_ns: 20 }));
         assert!(pipeline.take_slow_calls().is_empty());
+    }
+
+    fn detail(tid: u32, start_ns: u64) -> Vec<u8> {
+        // SAFETY: all of a `SlowDetail`'s fields are integers, for which
+        // zero is a value.
+        let mut detail: Box<SlowDetail> = unsafe { Box::new_zeroed().assume_init() };
+        (detail.kind, detail.pid, detail.tid, detail.start_ns) =
+            (EventKind::SlowDetail as u32, 1, tid, start_ns);
+        bytes(&*detail)
+    }
+
+    #[test]
+    fn without_slow_a_calls_details_are_kept_while_it_is_among_the_runs_slowest() {
+        let mut pipeline = Pipeline::new(None);
+        let world = Listed(vec![(1, 2)]);
+        // Three reads with their details: each is among the slowest so far.
+        for (start, duration) in [(0, 50), (100, 40), (200, 30)] {
+            feed(&mut pipeline, &[detail(2, start), syscall(2, 0, start, duration)]);
+        }
+        let kept = pipeline.take_slow_calls();
+        assert_eq!(kept.iter().map(|call| call.call.started_ns).collect::<Vec<_>>(), [0, 100, 200]);
+        assert!(kept.iter().all(|call| !call.report && call.detail.is_some()), "{kept:?}");
+        pipeline.close_interval(&world);
+        // In the next interval, one slower than the run's third and one not:
+        // the interval would keep both, the run only the first.
+        feed(&mut pipeline, &[detail(2, 300), syscall(2, 0, 300, 35)]);
+        feed(&mut pipeline, &[detail(2, 400), syscall(2, 0, 400, 20)]);
+        let kept = pipeline.take_slow_calls();
+        assert_eq!(kept.iter().map(|call| call.call.started_ns).collect::<Vec<_>>(), [300]);
     }
 
     #[test]

@@ -9,7 +9,10 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 use syscalls::{Errno, Sysno};
 
-use crate::{pipeline::SlowCallSeen, slow::Explanation};
+use crate::{
+    pipeline::SlowCallSeen,
+    slow::{Explanation, FIRST_FLOOR_NS},
+};
 
 use crate::aggregate::{
     in_flight::{CallInFlight, ThreadState},
@@ -354,10 +357,18 @@ pub struct SlowCallReport {
     pub on_cpu_ns: Option<u64>,
     pub blocked_ns: Option<u64>,
     pub runq_ns: Option<u64>,
-    /// With `--slow`, for a call of its threshold: its stacks, waker and
-    /// arguments, as its `slow_call` line had them.
+    /// Its stacks, waker and arguments, as its `slow_call` line had them
+    /// (`--slow`), or as one of the run's slowest calls (from 1 ms).
     #[serde(flatten)]
     pub explanation: Option<Explanation>,
+    /// Why a call long enough to send its details has none: `"dropped"`
+    /// (a full ring buffer or explaining queue, or not explained yet), or
+    /// `"floor_raised"`: too many calls of its syscall were slower, so
+    /// details are taken from `details_from_ns` on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_details: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details_from_ns: Option<u64>,
 }
 
 /// Context of a report that the table does not hold.
@@ -538,9 +549,24 @@ fn syscall_report(nr: u32, stats: &SyscallStats, of: Option<(&Table, ThreadKey)>
             .slowest
             .calls()
             .iter()
-            .map(|call| SlowCallReport {
-                explanation: of.and_then(|(table, key)| table.explanation(key, nr, call.started_ns)).cloned(),
-                ..slow_call_report(call)
+            .map(|call| {
+                let explanation = of.and_then(|(table, key)| table.explanation(key, nr, call.started_ns));
+                let floor = of.and_then(|(table, _)| table.details_floor(nr));
+                let (no_details, details_from_ns) = match (explanation, floor) {
+                    (None, Some(floor)) if call.duration_ns >= FIRST_FLOOR_NS => {
+                        match call.duration_ns < floor {
+                            true => (Some("floor_raised"), Some(floor)),
+                            false => (Some("dropped"), None),
+                        }
+                    }
+                    _ => (None, None),
+                };
+                SlowCallReport {
+                    explanation: explanation.cloned(),
+                    no_details,
+                    details_from_ns,
+                    ..slow_call_report(call)
+                }
             })
             .collect(),
         wait_sites: wait_sites(stats, &|site| {
@@ -636,6 +662,8 @@ fn slow_call_report(call: &SlowCall) -> SlowCallReport {
         blocked_ns: split.map(|(_, blocked, _)| blocked),
         runq_ns: split.map(|(_, _, runq)| runq),
         explanation: None,
+        no_details: None,
+        details_from_ns: None,
     }
 }
 

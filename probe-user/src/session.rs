@@ -159,7 +159,9 @@ pub async fn run(
                 }
             } => {
                 pipeline.explained(&call);
-                outputs.slow_calls(std::slice::from_ref(&call));
+                if call.report {
+                    outputs.slow_calls(std::slice::from_ref(&call));
+                }
             }
             guard = events.readable_mut() => {
                 let mut guard = guard?;
@@ -185,6 +187,8 @@ pub async fn run(
             _ = tick.tick() => {
                 let (now_ns, calls_off_cpu) = settle(&mut probe, events.get_mut(), &mut pipeline, &mut outputs, slow.as_ref(), false)?;
                 let table = pipeline.close_interval(&Proc);
+                let seconds = (now_ns - last_ns) as f64 / 1e9;
+                probe.send_details_from(&pipeline.raise_detail_floors(seconds))?;
                 let span = measure(&probe, &pipeline, now_ns - start_ns, now_ns - last_ns, calls_off_cpu)?;
                 last_ns = now_ns;
                 let interval = Interval {
@@ -250,10 +254,11 @@ pub async fn run(
     pipeline.close_interval(&Proc);
     // The last slow calls, once explained, before the summary.
     if let Some(slow) = slow.take() {
-        let rest = slow.explaining.finish();
+        let mut rest = slow.explaining.finish();
         for call in &rest {
             pipeline.explained(call);
         }
+        rest.retain(|call| call.report);
         if !rest.is_empty() {
             outputs.slow_calls(&rest);
         }
@@ -282,10 +287,11 @@ fn drain(
         }
     }
     let calls = pipeline.take_slow_calls();
-    let unexplained: Vec<_> = match slow {
+    let mut unexplained: Vec<_> = match slow {
         Some(slow) => calls.into_iter().filter_map(|call| slow.explaining.submit(probe, call)).collect(),
         None => calls,
     };
+    unexplained.retain(|call| call.report);
     if !unexplained.is_empty() {
         outputs.slow_calls(&unexplained);
     }
@@ -307,8 +313,8 @@ fn settle(
 ) -> Result<(u64, usize)> {
     let now_ns = monotonic_ns();
     drain(ring, pipeline, outputs, probe, slow);
-    if let Some(slow) = slow {
-        pipeline.name_wait_sites(&mut |site| slow.sites.name(probe, site));
+    if let Some(sites) = slow.and_then(|slow| slow.sites.as_ref()) {
+        pipeline.name_wait_sites(&mut |site| sites.name(probe, site));
     }
     pipeline.add_lost_calls(&probe.take_lost_calls(last)?, &Proc);
     pipeline.settle(now_ns, &Proc);

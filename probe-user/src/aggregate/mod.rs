@@ -16,7 +16,7 @@ use sched::Sleep;
 
 use std::sync::Arc;
 
-use crate::slow::Explanation;
+use crate::slow::{DetailFloors, Explanation};
 
 use probe_common::{
     errno_of, IoUringEvent, LostCall, SyscallEvent, COMM_LEN, IO_URING_ASYNC, LOST_INVOLUNTARY_SWITCH,
@@ -339,6 +339,8 @@ pub struct Table {
     /// `--slow`'s explanations of the calls among the slowest, by thread,
     /// syscall and start.
     explained: FxHashMap<(ThreadKey, u32, u64), Arc<Explanation>>,
+    /// From how long calls sent their details, as the span closed.
+    pub details_from: Option<DetailFloors>,
 }
 
 impl Table {
@@ -460,9 +462,24 @@ impl Table {
         self.explained.get(&(key, nr, started_ns)).map(Arc::as_ref)
     }
 
-    fn is_slowest(&self, key: ThreadKey, nr: u32, started_ns: u64) -> bool {
+    /// Whether the call of thread `key` and syscall `nr` that began at
+    /// `started_ns` is one of the slowest kept.
+    pub fn is_slowest(&self, key: ThreadKey, nr: u32, started_ns: u64) -> bool {
         let stats = self.threads.get(&key).and_then(|thread| thread.syscalls.get(&nr));
         stats.is_some_and(|stats| stats.slowest.calls().iter().any(|call| call.started_ns == started_ns))
+    }
+
+    /// Whether a call of thread `key` and syscall `nr` taking `duration_ns`
+    /// would be one of the slowest kept, if added now.
+    pub fn would_keep(&self, key: ThreadKey, nr: u32, duration_ns: u64) -> bool {
+        let stats = self.threads.get(&key).and_then(|thread| thread.syscalls.get(&nr));
+        stats.is_none_or(|stats| stats.slowest.would_keep(duration_ns))
+    }
+
+    /// From how long calls of `nr` sent their details as the span closed;
+    /// `None` when none were asked for.
+    pub fn details_floor(&self, nr: u32) -> Option<u64> {
+        self.details_from.as_ref().map(|floors| floors.floor(nr))
     }
 
     /// What wait site `site` is called, if it was named.

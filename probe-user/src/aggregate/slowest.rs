@@ -43,6 +43,11 @@ impl Slowest {
         self.len = (self.len + 1).min(KEPT);
     }
 
+    /// Whether a call of `duration_ns` offered now would be kept.
+    pub fn would_keep(&self, duration_ns: u64) -> bool {
+        self.len < KEPT || duration_ns > self.calls[KEPT - 1].duration_ns
+    }
+
     /// Gives the call that began at `started_ns`, if kept, its split (which
     /// is known just after the call is counted).
     pub fn set_split(&mut self, started_ns: u64, split: Split) {

@@ -452,6 +452,7 @@ mod tests {
             pipeline::SlowCallSeen,
         };
         let seen = |ret, split| SlowCallSeen {
+            report: true,
             key: ThreadKey::new(7, 9),
             nr: 0,
             comm: "\\x1bworker".to_owned(),

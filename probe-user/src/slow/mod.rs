@@ -6,6 +6,7 @@
 //! only slow calls get here.
 
 mod args;
+mod tail;
 mod unwind;
 
 use std::{
@@ -31,6 +32,7 @@ use crate::{
 };
 
 pub use args::Arg;
+pub use tail::{DetailFloors, FIRST_FLOOR_NS};
 pub use unwind::End;
 
 /// One frame of a stack, symbolized where the object allows.
@@ -113,16 +115,17 @@ const MACHINERY: [&str; 14] = [
     "perf_trace_",
 ];
 
-/// `--slow`'s explaining thread, and the names of the wait sites.
+/// The thread that explains calls sent with their details, and, with
+/// `--slow` (whose kernel stacks they are), the names of the wait sites.
 pub struct Slow {
     pub explaining: Explaining,
-    pub sites: SiteNamer,
+    pub sites: Option<SiteNamer>,
 }
 
 impl Slow {
-    /// Starts the thread, and reads kallsyms for the wait sites.
-    pub fn start(regs: RegsLayout) -> io::Result<Self> {
-        Ok(Self { explaining: Explaining::start(regs)?, sites: SiteNamer::new() })
+    /// Starts the thread; with `wait_sites`, reads kallsyms for them.
+    pub fn start(regs: RegsLayout, wait_sites: bool) -> io::Result<Self> {
+        Ok(Self { explaining: Explaining::start(regs)?, sites: wait_sites.then(SiteNamer::new) })
     }
 }
 
