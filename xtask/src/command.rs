@@ -1,6 +1,7 @@
 //! Running child commands with errors that say which one failed.
 
 use std::{
+    ffi::OsStr,
     io::{BufRead, BufReader},
     os::unix::process::CommandExt,
     path::Path,
@@ -41,12 +42,13 @@ pub fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     run(Command::new("cargo").current_dir(root).args(args))
 }
 
-/// Runs `cargo test ARGS`, passing its output through, and ends with one
-/// line that totals every test binary's result.
-pub fn cargo_test(root: &Path, args: &[&str]) -> Result<()> {
+/// Runs `cargo test ARGS` with `envs` added, passing its output through,
+/// and ends with one line that totals every test binary's result.
+pub fn cargo_test(root: &Path, args: &[&str], envs: &[(&str, &OsStr)]) -> Result<()> {
     let mut child = Command::new("cargo")
         .current_dir(root)
         .args(args)
+        .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
         .context("cannot start cargo test")?;

