@@ -199,19 +199,18 @@ fn run(args: Args) -> Result<i32> {
         None => None,
     };
     let mut pipeline = Pipeline::new(go_program.map(|(_, binary)| Goroutines::new(binary)));
-    if let Some(threshold) = args.slow {
-        pipeline.report_slow_calls(threshold);
-    }
+    let tail_details = args.tail_details || (!args.no_tail_details && (gated.is_some() || !pids.is_empty()));
+    pipeline.report_slow_calls(args.slow, tail_details);
     // The explaining thread, which slow calls' details go to, and with
     // --slow kallsyms read, before the traced threads run: a storm would
     // fill the ring buffer meanwhile.
     probe.send_details_from(&pipeline.details_from())?;
     let slow = match probe.regs_layout() {
-        Some(regs) => Some(
+        Some(regs) if pipeline.wants_details() => Some(
             Slow::start(regs, args.slow.is_some())
                 .context("cannot start the thread that explains slow calls")?,
         ),
-        None => None,
+        _ => None,
     };
     let (target, command_output) = if let Some(mut gated) = gated {
         probe.trace_pid(gated.pid.as_raw() as u32)?;

@@ -73,8 +73,20 @@ pub struct Args {
     /// Report each call that takes at least DURATION on its own, as it
     /// returns (like `perf trace --duration`), e.g. 10ms: with its stacks,
     /// waker and arguments; in the live view, in a pane of its own.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true, conflicts_with_all = ["prometheus", "no_syscalls"])]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true, conflicts_with = "no_syscalls")]
     pub slow: Option<Duration>,
+
+    /// Have each thread's slowest calls of the run (from 1 ms) carry their
+    /// user stacks and arguments, as --slow's do; the default when a
+    /// COMMAND or --pid is traced. A call sends 16 KiB, and the first of a
+    /// process costs reading its objects: off for the whole system.
+    #[arg(long, conflicts_with_all = ["no_tail_details", "no_syscalls"])]
+    pub tail_details: bool,
+
+    /// No stacks or arguments for the slowest calls (--slow's still have
+    /// them).
+    #[arg(long)]
+    pub no_tail_details: bool,
 
     /// Threads shown per interval, busiest first.
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = parse_top)]

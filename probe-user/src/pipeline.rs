@@ -97,15 +97,20 @@ impl Pipeline {
             slow_ns: None,
             slow_calls: Vec::new(),
             details: FxHashMap::default(),
-            floors: DetailFloors::new(None),
+            floors: DetailFloors::new(None, true),
         }
     }
 
-    /// Reports the calls that take at least `threshold` one by one.
-    pub fn report_slow_calls(&mut self, threshold: std::time::Duration) {
-        let slow_ns = u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX);
-        self.slow_ns = Some(slow_ns);
-        self.floors = DetailFloors::new(Some(slow_ns));
+    /// Reports the calls that take at least `threshold` one by one; with
+    /// `tail`, has the run's slowest calls explained too.
+    pub fn report_slow_calls(&mut self, threshold: Option<std::time::Duration>, tail: bool) {
+        self.slow_ns = threshold.map(|threshold| u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX));
+        self.floors = DetailFloors::new(self.slow_ns, tail);
+    }
+
+    /// Whether any call sends its details.
+    pub fn wants_details(&self) -> bool {
+        self.slow_ns.is_some() || self.floors.tail()
     }
 
     /// From how long the calls of each syscall are to send their details
@@ -451,8 +456,10 @@ impl Pipeline {
     /// returns it, its unnamed threads named.
     pub fn close_interval(&mut self, world: &dyn World) -> Table {
         let mut interval = mem::take(&mut self.interval);
-        interval.details_from = Some(self.floors.clone());
-        self.total.details_from = Some(self.floors.clone());
+        if self.floors.tail() {
+            interval.details_from = Some(self.floors.clone());
+            self.total.details_from = Some(self.floors.clone());
+        }
         interval.set_in_flight(mem::take(&mut self.in_flight));
         interval.name_unnamed(world);
         self.total.merge(&interval, world);
@@ -464,10 +471,10 @@ impl Pipeline {
     }
 
     /// Raises the floors of the syscalls whose details came faster than
-    /// their budget over the `seconds` just past; returns the entries that
-    /// changed, for the kernel's array.
+    /// the budget over the `seconds` since the last call; returns the
+    /// entries that changed, for the kernel's array.
     pub fn raise_detail_floors(&mut self, seconds: f64) -> Vec<(u32, u64)> {
-        self.floors.close_interval(seconds)
+        self.floors.raise(seconds)
     }
 
     /// The run so far, up to the last closed interval.
@@ -561,7 +568,7 @@ mod tests {
     #[test]
     fn slow_calls_come_out_one_by_one_with_their_split_and_name() {
         let mut pipeline = Pipeline::new(None);
-        pipeline.report_slow_calls(std::time::Duration::from_nanos(80));
+        pipeline.report_slow_calls(Some(std::time::Duration::from_nanos(80)), false);
         // A fast getppid (39) before the read, a just-too-fast one after.
         feed(&mut pipeline, &[syscall(2, 39, 20, 5)]);
         feed(&mut pipeline, &blocked_read());

@@ -102,6 +102,7 @@ pub async fn run(
     let mut poll = interval(POLL_PERIOD);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut lost_calls = interval(LOST_CALLS_PERIOD);
+    let mut floors_at = start;
     lost_calls.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut tick = interval_at(start + options.interval, options.interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -173,6 +174,11 @@ pub async fn run(
                 // Records first: they precede the calls counted since.
                 drain(events.get_mut(), &mut pipeline, &mut outputs, &probe, slow.as_ref());
                 pipeline.add_lost_calls(&probe.take_lost_calls(false)?, &Proc);
+                // Details take the ring buffer's room: their floors are
+                // raised as often, before they crowd records out.
+                let now = Instant::now();
+                probe.send_details_from(&pipeline.raise_detail_floors((now - floors_at).as_secs_f64()))?;
+                floors_at = now;
             }
             guard = async {
                 match logs.as_mut() {
@@ -187,8 +193,6 @@ pub async fn run(
             _ = tick.tick() => {
                 let (now_ns, calls_off_cpu) = settle(&mut probe, events.get_mut(), &mut pipeline, &mut outputs, slow.as_ref(), false)?;
                 let table = pipeline.close_interval(&Proc);
-                let seconds = (now_ns - last_ns) as f64 / 1e9;
-                probe.send_details_from(&pipeline.raise_detail_floors(seconds))?;
                 let span = measure(&probe, &pipeline, now_ns - start_ns, now_ns - last_ns, calls_off_cpu)?;
                 last_ns = now_ns;
                 let interval = Interval {

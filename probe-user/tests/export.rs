@@ -916,3 +916,25 @@ fn prometheus_stores_the_exemplars() {
     assert!(!exemplars.is_empty(), "Prometheus stored no exemplar; its log:\n{log}");
     assert_sleep_exemplars(&exemplars, &pid, &sleeper, (before, after));
 }
+
+#[test]
+fn a_daemon_serving_metrics_reports_slow_calls_too() {
+    let (trace, workload, output) = trace_command(
+        "export-slow",
+        &["--prometheus", "127.0.0.1:0", "--slow", "20ms"],
+        &["--sleeps", "30", "--spin", "300"],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("serving metrics at"), "{stderr}");
+    let sleeper = workload.doing("sleeps").next().unwrap();
+    let slow: Vec<&Json> = (trace.slow_calls.iter())
+        .filter(|call| call["tid"] == sleeper.tid && call["name"] == "clock_nanosleep")
+        .collect();
+    assert_eq!(slow.len(), 1, "{:#?}", trace.slow_calls);
+    assert!(
+        slow[0]["user_stack"]["frames"].as_array().is_some_and(|frames| !frames.is_empty()),
+        "{}",
+        slow[0]
+    );
+}

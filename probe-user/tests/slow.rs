@@ -180,3 +180,30 @@ fn each_syscall_says_where_in_the_kernel_its_blocked_time_went() {
         assert!(asleep <= call["blocked_ns"].as_u64().unwrap() + 1_000_000, "{call}");
     }
 }
+
+#[test]
+fn without_slow_the_runs_slowest_calls_still_come_with_their_callers_and_arguments() {
+    let program = build_c("slowcalls");
+    let (trace, output) = trace_program("slow-tail", &[], &program, &[]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let said = String::from_utf8_lossy(&output.stdout);
+    let reader: u64 = said.split_whitespace().nth(3).and_then(|word| word.parse().ok()).unwrap();
+    assert!(trace.slow_calls.is_empty(), "no --slow, no slow_call lines: {:?}", trace.slow_calls);
+    for (name, function) in [("read", "wait_for_writer"), ("clock_nanosleep", "nap_for_twenty_ms")] {
+        let slowest = &trace.syscall(reader, name)["slowest"][0];
+        let from = functions(&slowest["user_stack"]);
+        let at = from.iter().position(|f| *f == function).unwrap_or_else(|| panic!("{name}: {slowest}"));
+        assert_eq!(from.get(at + 1), Some(&"main"), "{from:?}");
+        // Kernel stacks and wakers cost a walk at every blocking switch:
+        // only --slow takes them.
+        assert!(slowest.get("blocked_in").is_none_or(Value::is_null), "{slowest}");
+    }
+    let read = &trace.syscall(reader, "read")["slowest"][0];
+    let fd = &read["args"][0];
+    assert!(fd["what"].as_str().is_some_and(|what| what.starts_with("pipe:[")), "{read}");
+    // The 1000 getppid calls are far under the millisecond from which
+    // calls send details: none has any, and none is said to miss them.
+    for call in trace.syscall(reader, "getppid")["slowest"].as_array().unwrap() {
+        assert!(call.get("user_stack").is_none() && call.get("no_details").is_none(), "{call}");
+    }
+}

@@ -10,7 +10,7 @@ pub mod file;
 pub mod stream;
 mod text;
 
-pub use text::{human_ns, slow_call_brief};
+pub use text::{explanation_brief, human_ns, slow_call_brief};
 
 use std::{
     future::poll_fn,

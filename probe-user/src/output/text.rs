@@ -103,11 +103,18 @@ pub fn slow_call_brief(line: &SlowCallLine) -> String {
         Some(errno) => format!("-1 {errno}"),
         None => call.ret.to_string(),
     };
-    let mut brief =
+    let brief =
         format!("{} {} = {returned} · {} {}", line.name, human_ns(call.duration_ns), line.comm, line.tid);
-    let Some(explanation) = &line.explanation else {
-        return brief;
-    };
+    match &line.explanation {
+        Some(explanation) => brief + &explanation_brief(explanation),
+        None => brief,
+    }
+}
+
+/// An explanation in a line's end: ` · in anon_pipe_read · woken by writer
+/// 13221 (write) · from __GI___libc_read ← wait_for_writer ← main`.
+pub fn explanation_brief(explanation: &Explanation) -> String {
+    let mut brief = String::new();
     if let Some(site) = explanation.blocked_in.as_ref().and_then(|stack| stack.frames.first()) {
         brief.push_str(&format!(" · in {}", site.function.as_deref().unwrap_or("?")));
     }

@@ -15,7 +15,7 @@ pub const FIRST_FLOOR_NS: u64 = 1_000_000;
 /// Details a second, all syscalls together, before floors are raised.
 const BUDGET_PER_S: f64 = 50.0;
 
-/// The floors, and the details seen since the last interval.
+/// The floors, and the details seen since they were last looked at.
 #[derive(Clone, Debug)]
 pub struct DetailFloors {
     /// `--slow`'s threshold: its calls always send details.
@@ -27,9 +27,16 @@ pub struct DetailFloors {
 }
 
 impl DetailFloors {
-    pub fn new(slow_ns: Option<u64>) -> Self {
+    /// `--slow`'s threshold, and whether the tail's calls send details.
+    pub fn new(slow_ns: Option<u64>, tail: bool) -> Self {
         let size = MAX_SYSCALL_NR as usize;
-        Self { slow_ns, floors: vec![FIRST_FLOOR_NS; size], seen: vec![0; size] }
+        let floor = if tail { FIRST_FLOOR_NS } else { u64::MAX };
+        Self { slow_ns, floors: vec![floor; size], seen: vec![0; size] }
+    }
+
+    /// Whether the tail's calls send details.
+    pub fn tail(&self) -> bool {
+        self.floors.iter().any(|&floor| floor != u64::MAX)
     }
 
     /// Every syscall's `DETAIL_NS` entry, to load at start.
@@ -44,12 +51,12 @@ impl DetailFloors {
         }
     }
 
-    /// The interval of `seconds` closed: the floor of each syscall that
+    /// `seconds` have passed since the last call: the floor of each syscall that
     /// sent more than half the budget is doubled as many times as it went
     /// over (details take ring buffer that records need, so it comes down
     /// in one step); else, when all together sent more than the budget,
     /// the busiest one's. Returns the `DETAIL_NS` entries that changed.
-    pub fn close_interval(&mut self, seconds: f64) -> Vec<(u32, u64)> {
+    pub fn raise(&mut self, seconds: f64) -> Vec<(u32, u64)> {
         let budget = BUDGET_PER_S * seconds;
         let total: f64 = self.seen.iter().map(|&n| f64::from(n)).sum();
         let mut raised: Vec<(usize, u32)> = self
@@ -78,8 +85,12 @@ impl DetailFloors {
         self.floors.get(table_index(nr) as usize).copied().unwrap_or(u64::MAX)
     }
 
+    /// 0 (never) when neither asks.
     fn detail_ns(&self, index: usize) -> u64 {
-        self.slow_ns.map_or(self.floors[index], |slow_ns| slow_ns.min(self.floors[index]))
+        match self.slow_ns.map_or(self.floors[index], |slow_ns| slow_ns.min(self.floors[index])) {
+            u64::MAX => 0,
+            ns => ns,
+        }
     }
 }
 
@@ -90,21 +101,21 @@ mod tests {
 
     #[test]
     fn the_busiest_syscalls_floor_doubles_past_the_budget_and_slow_calls_stay_asked_for() {
-        let mut floors = DetailFloors::new(Some(1_500_000));
+        let mut floors = DetailFloors::new(Some(1_500_000), true);
         assert!(floors.all().iter().all(|&(_, ns)| ns == FIRST_FLOOR_NS));
         for nr in [0, 1] {
             for _ in 0..20 {
                 floors.seen(nr);
             }
         }
-        assert!(floors.close_interval(1.0).is_empty(), "40 details in a second are within the budget");
+        assert!(floors.raise(1.0).is_empty(), "40 details in a second are within the budget");
         for _ in 0..30 {
             floors.seen(0);
         }
         for _ in 0..24 {
             floors.seen(1);
         }
-        assert_eq!(floors.close_interval(1.0), [(0, 1_500_000)], "--slow's calls are still asked for");
+        assert_eq!(floors.raise(1.0), [(0, 1_500_000)], "--slow's calls are still asked for");
         assert_eq!(floors.floor(0), 2 * FIRST_FLOOR_NS);
         assert_eq!(floors.floor(1), FIRST_FLOOR_NS);
         for _ in 0..24 {
@@ -113,11 +124,11 @@ mod tests {
         for _ in 0..27 {
             floors.seen(2);
         }
-        assert_eq!(floors.close_interval(1.0), [(2, 1_500_000)], "over the budget together: the busiest");
+        assert_eq!(floors.raise(1.0), [(2, 1_500_000)], "over the budget together: the busiest");
         for _ in 0..1000 {
             floors.seen(1);
         }
-        floors.close_interval(1.0);
+        floors.raise(1.0);
         assert_eq!(floors.floor(1), 64 * FIRST_FLOOR_NS, "1000 details for 25: six doublings at once");
         floors.seen(COMPAT_NR | 3);
         assert_eq!(floors.seen[(COMPAT_FLAGS_BASE + 3) as usize], 1);

@@ -12,7 +12,10 @@ use ratatui::{
 };
 
 use super::view::{Column, Line, Now, View};
-use crate::{output::human_ns, report::ThreadDetail};
+use crate::{
+    output::{explanation_brief, human_ns},
+    report::ThreadDetail,
+};
 
 /// Lines of the COMMAND's output shown under the table.
 const OUTPUT_PANE_LINES: u16 = 4;
@@ -372,7 +375,8 @@ fn slowest_lines(call: &crate::report::SyscallReport) -> Vec<TextLine<'static>> 
                 _ => String::new(),
             };
             let returned = slow.errno.clone().unwrap_or_else(|| slow.ret.to_string());
-            TextLine::from(format!("slowest {}{split}, = {returned}", human_ns(slow.duration_ns)))
+            let explained = slow.explanation.as_ref().map(explanation_brief).unwrap_or_default();
+            TextLine::from(format!("slowest {}{split}, = {returned}{explained}", human_ns(slow.duration_ns)))
         })
         .collect()
 }
