@@ -100,6 +100,15 @@ fn emit(state: *mut CpuState, call: &InFlight, ret: i64, duration_ns: u64) {
     }
 }
 
+/// The lost-call map the programs count into now.
+#[inline(always)]
+fn active_lost_calls() -> &'static HashMap<LostCall, u64> {
+    match LOST_CALLS_ACTIVE.get(0) {
+        Some(&1) => &LOST_CALLS_1,
+        _ => &LOST_CALLS_0,
+    }
+}
+
 /// Counts an event whose record was dropped (a syscall, or a scheduler
 /// event: see `LostCall`), so that its count stays exact. Only the thread
 /// itself counts its calls and switches, and it runs on one CPU at a time:
@@ -107,10 +116,7 @@ fn emit(state: *mut CpuState, call: &InFlight, ret: i64, duration_ns: u64) {
 /// mark a thread's times as sampled).
 #[inline(never)]
 pub(crate) fn count_lost(key: LostCall) {
-    let lost = match LOST_CALLS_ACTIVE.get(0) {
-        Some(&1) => &LOST_CALLS_1,
-        _ => &LOST_CALLS_0,
-    };
+    let lost = active_lost_calls();
     if let Some(count) = lost.get_ptr_mut(key) {
         // SAFETY: see above.
         unsafe { *count += 1 };
@@ -124,10 +130,7 @@ pub(crate) fn count_lost(key: LostCall) {
 /// records). Only the thread itself writes its key, as in `count_lost`.
 #[inline(never)]
 pub(crate) fn keep_lost_max(key: LostCall, value: u64) {
-    let lost = match LOST_CALLS_ACTIVE.get(0) {
-        Some(&1) => &LOST_CALLS_1,
-        _ => &LOST_CALLS_0,
-    };
+    let lost = active_lost_calls();
     if let Some(kept) = lost.get_ptr_mut(key) {
         // SAFETY: see above.
         unsafe { *kept = (*kept).max(value) };

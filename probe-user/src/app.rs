@@ -200,7 +200,7 @@ fn run(args: Args) -> Result<i32> {
     };
     let mut pipeline = Pipeline::new(go_program.map(|(_, binary)| Goroutines::new(binary)));
     let tail_details = args.tail_details || (!args.no_tail_details && (gated.is_some() || !pids.is_empty()));
-    pipeline.report_slow_calls(args.slow, tail_details);
+    pipeline.explain_calls(args.slow, tail_details);
     // The explaining thread, which slow calls' details go to, and with
     // --slow kallsyms read, before the traced threads run: a storm would
     // fill the ring buffer meanwhile.

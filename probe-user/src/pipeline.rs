@@ -101,9 +101,10 @@ impl Pipeline {
         }
     }
 
-    /// Reports the calls that take at least `threshold` one by one; with
-    /// `tail`, has the run's slowest calls explained too.
-    pub fn report_slow_calls(&mut self, threshold: Option<std::time::Duration>, tail: bool) {
+    /// Has the calls that take at least `threshold` (`--slow`) reported one
+    /// by one, explained; with `tail`, the run's slowest calls explained
+    /// too.
+    pub fn explain_calls(&mut self, threshold: Option<std::time::Duration>, tail: bool) {
         self.slow_ns = threshold.map(|threshold| u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX));
         self.floors = DetailFloors::new(self.slow_ns, tail);
     }
@@ -155,7 +156,8 @@ impl Pipeline {
     }
 
     /// Adds one record, whatever its bytes, and returns it decoded for the
-    /// outputs that follow records. A record that is not a known event of
+    /// outputs that follow records (none follows a slow call's detail,
+    /// which waits here for its call). A record that is not a known event of
     /// the right size is counted, never trusted.
     ///
     /// Records must come in ring-buffer order, which is the order the
@@ -164,12 +166,19 @@ impl Pipeline {
     /// in), where timestamps from different CPUs may disagree by more than a
     /// migration takes.
     pub fn ingest(&mut self, bytes: &[u8]) -> Option<Record> {
-        let record = Record::decode(bytes);
-        match &record {
-            Some(record) => self.apply(record),
-            None => self.undecodable += 1,
+        let Some(record) = Record::decode(bytes) else {
+            self.undecodable += 1;
+            return None;
+        };
+        if let Record::SlowDetail(detail) = record {
+            if self.details.len() == PENDING_DETAILS {
+                self.details.clear();
+            }
+            self.details.insert((detail.tid, detail.start_ns), detail);
+            return None;
         }
-        record
+        self.apply(&record);
+        Some(record)
     }
 
     fn apply(&mut self, record: &Record) {
@@ -259,12 +268,8 @@ impl Pipeline {
                 let key = self.generations.current(event.pid, event.tid);
                 self.tracker.woken_by(key, Waker::new(event));
             }
-            Record::SlowDetail(detail) => {
-                if self.details.len() == PENDING_DETAILS {
-                    self.details.clear();
-                }
-                self.details.insert((detail.tid, detail.start_ns), detail.clone());
-            }
+            // Kept by `ingest`, without a copy of its 16 KiB.
+            Record::SlowDetail(_) => {}
             Record::Go(event) => {
                 if let Some(goroutines) = &mut self.goroutines {
                     goroutines.apply(event);
@@ -568,7 +573,7 @@ mod tests {
     #[test]
     fn slow_calls_come_out_one_by_one_with_their_split_and_name() {
         let mut pipeline = Pipeline::new(None);
-        pipeline.report_slow_calls(Some(std::time::Duration::from_nanos(80)), false);
+        pipeline.explain_calls(Some(std::time::Duration::from_nanos(80)), false);
         // A fast getppid (39) before the read, a just-too-fast one after.
         feed(&mut pipeline, &[syscall(2, 39, 20, 5)]);
         feed(&mut pipeline, &blocked_read());
