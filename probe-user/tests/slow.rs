@@ -100,6 +100,23 @@ fn a_c_programs_slow_calls_come_with_their_callers_sleeps_and_wakers() {
 }
 
 #[test]
+fn a_process_gone_before_its_calls_are_explained_still_has_them_named() {
+    // It exits right after its read: its objects are read while it lives
+    // (at its first slow call), its read is symbolized after it is gone.
+    let program = build_c("slowcalls");
+    let (trace, output) = trace_program("slow-gone", &["--slow", "10ms"], &program, &["exit"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let names: Vec<&str> = trace.slow_calls.iter().map(|call| call["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["clock_nanosleep", "read"], "{:#?}", trace.slow_calls);
+    for (call, function) in trace.slow_calls.iter().zip(["nap_for_twenty_ms", "wait_for_writer"]) {
+        let from = functions(&call["user_stack"]);
+        let at = from.iter().position(|f| *f == function).unwrap_or_else(|| panic!("{from:?}"));
+        assert_eq!(from.get(at + 1), Some(&"main"), "{from:?}");
+        assert_eq!(call["user_stack"]["frames"][at]["file"], "slowcalls.c", "{call}");
+    }
+}
+
+#[test]
 fn a_rust_programs_slow_call_names_its_functions() {
     // The sleeper sleeps 30 ms while a spinner keeps the process alive, so
     // that its objects can still be read when the call is explained.

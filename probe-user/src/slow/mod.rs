@@ -10,13 +10,14 @@ mod tail;
 mod unwind;
 
 use std::{
+    collections::BTreeMap,
     io,
     sync::mpsc::{self, SyncSender, TrySendError},
     thread::JoinHandle,
 };
 
 use blazesym::symbolize::{
-    source::{Kernel, Process, Source},
+    source::{Elf, Kernel, Source},
     CodeInfo, Input, Symbolized, Symbolizer,
 };
 use serde::Serialize;
@@ -228,8 +229,7 @@ impl Explainer {
             let (ip, sp, bp) = (read(self.regs.ip), read(self.regs.sp), read(self.regs.bp));
             let stack = &detail.stack[..(detail.stack_len as usize).min(detail.stack.len())];
             let (addrs, end) = self.unwinders.unwind(seen.key.pid, ip, sp, bp, stack);
-            let source = Source::Process(Process::new(seen.key.pid.into()));
-            Stack { frames: symbolize(&self.symbolizer, &source, &addrs), end }
+            Stack { frames: self.user_frames(seen.key.pid, &addrs), end }
         });
         let args = seen.detail.as_ref().map_or_else(Vec::new, |detail| {
             let registers = self.regs.args.map(|offset| RegsLayout::read(&detail.regs, offset));
@@ -250,6 +250,32 @@ impl Explainer {
                 .map(|waker| woken_by(&blocked, &waker, kernel(&seen.kernel_stacks.woken_by))),
             unexplained: None,
         }
+    }
+
+    /// The frames at `addrs` of process `pid`, symbolized from the objects
+    /// the unwinder keeps open rather than from the process: it may have
+    /// exited since. By file offset, object by object: blazesym caches an
+    /// object by what its path's `stat` says (device, inode, size, mtime),
+    /// so a descriptor's number used again for another object is not
+    /// mistaken for the one before, and one library is read once for all
+    /// the processes that map it.
+    fn user_frames(&self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
+        let mut frames: Vec<Vec<Frame>> = addrs.iter().map(|&addr| vec![Frame::unnamed(addr)]).collect();
+        let mut objects: BTreeMap<String, Vec<(usize, u64)>> = BTreeMap::new();
+        for (i, &addr) in addrs.iter().enumerate() {
+            if let Some((object, offset)) = self.unwinders.object_offset(pid, addr) {
+                objects.entry(object).or_default().push((i, offset));
+            }
+        }
+        for (object, at) in objects {
+            let offsets: Vec<u64> = at.iter().map(|&(_, offset)| offset).collect();
+            let source = Source::Elf(Elf::new(object));
+            let symbols = self.symbolizer.symbolize(&source, Input::FileOffset(&offsets)).unwrap_or_default();
+            for (&(i, _), symbol) in at.iter().zip(&symbols) {
+                frames[i] = symbol_frames(addrs[i], Some(symbol));
+            }
+        }
+        frames.concat()
     }
 }
 
@@ -309,7 +335,10 @@ impl SiteNamer {
 /// the scheduler's own frames on top are left out, and under an
 /// interrupt's entry what it interrupted.
 fn kernel_stack(symbolizer: &Symbolizer, addrs: &[u64]) -> Stack {
-    let frames = symbolize(symbolizer, &Source::Kernel(Kernel::default()), addrs);
+    let symbols =
+        symbolizer.symbolize(&Source::Kernel(Kernel::default()), Input::AbsAddr(addrs)).unwrap_or_default();
+    let frames: Vec<Frame> =
+        addrs.iter().enumerate().flat_map(|(i, &addr)| symbol_frames(addr, symbols.get(i))).collect();
     let machinery = |frame: &Frame| {
         frame.function.as_deref().is_some_and(|name| MACHINERY.iter().any(|m| name.starts_with(m)))
     };
@@ -323,28 +352,33 @@ fn kernel_stack(symbolizer: &Symbolizer, addrs: &[u64]) -> Stack {
     Stack { frames, end: End::Complete }
 }
 
-/// The frames at `addrs`: where debug information says functions were
-/// inlined at an address, each of them too, innermost first.
-fn symbolize(symbolizer: &Symbolizer, source: &Source, addrs: &[u64]) -> Vec<Frame> {
-    let symbols = symbolizer.symbolize(source, Input::AbsAddr(addrs)).unwrap_or_default();
-    let mut frames = Vec::with_capacity(addrs.len());
-    for (i, &addr) in addrs.iter().enumerate() {
-        let Some(Symbolized::Sym(sym)) = symbols.get(i) else {
-            frames.push(Frame { addr, function: None, file: None, line: None, inlined: false });
-            continue;
-        };
-        let frame = |name: &str, code: Option<&CodeInfo>, inlined| Frame {
-            addr,
-            function: Some(escape::visible(name)),
-            file: code.map(|code| escape::visible(&code.file.to_string_lossy())),
-            line: code.and_then(|code| code.line),
-            inlined,
-        };
-        for inlined in sym.inlined.iter().rev() {
-            frames.push(frame(&inlined.name, inlined.code_info.as_ref(), true));
-        }
-        frames.push(frame(&sym.name, sym.code_info.as_deref(), false));
+impl Frame {
+    /// A frame at `addr` no symbol covers.
+    fn unnamed(addr: u64) -> Self {
+        Self { addr, function: None, file: None, line: None, inlined: false }
     }
+}
+
+/// The frames at `addr`, as its `symbol` says: where debug information
+/// says functions were inlined there, each of them too, innermost first.
+fn symbol_frames(addr: u64, symbol: Option<&Symbolized>) -> Vec<Frame> {
+    let Some(Symbolized::Sym(sym)) = symbol else {
+        return vec![Frame::unnamed(addr)];
+    };
+    let frame = |name: &str, code: Option<&CodeInfo>, inlined| Frame {
+        addr,
+        function: Some(escape::visible(name)),
+        file: code.map(|code| escape::visible(&code.file.to_string_lossy())),
+        line: code.and_then(|code| code.line),
+        inlined,
+    };
+    let mut frames: Vec<Frame> = sym
+        .inlined
+        .iter()
+        .rev()
+        .map(|inlined| frame(&inlined.name, inlined.code_info.as_ref(), true))
+        .collect();
+    frames.push(frame(&sym.name, sym.code_info.as_deref(), false));
     frames
 }
 

@@ -4,7 +4,7 @@
 //! have), by `framehop`, which falls back to frame pointers where there is
 //! none (Go's binaries).
 
-use std::{fs, ops::Range};
+use std::{fs::File, io::Read, ops::Range, os::fd::AsRawFd};
 
 use framehop::{
     x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
@@ -43,7 +43,18 @@ pub struct Unwinders {
 struct Process {
     unwinder: UnwinderX86_64<Vec<u8>>,
     /// The executable mappings its objects were read for.
-    mapped: Vec<Range<u64>>,
+    mapped: Vec<Mapping>,
+}
+
+/// An executable mapping of a file.
+struct Mapping {
+    range: Range<u64>,
+    /// The file offset mapped at `range.start`.
+    offset: u64,
+    /// The object mapped, kept open to be symbolized from: a short-lived
+    /// process is often gone by then, and its `/proc/PID/map_files` with
+    /// it. `None` when it could not be opened.
+    object: Option<File>,
 }
 
 impl Unwinders {
@@ -53,7 +64,7 @@ impl Unwinders {
     /// into their call instruction, as symbolizers want them.
     pub fn unwind(&mut self, pid: u32, ip: u64, sp: u64, bp: u64, stack: &[u8]) -> (Vec<u64>, End) {
         // A library mapped since the process was first seen is read then.
-        if self.processes.get(&pid).is_none_or(|process| !process.mapped.iter().any(|r| r.contains(&ip))) {
+        if self.processes.get(&pid).is_none_or(|process| process.mapping(ip).is_none()) {
             if self.processes.len() == KEPT_PROCESSES {
                 self.processes.clear();
             }
@@ -76,8 +87,7 @@ impl Unwinders {
         loop {
             match frames.next() {
                 Ok(Some(frame))
-                    if addresses.len() < MAX_FRAMES
-                        && process.mapped.iter().any(|range| range.contains(&frame.address())) =>
+                    if addresses.len() < MAX_FRAMES && process.mapping(frame.address()).is_some() =>
                 {
                     addresses.push(frame.address_for_lookup())
                 }
@@ -85,6 +95,16 @@ impl Unwinders {
                 Ok(Some(_)) | Err(_) => return (addresses, End::Truncated),
             }
         }
+    }
+
+    /// Where to symbolize `addr` of process `pid` from, as unwound last:
+    /// the path of its object (`/proc/self/fd/N`, valid after the process
+    /// exited) and its offset in that file. `None` outside the files it
+    /// maps executable (its vDSO, code it generated).
+    pub fn object_offset(&self, pid: u32, addr: u64) -> Option<(String, u64)> {
+        let map = self.processes.get(&pid)?.mapping(addr)?;
+        let object = map.object.as_ref()?;
+        Some((format!("/proc/self/fd/{}", object.as_raw_fd()), addr - map.range.start + map.offset))
     }
 }
 
@@ -104,13 +124,24 @@ impl Process {
             let range = map.address.0..map.address.1;
             // The object the process really maps, whatever its path names
             // now (a path may be replaced or planted; this is the inode).
-            let object = format!("/proc/{pid}/map_files/{:x}-{:x}", range.start, range.end);
-            if let Some(module) = fs::read(&object).ok().and_then(|data| module(&data, &range, map.offset)) {
+            let path = format!("/proc/{pid}/map_files/{:x}-{:x}", range.start, range.end);
+            let object = File::open(path).ok();
+            let mut data = Vec::new();
+            if let Some(module) = object
+                .as_ref()
+                .and_then(|mut file| file.read_to_end(&mut data).ok())
+                .and_then(|_| module(&data, &range, map.offset))
+            {
                 unwinder.add_module(module);
             }
-            mapped.push(range);
+            mapped.push(Mapping { range, offset: map.offset, object });
         }
         Self { unwinder, mapped }
+    }
+
+    /// The executable mapping `addr` is in.
+    fn mapping(&self, addr: u64) -> Option<&Mapping> {
+        self.mapped.iter().find(|map| map.range.contains(&addr))
     }
 }
 

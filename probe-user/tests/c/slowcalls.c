@@ -3,10 +3,12 @@
  * nap_for_twenty_ms; a read of a pipe made by wait_for_writer, which a
  * thread named "writer" writes after spinning 30 ms (on the CPU, so that
  * its own wait is no slow syscall). It prints its pid, the reader's tid and
- * the writer's tid. */
+ * the writer's tid, then lingers 300 ms, unless told "exit": then it exits
+ * at once, most often before probe has explained its calls. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -40,7 +42,7 @@ __attribute__((noinline)) void wait_for_writer(void) {
     }
 }
 
-int main(void) {
+int main(int argc, char **argv) {
     for (int i = 0; i < 1000; i++) {
         getppid();
     }
@@ -55,6 +57,9 @@ int main(void) {
     pthread_join(thread, NULL);
     printf("pid %d reader %d writer %d\n", getpid(), gettid(), writer_tid);
     fflush(stdout);
+    if (argc > 1 && strcmp(argv[1], "exit") == 0) {
+        return 0;
+    }
     struct timespec start, now;
     clock_gettime(CLOCK_MONOTONIC, &start);
     do {
