@@ -73,6 +73,22 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Raises the soft limit of open files to the hard one, as systemd asks of
+/// programs that need many: explaining slow calls keeps each object of up
+/// to 32 processes open (their stacks are named from them after the
+/// processes exit), and the metrics endpoint takes a descriptor a
+/// connection. Without it, probe runs with fewer.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: a valid out-pointer, then a valid in-pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// The traced executable, if it is a Go program whose goroutines probe can
 /// follow; a Go program it cannot follow gets a note on stderr, and so does
 /// an executable that is not Go at all (--goroutines was asked for).
@@ -128,6 +144,8 @@ fn run(args: Args) -> Result<i32> {
         true => None,
         false => Some(GatedCommand::fork(&args.command, live)?),
     };
+    // After the fork: the COMMAND keeps the limit it was given.
+    raise_descriptor_limit();
     let executable = match (&gated, pids.first()) {
         (Some(gated), _) => Some(gated.path.clone()),
         (None, Some(target)) => Some(PathBuf::from(format!("/proc/{}/exe", target.pid))),

@@ -4,13 +4,13 @@
 //! have), by `framehop`, which falls back to frame pointers where there is
 //! none (Go's binaries).
 
-use std::{fs::File, io::Read, ops::Range, os::fd::AsRawFd};
+use std::{fs::File, ops::Range, os::fd::AsRawFd};
 
 use framehop::{
     x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
     ExplicitModuleSectionInfo, Module, Unwinder,
 };
-use object::{Object, ObjectSection, ObjectSegment, SegmentFlags};
+use object::{read::ReadCache, Object, ObjectSection, ObjectSegment, SegmentFlags};
 use rustc_hash::FxHashMap;
 
 /// Processes whose objects are kept: a trace's slow calls come from a few.
@@ -126,12 +126,11 @@ impl Process {
             // now (a path may be replaced or planted; this is the inode).
             let path = format!("/proc/{pid}/map_files/{:x}-{:x}", range.start, range.end);
             let object = File::open(path).ok();
-            let mut data = Vec::new();
-            if let Some(module) = object
-                .as_ref()
-                .and_then(|mut file| file.read_to_end(&mut data).ok())
-                .and_then(|_| module(&data, &range, map.offset))
-            {
+            // Read as parsed: only the headers and the sections copied
+            // below, where a program's objects can be hundreds of MB (and
+            // not mapped: a file truncated meanwhile would fault probe).
+            let data = object.as_ref().map(ReadCache::new);
+            if let Some(module) = data.as_ref().and_then(|data| module(data, &range, map.offset)) {
                 unwinder.add_module(module);
             }
             mapped.push(Mapping { range, offset: map.offset, object });
@@ -147,7 +146,7 @@ impl Process {
 
 /// The unwind information of an ELF object mapped executable at `range`
 /// from file offset `offset`.
-fn module(data: &[u8], range: &Range<u64>, offset: u64) -> Option<Module<Vec<u8>>> {
+fn module(data: &ReadCache<&File>, range: &Range<u64>, offset: u64) -> Option<Module<Vec<u8>>> {
     let file = object::File::parse(data).ok()?;
     // The executable segment this mapping holds: where the object's
     // addresses are in the process.
@@ -164,8 +163,9 @@ fn module(data: &[u8], range: &Range<u64>, offset: u64) -> Option<Module<Vec<u8>
     let bytes = |name: &str| section(name).and_then(|s| s.uncompressed_data().ok()).map(|d| d.into_owned());
     let info = ExplicitModuleSectionInfo {
         base_svma: 0,
+        // No `.text`: framehop reads instructions only to unwind from a
+        // prologue or epilogue, and a syscall's frames are at calls.
         text_svma: svma(".text"),
-        text: bytes(".text"),
         got_svma: svma(".got"),
         eh_frame_svma: svma(".eh_frame"),
         eh_frame: bytes(".eh_frame"),
