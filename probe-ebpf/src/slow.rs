@@ -3,8 +3,11 @@
 //! registers and the top of its user stack (a `SlowDetail`, unwound and
 //! symbolized in userspace); any other call pays one array lookup and one
 //! comparison. Only with `--slow` (`SLOW_NS` non-zero), at each blocking
-//! switch-out in a syscall: the kernel stack the thread blocked in. At each wakeup: who woke it, and from where (a `WakeEvent`,
-//! from `sched_waking`, attached only with `--slow`).
+//! switch-out in a syscall: the kernel stack the thread blocked in. At each
+//! wakeup of a thread in a traced call: who woke it (a `WakeEvent`, from
+//! `sched_waking`, attached with `--slow` or tail details), and with
+//! `--slow`, for a call that has already run the threshold, from where (the
+//! wakeup's kernel stack).
 
 use core::mem::MaybeUninit;
 
@@ -176,9 +179,17 @@ fn try_sched_waking(ctx: &RawTracePointContext) -> Result<u32, u32> {
     // parked when its thread left the CPU. The thread is asleep: its call
     // stays until it runs again, after this.
     // SAFETY: a copy of the entry is read, under RCU like any map value.
-    let Some(started_ns) = (unsafe { CALLS_OFF_CPU.get(tid) }).map(|call| call.start_ns) else {
+    let Some(call) = (unsafe { CALLS_OFF_CPU.get(tid) }).copied() else {
         return Ok(0);
     };
+    // Nor is the waker of a call that has not yet run as long as its
+    // details are asked from sent: a pipe ping-pong's wakeups then cost a
+    // lookup each, not a record (a call that gets that slow only in the
+    // run queue after is reported without its waker).
+    if !wants_detail(call.nr, now().wrapping_sub(call.start_ns)) {
+        return Ok(0);
+    }
+    let started_ns = call.start_ns;
     let state = cpu_state()?;
     // A waker record that does not fit is counted lost; the slow call it
     // was for is then reported without its waker.
@@ -203,7 +214,8 @@ fn woken_by(ctx: &RawTracePointContext, state: *mut CpuState, tid_pid: u64, star
     let call = unsafe { (*state).call };
     let waker_nr = if in_task && call.start_ns != 0 { call.nr } else { NO_SYSCALL };
     let ts_ns = now();
-    let stack = match ts_ns.wrapping_sub(started_ns) >= slow_ns() {
+    let slow_ns = slow_ns();
+    let stack = match slow_ns != 0 && ts_ns.wrapping_sub(started_ns) >= slow_ns {
         true => kernel_stack(ctx),
         false => KERNEL_STACK_NOT_TAKEN,
     };

@@ -162,6 +162,7 @@ fn run(args: Args) -> Result<i32> {
         }
         _ => None,
     };
+    let tail_details = args.tail_details || (!args.no_tail_details && (gated.is_some() || !pids.is_empty()));
     let config = Config {
         filter_pids: !pids.is_empty() || gated.is_some(),
         follow_forks: args.follow_forks || (gated.is_some() && !args.no_follow_forks),
@@ -177,6 +178,7 @@ fn run(args: Args) -> Result<i32> {
         slow_ns: args
             .slow
             .map_or(0, |threshold| u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX).max(1)),
+        tail_details,
         go: go_program.as_ref().map(|(path, binary)| GoTarget {
             path: path.clone(),
             goid_offset: binary.goid_offset,
@@ -217,7 +219,6 @@ fn run(args: Args) -> Result<i32> {
         None => None,
     };
     let mut pipeline = Pipeline::new(go_program.map(|(_, binary)| Goroutines::new(binary)));
-    let tail_details = args.tail_details || (!args.no_tail_details && (gated.is_some() || !pids.is_empty()));
     pipeline.explain_calls(args.slow, tail_details);
     // The explaining thread, which slow calls' details go to, and with
     // --slow kallsyms read, before the traced threads run: a storm would

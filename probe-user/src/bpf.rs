@@ -75,6 +75,10 @@ pub struct Config {
     /// their registers and user stack, and (with `sched`) the kernel stacks
     /// they blocked in and their wakers; 0: none.
     pub slow_ns: u64,
+    /// The run's slowest calls are explained too: the programs send the
+    /// details of calls from the floors userspace sets, and (with `sched`)
+    /// the wakers of traced calls, without kernel stacks.
+    pub tail_details: bool,
 }
 
 /// Where the io_uring tracepoints' records keep the fields the programs
@@ -274,8 +278,9 @@ impl Probe {
                 })
                 .ok(),
         };
-        let task_stack_offset = match slow && config.sched {
-            true => btf.task_stack_offset().context("--slow tells interrupts from tasks by their stacks")?,
+        let wakers = (slow || config.tail_details) && regs.is_some() && config.sched;
+        let task_stack_offset = match wakers {
+            true => btf.task_stack_offset().context("wakers are told from interrupts by their stacks")?,
             false => 0,
         };
         let slow_ns = if slow { config.slow_ns } else { 0 };
@@ -357,7 +362,7 @@ impl Probe {
         let mut programs = Vec::new();
         if config.sched {
             programs.extend([program::SCHED_WAKEUP, program::SCHED_WAKEUP_NEW]);
-            // The wakers of --slow's calls.
+            // The wakers of slow calls (--slow's, the tail's).
             if task_stack_offset != 0 {
                 programs.push(program::SCHED_WAKING);
             }

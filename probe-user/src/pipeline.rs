@@ -207,12 +207,13 @@ impl Pipeline {
                     let exemplar = tail
                         && self.interval.is_slowest(key, event.nr, event.start_ns)
                         && self.total.would_keep(key, event.nr, event.duration_ns);
-                    // Only --slow's programs send what a sleep was in.
-                    let sleeps = match self.slow_ns {
-                        Some(_) => self.tracker.sleeps(key, event.start_ns, end),
-                        None => Vec::new(),
+                    // Only the programs of calls' details send what a
+                    // sleep was in (--slow) and who woke it.
+                    let sleeps = match self.wants_details() {
+                        true => self.tracker.sleeps(key, event.start_ns, end),
+                        false => Vec::new(),
                     };
-                    if !sleeps.is_empty() {
+                    if self.slow_ns.is_some() && !sleeps.is_empty() {
                         self.interval.record_wait_sites(key, event.nr, &sleeps);
                     }
                     let blocked =

@@ -146,7 +146,9 @@ fn the_timeline_draws_an_arrow_from_the_writer_to_the_reader_it_woke() {
     let program = build_c("slowcalls");
     let path = report_path("slow-timeline").with_extension("trace.json");
     let path_arg = path.to_str().unwrap();
-    let (_, output) = trace_program("slow-timeline", &["--slow", "10ms", "--trace", path_arg], &program, &[]);
+    // No --slow: the wakers of a COMMAND's calls are sent with its tail
+    // details.
+    let (_, output) = trace_program("slow-timeline", &["--trace", path_arg], &program, &[]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let said = String::from_utf8_lossy(&output.stdout);
     let ids: Vec<u64> = said.split_whitespace().filter_map(|word| word.parse().ok()).collect();
@@ -211,13 +213,36 @@ fn without_slow_the_runs_slowest_calls_still_come_with_their_callers_and_argumen
         let from = functions(&slowest["user_stack"]);
         let at = from.iter().position(|f| *f == function).unwrap_or_else(|| panic!("{name}: {slowest}"));
         assert_eq!(from.get(at + 1), Some(&"main"), "{from:?}");
-        // Kernel stacks and wakers cost a walk at every blocking switch:
-        // only --slow takes them.
+        // Kernel stacks cost a walk at every blocking switch: only --slow
+        // takes them.
         assert!(slowest.get("blocked_in").is_none_or(Value::is_null), "{slowest}");
     }
     let read = &trace.syscall(reader, "read")["slowest"][0];
     let fd = &read["args"][0];
     assert!(fd["what"].as_str().is_some_and(|what| what.starts_with("pipe:[")), "{read}");
+    // Who woke it is known (a small record at each wakeup), but not from
+    // where: the wakeup's stack is --slow's.
+    let waker = &read["woken_by"];
+    assert_eq!(
+        (waker["comm"].as_str(), waker["syscall"].as_str()),
+        (Some("writer"), Some("write")),
+        "{read}"
+    );
+    assert!(waker["stack"].is_null(), "{waker}");
+    assert!(read["longest_sleep_ns"].as_u64().unwrap() >= 29_000_000, "{read}");
+    // A timer woke the nap: an interrupt, though without the wakeup's stack
+    // one of user code cannot be told from the task it interrupted.
+    let nap = &trace.syscall(reader, "clock_nanosleep")["slowest"][0];
+    let context = nap["woken_by"]["context"].as_str();
+    assert!(matches!(context, Some("interrupt" | "task_or_interrupt")), "{nap}");
+    // Wait sites come from the kernel stacks, --slow's only.
+    assert!(
+        trace
+            .syscall(reader, "read")
+            .get("wait_sites")
+            .is_none_or(|sites| sites.as_array().is_some_and(Vec::is_empty)),
+        "{read}"
+    );
     // The 1000 getppid calls are far under the millisecond from which
     // calls send details: none has any, and none is said to miss them.
     for call in trace.syscall(reader, "getppid")["slowest"].as_array().unwrap() {
