@@ -139,6 +139,9 @@ impl Timeline {
     /// An arrow from the waker's slice to the woken thread's, both at the
     /// waking: each binds to the syscall it falls in. Only between threads
     /// with tracks: an interrupt, or a thread outside the trace, has none.
+    /// Written now, before those syscalls' slices (written when they
+    /// return): the one place where a track's events are not in time
+    /// order, which viewers sort.
     fn woken(&mut self, event: &WakeEvent) {
         if event.context != WAKER_TASK || !self.names.contains_key(&(event.waker_pid, event.waker_tid)) {
             return;

@@ -103,7 +103,8 @@ const KEPT_SPANS: usize = 16;
 /// waiting in a run queue.
 type OffSpan = (u64, u64, bool);
 
-/// Who made a thread runnable (`--slow`'s `WokenBy` records).
+/// Who made a thread runnable (`WokenBy` records, sent with calls'
+/// details).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Waker {
     pub pid: u32,
@@ -179,19 +180,19 @@ struct RunState {
     charged_to: u64,
     /// Its latest off-CPU spans, oldest first.
     off_spans: Vec<OffSpan>,
-    /// With `--slow`: the kernel stack of its latest blocking switch-out,
-    /// and who woke it since.
+    /// With calls' details: the kernel stack of its latest blocking
+    /// switch-out (`--slow`'s), and who woke it since.
     blocked_in: u32,
     woken_by: Option<Waker>,
-    /// With `--slow`: its latest sleeps, oldest first, as `off_spans`.
+    /// With calls' details: its latest sleeps, oldest first, as
+    /// `off_spans`.
     sleeps: Vec<Sleep>,
 }
 
 impl RunState {
     /// Keeps a sleep from `from` to `to`, then `runq_ns` in a run queue,
-    /// with what `--slow` learnt of it; only with `--slow`, which sends
-    /// the stacks.
-    /// Whether it kept one more.
+    /// with what was learnt of it: only a sleep whose stack (`--slow`) or
+    /// waker (calls' details) was sent. Whether it kept one more.
     fn slept(&mut self, from: u64, to: u64, runq_ns: u64) -> bool {
         let waker = self.woken_by.take();
         if self.blocked_in == 0 && waker.is_none() {
@@ -383,8 +384,8 @@ impl SchedTracker {
     }
 
     /// The sleeps of thread `key` between `start` and `end` (a syscall,
-    /// with `--slow`), with what it slept in and who woke it; they are
-    /// forgotten then.
+    /// with calls' details), with what it slept in and who woke it; they
+    /// are forgotten then.
     pub fn sleeps(&mut self, key: ThreadKey, start: u64, end: u64) -> Vec<Sleep> {
         if self.sleeps_kept == 0 {
             return Vec::new();

@@ -63,9 +63,10 @@ pub struct Stack {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct WokenBy {
     /// `"task"`, or `"interrupt"`: then `tid`, `pid` and `comm` are the
-    /// task it interrupted, not the waker; or `"task_or_interrupt"` when
-    /// the wakeup's stack, which tells an interrupt of user code, was not
-    /// taken (the call had not run `--slow`'s threshold when woken).
+    /// task it interrupted, not the waker; or `"task_or_interrupt"` for a
+    /// task out of traced syscalls when the wakeup's stack, which tells an
+    /// interrupt of user code, was not taken (only `--slow` takes it, for a
+    /// call that had run its threshold when woken).
     pub context: &'static str,
     pub pid: u32,
     pub tid: u32,

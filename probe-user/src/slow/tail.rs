@@ -20,6 +20,9 @@ const BUDGET_PER_S: f64 = 50.0;
 pub struct DetailFloors {
     /// `--slow`'s threshold: its calls always send details.
     slow_ns: Option<u64>,
+    /// Whether the tail's calls send details (else every floor is
+    /// `u64::MAX`); asked at every record.
+    tail: bool,
     /// Per syscall index (as the kernel's arrays: the i386 table's from
     /// `COMPAT_FLAGS_BASE`).
     floors: Vec<u64>,
@@ -31,12 +34,12 @@ impl DetailFloors {
     pub fn new(slow_ns: Option<u64>, tail: bool) -> Self {
         let size = MAX_SYSCALL_NR as usize;
         let floor = if tail { FIRST_FLOOR_NS } else { u64::MAX };
-        Self { slow_ns, floors: vec![floor; size], seen: vec![0; size] }
+        Self { slow_ns, tail, floors: vec![floor; size], seen: vec![0; size] }
     }
 
     /// Whether the tail's calls send details.
     pub fn tail(&self) -> bool {
-        self.floors.iter().any(|&floor| floor != u64::MAX)
+        self.tail
     }
 
     /// Every syscall's `DETAIL_NS` entry, to load at start.
