@@ -462,8 +462,9 @@ impl Pipeline {
     /// returns it, its unnamed threads named.
     pub fn close_interval(&mut self, world: &dyn World) -> Table {
         let mut interval = mem::take(&mut self.interval);
+        // Only the run's slowest calls are explained: an interval's slowest
+        // that were not among them have no details, and need no reason.
         if self.floors.tail() {
-            interval.details_from = Some(self.floors.clone());
             self.total.details_from = Some(self.floors.clone());
         }
         interval.set_in_flight(mem::take(&mut self.in_flight));

@@ -339,7 +339,8 @@ pub struct Table {
     /// `--slow`'s explanations of the calls among the slowest, by thread,
     /// syscall and start.
     explained: FxHashMap<(ThreadKey, u32, u64), Arc<Explanation>>,
-    /// From how long calls sent their details, as the span closed.
+    /// From how long calls sent their details, as the span closed: the
+    /// run's table only, whose slowest calls are the ones explained.
     pub details_from: Option<DetailFloors>,
 }
 
