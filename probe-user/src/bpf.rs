@@ -266,22 +266,27 @@ impl Probe {
         // pt_regs keeps the registers, and (for --slow's wakers) where a
         // task's kernel stack is.
         let slow = config.slow_ns != 0 && config.syscalls && !config.floor;
-        let regs = match (config.syscalls && !config.floor, slow) {
-            (false, _) => None,
-            (true, true) => {
-                Some(btf.regs_layout(REGS_WORDS).context("--slow reads a slow call's registers")?)
-            }
-            (true, false) => btf
+        let tail = config.tail_details && config.syscalls && !config.floor;
+        let regs = match (slow, tail) {
+            (true, _) => Some(btf.regs_layout(REGS_WORDS).context("--slow reads a slow call's registers")?),
+            (false, true) => btf
                 .regs_layout(REGS_WORDS)
                 .inspect_err(|err| {
                     eprintln!("probe: the slowest calls come without their stacks and arguments: {err:#}")
                 })
                 .ok(),
+            (false, false) => None,
         };
-        let wakers = (slow || config.tail_details) && regs.is_some() && config.sched;
-        let task_stack_offset = match wakers {
-            true => btf.task_stack_offset().context("wakers are told from interrupts by their stacks")?,
-            false => 0,
+        // Tail details go without their wakers rather than not start.
+        let task_stack_offset = match (slow, regs.is_some() && config.sched) {
+            (_, false) => 0,
+            (true, true) => {
+                btf.task_stack_offset().context("--slow tells interrupts from tasks by their stacks")?
+            }
+            (false, true) => btf
+                .task_stack_offset()
+                .inspect_err(|err| eprintln!("probe: the slowest calls come without their wakers: {err:#}"))
+                .unwrap_or(0),
         };
         let slow_ns = if slow { config.slow_ns } else { 0 };
         let sp_offset = regs.map_or(0, |regs| regs.sp);

@@ -15,6 +15,10 @@ pub const FIRST_FLOOR_NS: u64 = 1_000_000;
 /// Details a second, all syscalls together, before floors are raised.
 const BUDGET_PER_S: f64 = 50.0;
 
+/// The shortest window a budget is prorated over: a shorter one (the first
+/// of a run) would raise floors for a detail or two.
+const MIN_WINDOW_S: f64 = 0.25;
+
 /// The floors, and the details seen since they were last looked at.
 #[derive(Clone, Debug)]
 pub struct DetailFloors {
@@ -60,7 +64,7 @@ impl DetailFloors {
     /// in one step); else, when all together sent more than the budget,
     /// the busiest one's. Returns the `DETAIL_NS` entries that changed.
     pub fn raise(&mut self, seconds: f64) -> Vec<(u32, u64)> {
-        let budget = BUDGET_PER_S * seconds;
+        let budget = BUDGET_PER_S * seconds.max(MIN_WINDOW_S);
         let total: f64 = self.seen.iter().map(|&n| f64::from(n)).sum();
         let mut raised: Vec<(usize, u32)> = self
             .seen
@@ -133,6 +137,8 @@ mod tests {
         }
         floors.raise(1.0);
         assert_eq!(floors.floor(1), 64 * FIRST_FLOOR_NS, "1000 details for 25: six doublings at once");
+        floors.seen(3);
+        assert!(floors.raise(0.0).is_empty(), "a detail at once is within a quarter second's budget");
         floors.seen(COMPAT_NR | 3);
         assert_eq!(floors.seen[(COMPAT_FLAGS_BASE + 3) as usize], 1);
     }
