@@ -187,6 +187,9 @@ struct RunState {
     /// With calls' details: its latest sleeps, oldest first, as
     /// `off_spans`.
     sleeps: Vec<Sleep>,
+    /// Found gone from /proc at the latest settle, its last switch not yet
+    /// seen.
+    gone: bool,
 }
 
 impl RunState {
@@ -464,9 +467,18 @@ impl SchedTracker {
 
     /// Drops the state of threads that are gone although their last switch
     /// was never seen (lost to a full ring buffer), so that they are not
-    /// charged as running forever and the tracker does not grow.
+    /// charged as running forever and the tracker does not grow. A thread
+    /// leaves /proc before its last switch, whose record may be on its way
+    /// still (dropping the state then lost the whole last run of a thread
+    /// that exited during a drain, and the moves that switch counted): it
+    /// is dropped when found gone at two settles in a row.
     pub fn forget_dead(&mut self, world: &dyn World) {
-        self.threads.retain(|key, _| world.thread_alive(key.pid, key.tid));
+        self.threads.retain(|key, state| {
+            let alive = world.thread_alive(key.pid, key.tid);
+            let keep = alive || !state.gone;
+            state.gone = !alive;
+            keep
+        });
         let threads = &self.threads;
         self.on_cpu.retain(|_, key| threads.contains_key(key));
     }
@@ -477,7 +489,9 @@ impl SchedTracker {
     /// span of any thread, and a thread that never changes state still
     /// shows its time every interval.
     pub fn charge_until(&mut self, now: u64, table: &mut Table) {
-        for (key, state) in &mut self.threads {
+        // A thread found gone has ended: its last switch, when it comes,
+        // charges what is left of its time.
+        for (key, state) in self.threads.iter_mut().filter(|(_, state)| !state.gone) {
             if let Some((since, cpu)) = state.running.filter(|&(since, _)| since < now) {
                 table.sched_mut(*key).run(cpu, now - since);
                 state.running = Some((now, cpu));
@@ -757,6 +771,26 @@ mod tests {
         let runq = &third.sched_mut(key).runq;
         assert_eq!((runq.len(), runq.max()), (1, Some(400)));
         assert_eq!(second.sched_mut(key).runq.max(), Some(100));
+    }
+
+    #[test]
+    fn a_thread_gone_from_proc_is_charged_by_its_last_switch_if_it_comes() {
+        use EventKind::*;
+        let gone = crate::aggregate::tests::Listed::default();
+        let mut tracker = SchedTracker::default();
+        let (mut first, mut second) = (Table::default(), Table::default());
+        let (key, lost) = (ThreadKey::new(1, 2), ThreadKey::new(1, 3));
+        tracker.apply(key, &ev(SwitchIn, 0, 100, 0), &mut first);
+        tracker.apply(lost, &ev(SwitchIn, 1, 100, 0), &mut first);
+        // Both have left /proc when the interval closes at 500; one's last
+        // switch, at 800, was still on its way.
+        tracker.forget_dead(&gone);
+        tracker.charge_until(500, &mut first);
+        tracker.apply(key, &ev(SwitchOut, 0, 800, SWITCH_EXITED), &mut second);
+        assert_eq!((first.sched_mut(key).on_cpu_ns, second.sched_mut(key).on_cpu_ns), (0, 700));
+        // The other's never comes: found gone again, it is forgotten.
+        tracker.forget_dead(&gone);
+        assert!(tracker.state_now(lost).is_none());
     }
 
     #[test]
