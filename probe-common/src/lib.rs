@@ -24,17 +24,8 @@ pub enum EventKind {
     Wakeup = 4,
     /// A [`SchedEvent`]: a new thread became runnable (`sched_wakeup_new`).
     WakeupNew = 5,
-    /// A [`GoEvent`]: the Go runtime is about to run goroutine `goid` on
-    /// the thread (`runtime.execute`).
-    GoExecute = 6,
-    /// A [`GoEvent`]: the thread's goroutine stopped running; the thread is
-    /// in the runtime's scheduler, on its own stack (`runtime.schedule`).
-    GoSchedule = 7,
-    /// A [`GoEvent`]: the thread's goroutine ended (`runtime.goexit1`).
-    GoExit = 8,
-    /// A [`GoEvent`]: the thread became the runtime's monitor
-    /// (`runtime.sysmon`), which runs no goroutines.
-    GoSysmon = 9,
+    // 6 to 9 were the Go runtime's uprobes' records: goroutines now come
+    // with each syscall record.
     /// An [`IoUringEvent`]: a request completed.
     IoUring = 10,
     /// A [`SlowDetail`]: what a call of `--slow`'s left behind at its
@@ -54,10 +45,6 @@ impl EventKind {
             3 => Some(Self::SwitchIn),
             4 => Some(Self::Wakeup),
             5 => Some(Self::WakeupNew),
-            6 => Some(Self::GoExecute),
-            7 => Some(Self::GoSchedule),
-            8 => Some(Self::GoExit),
-            9 => Some(Self::GoSysmon),
             10 => Some(Self::IoUring),
             11 => Some(Self::SlowDetail),
             12 => Some(Self::WokenBy),
@@ -105,7 +92,27 @@ pub struct SyscallEvent {
     /// (reading it costs a third of the record) except for calls that never
     /// return or may rename the thread: see [`syscall_flags`].
     pub comm: [u8; COMM_LEN],
+    /// The goroutine that made the call, read from its thread at
+    /// `sys_enter` (0: the runtime's own g0); [`NO_GOROUTINE`] outside the
+    /// followed Go program, [`GOROUTINE_UNREAD`] where it could not be read.
+    pub goid: u64,
+    /// The pc the goroutine was started at (`runtime.g.startpc`); 0 when
+    /// not read (the thread's previous call on this CPU was the same
+    /// goroutine's, whose start userspace already has).
+    pub go_start_pc: u64,
 }
+
+/// `SyscallEvent::goid` of a process that is not the followed Go program.
+pub const NO_GOROUTINE: u64 = u64::MAX;
+
+/// `SyscallEvent::goid` of a call of the followed Go program whose
+/// goroutine could not be read (before the runtime set up the thread's
+/// TLS, or a page the kernel could not read without faulting).
+pub const GOROUTINE_UNREAD: u64 = u64::MAX - 1;
+
+/// `TRACED[pid]` of a traced process that runs the followed Go program
+/// (any other non-zero value: traced).
+pub const TRACED_GO: u8 = 2;
 
 /// `SchedEvent::flags` of a [`EventKind::SwitchOut`]: the thread gave up its
 /// CPU itself (it blocked), as the kernel counts `nvcsw`; otherwise it was
@@ -242,28 +249,6 @@ pub const MAX_KERNEL_STACKS: u32 = 16_384;
 /// call already as slow as `--slow` asks when it is woken.
 pub const KERNEL_STACK_NOT_TAKEN: u32 = u32::MAX;
 
-/// What the Go runtime of a traced process did on one of its threads, from
-/// a uprobe on a runtime function.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GoEvent {
-    /// [`EventKind::GoExecute`], `GoSchedule`, `GoExit` or `GoSysmon`.
-    pub kind: u32,
-    /// CPU the thread ran on.
-    pub cpu: u32,
-    /// Process id (tgid).
-    pub pid: u32,
-    /// Thread id: the runtime's M.
-    pub tid: u32,
-    /// With `GoExecute`: the goroutine's id (`runtime.g.goid`); 0 otherwise.
-    pub goid: u64,
-    /// With `GoExecute`: the pc of the function the goroutine was started
-    /// with (`runtime.g.startpc`); 0 otherwise.
-    pub start_pc: u64,
-    /// `bpf_ktime_get_ns()` of the event.
-    pub ts_ns: u64,
-}
-
 /// What the start-up check program read from probe's own task, to prove
 /// that the `task_struct` offsets found in BTF are right before any result
 /// depends on them.
@@ -301,6 +286,9 @@ pub struct InFlight {
     pub pid: u32,
     /// `SYSCALL_FLAGS[nr]`, looked up once.
     pub flags: u32,
+    /// `SyscallEvent::goid` and `go_start_pc`, read at entry.
+    pub goid: u64,
+    pub go_start_pc: u64,
 }
 
 /// What each CPU keeps between programs (the per-CPU `CPU_STATE`), which
@@ -315,7 +303,11 @@ pub struct CpuState {
     pub call: InFlight,
     /// Records this CPU sent since it last woke the reader.
     pub unsent: u32,
-    pub _pad: u32,
+    /// The thread of the latest call of the followed Go program on this
+    /// CPU, and its goroutine: a goroutine's next call on the same thread
+    /// and CPU need not read its start again.
+    pub go_tid: u32,
+    pub go_goid: u64,
 }
 
 /// `SYSCALL_FLAGS[nr]` bits: what the kernel programs do with syscall `nr`.
@@ -443,7 +435,6 @@ pub const MAX_LOST_KEYS: u32 = 1 << 20;
 pub enum Record {
     Syscall(SyscallEvent),
     Sched(SchedEvent),
-    Go(GoEvent),
     IoUring(IoUringEvent),
     SlowDetail(alloc::boxed::Box<SlowDetail>),
     WokenBy(WakeEvent),
@@ -459,9 +450,6 @@ impl Record {
             EventKind::Syscall => Self::Syscall(read_record(bytes)?),
             EventKind::SwitchOut | EventKind::SwitchIn | EventKind::Wakeup | EventKind::WakeupNew => {
                 Self::Sched(read_record(bytes)?)
-            }
-            EventKind::GoExecute | EventKind::GoSchedule | EventKind::GoExit | EventKind::GoSysmon => {
-                Self::Go(read_record(bytes)?)
             }
             EventKind::IoUring => Self::IoUring(read_record(bytes)?),
             EventKind::SlowDetail => Self::SlowDetail(alloc::boxed::Box::new(read_record(bytes)?)),
@@ -512,14 +500,13 @@ pub const fn table_index(nr: u32) -> u32 {
 pub const COMPAT_NR: u32 = 0x4000_0000;
 
 // The layouts are a contract between two compilers: pin them.
-const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 64);
+const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 80);
 const _: () = assert!(core::mem::align_of::<SyscallEvent>() == 8);
-const _: () = assert!(core::mem::size_of::<InFlight>() == 24);
-const _: () = assert!(core::mem::size_of::<CpuState>() == 32);
+const _: () = assert!(core::mem::size_of::<InFlight>() == 40);
+const _: () = assert!(core::mem::size_of::<CpuState>() == 56);
 const _: () = assert!(core::mem::offset_of!(CpuState, call) == 0);
 const _: () = assert!(core::mem::size_of::<SchedEvent>() == 56);
 const _: () = assert!(core::mem::align_of::<SchedEvent>() == 8);
-const _: () = assert!(core::mem::size_of::<GoEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<IoUringEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<IoRequest>() == 24);
 const _: () = assert!(core::mem::size_of::<OffsetCheck>() == 24);
@@ -549,10 +536,12 @@ mod tests {
             start_ns: 5,
             duration_ns: 6,
             comm: [b'x'; COMM_LEN],
+            goid: 7,
+            go_start_pc: 8,
         };
         assert_eq!(Record::decode(bytes(&syscall)), Some(Record::Syscall(syscall)));
         assert_eq!(Record::decode(&bytes(&syscall)[1..]), None);
-        assert_eq!(Record::decode(&bytes(&syscall)[..48]), None);
+        assert_eq!(Record::decode(&bytes(&syscall)[..64]), None);
 
         let mut switch = SchedEvent {
             kind: EventKind::SwitchIn as u32,

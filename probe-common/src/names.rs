@@ -43,10 +43,26 @@ pub mod global {
     pub const TASK_PID_OFFSET: &str = "TASK_PID_OFFSET";
     /// Byte offset of `task_struct.tgid` in the running kernel.
     pub const TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
-    /// Byte offset of `runtime.g.goid` in the traced Go binary.
+    /// Byte offset of `runtime.g.goid` in the followed Go program.
     pub const GO_GOID_OFFSET: &str = "GO_GOID_OFFSET";
-    /// Byte offset of `runtime.g.startpc` in the traced Go binary.
+    /// Byte offset of `runtime.g.startpc` in the followed Go program.
     pub const GO_STARTPC_OFFSET: &str = "GO_STARTPC_OFFSET";
+    /// Where the followed Go program keeps a thread's `g`, from the
+    /// thread's FS base (an `i64`: -8 without cgo).
+    pub const GO_TLS_OFFSET: &str = "GO_TLS_OFFSET";
+    /// The followed Go program's executable: its device (the kernel's
+    /// encoding) and inode.
+    pub const GO_EXE_DEV: &str = "GO_EXE_DEV";
+    pub const GO_EXE_INO: &str = "GO_EXE_INO";
+    /// Byte offset of `thread.fsbase` in `task_struct`.
+    pub const TASK_FSBASE_OFFSET: &str = "TASK_FSBASE_OFFSET";
+    /// Byte offsets of `linux_binprm.file`, `file.f_inode`, `inode.i_ino`,
+    /// `inode.i_sb` and `super_block.s_dev`: which executable an exec runs.
+    pub const BINPRM_FILE_OFFSET: &str = "BINPRM_FILE_OFFSET";
+    pub const FILE_INODE_OFFSET: &str = "FILE_INODE_OFFSET";
+    pub const INODE_INO_OFFSET: &str = "INODE_INO_OFFSET";
+    pub const INODE_SB_OFFSET: &str = "INODE_SB_OFFSET";
+    pub const SB_DEV_OFFSET: &str = "SB_DEV_OFFSET";
     /// Offset of `ctx` in the `io_uring_submit_req` record.
     pub const IOU_SUBMIT_CTX: &str = "IOU_SUBMIT_CTX";
     /// Offset of `req` in the `io_uring_submit_req` record.
@@ -128,14 +144,9 @@ pub mod program {
     /// Raw tracepoint `sched_process_free` (`sched:sched_process_free`).
     pub const SCHED_PROCESS_FREE: &str = "sched_process_free";
 
-    /// Uprobe on the Go runtime's `runtime.execute`.
-    pub const GO_EXECUTE: &str = "go_execute";
-    /// Uprobe on the Go runtime's `runtime.schedule`.
-    pub const GO_SCHEDULE: &str = "go_schedule";
-    /// Uprobe on the Go runtime's `runtime.goexit1`.
-    pub const GO_EXIT: &str = "go_exit";
-    /// Uprobe on the Go runtime's `runtime.sysmon`.
-    pub const GO_SYSMON: &str = "go_sysmon";
+    /// Raw tracepoint `sched_process_exec` (`sched:sched_process_exec`),
+    /// when a Go program is followed.
+    pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
 
     /// Tracepoint `io_uring:io_uring_submit_req`.
     pub const IO_URING_SUBMIT_REQ: &str = "io_uring_submit_req";

@@ -14,7 +14,7 @@
 //! - `process`: `sched_process_fork` and `sched_process_exit`, which keep
 //!   `TRACED` and the parked calls to live processes and threads;
 //! - `sched`: `sched_switch` and the wakeups;
-//! - `golang`: the uprobes on the Go runtime;
+//! - `golang`: the followed Go program's goroutines, read at `sys_enter`;
 //! - `io_uring`: the io_uring tracepoints;
 //! - `slow`: with `--slow`, the registers, user and kernel stacks and
 //!   wakers behind slow calls;

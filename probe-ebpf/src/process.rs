@@ -70,10 +70,15 @@ shared!(program sched_process_fork as SCHED_PROCESS_FORK);
 fn try_sched_process_fork(ctx: &RawTracePointContext) -> Result<u32, u32> {
     // TP_PROTO(struct task_struct *parent, struct task_struct *child),
     // as the parent.
-    if !is_traced((bpf_get_current_pid_tgid() >> 32) as u32) {
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !is_traced(pid) {
         return Ok(0);
     }
+    // A new thread (it fires for those too) keeps its process's mark,
+    // `TRACED_GO` included.
     let (_, child_pid) = task_ids(ctx.arg::<*const u8>(1))?;
-    TRACED.set(child_pid, 1u8, 0).map_err(|_| 0u32)?;
+    if child_pid != pid {
+        TRACED.set(child_pid, 1u8, 0).map_err(|_| 0u32)?;
+    }
     Ok(0)
 }

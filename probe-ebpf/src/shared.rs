@@ -98,13 +98,20 @@ pub(crate) fn config<T: Copy>(global: &T) -> T {
 
 #[inline(always)]
 pub(crate) fn is_traced(pid: u32) -> bool {
+    traced(pid) != 0
+}
+
+/// `TRACED[pid]` (`TRACED_GO` for the followed Go program), 1 for any
+/// process of a whole-system trace, 0 for one not traced.
+#[inline(always)]
+pub(crate) fn traced(pid: u32) -> u8 {
     if pid == config(&SELF_PID) {
-        return false;
+        return 0;
     }
     if config(&FILTER_PIDS) == 0 {
-        return true;
+        return 1;
     }
-    matches!(TRACED.get(pid), Some(&traced) if traced != 0)
+    TRACED.get(pid).copied().unwrap_or(0)
 }
 
 /// Adds one to a counter and returns the new value on this CPU.

@@ -17,12 +17,13 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use probe_common::{
     errno_of, syscall_flags, table_index, Counter, CpuState, EventKind, InFlight, LostCall, SyscallEvent,
-    COMPAT_FLAGS_BASE, COMPAT_NR, MAX_LOST_KEYS, MAX_PARKED_CALLS, MAX_SYSCALL_NR, SYSCALL_NO_RETURN,
-    SYSCALL_UNSEEN_ENTRY,
+    COMPAT_FLAGS_BASE, COMPAT_NR, MAX_LOST_KEYS, MAX_PARKED_CALLS, MAX_SYSCALL_NR, NO_GOROUTINE,
+    SYSCALL_NO_RETURN, SYSCALL_UNSEEN_ENTRY, TRACED_GO,
 };
 
 use crate::{
-    shared::{bump, config, cpu, cpu_state, current_task_field, is_traced, now, send, write_comm},
+    golang::goroutine,
+    shared::{bump, config, cpu, cpu_state, current_task_field, is_traced, now, send, traced, write_comm},
     slow::{send_detail, wants_detail},
 };
 
@@ -93,6 +94,8 @@ fn emit(state: *mut CpuState, call: &InFlight, ret: i64, duration_ns: u64) {
         (*r).start_ns = call.start_ns;
         (*r).duration_ns = duration_ns;
         write_comm(&raw mut (*r).comm, flags & (syscall_flags::NO_RETURN | syscall_flags::RENAMES) != 0);
+        (*r).goid = call.goid;
+        (*r).go_start_pc = call.go_start_pc;
         record.assume_init()
     };
     if !send(state, &record) {
@@ -174,7 +177,8 @@ shared!(program sys_enter as SYS_ENTER);
 fn try_sys_enter(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let tid_pid = bpf_get_current_pid_tgid();
     let pid = (tid_pid >> 32) as u32;
-    if !is_traced(pid) {
+    let traced = traced(pid);
+    if traced == 0 {
         return Ok(0);
     }
     // TP_PROTO(struct pt_regs *regs, long id)
@@ -183,8 +187,10 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<u32, u32> {
     if config(&FILTER_SYSCALLS) != 0 && flags & syscall_flags::WANTED == 0 {
         return Ok(0);
     }
-    let call = InFlight { start_ns: now(), nr, tid: tid_pid as u32, pid, flags: u32::from(flags) };
     let state = cpu_state()?;
+    let tid = tid_pid as u32;
+    let (goid, go_start_pc) = if traced == TRACED_GO { goroutine(state, tid) } else { (NO_GOROUTINE, 0) };
+    let call = InFlight { start_ns: now(), nr, tid, pid, flags: u32::from(flags), goid, go_start_pc };
     if flags & syscall_flags::NO_RETURN != 0 {
         emit(state, &call, 0, 0);
         return Ok(0);
@@ -316,6 +322,9 @@ fn unseen_entry(ctx: &RawTracePointContext, state: *mut CpuState, tid_pid: u64, 
         (*r).duration_ns = 0;
         // Named: the thread may have made no other call yet.
         write_comm(&raw mut (*r).comm, true);
+        // Its goroutine at entry was not read.
+        (*r).goid = NO_GOROUTINE;
+        (*r).go_start_pc = 0;
         record.assume_init()
     };
     send(state, &record);

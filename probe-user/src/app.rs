@@ -19,7 +19,7 @@ use crate::{
     clock, escape,
     golang::{
         self,
-        binary::{GoBinary, Inspection, UPROBES},
+        binary::{GoBinary, Inspection},
         Goroutines,
     },
     metrics::{server::Endpoint, Limits, Store},
@@ -90,12 +90,19 @@ fn raise_descriptor_limit() {
 }
 
 /// The traced executable, if it is a Go program whose goroutines probe can
-/// follow; a Go program it cannot follow gets a note on stderr, and so does
-/// an executable that is not Go at all (--goroutines was asked for).
-fn followable_go_program(path: &Path) -> Result<Option<(PathBuf, GoBinary)>> {
+/// follow, with its device and inode; a Go program it cannot follow gets a
+/// note on stderr, and so does an executable that is not Go at all when
+/// `asked` (--goroutines).
+fn followable_go_program(path: &Path, asked: bool) -> Result<Option<(GoBinary, u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
     match golang::binary::inspect(path)? {
         Inspection::NotGo => {
-            eprintln!("probe: {} is not a Go program: --goroutines has nothing to follow", path.display());
+            if asked {
+                eprintln!(
+                    "probe: {} is not a Go program: --goroutines has nothing to follow",
+                    path.display()
+                );
+            }
             Ok(None)
         }
         Inspection::Unsupported { version, why } => {
@@ -105,8 +112,18 @@ fn followable_go_program(path: &Path) -> Result<Option<(PathBuf, GoBinary)>> {
             );
             Ok(None)
         }
-        Inspection::Go(binary) => Ok(Some((path.to_owned(), binary))),
+        Inspection::Go(binary) => {
+            let file = std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
+            Ok(Some((binary, file.dev(), file.ino())))
+        }
     }
+}
+
+/// Whether process `pid` runs the executable with device `dev` and inode
+/// `ino`.
+fn runs(pid: u32, (dev, ino): (u64, u64)) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/exe")).is_ok_and(|exe| (exe.dev(), exe.ino()) == (dev, ino))
 }
 
 fn run(args: Args) -> Result<i32> {
@@ -152,13 +169,8 @@ fn run(args: Args) -> Result<i32> {
         (None, None) => None,
     };
     let go_program = match &executable {
-        Some(path) if args.goroutines => followable_go_program(path)?,
-        Some(path) if golang::binary::is_go(path) => {
-            eprintln!(
-                "probe: {} is a Go program: --goroutines shows which goroutine made each syscall, at a cost to every goroutine switch",
-                path.display()
-            );
-            None
+        Some(path) if !args.no_goroutines && !args.no_syscalls => {
+            followable_go_program(path, args.goroutines)?
         }
         _ => None,
     };
@@ -179,11 +191,12 @@ fn run(args: Args) -> Result<i32> {
             .slow
             .map_or(0, |threshold| u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX).max(1)),
         tail_details,
-        go: go_program.as_ref().map(|(path, binary)| GoTarget {
-            path: path.clone(),
+        go: go_program.as_ref().map(|&(ref binary, dev, ino)| GoTarget {
+            dev,
+            ino,
+            tls_offset: binary.tls_offset,
             goid_offset: binary.goid_offset,
             startpc_offset: binary.startpc_offset,
-            uprobes: &UPROBES,
         }),
     };
     let (mut probe, streams) = Probe::attach(&config, args.verbose > 0)?;
@@ -218,7 +231,8 @@ fn run(args: Args) -> Result<i32> {
         }
         None => None,
     };
-    let mut pipeline = Pipeline::new(go_program.map(|(_, binary)| Goroutines::new(binary)));
+    let go_executable = go_program.as_ref().map(|&(_, dev, ino)| (dev, ino));
+    let mut pipeline = Pipeline::new(go_program.map(|(binary, _, _)| Goroutines::new(binary)));
     pipeline.explain_calls(args.slow, tail_details);
     // The explaining thread, which slow calls' details go to, and with
     // --slow kallsyms read, before the traced threads run: a storm would
@@ -232,14 +246,15 @@ fn run(args: Args) -> Result<i32> {
         _ => None,
     };
     let (target, command_output) = if let Some(mut gated) = gated {
-        probe.trace_pid(gated.pid.as_raw() as u32)?;
+        // Not Go yet: it becomes the Go program at its exec.
+        probe.trace_pid(gated.pid.as_raw() as u32, false)?;
         let command_output = gated.output.take();
         (Traced::Command(gated.release()?), command_output)
     } else if pids.is_empty() {
         (Traced::System, None)
     } else {
         for target in &pids {
-            probe.trace_pid(target.pid)?;
+            probe.trace_pid(target.pid, go_executable.is_some_and(|exe| runs(target.pid, exe)))?;
         }
         (Traced::Pids(pids), None)
     };

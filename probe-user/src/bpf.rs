@@ -3,22 +3,19 @@
 use std::{
     io,
     os::fd::{AsFd, AsRawFd, OwnedFd},
-    path::PathBuf,
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{
-        raw_trace_point::RawTracePointLinkId, uprobe::UProbeScope, RawTracePoint, TracePoint, UProbe,
-    },
+    programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use probe_common::{
     names::{global, map, program},
     syscall_flags, Counter, CpuState, InFlight, LostCall, OffsetCheck, SyscallEvent, COMPAT_FLAGS_BASE,
-    MAX_SYSCALL_NR, REGS_WORDS,
+    MAX_SYSCALL_NR, REGS_WORDS, TRACED_GO,
 };
 use syscalls::{x86::Sysno as I386, Sysno};
 
@@ -64,7 +61,8 @@ pub struct Config {
     /// Benchmarks only: attach a program that does nothing where the real
     /// ones would go, to measure what attaching alone costs.
     pub floor: bool,
-    /// Follow the goroutines of this Go executable.
+    /// Follow the goroutines of this Go executable, in the traced
+    /// processes that run it.
     pub go: Option<GoTarget>,
     /// Follow io_uring requests (with the syscalls).
     pub io_uring: bool,
@@ -117,15 +115,16 @@ impl IoUringLayout {
     }
 }
 
-/// A Go executable to put uprobes in, and where `runtime.g` keeps what the
-/// programs read.
-#[derive(Debug)]
+/// The Go executable whose goroutines are followed, and where its threads
+/// keep what the programs read.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct GoTarget {
-    pub path: PathBuf,
+    /// Its device (`st_dev`, userspace's encoding) and inode.
+    pub dev: u64,
+    pub ino: u64,
+    pub tls_offset: i64,
     pub goid_offset: u32,
     pub startpc_offset: u32,
-    /// Each Go program and the runtime function it goes on.
-    pub uprobes: &'static [(&'static str, &'static str)],
 }
 
 /// What the kernel programs counted and could not deliver, by cause (the
@@ -288,6 +287,19 @@ impl Probe {
                 .inspect_err(|err| eprintln!("probe: the slowest calls come without their wakers: {err:#}"))
                 .unwrap_or(0),
         };
+        // The goroutine at each call's entry: the thread's TLS base, and
+        // which executable each exec of a traced process runs.
+        let go = match (&config.go, config.syscalls && !config.floor) {
+            (Some(go), true) => Some((
+                *go,
+                btf.task_fsbase_offset().context("goroutines are read from a thread's TLS")?,
+                btf.exec_file_offsets().context("goroutines are followed across exec")?,
+            )),
+            _ => None,
+        };
+        let (go_target, fsbase_offset, exec) = go.unwrap_or_default();
+        // The kernel's dev_t: MKDEV(major, minor), 20 bits of minor.
+        let go_dev = (libc::major(go_target.dev) << 20) | libc::minor(go_target.dev);
         let slow_ns = if slow { config.slow_ns } else { 0 };
         let sp_offset = regs.map_or(0, |regs| regs.sp);
         // Megabytes that nothing needs from here on.
@@ -312,12 +324,17 @@ impl Probe {
             .override_global(global::TASK_PID_OFFSET, &offsets.pid, true)
             .override_global(global::TASK_TGID_OFFSET, &offsets.tgid, true)
             .override_global(global::TASK_MIGRATIONS_OFFSET, &migrations_offset, true)
-            .override_global(global::GO_GOID_OFFSET, &config.go.as_ref().map_or(0, |go| go.goid_offset), true)
-            .override_global(
-                global::GO_STARTPC_OFFSET,
-                &config.go.as_ref().map_or(0, |go| go.startpc_offset),
-                true,
-            )
+            .override_global(global::GO_GOID_OFFSET, &go_target.goid_offset, true)
+            .override_global(global::GO_STARTPC_OFFSET, &go_target.startpc_offset, true)
+            .override_global(global::GO_TLS_OFFSET, &go_target.tls_offset, true)
+            .override_global(global::GO_EXE_DEV, &go_dev, true)
+            .override_global(global::GO_EXE_INO, &go_target.ino, true)
+            .override_global(global::TASK_FSBASE_OFFSET, &fsbase_offset, true)
+            .override_global(global::BINPRM_FILE_OFFSET, &exec.file, true)
+            .override_global(global::FILE_INODE_OFFSET, &exec.inode, true)
+            .override_global(global::INODE_INO_OFFSET, &exec.ino, true)
+            .override_global(global::INODE_SB_OFFSET, &exec.sb, true)
+            .override_global(global::SB_DEV_OFFSET, &exec.dev, true)
             .override_global(global::IOU_SUBMIT_CTX, &at(|l| l.submit_ctx), true)
             .override_global(global::IOU_SUBMIT_REQ, &at(|l| l.submit_req), true)
             .override_global(global::IOU_SUBMIT_OPCODE, &at(|l| l.submit_opcode), true)
@@ -378,6 +395,11 @@ impl Probe {
         if untrace_at_free != 0 {
             programs.push(program::SCHED_PROCESS_FREE);
         }
+        // Before the syscalls: a traced process that execs the Go program
+        // is marked before its first call in it.
+        if go.is_some() && config.filter_pids {
+            programs.push(program::SCHED_PROCESS_EXEC);
+        }
         // sched_switch also parks the calls of threads that leave their CPU
         // mid-syscall, so it goes before sys_enter, and sys_exit before
         // both: no call is then recorded that nothing would complete.
@@ -393,9 +415,6 @@ impl Probe {
         }
         for program in programs {
             attach(&mut ebpf, program, program)?;
-        }
-        if let Some(go) = &config.go {
-            attach_go(&mut ebpf, go)?;
         }
         if io_uring.is_some() {
             // Completion last: no request is then followed that nothing
@@ -478,9 +497,11 @@ impl Probe {
         self.regs
     }
 
-    /// Adds a process (all its threads, present and future) to the trace.
-    pub fn trace_pid(&mut self, pid: u32) -> Result<()> {
-        self.traced.set(pid, 1, 0).with_context(|| format!("cannot add PID {pid} to the trace"))
+    /// Adds a process (all its threads, present and future) to the trace;
+    /// with `go`, as one that runs the followed Go program.
+    pub fn trace_pid(&mut self, pid: u32, go: bool) -> Result<()> {
+        let value = if go { TRACED_GO } else { 1 };
+        self.traced.set(pid, value, 0).with_context(|| format!("cannot add PID {pid} to the trace"))
     }
 
     /// Has the kernel time every run of every BPF program from now on, for
@@ -675,24 +696,6 @@ fn set_syscall_flags(ebpf: &mut Ebpf, only: &[Sysno]) -> Result<()> {
     }
     for (nr, &flag) in flags.iter().enumerate().filter(|(_, &flag)| flag != 0) {
         table.set(nr as u32, flag, 0).context("cannot set the syscall flags")?;
-    }
-    Ok(())
-}
-
-/// Puts the Go programs on the runtime functions of the executable at
-/// `path`, for every process that runs it (the programs keep to the traced
-/// ones).
-fn attach_go(ebpf: &mut Ebpf, go: &GoTarget) -> Result<()> {
-    let path = &go.path;
-    for &(program, function) in go.uprobes {
-        let uprobe: &mut UProbe = ebpf
-            .program_mut(program)
-            .with_context(|| format!("the BPF object lacks {program}"))?
-            .try_into()?;
-        uprobe.load().with_context(|| format!("the kernel refused the BPF program {program}"))?;
-        uprobe
-            .attach(function, path, UProbeScope::AllProcesses)
-            .with_context(|| format!("cannot put a uprobe on {function} in {}", path.display()))?;
     }
     Ok(())
 }

@@ -70,6 +70,17 @@ impl KernelBtf {
     }
 }
 
+/// `linux_binprm.file`, `file.f_inode`, `inode.i_ino`, `inode.i_sb` and
+/// `super_block.s_dev`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecFileOffsets {
+    pub file: u32,
+    pub inode: u32,
+    pub ino: u32,
+    pub sb: u32,
+    pub dev: u32,
+}
+
 /// Where `pt_regs` keeps the registers a slow call's report reads: the
 /// instruction, stack and frame pointers its user stack is unwound from,
 /// and the six syscall arguments (x86-64: rdi, rsi, rdx, r10, r8, r9).
@@ -102,6 +113,26 @@ impl KernelBtf {
             "pt_regs in the kernel's BTF is not x86-64's (a register at byte {last})"
         );
         Ok(layout)
+    }
+
+    /// The byte offset in `task_struct` of `thread.fsbase`, the base of
+    /// the thread's TLS (x86-64).
+    pub fn task_fsbase_offset(&self) -> Result<u32> {
+        let data = self.data()?;
+        let [thread] = member_offsets(data, "task_struct", ["thread"])?;
+        let [fsbase] = member_offsets(data, "thread_struct", ["fsbase"])?;
+        Ok(thread + fsbase)
+    }
+
+    /// From an exec's `linux_binprm` to the device and inode of the
+    /// executable it runs.
+    pub fn exec_file_offsets(&self) -> Result<ExecFileOffsets> {
+        let data = self.data()?;
+        let [file] = member_offsets(data, "linux_binprm", ["file"])?;
+        let [inode] = member_offsets(data, "file", ["f_inode"])?;
+        let [ino, sb] = member_offsets(data, "inode", ["i_ino", "i_sb"])?;
+        let [dev] = member_offsets(data, "super_block", ["s_dev"])?;
+        Ok(ExecFileOffsets { file, inode, ino, sb, dev })
     }
 
     /// The byte offset of `task_struct.stack`, the task's kernel stack.

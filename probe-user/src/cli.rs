@@ -47,10 +47,14 @@ pub struct Args {
     pub no_sched: bool,
 
     /// Follow a traced Go program's goroutines: which one made each
-    /// syscall. Its uprobes cost the program microseconds at every goroutine
-    /// switch.
-    #[arg(long, conflicts_with = "no_syscalls", requires = "target")]
+    /// syscall (the default for a Go COMMAND or --pid; this says why when
+    /// it cannot).
+    #[arg(long, conflicts_with_all = ["no_syscalls", "no_goroutines"], requires = "target")]
     pub goroutines: bool,
+
+    /// Do not follow a traced Go program's goroutines.
+    #[arg(long)]
+    pub no_goroutines: bool,
 
     /// Also trace the processes that traced processes start (default with
     /// COMMAND, like strace -f).

@@ -10,8 +10,8 @@
 use std::mem;
 
 use probe_common::{
-    EventKind, InFlight, LostCall, Record, SlowDetail, SyscallEvent, LOST_MIGRATIONS, SWITCH_EXITED,
-    SYSCALL_NO_RETURN, SYSCALL_UNSEEN_ENTRY,
+    EventKind, InFlight, LostCall, Record, SlowDetail, SyscallEvent, LOST_MIGRATIONS, NO_GOROUTINE,
+    SWITCH_EXITED, SYSCALL_NO_RETURN, SYSCALL_UNSEEN_ENTRY,
 };
 use rustc_hash::FxHashMap;
 
@@ -64,7 +64,8 @@ pub struct SlowCallSeen {
     /// The thread's name, made visible.
     pub comm: String,
     pub call: SlowCall,
-    /// The goroutine that made it, with `--goroutines`.
+    /// The goroutine that made it, in the followed Go program
+    /// (`GOROUTINE_UNREAD` where it could not be read).
     pub goroutine: Option<u64>,
     /// Its registers and user stack at its return; `None` when the kernel
     /// programs were not asked for them or their record was dropped.
@@ -234,10 +235,7 @@ impl Pipeline {
                                 ret: event.ret,
                                 split,
                             },
-                            goroutine: self
-                                .goroutines
-                                .as_ref()
-                                .and_then(|goroutines| goroutines.goroutine_of(event.pid, event.tid)),
+                            goroutine: (event.goid != NO_GOROUTINE).then_some(event.goid),
                             detail,
                             blocked,
                             kernel_stacks: KernelStacks::default(),
@@ -271,11 +269,6 @@ impl Pipeline {
             }
             // Kept by `ingest`, without a copy of its 16 KiB.
             Record::SlowDetail(_) => {}
-            Record::Go(event) => {
-                if let Some(goroutines) = &mut self.goroutines {
-                    goroutines.apply(event);
-                }
-            }
             Record::IoUring(event) => {
                 let key = self.generations.current(event.pid, event.tid);
                 self.interval.record_io_uring(key, event);
@@ -507,7 +500,7 @@ mod tests {
         aggregate::{sched::Split, tests::Listed, ThreadKey},
         report::{Kind, Report, Span},
     };
-    use probe_common::{GoEvent, IoUringEvent, SchedEvent, SyscallEvent, COMM_LEN, SWITCH_VOLUNTARY};
+    use probe_common::{IoUringEvent, SchedEvent, SyscallEvent, COMM_LEN, SWITCH_VOLUNTARY};
     use proptest::prelude::*;
 
     fn bytes<T>(value: &T) -> Vec<u8> {
@@ -524,7 +517,20 @@ mod tests {
     fn syscall_record(tid: u32, nr: u32, flags: u32, start_ns: u64, duration_ns: u64) -> Vec<u8> {
         let comm = if flags & SYSCALL_NO_RETURN != 0 { name("worker") } else { [0; COMM_LEN] };
         let (kind, cpu, pid, ret) = (EventKind::Syscall as u32, 0, 1, 0);
-        bytes(&SyscallEvent { kind, cpu, pid, tid, nr, flags, ret, start_ns, duration_ns, comm })
+        bytes(&SyscallEvent {
+            kind,
+            cpu,
+            pid,
+            tid,
+            nr,
+            flags,
+            ret,
+            start_ns,
+            duration_ns,
+            comm,
+            goid: probe_common::NO_GOROUTINE,
+            go_start_pc: 0,
+        })
     }
 
     fn syscall(tid: u32, nr: u32, start_ns: u64, duration_ns: u64) -> Vec<u8> {
@@ -730,17 +736,8 @@ mod tests {
     }
 
     #[test]
-    fn go_and_io_uring_records_reach_their_tables() {
+    fn io_uring_records_reach_their_tables() {
         let mut pipeline = Pipeline::new(None);
-        let go = GoEvent {
-            kind: EventKind::GoExecute as u32,
-            cpu: 0,
-            pid: 1,
-            tid: 2,
-            goid: 7,
-            start_pc: 0,
-            ts_ns: 1,
-        };
         let mut op_name = [0; probe_common::OP_NAME_LEN];
         op_name[..3].copy_from_slice(b"NOP");
         let io = IoUringEvent {
@@ -756,7 +753,6 @@ mod tests {
             duration_ns: 2,
             op_name,
         };
-        assert_eq!(pipeline.ingest(&bytes(&go)), Some(Record::Go(go)));
         assert_eq!(pipeline.ingest(&bytes(&io)), Some(Record::IoUring(io)));
         let interval = pipeline.close_interval(&NOBODY);
         let thread = interval.get(ThreadKey::new(1, 2)).unwrap();
@@ -782,8 +778,8 @@ mod tests {
         let world = Listed(vec![(1, 1), (1, 2), (1, 3), (1, 4)]);
         // The kernel's: thread 3 on a CPU in getppid since 1500, thread 4
         // in a futex since 1200, asleep by its scheduler events.
-        let on_cpu = [InFlight { start_ns: 1500, nr: 110, tid: 3, pid: 1, flags: 0 }];
-        let parked = [InFlight { start_ns: 1200, nr: 202, tid: 4, pid: 1, flags: 0 }];
+        let on_cpu = [InFlight { start_ns: 1500, nr: 110, tid: 3, pid: 1, ..Default::default() }];
+        let parked = [InFlight { start_ns: 1200, nr: 202, tid: 4, pid: 1, ..Default::default() }];
         feed(
             &mut pipeline,
             &[sched(SwitchIn, 4, 0, 0, 1100), sched(SwitchOut, 4, 0, SWITCH_VOLUNTARY, 1250)],

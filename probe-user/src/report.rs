@@ -109,9 +109,9 @@ pub struct GoProcessReport {
     pub gomaxprocs_from: &'static str,
     /// Every thread seen: the OS threads the runtime created (its Ms).
     pub threads: Vec<GoThreadReport>,
-    pub goroutines_started: u64,
-    /// Goroutines started and not yet ended, when the report was made.
-    pub goroutines_alive: u64,
+    /// Goroutines seen making syscalls (g0 and calls of no goroutine
+    /// aside): those that made none are not seen.
+    pub goroutines_seen: u64,
 }
 
 /// One runtime thread.

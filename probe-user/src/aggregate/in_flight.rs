@@ -160,6 +160,8 @@ mod tests {
             start_ns: at_ns,
             duration_ns: 0,
             comm: [0; 16],
+            goid: probe_common::NO_GOROUTINE,
+            go_start_pc: 0,
         }
     }
 

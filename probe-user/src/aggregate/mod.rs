@@ -696,6 +696,8 @@ pub(crate) mod tests {
             start_ns: 1,
             duration_ns,
             comm,
+            goid: probe_common::NO_GOROUTINE,
+            go_start_pc: 0,
         }
     }
 

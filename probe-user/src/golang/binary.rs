@@ -1,21 +1,12 @@
 //! What probe needs to know about a Go executable before it can follow its
-//! goroutines: that it is Go and which version, where the runtime functions
-//! are (its symbol table), where `runtime.g` keeps the goroutine's id and
+//! goroutines: that it is Go and which version, where its threads keep
+//! their goroutine (its TLS), where `runtime.g` keeps the goroutine's id and
 //! start function (its DWARF), and the names of its functions.
 
 use std::{borrow::Cow, fs, path::Path};
 
 use anyhow::{Context, Result};
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
-use probe_common::names::program;
-
-/// The Go programs of the kernel side and the runtime function each goes on.
-pub const UPROBES: [(&str, &str); 4] = [
-    (program::GO_EXECUTE, "runtime.execute"),
-    (program::GO_SCHEDULE, "runtime.schedule"),
-    (program::GO_EXIT, "runtime.goexit1"),
-    (program::GO_SYSMON, "runtime.sysmon"),
-];
 
 /// What an executable turned out to be.
 #[derive(Debug)]
@@ -36,6 +27,8 @@ pub struct GoBinary {
     /// Byte offsets in `runtime.g`.
     pub goid_offset: u32,
     pub startpc_offset: u32,
+    /// Where a thread's `g` is, from its FS base.
+    pub tls_offset: i64,
     /// Address of `runtime.gomaxprocs` (an int32), if the binary is not
     /// position-independent.
     pub gomaxprocs: Option<u64>,
@@ -70,15 +63,6 @@ impl GoBinary {
     }
 }
 
-/// Whether the executable at `path` is a Go program (it has the section
-/// the Go linker writes its build information to).
-pub fn is_go(path: &Path) -> bool {
-    let Ok(data) = fs::read(path) else {
-        return false;
-    };
-    object::File::parse(&*data).is_ok_and(|file| file.section_by_name(".go.buildinfo").is_some())
-}
-
 /// Reads the executable at `path`.
 pub fn inspect(path: &Path) -> Result<Inspection> {
     let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -95,25 +79,26 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     if file.architecture() != object::Architecture::X86_64 {
         return unsupported("goroutines are followed on x86-64 only");
     }
-    if !register_abi(&version) {
-        return unsupported("goroutines are followed from Go 1.17 on (the register ABI)");
-    }
     let mut functions: Vec<(u64, u64, String)> = file
         .symbols()
         .filter(|symbol| symbol.kind() == SymbolKind::Text)
         .filter_map(|symbol| Some((symbol.address(), symbol.size(), symbol.name().ok()?.to_owned())))
         .collect();
+    // Stripped of its symbol table: the runtime's own table still names
+    // every function.
     if functions.is_empty() {
-        return unsupported("it is stripped (no symbol table)");
+        functions = table_functions(&file).unwrap_or_default();
     }
     functions.sort_unstable();
-    if let Some(missing) =
-        UPROBES.iter().map(|&(_, name)| name).find(|name| !functions.iter().any(|(_, _, f)| f == name))
-    {
-        return unsupported(&format!("it has no {missing}"));
-    }
-    let Some((goid_offset, startpc_offset)) = g_offsets(&file)? else {
-        return unsupported("it has no DWARF to find runtime.g's fields in (built with -ldflags=-w?)");
+    let Some(tls_offset) = tls_offset(&file) else {
+        return unsupported("it has no runtime.tlsg where its threads keep their goroutine");
+    };
+    let Some((goid_offset, startpc_offset)) = g_offsets(&file)?.or_else(|| known_g_offsets(&version)) else {
+        return unsupported(&format!(
+            "it has no DWARF to find runtime.g's fields in (built with -ldflags=-w?), and probe knows them \
+             without for {} only",
+            KNOWN_G_OFFSETS.map(|(release, _, _)| release).join(", ")
+        ));
     };
     let position_independent = file.kind() == object::ObjectKind::Dynamic;
     let gomaxprocs = file
@@ -122,7 +107,106 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         .map(|symbol| symbol.address())
         .filter(|_| !position_independent);
     let wrapped = wrapped_functions(&file).unwrap_or_default();
-    Ok(Inspection::Go(GoBinary { version, goid_offset, startpc_offset, gomaxprocs, functions, wrapped }))
+    Ok(Inspection::Go(GoBinary {
+        version,
+        goid_offset,
+        startpc_offset,
+        tls_offset,
+        gomaxprocs,
+        functions,
+        wrapped,
+    }))
+}
+
+/// `runtime.g`'s `goid` and `startpc` offsets per Go release, for
+/// binaries without DWARF; each is checked against the DWARF of a build
+/// with that release (`tests/golang.rs`, stripped builds).
+const KNOWN_G_OFFSETS: [(&str, u32, u32); 2] = [("go1.19", 152, 312), ("go1.27", 152, 304)];
+
+fn known_g_offsets(version: &str) -> Option<(u32, u32)> {
+    KNOWN_G_OFFSETS
+        .iter()
+        .find(|(release, _, _)| {
+            version.strip_prefix(release).is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .map(|&(_, goid, startpc)| (goid, startpc))
+}
+
+/// `.gopclntab`'s magic numbers: Go 1.18 and 1.19, and Go 1.20 on.
+const GO118_MAGIC: u32 = 0xffff_fff0;
+const GO120_MAGIC: u32 = 0xffff_fff1;
+
+/// `.gopclntab`'s header (Go 1.18+): the text start and where its tables
+/// are, and the function table, `(entry offset, _func offset)` per
+/// function from the start of `pclntable`.
+struct PcHeader<'a> {
+    magic: u32,
+    functions: usize,
+    text: u64,
+    names: &'a [u8],
+    pclntable: &'a [u8],
+}
+
+impl<'a> PcHeader<'a> {
+    /// Reads the header of `file`'s table.
+    fn read(file: &object::File<'a>) -> Option<Self> {
+        let table = file.section_by_name(".gopclntab")?.data().ok()?;
+        let word_at = |at: usize| Some(u64::from_le_bytes(table.get(at..at + 8)?.try_into().ok()?));
+        // magic, 2 pads, minLC, ptrSize; then nfunc, nfiles, textStart,
+        // and the offsets of funcnametab (32) ... pclntable (64).
+        let magic = u32_at(table, 0)?;
+        if ![GO118_MAGIC, GO120_MAGIC].contains(&magic) || table.get(7) != Some(&8) {
+            return None;
+        }
+        Some(Self {
+            magic,
+            functions: word_at(8)? as usize,
+            // Go 1.26 stopped filling textStart in: the text then starts
+            // at runtime.text, or, stripped of it, at the section (a Go
+            // linker's own output: with cgo's, C code may come first).
+            text: match word_at(24)? {
+                0 => file
+                    .symbols()
+                    .find(|symbol| symbol.name() == Ok("runtime.text"))
+                    .map(|symbol| symbol.address())
+                    .or_else(|| Some(file.section_by_name(".text")?.address()))?,
+                text => text,
+            },
+            names: table.get(word_at(32)? as usize..)?,
+            pclntable: table.get(word_at(64)? as usize..)?,
+        })
+    }
+
+    /// Function `index`'s entry offset from the text and its `_func`.
+    fn function(&self, index: usize) -> Option<(u32, &'a [u8])> {
+        let entry = u32_at(self.pclntable, index * 8)?;
+        Some((entry, self.pclntable.get(u32_at(self.pclntable, index * 8 + 4)? as usize..)?))
+    }
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Every function `.gopclntab` names, `(entry, size, name)`: what names a
+/// stripped binary's goroutines. A `_func` keeps its name's offset in
+/// `funcnametab` at byte 4 (Go 1.18 on).
+fn table_functions(file: &object::File) -> Option<Vec<(u64, u64, String)>> {
+    let header = PcHeader::read(file)?;
+    let mut functions = Vec::with_capacity(header.functions.min(1 << 20));
+    for index in 0..header.functions {
+        let (entry, func) = header.function(index)?;
+        // The table ends with the text's end: each function runs to the next.
+        let (end, _) = header.function(index + 1)?;
+        let name = header.names.get(u32_at(func, 4)? as usize..)?;
+        let name = &name[..name.iter().position(|&b| b == 0)?];
+        functions.push((
+            header.text + u64::from(entry),
+            u64::from(end.saturating_sub(entry)),
+            crate::escape::visible_bytes(name),
+        ));
+    }
+    Some(functions)
 }
 
 /// The wrappers of `.gopclntab` (Go 1.20+ layout) and the function each
@@ -130,28 +214,16 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
 /// the wrapped one from the start of the text. `None` where the table is
 /// missing or of another layout: goroutines are then named by their wrappers.
 fn wrapped_functions(file: &object::File) -> Option<Vec<(u64, u64)>> {
-    const GO120_MAGIC: u32 = 0xffff_fff1;
     const FUNCDATA_WRAP_INFO: usize = 7;
-    // `_func`'s fixed part: npcdata at 28, nfuncdata at 43, then the
-    // pcdata and funcdata offsets.
+    // `_func`'s fixed part (Go 1.20 on): npcdata at 28, nfuncdata at 43,
+    // then the pcdata and funcdata offsets.
     const FUNC_SIZE: usize = 44;
-    let table = file.section_by_name(".gopclntab")?.data().ok()?;
-    let symbol = |name: &str| file.symbols().find(|symbol| symbol.name() == Ok(name)).map(|s| s.address());
-    // moduledata.text and moduledata.gofunc of the (only) module.
-    let (text, gofunc) = (symbol("runtime.text")?, symbol("go:func.*")?);
-    let u32_at = |bytes: &[u8], at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
-    let word_at = |at: usize| Some(u64::from_le_bytes(table.get(at..at + 8)?.try_into().ok()?) as usize);
-    // pcHeader: magic, 2 pads, minLC, ptrSize; then nfunc, nfiles, an
-    // unused word, and offsets from it, pclntable's at 64.
-    if u32_at(table, 0)? != GO120_MAGIC || table.get(7) != Some(&8) {
-        return None;
-    }
-    let (functions, pclntable) = (word_at(8)?, table.get(word_at(64)?..)?);
+    let header = PcHeader::read(file).filter(|header| header.magic == GO120_MAGIC)?;
+    // moduledata.gofunc of the (only) module.
+    let gofunc = file.symbols().find(|symbol| symbol.name() == Ok("go:func.*"))?.address();
     let mut wrapped = Vec::new();
-    for index in 0..functions {
-        // pclntable starts with ftab: (entry offset, offset of the _func in
-        // pclntable) per function.
-        let func = pclntable.get(u32_at(pclntable, index * 8 + 4)? as usize..)?;
+    for index in 0..header.functions {
+        let (entry, func) = header.function(index)?;
         let (npcdata, nfuncdata) = (u32_at(func, 28)? as usize, usize::from(*func.get(43)?));
         if nfuncdata <= FUNCDATA_WRAP_INFO {
             continue;
@@ -162,10 +234,31 @@ fn wrapped_functions(file: &object::File) -> Option<Vec<(u64, u64)>> {
         }
         let info = gofunc + u64::from(offset);
         let target = file.sections().find_map(|section| section.data_range(info, 4).ok().flatten())?;
-        wrapped.push((text + u64::from(u32_at(func, 0)?), text + u64::from(u32_at(target, 0)?)));
+        wrapped.push((header.text + u64::from(entry), header.text + u64::from(u32_at(target, 0)?)));
     }
     wrapped.sort_unstable();
     Some(wrapped)
+}
+
+/// Where a thread's `g` is, from its FS base. Without cgo the runtime has
+/// no TLS segment and keeps it at -8 itself; with cgo it is `runtime.tlsg`,
+/// in the executable's TLS block, which on x86-64 ends at the thread
+/// pointer (variant II).
+fn tls_offset(file: &object::File) -> Option<i64> {
+    use object::read::elf::ProgramHeader;
+    const NO_CGO: i64 = -8;
+    let object::File::Elf64(elf) = file else {
+        return None;
+    };
+    let endian = elf.endian();
+    let Some(tls) =
+        elf.elf_program_headers().iter().find(|header| header.p_type(endian) == object::elf::PT_TLS)
+    else {
+        return Some(NO_CGO);
+    };
+    let (size, align) = (tls.p_memsz(endian), tls.p_align(endian).max(1));
+    let tlsg = file.symbols().find(|symbol| symbol.name() == Ok("runtime.tlsg"))?.address();
+    Some(tlsg as i64 - size.next_multiple_of(align) as i64)
 }
 
 /// The version string of `.go.buildinfo`, where Go 1.18+ puts it inline:
@@ -191,16 +284,6 @@ fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
         }
     }
     None
-}
-
-/// Go 1.17 and later pass arguments in registers on amd64.
-fn register_abi(version: &str) -> bool {
-    let numbers = version.trim_start_matches("go");
-    let mut parts = numbers.split(|c: char| !c.is_ascii_digit()).map(|part| part.parse::<u32>().ok());
-    match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(major), Some(minor)) => (major, minor) >= (1, 17),
-        _ => false,
-    }
 }
 
 /// `runtime.g`'s `goid` and `startpc` offsets, from the DWARF.
@@ -277,20 +360,9 @@ mod tests {
     }
 
     #[test]
-    fn the_register_abi_starts_at_go_1_17() {
-        assert!(register_abi("go1.17"));
-        assert!(register_abi("go1.19.8"));
-        assert!(register_abi("go1.22rc1"));
-        assert!(register_abi("go2.0"));
-        assert!(!register_abi("go1.16.15"));
-        assert!(!register_abi("devel +abc"));
-    }
-
-    #[test]
     fn a_non_go_binary_is_not_go() {
         let me = std::env::current_exe().unwrap();
         assert!(matches!(inspect(&me).unwrap(), Inspection::NotGo));
         assert!(matches!(inspect(Path::new("/etc/hostname")).unwrap(), Inspection::NotGo));
-        assert!(!is_go(&me) && !is_go(Path::new("/nonexistent")));
     }
 }

@@ -1,17 +1,15 @@
-//! The Go view: which goroutine made each syscall of a traced Go program,
-//! which OS threads (the runtime's Ms) each goroutine ran on, and what each
-//! thread is to the runtime. The kernel sends a record when a thread starts
-//! running a goroutine (`runtime.execute`), goes back to the scheduler
-//! (`runtime.schedule`), ends a goroutine (`runtime.goexit1`) or becomes the
-//! monitor (`runtime.sysmon`); a thread's syscall belongs to the goroutine
-//! it last started, or to the runtime itself (goroutine 0, `g0`) when it is
-//! in the scheduler.
+//! The Go view: which goroutine made each syscall of the followed Go
+//! program, which OS threads (the runtime's Ms) each goroutine ran on, and
+//! what each thread is to the runtime. The kernel reads the goroutine from
+//! the thread's TLS at each syscall's entry and sends it with the call's
+//! record (goroutine 0, `g0`, is the runtime itself: its scheduler, and
+//! sysmon's thread): no uprobes, no cost at goroutine switches.
 
 pub mod binary;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use probe_common::{EventKind, GoEvent, SyscallEvent};
+use probe_common::{SyscallEvent, GOROUTINE_UNREAD, NO_GOROUTINE};
 use rustc_hash::FxHashMap;
 
 use crate::{
@@ -32,27 +30,29 @@ const FOLDED_GOID: u64 = u64::MAX;
 
 #[derive(Debug, Default)]
 struct Goroutine {
+    /// Where it started (`runtime.g.startpc`); 0 until a record brought it.
     start_pc: u64,
     syscalls: FxHashMap<u32, SyscallStats>,
     threads: BTreeSet<u32>,
     last_thread: Option<u32>,
-    /// Runs that began on another thread than the previous run.
+    /// Calls made on another thread than its previous call.
     moves: u64,
     exited: bool,
 }
 
-/// What a thread is to the runtime, as of its latest record.
+/// What a thread is to the runtime, as of its latest call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Thread {
-    /// The goroutine it runs (0: the scheduler); `None` before any record.
+    /// The goroutine of its latest call (0: the runtime's g0); `None` before
+    /// any.
     goroutine: Option<u64>,
-    sysmon: bool,
 }
 
 #[derive(Debug, Default)]
 struct Process {
     threads: BTreeMap<u32, Thread>,
-    started: u64,
+    /// Goroutines seen making calls.
+    seen: u64,
     exited: Vec<u64>,
     gomaxprocs: Option<i32>,
 }
@@ -71,85 +71,83 @@ impl Goroutines {
         Self { binary, processes: BTreeMap::new(), goroutines: BTreeMap::new() }
     }
 
-    /// Follows a runtime record.
-    pub fn apply(&mut self, event: &GoEvent) {
-        let process = self.processes.entry(event.pid).or_default();
-        let thread = process.threads.entry(event.tid).or_default();
-        match EventKind::from_u32(event.kind) {
-            Some(EventKind::GoExecute) => {
-                thread.goroutine = Some(event.goid);
-                let goroutine = self.goroutines.entry((event.pid, event.goid)).or_insert_with(|| {
-                    process.started += 1;
-                    Goroutine::default()
-                });
-                goroutine.start_pc = event.start_pc;
-                goroutine.threads.insert(event.tid);
-                if goroutine.last_thread.is_some_and(|last| last != event.tid) {
-                    goroutine.moves += 1;
-                }
-                goroutine.last_thread = Some(event.tid);
-            }
-            Some(EventKind::GoSchedule) => thread.goroutine = Some(0),
-            Some(EventKind::GoExit) => {
-                let Some(goid) = thread.goroutine.filter(|&goid| goid != 0) else {
-                    return;
-                };
-                if let Some(goroutine) = self.goroutines.get_mut(&(event.pid, goid)) {
-                    goroutine.exited = true;
-                    process.exited.push(goid);
-                }
-                if process.exited.len() > MAX_EXITED_GOROUTINES {
-                    let oldest = process.exited.remove(0);
-                    self.fold(event.pid, oldest);
-                }
-            }
-            Some(EventKind::GoSysmon) => thread.sysmon = true,
-            _ => {}
-        }
-    }
-
     /// Counts a new thread of a followed process among its threads: one
     /// the runtime made (and counted) may never run before the program
-    /// exits, and so never make a syscall or hit a uprobe.
+    /// exits, and so never make a syscall.
     pub fn thread_created(&mut self, pid: u32, tid: u32) {
         if let Some(process) = self.processes.get_mut(&pid) {
             process.threads.entry(tid).or_default();
         }
     }
 
-    /// The goroutine thread `tid` of process `pid` runs now (0: the
-    /// runtime's scheduler); `None` before the runtime said.
-    pub fn goroutine_of(&self, pid: u32, tid: u32) -> Option<u64> {
-        self.processes.get(&pid)?.threads.get(&tid)?.goroutine
+    /// Attributes a syscall record to the goroutine that made it.
+    pub fn syscall(&mut self, event: &SyscallEvent) {
+        if event.goid == NO_GOROUTINE {
+            return;
+        }
+        let process = self.processes.entry(event.pid).or_default();
+        process.threads.entry(event.tid).or_default().goroutine = Some(event.goid);
+        let goroutine = self.goroutines.entry((event.pid, event.goid)).or_insert_with(|| {
+            if event.goid != 0 && event.goid != GOROUTINE_UNREAD {
+                process.seen += 1;
+            }
+            Goroutine::default()
+        });
+        if event.go_start_pc != 0 {
+            goroutine.start_pc = event.go_start_pc;
+        }
+        goroutine.threads.insert(event.tid);
+        // g0 is one per thread, not one goroutine that moves; nor are the
+        // calls no goroutine made.
+        let moves = event.goid != 0 && event.goid != GOROUTINE_UNREAD;
+        if moves && goroutine.last_thread.is_some_and(|last| last != event.tid) {
+            goroutine.moves += 1;
+        }
+        goroutine.last_thread = Some(event.tid);
+        goroutine.syscalls.entry(event.nr).or_default().record(event);
     }
 
-    /// Attributes a syscall record to the goroutine its thread runs.
-    pub fn syscall(&mut self, event: &SyscallEvent) {
-        let Some(process) = self.processes.get_mut(&event.pid) else {
+    /// Marks goroutine `goid` of process `pid` as ended; beyond the cap,
+    /// the oldest ended one is folded into the process's row of them.
+    pub fn exited(&mut self, pid: u32, goid: u64) {
+        let (Some(process), Some(goroutine)) =
+            (self.processes.get_mut(&pid), self.goroutines.get_mut(&(pid, goid)))
+        else {
             return;
         };
-        let thread = process.threads.entry(event.tid).or_default();
-        let Some(goid) = thread.goroutine else {
+        if goroutine.exited || goid == 0 || goid == GOROUTINE_UNREAD {
             return;
-        };
-        let goroutine = self.goroutines.entry((event.pid, goid)).or_default();
-        goroutine.threads.insert(event.tid);
-        goroutine.syscalls.entry(event.nr).or_default().record(event);
+        }
+        goroutine.exited = true;
+        process.exited.push(goid);
+        if process.exited.len() > MAX_EXITED_GOROUTINES {
+            let oldest = process.exited.remove(0);
+            self.fold(pid, oldest);
+        }
     }
 
     /// Reads each live process's `runtime.gomaxprocs`; the last value read
     /// stays once it exits.
     pub fn refresh(&mut self, world: &dyn World) {
-        let Some(address) = self.binary.gomaxprocs else {
-            return;
-        };
+        let mut gone = Vec::new();
         for (pid, process) in &mut self.processes {
             if !world.process_alive(*pid) {
+                gone.push(*pid);
                 continue;
             }
             let mut bytes = [0u8; 4];
-            if procfs::read_memory(*pid, address, &mut bytes).is_ok() {
-                process.gomaxprocs = Some(i32::from_ne_bytes(bytes));
+            if let Some(address) = self.binary.gomaxprocs {
+                if procfs::read_memory(*pid, address, &mut bytes).is_ok() {
+                    process.gomaxprocs = Some(i32::from_ne_bytes(bytes));
+                }
+            }
+        }
+        // A process's end is all its goroutines' end.
+        for pid in gone {
+            let goids: Vec<u64> =
+                self.goroutines.range((pid, 0)..=(pid, u64::MAX)).map(|(&(_, goid), _)| goid).collect();
+            for goid in goids {
+                self.exited(pid, goid);
             }
         }
     }
@@ -178,10 +176,14 @@ impl Goroutines {
                 start_fn: match goid {
                     0 => "[runtime: scheduler, g0]".to_owned(),
                     FOLDED_GOID => "[exited goroutines]".to_owned(),
-                    _ => self
-                        .binary
-                        .start_function(goroutine.start_pc)
-                        .map_or_else(|| "?".to_owned(), escape::visible),
+                    GOROUTINE_UNREAD => "[no goroutine: the runtime had not set the thread up]".to_owned(),
+                    _ => match goroutine.start_pc {
+                        0 => "[start not read: its first call's record was lost]".to_owned(),
+                        pc => self
+                            .binary
+                            .start_function(pc)
+                            .map_or_else(|| format!("[no function at {pc:#x}]"), escape::visible),
+                    },
                 },
                 exited: goroutine.exited,
                 syscalls: syscall_reports(&goroutine.syscalls, None),
@@ -195,11 +197,6 @@ impl Goroutines {
             .processes
             .iter()
             .map(|(&pid, process)| {
-                let alive = self
-                    .goroutines
-                    .range((pid, 1)..(pid, FOLDED_GOID))
-                    .filter(|(_, goroutine)| !goroutine.exited)
-                    .count();
                 let (gomaxprocs, gomaxprocs_from) = match process.gomaxprocs {
                     Some(value) => (Some(value), "runtime"),
                     None => (gomaxprocs_from_environment(pid), "environment"),
@@ -214,8 +211,7 @@ impl Goroutines {
                         .iter()
                         .map(|(&tid, thread)| GoThreadReport { tid, role: role(thread) })
                         .collect(),
-                    goroutines_started: process.started,
-                    goroutines_alive: alive as u64,
+                    goroutines_seen: process.seen,
                 }
             })
             .collect();
@@ -237,11 +233,10 @@ fn gomaxprocs_from_environment(pid: u32) -> Option<i32> {
 
 /// What a thread does for the runtime, in a few words.
 fn role(thread: &Thread) -> String {
-    match (thread.sysmon, thread.goroutine) {
-        (true, _) => "sysmon: the runtime's monitor, runs no goroutines".to_owned(),
-        (false, Some(0)) => "idle: in the scheduler, looking for work".to_owned(),
-        (false, Some(goid)) => format!("runs goroutines; last goroutine {goid}"),
-        // sysmon, for one, never calls what the uprobes watch once started.
-        (false, None) => "no runtime event seen since probe attached".to_owned(),
+    match thread.goroutine {
+        Some(0) => "the runtime's own: only g0 made its calls".to_owned(),
+        Some(GOROUTINE_UNREAD) => "not yet set up by the runtime".to_owned(),
+        Some(goid) => format!("runs goroutines; last goroutine {goid}"),
+        None => "made no syscall since probe attached".to_owned(),
     }
 }

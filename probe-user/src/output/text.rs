@@ -316,13 +316,12 @@ fn write_go(out: &mut dyn Write, report: &Report) -> io::Result<()> {
         let gomaxprocs = process.gomaxprocs.map_or_else(|| "?".to_owned(), |n| n.to_string());
         writeln!(
             out,
-            "Go process {} ({}): GOMAXPROCS {gomaxprocs} (from the {}), {} OS threads, {} goroutines started, {} alive",
+            "Go process {} ({}): GOMAXPROCS {gomaxprocs} (from the {}), {} OS threads, {} goroutines made syscalls",
             process.pid,
             process.version,
             process.gomaxprocs_from,
             process.threads.len(),
-            process.goroutines_started,
-            process.goroutines_alive
+            process.goroutines_seen
         )?;
         for thread in &process.threads {
             writeln!(out, "  thread {:>7}: {}", thread.tid, thread.role)?;
@@ -332,29 +331,33 @@ fn write_go(out: &mut dyn Write, report: &Report) -> io::Result<()> {
     if report.goroutines.is_empty() {
         return Ok(());
     }
+    // A goroutine's line names its start in full (a column would cut
+    // `[runtime: scheduler, g0]` and most package paths), then its calls.
     writeln!(
         out,
-        "{:>7} {:>7} {:<16} {:<18} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5}  ERRNOS",
-        "PID", "GOID", "START", "SYSCALL", "COUNT", "ERRORS", "TOTAL", "P50", "P99", "MAX", "BLOCKED", "RUNQ"
+        "{:>7} {:>7} {:<18} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5}  ERRNOS",
+        "PID", "GOID", "SYSCALL", "COUNT", "ERRORS", "TOTAL", "P50", "P99", "MAX", "BLOCKED", "RUNQ"
     )?;
     for goroutine in &report.goroutines {
-        let start: String = goroutine.start_fn.chars().take(16).collect();
-        let mut ids = Some(format!("{:>7} {:>7} {start:<16}", goroutine.pid, goroutine.goid));
-        let mut lead = |out: &mut dyn Write| write!(out, "{:32}", ids.take().unwrap_or_default());
-        for call in &goroutine.syscalls {
-            lead(out)?;
-            write_row(out, call, true)?;
-        }
-        lead(out)?;
         let threads: Vec<String> = goroutine.threads.iter().map(u32::to_string).collect();
         writeln!(
             out,
-            " {}: threads {} ({} moves between them){}",
+            "{:>7} {:>7} {}: threads {} ({} moves between them){}",
+            goroutine.pid,
+            // The rows of no goroutine and of folded ones have no id.
+            match goroutine.goid {
+                goid if goid >= probe_common::GOROUTINE_UNREAD => "-".to_owned(),
+                goid => goid.to_string(),
+            },
             goroutine.start_fn,
             threads.join(","),
             goroutine.moves,
             if goroutine.exited { ", ended" } else { "" }
         )?;
+        for call in &goroutine.syscalls {
+            write!(out, "{:15}", "")?;
+            write_row(out, call, true)?;
+        }
     }
     writeln!(out)
 }
