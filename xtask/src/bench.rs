@@ -19,18 +19,47 @@ use serde_json::{json, Value};
 
 use crate::command::{self, run};
 
-/// A workload: its flag, and the size of each of its threads' loops.
+/// A workload: its program, its flag, and the size of each of its
+/// threads' loops.
 struct Workload {
     name: &'static str,
+    /// The Go workload (`xtask/go/workload`), else probe's own.
+    go: bool,
     flag: &'static str,
     sizes: &'static [u64],
     unit: &'static str,
 }
 
-const WORKLOADS: [Workload; 3] = [
-    Workload { name: "getppid storm", flag: "--getppid", sizes: &[2_000_000], unit: "ns/syscall" },
-    Workload { name: "mixed storm", flag: "--mixed", sizes: &[250_000, 250_000], unit: "ns/syscall" },
-    Workload { name: "pipe ping-pong", flag: "--pingpong", sizes: &[100_000], unit: "ns/round trip" },
+const WORKLOADS: [Workload; 5] = [
+    Workload { name: "getppid storm", go: false, flag: "--getppid", sizes: &[2_000_000], unit: "ns/syscall" },
+    Workload {
+        name: "mixed storm",
+        go: false,
+        flag: "--mixed",
+        sizes: &[250_000, 250_000],
+        unit: "ns/syscall",
+    },
+    Workload {
+        name: "pipe ping-pong",
+        go: false,
+        flag: "--pingpong",
+        sizes: &[100_000],
+        unit: "ns/round trip",
+    },
+    Workload {
+        name: "Go getppid loop",
+        go: true,
+        flag: "--getppid",
+        sizes: &[1_000_000],
+        unit: "ns/syscall",
+    },
+    Workload {
+        name: "Go channel ping-pong",
+        go: true,
+        flag: "--chanpingpong",
+        sizes: &[1_000_000],
+        unit: "ns/round trip",
+    },
 ];
 
 impl Workload {
@@ -51,6 +80,9 @@ enum Tracer {
     ProbeCommand,
     ProbeSystem,
     ProbeNoSched,
+    /// `--no-goroutines`: a Go program without its Go view, beside
+    /// `ProbeCommand`, which follows its goroutines.
+    ProbeNoGoroutines,
     /// `--slow 10ms`: what its details cost where no call is that slow
     /// (stacks at each blocking switch, wakers) beside `ProbeCommand`.
     ProbeSlow,
@@ -75,6 +107,15 @@ const TRACERS: [Tracer; 10] = [
     Tracer::Strace,
 ];
 
+/// Which tracers run a workload: the Go view is weighed against probe
+/// without it.
+fn tracers_of(workload: &Workload, all: &[Tracer]) -> Vec<Tracer> {
+    match workload.go {
+        true => vec![Tracer::Untraced, Tracer::Floor, Tracer::ProbeCommand, Tracer::ProbeNoGoroutines],
+        false => all.to_vec(),
+    }
+}
+
 impl Tracer {
     /// How much shorter its loops are: ptrace-based tracers cost tens of
     /// microseconds a syscall.
@@ -94,6 +135,7 @@ impl Tracer {
             Tracer::ProbeCommand => "probe -- COMMAND",
             Tracer::ProbeSystem => "probe (whole system)",
             Tracer::ProbeNoSched => "probe --no-sched",
+            Tracer::ProbeNoGoroutines => "probe --no-goroutines",
             Tracer::ProbeSlow => "probe --slow 10ms",
             Tracer::Bpftrace => "bpftrace histogram",
             Tracer::PerfTrace => "perf trace -s",
@@ -126,6 +168,7 @@ struct Paths {
     /// Another build of probe to measure beside this one.
     against: Option<PathBuf>,
     workload: PathBuf,
+    go_workload: PathBuf,
     report: PathBuf,
 }
 
@@ -142,6 +185,7 @@ pub fn bench(root: &Path, rounds: usize, against: Option<PathBuf>) -> Result<()>
         against,
         probe: root.join("target/release/probe"),
         workload: root.join("target/release/examples/workload"),
+        go_workload: build_go_workload(root)?,
         report: root.join("target/bench/probe-report.json"),
     };
     std::fs::create_dir_all(root.join("target/bench"))?;
@@ -149,7 +193,7 @@ pub fn bench(root: &Path, rounds: usize, against: Option<PathBuf>) -> Result<()>
     for round in 1..=rounds {
         eprintln!("xtask: bench round {round} of {rounds}");
         for (w, workload) in WORKLOADS.iter().enumerate() {
-            for &tracer in &tracers {
+            for tracer in tracers_of(workload, &tracers) {
                 let sample = measure(&paths, workload, tracer)
                     .with_context(|| format!("{} under {}", workload.name, tracer.name()))?;
                 samples.entry((w, tracer)).or_default().push(sample);
@@ -164,6 +208,20 @@ pub fn bench(root: &Path, rounds: usize, against: Option<PathBuf>) -> Result<()>
     Ok(())
 }
 
+/// Builds the Go workloads with Debian's Go (installed when missing).
+fn build_go_workload(root: &Path) -> Result<PathBuf> {
+    command::install_missing(&[("go", "golang-go")])?;
+    let binary = root.join("target/bench/go-workload");
+    run(Command::new("go")
+        .current_dir(root.join("xtask/go/workload"))
+        .env("GOTOOLCHAIN", "local")
+        .env("GOCACHE", root.join("target/bench/go-cache"))
+        .args(["build", "-o"])
+        .arg(&binary)
+        .arg("."))?;
+    Ok(binary)
+}
+
 /// Installs bpftrace, perf and strace from Debian's packages when missing,
 /// and mounts tracefs, which their tracepoints need.
 fn install_peers() -> Result<()> {
@@ -176,6 +234,7 @@ fn install_peers() -> Result<()> {
 
 fn measure(paths: &Paths, workload: &Workload, tracer: Tracer) -> Result<Sample> {
     let args = workload.args(tracer.divisor());
+    let program = if workload.go { &paths.go_workload } else { &paths.workload };
     let build = |binary: &Path, args: &[&str]| {
         let mut command = Command::new(binary);
         command.args(["--json", "-o"]).arg(&paths.report).args(args);
@@ -184,18 +243,19 @@ fn measure(paths: &Paths, workload: &Workload, tracer: Tracer) -> Result<Sample>
     let probe = |args: &[&str]| build(&paths.probe, args);
     let against = || paths.against.as_deref().map(|binary| build(binary, &[])).context("no --against build");
     let with_workload = |mut command: Command| {
-        command.arg("--").arg(&paths.workload).args(&args);
+        command.arg("--").arg(program).args(&args);
         command
     };
     match tracer {
         Tracer::Untraced => {
-            let mut command = Command::new(&paths.workload);
+            let mut command = Command::new(program);
             command.args(&args);
             Ok(Sample { ns_per_op: ns_per_op(&stdout_of(command)?)?, ..Sample::default() })
         }
         Tracer::Floor => traced_by_probe(paths, with_workload(probe(&["--bench-floor"])), false),
         Tracer::ProbeCommand => traced_by_probe(paths, with_workload(probe(&[])), true),
         Tracer::ProbeNoSched => traced_by_probe(paths, with_workload(probe(&["--no-sched"])), true),
+        Tracer::ProbeNoGoroutines => traced_by_probe(paths, with_workload(probe(&["--no-goroutines"])), true),
         Tracer::ProbeSlow => traced_by_probe(paths, with_workload(probe(&["--slow", "10ms"])), true),
         Tracer::ProbePid => probe_pid(paths, &args, probe(&[])),
         Tracer::ProbeSystem => probe_system(paths, &args, probe(&[])),
@@ -203,17 +263,17 @@ fn measure(paths: &Paths, workload: &Workload, tracer: Tracer) -> Result<Sample>
         Tracer::AgainstSystem => probe_system(paths, &args, against()?),
         Tracer::Bpftrace => {
             let mut command = Command::new("bpftrace");
-            command.args(["-q", "-e", BPFTRACE_PROGRAM, "-c"]).arg(shell_words(&paths.workload, &args));
+            command.args(["-q", "-e", BPFTRACE_PROGRAM, "-c"]).arg(shell_words(program, &args));
             Ok(Sample { ns_per_op: ns_per_op(&stdout_of(command)?)?, ..Sample::default() })
         }
         Tracer::PerfTrace => {
             let mut command = Command::new("perf");
-            command.args(["trace", "-s", "-o", "/dev/null", "--"]).arg(&paths.workload).args(&args);
+            command.args(["trace", "-s", "-o", "/dev/null", "--"]).arg(program).args(&args);
             Ok(Sample { ns_per_op: ns_per_op(&stdout_of(command)?)?, ..Sample::default() })
         }
         Tracer::Strace => {
             let mut command = Command::new("strace");
-            command.args(["-f", "-c", "-o", "/dev/null", "--"]).arg(&paths.workload).args(&args);
+            command.args(["-f", "-c", "-o", "/dev/null", "--"]).arg(program).args(&args);
             Ok(Sample { ns_per_op: ns_per_op(&stdout_of(command)?)?, ..Sample::default() })
         }
     }
