@@ -123,6 +123,11 @@ pub const SWITCH_VOLUNTARY: u32 = 1;
 /// switch, it has exited.
 pub const SWITCH_EXITED: u32 = 2;
 
+/// `SchedEvent::flags` of a [`EventKind::SwitchOut`]: the thread was created
+/// after the programs were loaded, so every move the kernel counted for it
+/// is one of the trace's, even when its `WakeupNew` record was dropped.
+pub const SWITCH_NEW_THREAD: u32 = 4;
+
 /// The kernel's largest errno; `-4095..=-1` returns are errors.
 pub const MAX_ERRNO: i64 = 4095;
 

@@ -39,6 +39,11 @@ pub mod global {
     pub const TASK_STATUS_OFFSET: &str = "TASK_STATUS_OFFSET";
     /// Byte offset of `se.nr_migrations` in `task_struct`.
     pub const TASK_MIGRATIONS_OFFSET: &str = "TASK_MIGRATIONS_OFFSET";
+    /// Byte offset of `start_time` (when the task was created) in
+    /// `task_struct`.
+    pub const TASK_START_TIME_OFFSET: &str = "TASK_START_TIME_OFFSET";
+    /// `CLOCK_MONOTONIC` just before the programs were loaded.
+    pub const LOADED_NS: &str = "LOADED_NS";
     /// Byte offset of `task_struct.pid` in the running kernel.
     pub const TASK_PID_OFFSET: &str = "TASK_PID_OFFSET";
     /// Byte offset of `task_struct.tgid` in the running kernel.

@@ -7,7 +7,7 @@ use core::mem::MaybeUninit;
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext};
 use probe_common::{
     EventKind, LostCall, SchedEvent, LOST_INVOLUNTARY_SWITCH, LOST_MIGRATIONS, LOST_SWITCH_IN,
-    LOST_VOLUNTARY_SWITCH, LOST_WAKEUP, SWITCH_EXITED, SWITCH_VOLUNTARY,
+    LOST_VOLUNTARY_SWITCH, LOST_WAKEUP, SWITCH_EXITED, SWITCH_NEW_THREAD, SWITCH_VOLUNTARY,
 };
 
 use crate::{
@@ -29,7 +29,15 @@ shared!(global TRACE_SCHED);
 /// Byte offset of `se.nr_migrations` in `task_struct` (from BTF).
 #[unsafe(no_mangle)]
 static TASK_MIGRATIONS_OFFSET: u32 = 0;
-shared!(global TASK_MIGRATIONS_OFFSET);
+/// Byte offset of `start_time` in `task_struct` (from BTF): when the task
+/// was created, on the clock of `bpf_ktime_get_ns()`.
+#[unsafe(no_mangle)]
+static TASK_START_TIME_OFFSET: u32 = 0;
+/// `CLOCK_MONOTONIC` just before the programs were loaded: a thread created
+/// since then is one the trace has seen from its first move.
+#[unsafe(no_mangle)]
+static LOADED_NS: u64 = 0;
+shared!(global TASK_MIGRATIONS_OFFSET, TASK_START_TIME_OFFSET, LOADED_NS);
 
 #[inline(always)]
 fn sched_event(
@@ -88,6 +96,12 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
         let mut flags = if !preempt && prev_state != 0 { SWITCH_VOLUNTARY } else { 0 };
         if prev_state & TASK_DEAD != 0 {
             flags |= SWITCH_EXITED;
+        }
+        // Said by every switch-out, not only by the thread's WakeupNew:
+        // that record may be dropped, and then its moves before the first
+        // switch-out seen would pass for moves made before the trace.
+        if current_task_field::<u64>(config(&TASK_START_TIME_OFFSET)) >= config(&LOADED_NS) {
+            flags |= SWITCH_NEW_THREAD;
         }
         let lost =
             if flags & SWITCH_VOLUNTARY != 0 { LOST_VOLUNTARY_SWITCH } else { LOST_INVOLUNTARY_SWITCH };

@@ -21,7 +21,7 @@ use syscalls::{x86::Sysno as I386, Sysno};
 
 use crate::{
     btf::{self, RegsLayout, TaskOffsets},
-    procfs,
+    clock, procfs,
     tracefs::{self, Format},
 };
 
@@ -256,10 +256,15 @@ impl Probe {
             false => TaskOffsets { pid: 0, tgid: 0 },
         };
         // The kernel's own count of each thread's migrations, in every
-        // switch-out: exact however many records are lost.
-        let migrations_offset = match config.sched && !config.floor {
-            true => btf.task_migrations_offset().context("cannot find where the kernel counts migrations")?,
-            false => 0,
+        // switch-out: exact however many records are lost. With it, whether
+        // the thread was created since the programs were loaded, and so
+        // made all of its moves in the trace.
+        let (migrations_offset, start_time_offset) = match config.sched && !config.floor {
+            true => (
+                btf.task_migrations_offset().context("cannot find where the kernel counts migrations")?,
+                btf.task_start_time_offset()?,
+            ),
+            false => (0, 0),
         };
         // A slow call's details (--slow's, and the tail exemplars'): where
         // pt_regs keeps the registers, and (for --slow's wakers) where a
@@ -324,6 +329,8 @@ impl Probe {
             .override_global(global::TASK_PID_OFFSET, &offsets.pid, true)
             .override_global(global::TASK_TGID_OFFSET, &offsets.tgid, true)
             .override_global(global::TASK_MIGRATIONS_OFFSET, &migrations_offset, true)
+            .override_global(global::TASK_START_TIME_OFFSET, &start_time_offset, true)
+            .override_global(global::LOADED_NS, &clock::monotonic_ns(), true)
             .override_global(global::GO_GOID_OFFSET, &go_target.goid_offset, true)
             .override_global(global::GO_STARTPC_OFFSET, &go_target.startpc_offset, true)
             .override_global(global::GO_TLS_OFFSET, &go_target.tls_offset, true)

@@ -68,6 +68,14 @@ impl KernelBtf {
         let [nr_migrations] = member_offsets(data, "sched_entity", ["nr_migrations"])?;
         Ok(se + nr_migrations)
     }
+
+    /// The byte offset of `task_struct.start_time`, when the task was
+    /// created (`CLOCK_MONOTONIC`).
+    pub fn task_start_time_offset(&self) -> Result<u32> {
+        let [start_time] = member_offsets(self.data()?, "task_struct", ["start_time"])
+            .context("cannot find task_struct.start_time in the kernel's BTF")?;
+        Ok(start_time)
+    }
 }
 
 /// `linux_binprm.file`, `file.f_inode`, `inode.i_ino`, `inode.i_sb` and
@@ -336,5 +344,7 @@ mod tests {
         assert_eq!(btf.task_status_offset().unwrap(), 16);
         let migrations = btf.task_migrations_offset().unwrap();
         assert!(migrations > offsets.pid.min(1024) / 4 && migrations < 16384, "{migrations}");
+        let start_time = btf.task_start_time_offset().unwrap();
+        assert!(start_time > 0 && start_time < 16384, "{start_time}");
     }
 }

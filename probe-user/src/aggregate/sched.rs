@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap;
 
 use probe_common::{
     EventKind, SchedEvent, WakeEvent, COMM_LEN, KERNEL_STACK_NOT_TAKEN, NO_SYSCALL, SWITCH_EXITED,
-    SWITCH_VOLUNTARY, WAKER_INTERRUPT,
+    SWITCH_NEW_THREAD, SWITCH_VOLUNTARY, WAKER_INTERRUPT,
 };
 
 use super::{in_flight::ThreadState, latency::Latencies, Table, ThreadKey, World};
@@ -284,10 +284,14 @@ impl SchedTracker {
                 }
                 // The kernel counts the moves: none is missed for a lost
                 // record, and those before attach are not probe's to count.
-                if let Some(seen) = state.migrations_seen {
+                // A thread created since made all of its moves in the trace,
+                // though its WakeupNew, which says so first, may be lost.
+                let new = event.flags & SWITCH_NEW_THREAD != 0;
+                let seen = state.migrations_seen.or(new.then_some(0));
+                if let Some(seen) = seen {
                     stats.migrations += event.nr_migrations.saturating_sub(seen);
                 }
-                state.migrations_seen = Some(event.nr_migrations.max(state.migrations_seen.unwrap_or(0)));
+                state.migrations_seen = Some(event.nr_migrations.max(seen.unwrap_or(0)));
                 state.off = Some((ts, voluntary));
                 state.ready = (!voluntary).then_some(ts);
                 state.blocked_in = event.kernel_stack;
@@ -691,6 +695,13 @@ mod tests {
         // A thread born since attach: all of its moves.
         let stats = replay(&[ev(WakeupNew, 0, 5, 0), ev(SwitchIn, 0, 6, 0), moved(2, 30)]);
         assert_eq!(stats.migrations, 2);
+        // Also when its WakeupNew was dropped: its switch-outs say it is new.
+        let new = |count: u64, ts_ns: u64| SchedEvent {
+            nr_migrations: count,
+            ..ev(SwitchOut, 0, ts_ns, SWITCH_VOLUNTARY | SWITCH_NEW_THREAD)
+        };
+        let stats = replay(&[ev(SwitchIn, 1, 6, 0), new(1, 30), ev(SwitchIn, 0, 40, 0), new(3, 50)]);
+        assert_eq!(stats.migrations, 3);
     }
 
     #[test]
