@@ -89,23 +89,37 @@ fn raise_descriptor_limit() {
     }
 }
 
-/// The traced executable, if it is a Go program whose goroutines probe can
-/// follow; a Go program it cannot follow gets a note on stderr, and so does
-/// an executable that is not Go at all (--goroutines was asked for).
-fn followable_go_program(path: &Path) -> Result<Option<(PathBuf, GoBinary)>> {
+/// The traced executable, if it is a Go program probe can follow (its
+/// scheduler always, its goroutines with `goroutines`); a Go program it
+/// cannot follow gets a note on stderr, and so does an executable that is
+/// not Go at all when --goroutines was asked for.
+fn followable_go_program(path: &Path, goroutines: bool) -> Result<Option<(PathBuf, GoBinary)>> {
     match golang::binary::inspect(path)? {
         Inspection::NotGo => {
-            eprintln!("probe: {} is not a Go program: --goroutines has nothing to follow", path.display());
+            if goroutines {
+                eprintln!(
+                    "probe: {} is not a Go program: --goroutines has nothing to follow",
+                    path.display()
+                );
+            }
             Ok(None)
         }
         Inspection::Unsupported { version, why } => {
             eprintln!(
-                "probe: {} is a Go program ({version}) whose goroutines cannot be followed: {why}; showing its threads",
+                "probe: {} is a Go program ({version}) whose goroutines and scheduler cannot be followed: {why}; showing its threads",
                 path.display()
             );
             Ok(None)
         }
-        Inspection::Go(binary) => Ok(Some((path.to_owned(), binary))),
+        Inspection::Go(binary) => {
+            if !goroutines {
+                eprintln!(
+                    "probe: {} is a Go program: --goroutines shows which goroutine made each syscall, at a cost to every goroutine switch",
+                    path.display()
+                );
+            }
+            Ok(Some((path.to_owned(), binary)))
+        }
     }
 }
 
@@ -152,13 +166,8 @@ fn run(args: Args) -> Result<i32> {
         (None, None) => None,
     };
     let go_program = match &executable {
-        Some(path) if args.goroutines => followable_go_program(path)?,
-        Some(path) if golang::binary::is_go(path) => {
-            eprintln!(
-                "probe: {} is a Go program: --goroutines shows which goroutine made each syscall, at a cost to every goroutine switch",
-                path.display()
-            );
-            None
+        Some(path) if args.goroutines || golang::binary::is_go(path) => {
+            followable_go_program(path, args.goroutines)?
         }
         _ => None,
     };
@@ -179,7 +188,7 @@ fn run(args: Args) -> Result<i32> {
             .slow
             .map_or(0, |threshold| u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX).max(1)),
         tail_details,
-        go: go_program.as_ref().map(|(path, binary)| GoTarget {
+        go: go_program.as_ref().filter(|_| args.goroutines).map(|(path, binary)| GoTarget {
             path: path.clone(),
             goid_offset: binary.goid_offset,
             startpc_offset: binary.startpc_offset,
@@ -218,7 +227,16 @@ fn run(args: Args) -> Result<i32> {
         }
         None => None,
     };
-    let mut pipeline = Pipeline::new(go_program.map(|(_, binary)| Goroutines::new(binary)));
+    let mut goroutines = go_program.map(|(_, binary)| Goroutines::new(binary));
+    if let (Some(goroutines), Some(executable)) = (&mut goroutines, &executable) {
+        let command = gated.iter().map(|gated| gated.pid.as_raw() as u32);
+        let same_binary = pids
+            .iter()
+            .map(|target| target.pid)
+            .filter(|pid| output::file::same_file(executable, Path::new(&format!("/proc/{pid}/exe"))));
+        command.chain(same_binary).for_each(|pid| goroutines.watch(pid));
+    }
+    let mut pipeline = Pipeline::new(goroutines);
     pipeline.explain_calls(args.slow, tail_details);
     // The explaining thread, which slow calls' details go to, and with
     // --slow kallsyms read, before the traced threads run: a storm would

@@ -112,6 +112,88 @@ pub struct GoProcessReport {
     pub goroutines_started: u64,
     /// Goroutines started and not yet ended, when the report was made.
     pub goroutines_alive: u64,
+    /// The runtime's scheduler, as last read from the process's memory
+    /// while it lived; else `sched_unavailable` says why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sched: Option<GoSchedReport>,
+    /// Its goroutines by state, from the same read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goroutine_states: Option<GoroutineStatesReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sched_unavailable: Option<String>,
+}
+
+/// What `GODEBUG=schedtrace` prints, read from a running Go process.
+#[derive(Clone, Debug, Serialize)]
+pub struct GoSchedReport {
+    /// How long before the report the read was made.
+    pub age_ms: u64,
+    pub gomaxprocs: i64,
+    /// The CPUs the runtime found at its start.
+    pub ncpu: i64,
+    pub idle_procs: i64,
+    /// Threads (Ms) the runtime made and has not freed.
+    pub threads: i64,
+    pub spinning_threads: i64,
+    pub idle_threads: i64,
+    /// Goroutines in the global run queue.
+    pub runqueue: i64,
+    pub ps: Vec<GoPReport>,
+    /// The threads, as the runtime's list of Ms has them.
+    pub ms: Vec<GoMReport>,
+}
+
+/// One P: a right to run Go code, held by at most one thread.
+#[derive(Clone, Debug, Serialize)]
+pub struct GoPReport {
+    pub id: i64,
+    /// `idle`, `running`, `syscall`, `gcstop` or `dead`.
+    pub status: String,
+    /// Goroutines in its local run queue, `runnext` not counted.
+    pub runqueue: u64,
+    /// Whether a goroutine waits in `runnext`, to run next.
+    pub runnext: bool,
+    pub schedtick: u64,
+    pub syscalltick: u64,
+    /// The thread that holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tid: Option<u32>,
+}
+
+/// One M: an OS thread of the runtime.
+#[derive(Clone, Debug, Serialize)]
+pub struct GoMReport {
+    pub id: i64,
+    pub tid: u32,
+    /// What it is to the runtime, in a few words.
+    pub role: String,
+    /// The P it holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p: Option<i64>,
+    /// The goroutine it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goid: Option<u64>,
+}
+
+/// A process's goroutines by state, the runtime's own among them.
+#[derive(Clone, Debug, Serialize)]
+pub struct GoroutineStatesReport {
+    pub total: u64,
+    /// `running`, `runnable`, `syscall`, `waiting`, ...: the runtime's
+    /// order.
+    pub states: Vec<GoCount>,
+    /// The waiting ones by the runtime's reason, most first.
+    pub wait_reasons: Vec<GoCount>,
+    /// Goroutines the runtime had, of which the first `read` were read
+    /// (probe reads a bounded number each time).
+    pub of: u64,
+    pub read: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GoCount {
+    pub name: String,
+    pub count: u64,
 }
 
 /// One runtime thread.

@@ -3,11 +3,13 @@
 //! are (its symbol table), where `runtime.g` keeps the goroutine's id and
 //! start function (its DWARF), and the names of its functions.
 
-use std::{borrow::Cow, fs, path::Path};
+use std::{fs, path::Path};
 
 use anyhow::{Context, Result};
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 use probe_common::names::program;
+
+use super::{dwarf::Structs, scheduler};
 
 /// The Go programs of the kernel side and the runtime function each goes on.
 pub const UPROBES: [(&str, &str); 4] = [
@@ -36,9 +38,8 @@ pub struct GoBinary {
     /// Byte offsets in `runtime.g`.
     pub goid_offset: u32,
     pub startpc_offset: u32,
-    /// Address of `runtime.gomaxprocs` (an int32), if the binary is not
-    /// position-independent.
-    pub gomaxprocs: Option<u64>,
+    /// Where its scheduler's state is, or why it cannot be read.
+    pub scheduler: Result<scheduler::Layout, String>,
     /// Function symbols, by address.
     functions: Vec<(u64, u64, String)>,
     /// The compiler's wrappers (entry, entry of the function each calls),
@@ -112,17 +113,13 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     {
         return unsupported(&format!("it has no {missing}"));
     }
-    let Some((goid_offset, startpc_offset)) = g_offsets(&file)? else {
+    let structs = Structs::read(&file, &scheduler::STRUCTS)?;
+    let Some((goid_offset, startpc_offset)) = g_offsets(&structs) else {
         return unsupported("it has no DWARF to find runtime.g's fields in (built with -ldflags=-w?)");
     };
-    let position_independent = file.kind() == object::ObjectKind::Dynamic;
-    let gomaxprocs = file
-        .symbols()
-        .find(|symbol| symbol.name() == Ok("runtime.gomaxprocs"))
-        .map(|symbol| symbol.address())
-        .filter(|_| !position_independent);
+    let scheduler = scheduler::Layout::new(path, &file, &structs);
     let wrapped = wrapped_functions(&file).unwrap_or_default();
-    Ok(Inspection::Go(GoBinary { version, goid_offset, startpc_offset, gomaxprocs, functions, wrapped }))
+    Ok(Inspection::Go(GoBinary { version, goid_offset, startpc_offset, scheduler, functions, wrapped }))
 }
 
 /// The wrappers of `.gopclntab` (Go 1.20+ layout) and the function each
@@ -204,60 +201,10 @@ fn register_abi(version: &str) -> bool {
 }
 
 /// `runtime.g`'s `goid` and `startpc` offsets, from the DWARF.
-fn g_offsets(file: &object::File) -> Result<Option<(u32, u32)>> {
-    let load = |id: gimli::SectionId| -> Result<Cow<[u8]>, gimli::Error> {
-        Ok(file
-            .section_by_name(id.name())
-            .and_then(|section| section.uncompressed_data().ok())
-            .unwrap_or_default())
-    };
-    let sections = gimli::DwarfSections::load(load)?;
-    let dwarf = sections.borrow(|section| gimli::EndianSlice::new(section, gimli::LittleEndian));
-    let mut units = dwarf.units();
-    while let Some(header) = units.next()? {
-        let unit = dwarf.unit(header)?;
-        let mut tree = unit.entries_tree(None)?;
-        let mut children = tree.root()?.children();
-        while let Some(node) = children.next()? {
-            let entry = node.entry();
-            if entry.tag() != gimli::DW_TAG_structure_type || !has_name(&dwarf, &unit, entry, "runtime.g")? {
-                continue;
-            }
-            let (mut goid, mut startpc) = (None, None);
-            let mut members = node.children();
-            while let Some(member) = members.next()? {
-                let member = member.entry();
-                let offset = match member.attr_value(gimli::DW_AT_data_member_location) {
-                    Some(gimli::AttributeValue::Udata(offset)) => offset as u32,
-                    Some(gimli::AttributeValue::Data1(offset)) => u32::from(offset),
-                    Some(gimli::AttributeValue::Data2(offset)) => u32::from(offset),
-                    Some(gimli::AttributeValue::Data4(offset)) => offset,
-                    _ => continue,
-                };
-                if has_name(&dwarf, &unit, member, "goid")? {
-                    goid = Some(offset);
-                } else if has_name(&dwarf, &unit, member, "startpc")? {
-                    startpc = Some(offset);
-                }
-            }
-            return Ok(goid.zip(startpc));
-        }
-    }
-    Ok(None)
-}
-
-type Slice<'a> = gimli::EndianSlice<'a, gimli::LittleEndian>;
-
-fn has_name(
-    dwarf: &gimli::Dwarf<Slice>,
-    unit: &gimli::Unit<Slice>,
-    entry: &gimli::DebuggingInformationEntry<Slice>,
-    name: &str,
-) -> Result<bool> {
-    let Some(value) = entry.attr_value(gimli::DW_AT_name) else {
-        return Ok(false);
-    };
-    Ok(dwarf.attr_string(unit, value)?.slice() == name.as_bytes())
+fn g_offsets(structs: &Structs) -> Option<(u32, u32)> {
+    let offset =
+        |member| structs.field("runtime.g", member).and_then(|field| u32::try_from(field.offset).ok());
+    offset("goid").zip(offset("startpc"))
 }
 
 #[cfg(test)]

@@ -8,8 +8,13 @@
 //! in the scheduler.
 
 pub mod binary;
+pub mod dwarf;
+pub mod scheduler;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
 
 use probe_common::{EventKind, GoEvent, SyscallEvent};
 use rustc_hash::FxHashMap;
@@ -20,6 +25,7 @@ use crate::{
     report::{syscall_reports, GoProcessReport, GoThreadReport, GoroutineReport},
 };
 use binary::GoBinary;
+use scheduler::Scheduler;
 
 /// Exited goroutines kept one by one per process; the rest are added up in
 /// one row, so that a server that starts a goroutine per request does not
@@ -64,11 +70,24 @@ pub struct Goroutines {
     binary: GoBinary,
     processes: BTreeMap<u32, Process>,
     goroutines: BTreeMap<(u32, u64), Goroutine>,
+    scheduler: Scheduler,
 }
 
 impl Goroutines {
     pub fn new(binary: GoBinary) -> Self {
-        Self { binary, processes: BTreeMap::new(), goroutines: BTreeMap::new() }
+        Self {
+            binary,
+            processes: BTreeMap::new(),
+            goroutines: BTreeMap::new(),
+            scheduler: Scheduler::default(),
+        }
+    }
+
+    /// Follows process `pid`, which runs the binary (or will, once it
+    /// execs): its scheduler is read whether or not its goroutines are
+    /// followed.
+    pub fn watch(&mut self, pid: u32) {
+        self.processes.entry(pid).or_default();
     }
 
     /// Follows a runtime record.
@@ -137,19 +156,19 @@ impl Goroutines {
         goroutine.syscalls.entry(event.nr).or_default().record(event);
     }
 
-    /// Reads each live process's `runtime.gomaxprocs`; the last value read
-    /// stays once it exits.
+    /// Reads the scheduler of each live process when due (see
+    /// [`scheduler::PERIOD`]); the last snapshot stays once it exits.
     pub fn refresh(&mut self, world: &dyn World) {
-        let Some(address) = self.binary.gomaxprocs else {
-            return;
-        };
+        let live = self.processes.keys().copied().filter(|&pid| world.process_alive(pid));
+        self.scheduler.read(&self.binary.scheduler, live, Instant::now());
         for (pid, process) in &mut self.processes {
-            if !world.process_alive(*pid) {
-                continue;
-            }
-            let mut bytes = [0u8; 4];
-            if procfs::read_memory(*pid, address, &mut bytes).is_ok() {
-                process.gomaxprocs = Some(i32::from_ne_bytes(bytes));
+            if let Ok(snapshot) = self.scheduler.snapshot(*pid) {
+                process.gomaxprocs = i32::try_from(snapshot.sched.gomaxprocs).ok();
+                // Threads that made no syscall and started before the
+                // trace are known from the runtime's list.
+                for m in snapshot.sched.ms.iter().filter(|m| m.tid != 0) {
+                    process.threads.entry(m.tid).or_default();
+                }
             }
         }
     }
@@ -180,7 +199,9 @@ impl Goroutines {
                     FOLDED_GOID => "[exited goroutines]".to_owned(),
                     _ => self
                         .binary
-                        .start_function(goroutine.start_pc)
+                        .start_function(
+                            goroutine.start_pc.wrapping_sub(self.scheduler.bias(pid).unwrap_or(0)),
+                        )
                         .map_or_else(|| "?".to_owned(), escape::visible),
                 },
                 exited: goroutine.exited,
@@ -191,6 +212,7 @@ impl Goroutines {
             .collect();
         let calls = |g: &GoroutineReport| g.syscalls.iter().map(|call| call.count).sum::<u64>();
         goroutines.sort_by(|a, b| calls(b).cmp(&calls(a)).then((a.pid, a.goid).cmp(&(b.pid, b.goid))));
+        let now = Instant::now();
         let processes = self
             .processes
             .iter()
@@ -204,6 +226,10 @@ impl Goroutines {
                     Some(value) => (Some(value), "runtime"),
                     None => (gomaxprocs_from_environment(pid), "environment"),
                 };
+                let (sched, goroutine_states, sched_unavailable) = match self.scheduler.report(pid, now) {
+                    Ok((sched, states)) => (Some(sched), Some(states), None),
+                    Err(why) => (None, None, Some(why)),
+                };
                 GoProcessReport {
                     pid,
                     version: self.binary.version.clone(),
@@ -212,10 +238,16 @@ impl Goroutines {
                     threads: process
                         .threads
                         .iter()
-                        .map(|(&tid, thread)| GoThreadReport { tid, role: role(thread) })
+                        .map(|(&tid, thread)| GoThreadReport {
+                            tid,
+                            role: self.scheduler.role(pid, tid).unwrap_or_else(|| role(thread)),
+                        })
                         .collect(),
                     goroutines_started: process.started,
                     goroutines_alive: alive as u64,
+                    sched,
+                    goroutine_states,
+                    sched_unavailable,
                 }
             })
             .collect();
