@@ -196,6 +196,78 @@ pub struct GoCount {
     pub count: u64,
 }
 
+impl GoSchedReport {
+    /// schedtrace's line, in words: `GOMAXPROCS 2 of 2 CPUs: 1 idle P, 4
+    /// threads (0 spinning, 1 idle), global run queue 0`.
+    pub fn summary(&self) -> String {
+        format!(
+            "GOMAXPROCS {} of {} CPUs: {} idle P{}, {} threads ({} spinning, {} idle), global run queue {}",
+            self.gomaxprocs,
+            self.ncpu,
+            self.idle_procs,
+            if self.idle_procs == 1 { "" } else { "s" },
+            self.threads,
+            self.spinning_threads,
+            self.idle_threads,
+            self.runqueue
+        )
+    }
+}
+
+impl GoPReport {
+    /// `runq 3+next`: its local run queue, and whether `runnext` waits too.
+    pub fn queue(&self) -> String {
+        format!("{}{}", self.runqueue, if self.runnext { "+next" } else { "" })
+    }
+}
+
+impl GoroutineStatesReport {
+    /// `1,204 goroutines: 2 running, 5 runnable, 3 in syscall, 1,194
+    /// waiting (chan receive 900, IO wait 290, select 4)`.
+    pub fn summary(&self) -> String {
+        let states: Vec<String> = self
+            .states
+            .iter()
+            .map(|state| {
+                let name = match state.name.as_str() {
+                    "syscall" => "in syscall",
+                    name => name,
+                };
+                let reasons = match state.name.as_str() {
+                    "waiting" if !self.wait_reasons.is_empty() => {
+                        let reasons: Vec<String> = self
+                            .wait_reasons
+                            .iter()
+                            .map(|reason| format!("{} {}", reason.name, thousands(reason.count)))
+                            .collect();
+                        format!(" ({})", reasons.join(", "))
+                    }
+                    _ => String::new(),
+                };
+                format!("{} {name}{reasons}", thousands(state.count))
+            })
+            .collect();
+        let read = match self.read < self.of {
+            true => format!(" (the first {} of {} read)", thousands(self.read), thousands(self.of)),
+            false => String::new(),
+        };
+        format!("{} goroutines{read}: {}", thousands(self.total), states.join(", "))
+    }
+}
+
+/// `1204` as `1,204`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    grouped
+}
+
 /// One runtime thread.
 #[derive(Debug, Serialize)]
 pub struct GoThreadReport {
@@ -808,6 +880,29 @@ mod tests {
         assert_eq!(errno_name(2), "ENOENT");
         assert_eq!(errno_name(512), "ERESTARTSYS");
         assert_eq!(errno_name(100_000), "errno_100000");
+    }
+
+    #[test]
+    fn goroutine_states_read_as_one_line() {
+        let count = |name: &str, count| GoCount { name: name.to_owned(), count };
+        let states = GoroutineStatesReport {
+            total: 1204,
+            states: vec![
+                count("running", 2),
+                count("runnable", 5),
+                count("syscall", 3),
+                count("waiting", 1194),
+            ],
+            wait_reasons: vec![count("chan receive", 900), count("IO wait", 290), count("select", 4)],
+            of: 1300,
+            read: 1300,
+        };
+        assert_eq!(
+            states.summary(),
+            "1,204 goroutines: 2 running, 5 runnable, 3 in syscall, 1,194 waiting (chan receive 900, IO wait 290, select 4)"
+        );
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(thousands(999), "999");
     }
 
     #[test]
