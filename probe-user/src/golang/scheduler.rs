@@ -349,6 +349,14 @@ pub struct Snapshot {
     pub goroutines: GoroutineStatesReport,
 }
 
+impl Snapshot {
+    /// Whether each of its threads had started: a thread sets its M's
+    /// `procid` once running, and until then its role has no thread.
+    fn settled(&self) -> bool {
+        self.sched.ms.iter().all(|m| m.tid != 0)
+    }
+}
+
 /// What is known of one process.
 #[derive(Debug, Default)]
 struct Watched {
@@ -378,7 +386,7 @@ impl Scheduler {
         }
         for pid in pids {
             let watched = self.processes.entry(pid).or_default();
-            if !periodic && watched.snapshot.is_some() {
+            if !periodic && watched.snapshot.as_ref().is_some_and(Snapshot::settled) {
                 continue;
             }
             let layout = match layout {
@@ -425,13 +433,10 @@ impl Scheduler {
     }
 
     /// What thread `tid` of process `pid` was to the runtime at the last
-    /// snapshot; `None` without one.
+    /// snapshot; `None` without one, or if it was not among its Ms then.
     pub fn role(&self, pid: u32, tid: u32) -> Option<String> {
         let snapshot = self.snapshot(pid).ok()?;
-        Some(match snapshot.sched.ms.iter().find(|m| m.tid == tid) {
-            Some(m) => m.role.clone(),
-            None => "not among the runtime's threads at the last snapshot".to_owned(),
-        })
+        snapshot.sched.ms.iter().find(|m| m.tid == tid).map(|m| m.role.clone())
     }
 }
 
