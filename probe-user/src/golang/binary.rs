@@ -39,7 +39,7 @@ pub struct GoBinary {
     pub goid_offset: u32,
     pub startpc_offset: u32,
     /// Where its scheduler's state is, or why it cannot be read.
-    pub scheduler: Result<scheduler::Layout, String>,
+    pub scheduler: Result<Box<scheduler::Layout>, String>,
     /// Function symbols, by address.
     functions: Vec<(u64, u64, String)>,
     /// The compiler's wrappers (entry, entry of the function each calls),
@@ -117,7 +117,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     let Some((goid_offset, startpc_offset)) = g_offsets(&structs) else {
         return unsupported("it has no DWARF to find runtime.g's fields in (built with -ldflags=-w?)");
     };
-    let scheduler = scheduler::Layout::new(path, &file, &structs);
+    let scheduler = scheduler::Layout::new(path, &file, &structs).map(Box::new);
     let wrapped = wrapped_functions(&file).unwrap_or_default();
     Ok(Inspection::Go(GoBinary { version, goid_offset, startpc_offset, scheduler, functions, wrapped }))
 }

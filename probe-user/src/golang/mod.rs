@@ -160,7 +160,7 @@ impl Goroutines {
     /// [`scheduler::PERIOD`]); the last snapshot stays once it exits.
     pub fn refresh(&mut self, world: &dyn World) {
         let live = self.processes.keys().copied().filter(|&pid| world.process_alive(pid));
-        self.scheduler.read(&self.binary.scheduler, live, Instant::now());
+        self.scheduler.read(self.binary.scheduler.as_deref(), live, Instant::now());
         for (pid, process) in &mut self.processes {
             if let Ok(snapshot) = self.scheduler.snapshot(*pid) {
                 process.gomaxprocs = i32::try_from(snapshot.sched.gomaxprocs).ok();

@@ -379,7 +379,7 @@ pub struct Scheduler {
 impl Scheduler {
     /// Reads the scheduler of each of `pids` that is due: every one every
     /// [`PERIOD`], one not read yet at every call.
-    pub fn read(&mut self, layout: &Result<Layout, String>, pids: impl Iterator<Item = u32>, now: Instant) {
+    pub fn read(&mut self, layout: Result<&Layout, &String>, pids: impl Iterator<Item = u32>, now: Instant) {
         let periodic = self.last_read.is_none_or(|last| now.duration_since(last) >= PERIOD);
         if periodic {
             self.last_read = Some(now);
@@ -392,7 +392,7 @@ impl Scheduler {
             let layout = match layout {
                 Ok(layout) => layout,
                 Err(why) => {
-                    watched.failed = Some(why.clone());
+                    watched.failed = Some(why.to_owned());
                     continue;
                 }
             };
