@@ -255,6 +255,55 @@ impl GoroutineStatesReport {
     }
 }
 
+/// A Go process as the tests of the outputs know it: GOMAXPROCS 2 of 4
+/// CPUs, P0 running on the main thread with 2 goroutines queued and one in
+/// `runnext`, P1 idle, sysmon on thread `pid + 2`, 10 goroutines waiting on
+/// channel receives, read 250 ms before; or, without `sched`, one whose
+/// scheduler was not read because it was gone.
+#[cfg(test)]
+pub fn go_process_example(pid: u32, sched: bool) -> GoProcessReport {
+    let p = |id, status: &str, runqueue, runnext, tid| GoPReport {
+        id,
+        status: status.to_owned(),
+        runqueue,
+        runnext,
+        schedtick: 9,
+        syscalltick: 2,
+        tid,
+    };
+    let m = |id, tid, role: &str| GoMReport { id, tid, role: role.to_owned(), p: None, goid: None };
+    let count = |name: &str, count| GoCount { name: name.to_owned(), count };
+    GoProcessReport {
+        pid,
+        version: "go1.19.8".to_owned(),
+        gomaxprocs: Some(2),
+        gomaxprocs_from: "runtime",
+        threads: Vec::new(),
+        goroutines_started: 0,
+        goroutines_alive: 0,
+        sched: sched.then(|| GoSchedReport {
+            age_ms: 250,
+            gomaxprocs: 2,
+            ncpu: 4,
+            idle_procs: 1,
+            threads: 5,
+            spinning_threads: 0,
+            idle_threads: 2,
+            runqueue: 3,
+            ps: vec![p(0, "running", 2, true, Some(pid)), p(1, "idle", 0, false, None)],
+            ms: vec![m(0, pid, "holds P0, runs goroutine 1"), m(1, pid + 2, "sysmon: the runtime's monitor")],
+        }),
+        goroutine_states: sched.then(|| GoroutineStatesReport {
+            total: 10,
+            states: vec![count("waiting", 10)],
+            wait_reasons: vec![count("chan receive", 10)],
+            of: 10,
+            read: 10,
+        }),
+        sched_unavailable: (!sched).then(|| "the process is gone".to_owned()),
+    }
+}
+
 /// `1204` as `1,204`.
 fn thousands(n: u64) -> String {
     let digits = n.to_string();

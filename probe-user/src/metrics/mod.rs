@@ -711,47 +711,9 @@ mod tests {
 
     #[test]
     fn a_go_processs_scheduler_is_a_set_of_gauges_by_pid_and_p() {
-        use crate::report::{GoCount, GoPReport, GoSchedReport, GoroutineStatesReport};
         let limits = Limits { processes: 100, by_pid: true, threads: 0, grace: Duration::ZERO };
         let store = Arc::new(Mutex::new(Store::new(limits)));
-        let p = |id, runqueue, runnext| GoPReport {
-            id,
-            status: "running".to_owned(),
-            runqueue,
-            runnext,
-            schedtick: 0,
-            syscalltick: 0,
-            tid: None,
-        };
-        store.lock().unwrap().go = vec![GoProcessReport {
-            pid: 42,
-            version: "go1.19.8".to_owned(),
-            gomaxprocs: Some(2),
-            gomaxprocs_from: "runtime",
-            threads: Vec::new(),
-            goroutines_started: 0,
-            goroutines_alive: 0,
-            sched: Some(GoSchedReport {
-                age_ms: 250,
-                gomaxprocs: 2,
-                ncpu: 4,
-                idle_procs: 1,
-                threads: 5,
-                spinning_threads: 0,
-                idle_threads: 2,
-                runqueue: 3,
-                ps: vec![p(0, 2, true), p(1, 0, false)],
-                ms: Vec::new(),
-            }),
-            goroutine_states: Some(GoroutineStatesReport {
-                total: 10,
-                states: vec![GoCount { name: "waiting".to_owned(), count: 10 }],
-                wait_reasons: vec![GoCount { name: "chan receive".to_owned(), count: 10 }],
-                of: 10,
-                read: 10,
-            }),
-            sched_unavailable: None,
-        }];
+        store.lock().unwrap().go = vec![crate::report::go_process_example(42, true)];
         let text = scrape(&store);
         for line in [
             "probe_go_gomaxprocs{pid=\"42\"} 2",
@@ -759,6 +721,7 @@ mod tests {
             "probe_go_snapshot_age_seconds{pid=\"42\"} 0.25",
             "probe_go_p_runqueue{pid=\"42\",p=\"0\"} 3",
             "probe_go_p_runqueue{pid=\"42\",p=\"1\"} 0",
+            "probe_go_idle_threads{pid=\"42\"} 2",
             "probe_go_goroutines{pid=\"42\",state=\"waiting\"} 10",
             "probe_go_goroutines_waiting{pid=\"42\",reason=\"chan receive\"} 10",
         ] {

@@ -700,65 +700,20 @@ mod tests {
 
     #[test]
     fn the_go_view_shows_each_p_with_its_threads_cpu_and_each_threads_role() {
-        use crate::report::{
-            GoCount, GoMReport, GoPReport, GoProcessReport, GoSchedReport, GoroutineStatesReport,
-        };
+        use crate::report::go_process_example;
         let mut view = view_of(&[(10, 10, "server", 5)]);
-        let p = |id, tid| GoPReport {
-            id,
-            status: "running".to_owned(),
-            runqueue: 1,
-            runnext: true,
-            schedtick: 9,
-            syscalltick: 2,
-            tid,
-        };
-        let process = |pid, sched: Option<GoSchedReport>| GoProcessReport {
-            pid,
-            version: "go1.19.8".to_owned(),
-            gomaxprocs: Some(2),
-            gomaxprocs_from: "runtime",
-            threads: Vec::new(),
-            goroutines_started: 0,
-            goroutines_alive: 0,
-            goroutine_states: sched.as_ref().map(|_| GoroutineStatesReport {
-                total: 3,
-                states: vec![GoCount { name: "waiting".to_owned(), count: 3 }],
-                wait_reasons: vec![GoCount { name: "chan receive".to_owned(), count: 3 }],
-                of: 3,
-                read: 3,
-            }),
-            sched_unavailable: sched.is_none().then(|| "the process is gone".to_owned()),
-            sched,
-        };
-        let sched = GoSchedReport {
-            age_ms: 120,
-            gomaxprocs: 2,
-            ncpu: 2,
-            idle_procs: 1,
-            threads: 2,
-            spinning_threads: 0,
-            idle_threads: 0,
-            runqueue: 0,
-            ps: vec![p(0, Some(10)), p(1, None)],
-            ms: vec![GoMReport {
-                id: 1,
-                tid: 12,
-                role: "sysmon: the runtime's monitor".to_owned(),
-                p: None,
-                goid: None,
-            }],
-        };
-        view.update_goroutines(Vec::new(), vec![process(10, Some(sched)), process(11, None)]);
+        view.update_goroutines(Vec::new(), vec![go_process_example(10, true), go_process_example(11, false)]);
         view.key(KeyEvent::new(KeyCode::Char('g'), KeyModifiers::NONE));
         let text = screen(&view, 160, 24);
         assert!(
-            text.contains("Go process 10 (go1.19.8) · read 120 ms ago · GOMAXPROCS 2 of 2 CPUs"),
+            text.contains(
+                "Go process 10 (go1.19.8) · read 250 ms ago · GOMAXPROCS 2 of 4 CPUs: 1 idle P, 5 threads"
+            ),
             "{text}"
         );
-        assert!(text.contains("3 goroutines: 3 waiting (chan receive 3)"), "{text}");
+        assert!(text.contains("10 goroutines: 10 waiting (chan receive 10)"), "{text}");
         let p0 = text.lines().find(|line| line.contains("P0")).unwrap();
-        assert!(p0.contains("runq 1+next") && p0.contains("thread 10 on CPU"), "{text}");
+        assert!(p0.contains("runq 2+next") && p0.contains("thread 10 on CPU"), "{text}");
         assert!(text.contains("M1   thread 12 on CPU ?: sysmon"), "{text}");
         assert!(text.contains("Go process 11 (go1.19.8): scheduler not read: the process is gone"), "{text}");
     }
