@@ -13,6 +13,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fs,
     io::IoSliceMut,
+    ops::Range,
     os::unix::fs::MetadataExt,
     path::Path,
     time::{Duration, Instant},
@@ -59,6 +60,7 @@ const G_SCAN: u64 = 0x1000;
 const G_RUNNING: u64 = 2;
 const G_SYSCALL: u64 = 3;
 const G_WAITING: u64 = 4;
+const G_DEAD: u64 = 6;
 
 /// P statuses by value, `_Pidle` to `_Pdead`, from runtime2.go (Go 1.26
 /// stopped using `_Psyscall`).
@@ -75,6 +77,12 @@ const MAX_REASON_LEN: u64 = 128;
 
 /// The most remote pieces one `process_vm_readv` takes (`IOV_MAX`).
 const IOV_MAX: usize = 1024;
+
+/// Structures' ranges less apart than this are read as one (a goroutine's
+/// `g` is some 400 bytes; a P's members are 2 KiB apart, around its run
+/// queue), up to a range of `MAX_RANGE`.
+const MERGE_GAP: u64 = 1024;
+const MAX_RANGE: u64 = 64 << 10;
 
 /// How often a process's scheduler is read once it has been; one not yet
 /// read is tried at every chance, so that a program of 100 ms gets its
@@ -294,32 +302,76 @@ impl Memory {
     /// Reads the structures at `addresses` by `plan`: their bytes, packed,
     /// and which could be read (a goroutine freed meanwhile cannot). Fails
     /// only when the process is gone.
+    ///
+    /// The ranges are read in address order, those less than [`MERGE_GAP`]
+    /// apart as one: the kernel pins a page per piece, and the runtime
+    /// allocates goroutines side by side, so 10,000 of them are read from
+    /// some hundreds of pages rather than 10,000 pieces.
     fn structs(&self, addresses: &[u64], plan: &Plan) -> Result<(Vec<u8>, Vec<bool>), Errno> {
-        let (mut bytes, mut read) = (vec![0u8; addresses.len() * plan.len], vec![false; addresses.len()]);
-        let per_call = (IOV_MAX / plan.spans.len()).max(1);
+        let mut bytes = vec![0u8; addresses.len() * plan.len];
+        // (address, length, where it goes in `bytes`, its structure).
+        let mut pieces: Vec<(u64, usize, usize, usize)> =
+            Vec::with_capacity(addresses.len() * plan.spans.len());
+        for (index, &address) in addresses.iter().enumerate() {
+            let mut local = index * plan.len;
+            for &(offset, len) in &plan.spans {
+                // A wild pointer cannot wrap around: it is left unread.
+                if let Some(start) =
+                    address.checked_add(offset).filter(|start| start.checked_add(len as u64).is_some())
+                {
+                    pieces.push((start, len, local, index));
+                }
+                local += len;
+            }
+        }
+        pieces.sort_unstable_by_key(|&(start, ..)| start);
+        // Ranges to read: (start, length, the pieces they hold).
+        let mut ranges: Vec<(u64, u64, Range<usize>)> = Vec::new();
+        for (at, &(start, len, ..)) in pieces.iter().enumerate() {
+            let end = start + len as u64;
+            match ranges.last_mut() {
+                Some((first, length, held))
+                    if start <= *first + *length + MERGE_GAP && end - *first <= MAX_RANGE =>
+                {
+                    *length = (*length).max(end - *first);
+                    held.end = at + 1;
+                }
+                _ => ranges.push((start, len as u64, at..at + 1)),
+            }
+        }
+        let mut pieces_read = vec![0usize; addresses.len()];
+        let mut scratch = Vec::new();
         let mut next = 0;
-        while next < addresses.len() {
-            let chunk = &addresses[next..(next + per_call).min(addresses.len())];
-            let pieces: Vec<(u64, usize)> = chunk
+        while next < ranges.len() {
+            let batch = &ranges[next..(next + IOV_MAX).min(ranges.len())];
+            let remote: Vec<RemoteIoVec> = batch
                 .iter()
-                .flat_map(|&address| {
-                    plan.spans.iter().map(move |&(offset, len)| (address.wrapping_add(offset), len))
-                })
+                .map(|&(start, len, _)| RemoteIoVec { base: start as usize, len: len as usize })
                 .collect();
-            let remote: Vec<RemoteIoVec> =
-                pieces.iter().map(|&(base, len)| RemoteIoVec { base: base as usize, len }).collect();
-            let out = &mut bytes[next * plan.len..(next + chunk.len()) * plan.len];
-            // A transfer stops at the first piece it cannot read: the
-            // structures before it are whole, its own is skipped.
-            let whole = match process_vm_readv(self.0, &mut [IoSliceMut::new(out)], &remote) {
-                Ok(n) => n / plan.len,
+            scratch.resize(batch.iter().map(|&(_, len, _)| len as usize).sum(), 0);
+            // A transfer stops at the first range it cannot read: those
+            // before it are whole, it is skipped.
+            let mut left = match process_vm_readv(self.0, &mut [IoSliceMut::new(&mut scratch)], &remote) {
+                Ok(n) => n,
                 Err(Errno::EFAULT) => 0,
                 Err(err) => return Err(err),
             };
-            read[next..next + whole.min(chunk.len())].fill(true);
-            next += whole.min(chunk.len()) + usize::from(whole < chunk.len());
+            let mut at = 0;
+            let mut whole = 0;
+            for (start, len, held) in batch {
+                if (*len as usize) > left {
+                    break;
+                }
+                for &(piece, piece_len, local, index) in &pieces[held.clone()] {
+                    let from = at + (piece - start) as usize;
+                    bytes[local..local + piece_len].copy_from_slice(&scratch[from..from + piece_len]);
+                    pieces_read[index] += 1;
+                }
+                (at, left, whole) = (at + *len as usize, left - *len as usize, whole + 1);
+            }
+            next += whole + usize::from(whole < batch.len());
         }
-        Ok((bytes, read))
+        Ok((bytes, pieces_read.into_iter().map(|read| read == plan.spans.len()).collect()))
     }
 
     /// A Go slice's data pointer and length.
@@ -345,16 +397,12 @@ fn word(bytes: &[u8], at: usize) -> u64 {
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub taken: Instant,
+    /// Whether each M but the spare ones for cgo callbacks had its thread:
+    /// a thread sets its M's `procid` once running, and until then its
+    /// role has no thread to go to.
+    settled: bool,
     pub sched: GoSchedReport,
     pub goroutines: GoroutineStatesReport,
-}
-
-impl Snapshot {
-    /// Whether each of its threads had started: a thread sets its M's
-    /// `procid` once running, and until then its role has no thread.
-    fn settled(&self) -> bool {
-        self.sched.ms.iter().all(|m| m.tid != 0)
-    }
 }
 
 /// What is known of one process.
@@ -386,7 +434,7 @@ impl Scheduler {
         }
         for pid in pids {
             let watched = self.processes.entry(pid).or_default();
-            if !periodic && watched.snapshot.as_ref().is_some_and(Snapshot::settled) {
+            if !periodic && watched.snapshot.as_ref().is_some_and(|snapshot| snapshot.settled) {
                 continue;
             }
             let layout = match layout {
@@ -396,7 +444,10 @@ impl Scheduler {
                     continue;
                 }
             };
-            match watched.read(layout, pid, now) {
+            let started = Instant::now();
+            let read = watched.read(layout, pid, now);
+            log::debug!("read the Go scheduler of process {pid} in {:?}", started.elapsed());
+            match read {
                 Ok(Some(snapshot)) => {
                     watched.snapshot = Some(snapshot);
                     watched.failed = None;
@@ -489,7 +540,7 @@ impl Watched {
         let ms = self.ms(layout, &memory, allm).map_err(unreadable)?;
         let p_addresses = memory.pointers(allp, ps.min(MAX_PS)).map_err(unreadable)?;
         let ps = self.ps(layout, &memory, &p_addresses, &ms).map_err(unreadable)?;
-        let ms = self.roles(layout, &memory, bias, &ms, &p_addresses, &ps).map_err(unreadable)?;
+        let (ms, settled) = self.roles(layout, &memory, bias, &ms, &p_addresses, &ps).map_err(unreadable)?;
         if self.wait_reasons.is_none() {
             self.wait_reasons =
                 layout.wait_reasons.and_then(|(address, size)| wait_reasons(&memory, at(address), size));
@@ -498,6 +549,7 @@ impl Watched {
         let schedt = &layout.schedt;
         Ok(Some(Snapshot {
             taken: now,
+            settled,
             sched: GoSchedReport {
                 age_ms: 0,
                 gomaxprocs,
@@ -572,7 +624,8 @@ impl Watched {
     }
 
     /// Each M with its role: the goroutines it runs and is locked to, and
-    /// the function it was started with, read in a few syscalls.
+    /// the function it was started with, read in a few syscalls; and
+    /// whether each had its thread.
     fn roles(
         &self,
         layout: &Layout,
@@ -581,7 +634,7 @@ impl Watched {
         ms: &[(u64, Vec<u8>)],
         p_addresses: &[u64],
         ps: &[GoPReport],
-    ) -> Result<Vec<GoMReport>, Errno> {
+    ) -> Result<(Vec<GoMReport>, bool), Errno> {
         let m = &layout.m;
         let gs: Vec<u64> =
             ms.iter().flat_map(|(_, bytes)| [m.get(bytes, "curg"), m.get(bytes, "lockedg")]).collect();
@@ -597,7 +650,8 @@ impl Watched {
         let start = |index: usize| {
             (funcvals[index] != 0 && starts_read[index]).then(|| word(&starts, index * 8).wrapping_sub(bias))
         };
-        Ok(ms
+        let mut settled = true;
+        let ms = ms
             .iter()
             .enumerate()
             .map(|(index, (_, bytes))| {
@@ -609,24 +663,32 @@ impl Watched {
                         .and_then(|at| ps.get(at))
                         .map(|p| p.id),
                 };
+                let tid = m.get(bytes, "procid") as u32;
+                let curg = g(2 * index);
+                // The runtime keeps a spare M for callbacks from threads cgo
+                // made: it has a dead goroutine and no thread of its own.
+                let spare = tid == 0 && curg.is_some_and(|(_, status)| status == G_DEAD);
+                settled &= tid != 0 || spare;
                 let thread = Thread {
+                    spare,
                     sysmon: start(index) == Some(layout.sysmon),
                     template: start(index).is_some() && start(index) == layout.template_thread,
                     spinning: m.get(bytes, "spinning") != 0,
                     in_cgo: m.get(bytes, "incgo") != 0,
                     p,
-                    curg: g(2 * index),
+                    curg,
                     locked_to: g(2 * index + 1).map(|(goid, _)| goid),
                 };
                 GoMReport {
                     id: m.signed(bytes, "id"),
-                    tid: m.get(bytes, "procid") as u32,
+                    tid,
                     role: thread.role(),
                     p,
-                    goid: thread.curg.map(|(goid, _)| goid),
+                    goid: curg.filter(|_| !spare).map(|(goid, _)| goid),
                 }
             })
-            .collect())
+            .collect();
+        Ok((ms, settled))
     }
 
     /// The goroutines by state and wait reason: at most
@@ -726,6 +788,8 @@ fn wait_reasons(memory: &Memory, address: u64, size: u64) -> Option<Vec<String>>
 /// What an M is doing, as one snapshot has it.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Thread {
+    /// The spare M for cgo callbacks.
+    spare: bool,
     sysmon: bool,
     template: bool,
     spinning: bool,
@@ -745,6 +809,9 @@ impl Thread {
         }
         if self.template {
             return "template thread: starts threads for locked goroutines".to_owned();
+        }
+        if self.spare {
+            return "spare, for callbacks from threads cgo made: no thread yet".to_owned();
         }
         let holds = self.p.map(|p| format!("holds P{p}, "));
         let mut role = match (self.curg, self.in_cgo) {
@@ -793,6 +860,9 @@ mod tests {
             "in a syscall, goroutine 9, holds P0"
         );
         assert_eq!(role(Thread::default()), "idle: parked, no P");
+        assert!(
+            role(Thread { spare: true, curg: Some((17, G_DEAD)), ..Thread::default() }).starts_with("spare")
+        );
         assert_eq!(
             role(Thread { spinning: true, p: Some(2), ..Thread::default() }),
             "holds P2, spinning: looking for work"
@@ -824,6 +894,32 @@ mod tests {
         let reasons: Vec<(&str, u64)> =
             report.wait_reasons.iter().map(|s| (s.name.as_str(), s.count)).collect();
         assert_eq!(reasons, [("chan receive", 900), ("IO wait", 290), ("select", 4), ("wait reason 200", 0)]);
+    }
+
+    #[test]
+    fn structures_are_read_from_a_process_and_a_wild_pointer_is_left_unread() {
+        let mut structs = Structs::default();
+        structs.insert_for_test("t", &[("a", 0, 4), ("far", 2048, 8)]);
+        let plan = Plan::new(&structs, "t", &[&["a"], &["far"]]).unwrap();
+        // Side by side, as the runtime allocates them.
+        let mut objects = vec![[0u8; 2056]; 300];
+        for (i, object) in objects.iter_mut().enumerate() {
+            object[0..4].copy_from_slice(&(i as u32).to_le_bytes());
+            object[2048..2056].copy_from_slice(&(i as u64 * 3).to_le_bytes());
+        }
+        let mut addresses: Vec<u64> = objects.iter().map(|object| object.as_ptr() as u64).collect();
+        addresses.insert(7, 8);
+        addresses.push(u64::MAX - 4);
+        let (bytes, read) = Memory(Pid::this()).structs(&addresses, &plan).unwrap();
+        assert_eq!(read.iter().filter(|read| !**read).count(), 2);
+        assert!(!read[7] && !read[301]);
+        let read: Vec<(u64, u64)> = bytes
+            .chunks_exact(plan.len)
+            .zip(&read)
+            .filter(|(_, read)| **read)
+            .map(|(object, _)| (plan.get(object, "a"), plan.get(object, "far")))
+            .collect();
+        assert_eq!(read, (0..300).map(|i| (i, i * 3)).collect::<Vec<_>>());
     }
 
     #[test]
