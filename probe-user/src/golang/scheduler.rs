@@ -10,7 +10,7 @@
 //! bounded, and a read that fails leaves the previous snapshot in place.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     fs,
     io::IoSliceMut,
     ops::Range,
@@ -83,6 +83,9 @@ const IOV_MAX: usize = 1024;
 /// queue), up to a range of `MAX_RANGE`.
 const MERGE_GAP: u64 = 1024;
 const MAX_RANGE: u64 = 64 << 10;
+
+/// The most bytes one `process_vm_readv` of structures reads.
+const MAX_BATCH_BYTES: u64 = 4 << 20;
 
 /// How often a process's scheduler is read once it has been; one not yet
 /// read is tried at every chance, so that a program of 100 ms gets its
@@ -343,7 +346,18 @@ impl Memory {
         let mut scratch = Vec::new();
         let mut next = 0;
         while next < ranges.len() {
-            let batch = &ranges[next..(next + IOV_MAX).min(ranges.len())];
+            // Up to IOV_MAX ranges, and a few MiB, a call.
+            let mut bytes_in_batch = 0;
+            let count = ranges[next..]
+                .iter()
+                .take(IOV_MAX)
+                .take_while(|&&(_, len, _)| {
+                    bytes_in_batch += len;
+                    bytes_in_batch <= MAX_BATCH_BYTES
+                })
+                .count()
+                .max(1);
+            let batch = &ranges[next..next + count];
             let remote: Vec<RemoteIoVec> = batch
                 .iter()
                 .map(|&(start, len, _)| RemoteIoVec { base: start as usize, len: len as usize })
@@ -569,11 +583,12 @@ impl Watched {
     /// The runtime's Ms, following `allm` and `m.alllink`: (address, bytes).
     fn ms(&self, layout: &Layout, memory: &Memory, allm: u64) -> Result<Vec<(u64, Vec<u8>)>, Errno> {
         let mut ms = Vec::new();
+        let mut seen = HashSet::new();
         let mut next = allm;
         // Bounded: a list read while it changes may loop.
-        while next != 0 && ms.len() < MAX_MS {
+        while next != 0 && ms.len() < MAX_MS && seen.insert(next) {
             let (bytes, read) = memory.structs(&[next], &layout.m)?;
-            if !read[0] || ms.iter().any(|(address, _)| *address == next) {
+            if !read[0] {
                 break;
             }
             let link = layout.m.get(&bytes, "alllink");
