@@ -90,7 +90,8 @@ fn raise_descriptor_limit() {
 }
 
 /// The traced executable, if it is a Go program whose goroutines probe can
-/// follow, with its device and inode; a Go program it cannot follow gets a
+/// follow (its scheduler, and its goroutines at each syscall), with its
+/// device and inode; a Go program it cannot follow gets a
 /// note on stderr, and so does an executable that is not Go at all when
 /// `asked` (--goroutines).
 fn followable_go_program(path: &Path, asked: bool) -> Result<Option<(GoBinary, u64, u64)>> {
@@ -107,7 +108,7 @@ fn followable_go_program(path: &Path, asked: bool) -> Result<Option<(GoBinary, u
         }
         Inspection::Unsupported { version, why } => {
             eprintln!(
-                "probe: {} is a Go program ({version}) whose goroutines cannot be followed: {why}; showing its threads",
+                "probe: {} is a Go program ({version}) whose goroutines and scheduler cannot be followed: {why}; showing its threads",
                 path.display()
             );
             Ok(None)
@@ -232,7 +233,13 @@ fn run(args: Args) -> Result<i32> {
         None => None,
     };
     let go_executable = go_program.as_ref().map(|&(_, dev, ino)| (dev, ino));
-    let mut pipeline = Pipeline::new(go_program.map(|(binary, _, _)| Goroutines::new(binary)));
+    let mut goroutines = go_program.map(|(binary, _, _)| Goroutines::new(binary));
+    if let (Some(goroutines), Some(exe)) = (&mut goroutines, go_executable) {
+        let command = gated.iter().map(|gated| gated.pid.as_raw() as u32);
+        let same_binary = pids.iter().map(|target| target.pid).filter(|&pid| runs(pid, exe));
+        command.chain(same_binary).for_each(|pid| goroutines.watch(pid));
+    }
+    let mut pipeline = Pipeline::new(goroutines);
     pipeline.explain_calls(args.slow, tail_details);
     // The explaining thread, which slow calls' details go to, and with
     // --slow kallsyms read, before the traced threads run: a storm would

@@ -470,6 +470,13 @@ impl Pipeline {
         interval
     }
 
+    /// Reads the schedulers of the traced Go processes, when due.
+    pub fn read_go_schedulers(&mut self, world: &dyn World) {
+        if let Some(goroutines) = &mut self.goroutines {
+            goroutines.refresh(world);
+        }
+    }
+
     /// Raises the floors of the syscalls whose details came faster than
     /// the budget over the `seconds` since the last call; returns the
     /// entries that changed, for the kernel's array.

@@ -356,11 +356,6 @@ pub fn environment_variable(pid: u32, name: &str) -> Option<Vec<u8>> {
     })
 }
 
-/// Reads `bytes.len()` bytes of process `pid`'s memory at `address`.
-pub fn read_memory(pid: u32, address: u64, bytes: &mut [u8]) -> io::Result<()> {
-    File::open(format!("/proc/{pid}/mem"))?.read_exact_at(bytes, address)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -112,6 +112,208 @@ pub struct GoProcessReport {
     /// Goroutines seen making syscalls (g0 and calls of no goroutine
     /// aside): those that made none are not seen.
     pub goroutines_seen: u64,
+    /// The runtime's scheduler, as last read from the process's memory
+    /// while it lived; else `sched_unavailable` says why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sched: Option<GoSchedReport>,
+    /// Its goroutines by state, from the same read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goroutine_states: Option<GoroutineStatesReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sched_unavailable: Option<String>,
+}
+
+/// What `GODEBUG=schedtrace` prints, read from a running Go process.
+#[derive(Clone, Debug, Serialize)]
+pub struct GoSchedReport {
+    /// How long before the report the read was made.
+    pub age_ms: u64,
+    pub gomaxprocs: i64,
+    /// The CPUs the runtime found at its start.
+    pub ncpu: i64,
+    pub idle_procs: i64,
+    /// Threads (Ms) the runtime made and has not freed.
+    pub threads: i64,
+    pub spinning_threads: i64,
+    pub idle_threads: i64,
+    /// Goroutines in the global run queue.
+    pub runqueue: i64,
+    pub ps: Vec<GoPReport>,
+    /// The threads, as the runtime's list of Ms has them.
+    pub ms: Vec<GoMReport>,
+}
+
+/// One P: a right to run Go code, held by at most one thread.
+#[derive(Clone, Debug, Serialize)]
+pub struct GoPReport {
+    pub id: i64,
+    /// `idle`, `running`, `syscall`, `gcstop` or `dead`.
+    pub status: String,
+    /// Goroutines in its local run queue, `runnext` not counted.
+    pub runqueue: u64,
+    /// Whether a goroutine waits in `runnext`, to run next.
+    pub runnext: bool,
+    pub schedtick: u64,
+    pub syscalltick: u64,
+    /// The thread that holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tid: Option<u32>,
+}
+
+/// One M: an OS thread of the runtime.
+#[derive(Clone, Debug, Serialize)]
+pub struct GoMReport {
+    pub id: i64,
+    pub tid: u32,
+    /// What it is to the runtime, in a few words.
+    pub role: String,
+    /// The P it holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p: Option<i64>,
+    /// The goroutine it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goid: Option<u64>,
+}
+
+/// A process's goroutines by state, the runtime's own among them.
+#[derive(Clone, Debug, Serialize)]
+pub struct GoroutineStatesReport {
+    pub total: u64,
+    /// `running`, `runnable`, `syscall`, `waiting`, ...: the runtime's
+    /// order.
+    pub states: Vec<GoCount>,
+    /// The waiting ones by the runtime's reason, most first.
+    pub wait_reasons: Vec<GoCount>,
+    /// Goroutines the runtime had, of which the first `read` were read
+    /// (probe reads a bounded number each time).
+    pub of: u64,
+    pub read: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GoCount {
+    pub name: String,
+    pub count: u64,
+}
+
+impl GoSchedReport {
+    /// schedtrace's line, in words: `GOMAXPROCS 2 of 2 CPUs: 1 idle P, 4
+    /// threads (0 spinning, 1 idle), global run queue 0`.
+    pub fn summary(&self) -> String {
+        format!(
+            "GOMAXPROCS {} of {} CPUs: {} idle P{}, {} threads ({} spinning, {} idle), global run queue {}",
+            self.gomaxprocs,
+            self.ncpu,
+            self.idle_procs,
+            if self.idle_procs == 1 { "" } else { "s" },
+            self.threads,
+            self.spinning_threads,
+            self.idle_threads,
+            self.runqueue
+        )
+    }
+}
+
+impl GoPReport {
+    /// `runq 3+next`: its local run queue, and whether `runnext` waits too.
+    pub fn queue(&self) -> String {
+        format!("{}{}", self.runqueue, if self.runnext { "+next" } else { "" })
+    }
+}
+
+impl GoroutineStatesReport {
+    /// `1,204 goroutines: 2 running, 5 runnable, 3 in syscall, 1,194
+    /// waiting (chan receive 900, IO wait 290, select 4)`.
+    pub fn summary(&self) -> String {
+        let states: Vec<String> = self
+            .states
+            .iter()
+            .map(|state| {
+                let name = match state.name.as_str() {
+                    "syscall" => "in syscall",
+                    name => name,
+                };
+                let reasons = match state.name.as_str() {
+                    "waiting" if !self.wait_reasons.is_empty() => {
+                        let reasons: Vec<String> = self
+                            .wait_reasons
+                            .iter()
+                            .map(|reason| format!("{} {}", reason.name, thousands(reason.count)))
+                            .collect();
+                        format!(" ({})", reasons.join(", "))
+                    }
+                    _ => String::new(),
+                };
+                format!("{} {name}{reasons}", thousands(state.count))
+            })
+            .collect();
+        let read = match self.read < self.of {
+            true => format!(" (the first {} of {} read)", thousands(self.read), thousands(self.of)),
+            false => String::new(),
+        };
+        format!("{} goroutines{read}: {}", thousands(self.total), states.join(", "))
+    }
+}
+
+/// A Go process as the tests of the outputs know it: GOMAXPROCS 2 of 4
+/// CPUs, P0 running on the main thread with 2 goroutines queued and one in
+/// `runnext`, P1 idle, sysmon on thread `pid + 2`, 10 goroutines waiting on
+/// channel receives, read 250 ms before; or, without `sched`, one whose
+/// scheduler was not read because it was gone.
+#[cfg(test)]
+pub fn go_process_example(pid: u32, sched: bool) -> GoProcessReport {
+    let p = |id, status: &str, runqueue, runnext, tid| GoPReport {
+        id,
+        status: status.to_owned(),
+        runqueue,
+        runnext,
+        schedtick: 9,
+        syscalltick: 2,
+        tid,
+    };
+    let m = |id, tid, role: &str| GoMReport { id, tid, role: role.to_owned(), p: None, goid: None };
+    let count = |name: &str, count| GoCount { name: name.to_owned(), count };
+    GoProcessReport {
+        pid,
+        version: "go1.19.8".to_owned(),
+        gomaxprocs: Some(2),
+        gomaxprocs_from: "runtime",
+        threads: Vec::new(),
+        goroutines_seen: 0,
+        sched: sched.then(|| GoSchedReport {
+            age_ms: 250,
+            gomaxprocs: 2,
+            ncpu: 4,
+            idle_procs: 1,
+            threads: 5,
+            spinning_threads: 0,
+            idle_threads: 2,
+            runqueue: 3,
+            ps: vec![p(0, "running", 2, true, Some(pid)), p(1, "idle", 0, false, None)],
+            ms: vec![m(0, pid, "holds P0, runs goroutine 1"), m(1, pid + 2, "sysmon: the runtime's monitor")],
+        }),
+        goroutine_states: sched.then(|| GoroutineStatesReport {
+            total: 10,
+            states: vec![count("waiting", 10)],
+            wait_reasons: vec![count("chan receive", 10)],
+            of: 10,
+            read: 10,
+        }),
+        sched_unavailable: (!sched).then(|| "the process is gone".to_owned()),
+    }
+}
+
+/// `1204` as `1,204`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    grouped
 }
 
 /// One runtime thread.
@@ -611,8 +813,8 @@ pub struct SlowCallLine {
     pub name: String,
     pub nr: u32,
     pub abi: &'static str,
-    /// The goroutine that made it (0: the runtime's scheduler), with
-    /// `--goroutines`.
+    /// The goroutine that made it (0: the runtime's scheduler), in a Go
+    /// program whose goroutines are followed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub goroutine: Option<u64>,
     #[serde(flatten)]
@@ -726,6 +928,29 @@ mod tests {
         assert_eq!(errno_name(2), "ENOENT");
         assert_eq!(errno_name(512), "ERESTARTSYS");
         assert_eq!(errno_name(100_000), "errno_100000");
+    }
+
+    #[test]
+    fn goroutine_states_read_as_one_line() {
+        let count = |name: &str, count| GoCount { name: name.to_owned(), count };
+        let states = GoroutineStatesReport {
+            total: 1204,
+            states: vec![
+                count("running", 2),
+                count("runnable", 5),
+                count("syscall", 3),
+                count("waiting", 1194),
+            ],
+            wait_reasons: vec![count("chan receive", 900), count("IO wait", 290), count("select", 4)],
+            of: 1300,
+            read: 1300,
+        };
+        assert_eq!(
+            states.summary(),
+            "1,204 goroutines: 2 running, 5 runnable, 3 in syscall, 1,194 waiting (chan receive 900, IO wait 290, select 4)"
+        );
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(thousands(999), "999");
     }
 
     #[test]

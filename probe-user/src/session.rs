@@ -169,7 +169,12 @@ pub async fn run(
                 drain(guard.get_inner_mut(), &mut pipeline, &mut outputs, &probe, slow.as_ref());
                 guard.clear_ready();
             }
-            _ = poll.tick() => drain(events.get_mut(), &mut pipeline, &mut outputs, &probe, slow.as_ref()),
+            _ = poll.tick() => {
+                drain(events.get_mut(), &mut pipeline, &mut outputs, &probe, slow.as_ref());
+                // Every 250 ms, and at once for a process not read yet: a
+                // program of 100 ms gets its snapshot.
+                pipeline.read_go_schedulers(&Proc);
+            }
             _ = lost_calls.tick() => {
                 // Records first: they precede the calls counted since.
                 drain(events.get_mut(), &mut pipeline, &mut outputs, &probe, slow.as_ref());

@@ -7,11 +7,12 @@
 mod common;
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::Command,
 };
 
-use common::{trace_program, Trace};
+use common::{report_path, trace_program, Trace, PROBE};
 use serde_json::Value;
 
 /// Each test body runs once per toolchain, as `TEST::go119` and
@@ -38,6 +39,10 @@ on_both_toolchains!(
     a_cgo_binary_keeps_its_goroutine_where_runtime_tlsg_says,
     with_no_goroutines_a_go_program_gets_its_threads_only,
     a_go_programs_slow_reads_name_their_goroutines_and_functions,
+    the_scheduler_read_finds_goroutines_in_the_states_the_program_put_them_in,
+    the_scheduler_read_agrees_with_the_programs_own_schedtrace,
+    a_hello_worlds_threads_include_sysmon_without_uprobes,
+    a_pie_build_gets_start_functions_and_its_scheduler_read,
 );
 
 #[derive(Clone, Copy, Debug)]
@@ -248,4 +253,131 @@ fn a_go_programs_slow_reads_name_their_goroutines_and_functions(go: Go) {
         assert!(from.iter().any(|f| f.starts_with("main.main.func")), "{from:?}");
     }
     assert!(named > 0, "no slow read was explained while the program lived");
+}
+
+/// The `scheduler` program's arguments: goroutines blocked on a channel
+/// receive, in time.Sleep, spinning (at most GOMAXPROCS, which the machine
+/// has 2 of at least), and how long it holds still after its account: long
+/// enough for several reads (one every 250 ms).
+const KNOWN_STATES: [&str; 4] = ["7", "3", "1", "900"];
+
+/// The counts by name of a `[{name, count}]` list.
+fn counts(list: &Value) -> BTreeMap<String, u64> {
+    let list = list.as_array().unwrap_or_else(|| panic!("a list: {list}"));
+    list.iter()
+        .map(|entry| (entry["name"].as_str().unwrap().to_owned(), entry["count"].as_u64().unwrap()))
+        .collect()
+}
+
+/// The summary's only Go process, with its scheduler read.
+fn go_process(trace: &Trace) -> &Value {
+    let go = &trace.summary["go"];
+    assert_eq!(go.as_array().map(Vec::len), Some(1), "{go}");
+    let process = &go[0];
+    assert!(process["sched"].is_object(), "no scheduler read: {process}");
+    process
+}
+
+fn the_scheduler_read_finds_goroutines_in_the_states_the_program_put_them_in(go: Go) {
+    let binary = build(go, "scheduler", &[]);
+    // No --goroutines: the scheduler is read without uprobes.
+    let (trace, output) = trace_program(&format!("go-states-{}", go.name()), &[], &binary, &KNOWN_STATES);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let account: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let process = go_process(&trace);
+    let reasons = counts(&process["goroutine_states"]["wait_reasons"]);
+    assert_eq!(reasons.get("chan receive").copied(), account["chan receive"].as_u64(), "{reasons:?}");
+    assert_eq!(reasons.get("sleep").copied(), account["sleep"].as_u64(), "{reasons:?}");
+    let states = counts(&process["goroutine_states"]["states"]);
+    let on_cpu = states.get("running").unwrap_or(&0) + states.get("runnable").unwrap_or(&0);
+    assert_eq!(Some(on_cpu), account["spinning"].as_u64(), "{states:?}");
+    let sched = &process["sched"];
+    assert_eq!(sched["gomaxprocs"], account["gomaxprocs"], "{sched}");
+    assert_eq!(
+        sched["ps"].as_array().unwrap().len() as u64,
+        account["gomaxprocs"].as_u64().unwrap(),
+        "{sched}"
+    );
+    assert_eq!(process["gomaxprocs_from"], "runtime");
+}
+
+/// One line of schedtrace: `SCHED 100ms: gomaxprocs=2 idleprocs=1
+/// threads=5 ... runqueue=0 [0 0]`, by field.
+fn schedtrace_line(line: &str) -> Option<BTreeMap<&str, i64>> {
+    let fields = line.strip_prefix("SCHED ")?.split_whitespace().filter_map(|field| field.split_once('='));
+    Some(fields.filter_map(|(name, value)| Some((name, value.parse().ok()?))).collect())
+}
+
+fn the_scheduler_read_agrees_with_the_programs_own_schedtrace(go: Go) {
+    let binary = build(go, "scheduler", &[]);
+    // probe passes its environment on to the COMMAND.
+    let report = report_path(&format!("go-schedtrace-{}", go.name()));
+    let output = Command::new(PROBE)
+        .env("GODEBUG", "schedtrace=100")
+        .args(["--json", "-o"])
+        .arg(&report)
+        .arg("--")
+        .arg(&binary)
+        .args(KNOWN_STATES)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let trace = Trace::read(&report);
+    std::fs::remove_file(report).unwrap();
+    let lines: Vec<BTreeMap<&str, i64>> = stderr.lines().filter_map(schedtrace_line).collect();
+    assert!(lines.len() >= 5, "too few schedtrace lines: {stderr}");
+    let sched = &go_process(&trace)["sched"];
+    let range = |field: &str| {
+        let values = lines.iter().map(|line| line[field]);
+        (values.clone().min().unwrap(), values.max().unwrap())
+    };
+    for (ours, theirs) in [
+        ("gomaxprocs", "gomaxprocs"),
+        ("idle_procs", "idleprocs"),
+        ("threads", "threads"),
+        ("runqueue", "runqueue"),
+    ] {
+        let (low, high) = range(theirs);
+        let value = sched[ours].as_i64().unwrap();
+        assert!(
+            (low..=high).contains(&value),
+            "{ours} {value}, schedtrace's {theirs} {low}..={high}: {sched} against {stderr}"
+        );
+    }
+    let (low, high) = range("gomaxprocs");
+    assert_eq!(low, high, "GOMAXPROCS changed: {stderr}");
+}
+
+fn a_hello_worlds_threads_include_sysmon_without_uprobes(go: Go) {
+    let binary = build(go, "hello", &[]);
+    // It lives 150 ms: a short program gets its read too.
+    let (trace, output) = trace_program(&format!("go-roles-{}", go.name()), &[], &binary, &["150"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let process = go_process(&trace);
+    let threads = process["threads"].as_array().unwrap();
+    assert!(threads.iter().any(|t| t["role"].as_str().unwrap().starts_with("sysmon")), "{threads:?}");
+    let ms = process["sched"]["ms"].as_array().unwrap();
+    let sysmon = ms.iter().find(|m| m["role"].as_str().unwrap().starts_with("sysmon")).expect("a sysmon M");
+    assert!(
+        threads.iter().any(|t| t["tid"] == sysmon["tid"]),
+        "sysmon's thread {sysmon} is not among {threads:?}"
+    );
+}
+
+fn a_pie_build_gets_start_functions_and_its_scheduler_read(go: Go) {
+    let binary = build(go, "scheduler", &["-buildmode=pie"]);
+    let (trace, stdout, _) = trace(&format!("go-pie-{}", go.name()), &binary, &KNOWN_STATES);
+    let account: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(goroutine(&trace, 1)["start_fn"], "runtime.main");
+    let goroutines = trace.summary["goroutines"].as_array().unwrap();
+    let unnamed: Vec<&Value> = goroutines.iter().filter(|g| g["start_fn"] == "?").collect();
+    assert!(unnamed.is_empty(), "start functions unresolved: {unnamed:?}");
+    assert!(
+        goroutines.iter().any(|g| g["start_fn"].as_str().unwrap().starts_with("main.main.func")),
+        "{goroutines:?}"
+    );
+    let process = go_process(&trace);
+    let reasons = counts(&process["goroutine_states"]["wait_reasons"]);
+    assert_eq!(reasons.get("chan receive").copied(), account["chan receive"].as_u64(), "{reasons:?}");
 }

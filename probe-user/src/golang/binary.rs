@@ -3,10 +3,12 @@
 //! their goroutine (its TLS), where `runtime.g` keeps the goroutine's id and
 //! start function (its DWARF), and the names of its functions.
 
-use std::{borrow::Cow, fs, path::Path};
+use std::{fs, path::Path};
 
 use anyhow::{Context, Result};
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+
+use super::{dwarf::Structs, scheduler};
 
 /// What an executable turned out to be.
 #[derive(Debug)]
@@ -29,9 +31,8 @@ pub struct GoBinary {
     pub startpc_offset: u32,
     /// Where a thread's `g` is, from its FS base.
     pub tls_offset: i64,
-    /// Address of `runtime.gomaxprocs` (an int32), if the binary is not
-    /// position-independent.
-    pub gomaxprocs: Option<u64>,
+    /// Where its scheduler's state is, or why it cannot be read.
+    pub scheduler: Result<Box<scheduler::Layout>, String>,
     /// Function symbols, by address.
     functions: Vec<(u64, u64, String)>,
     /// The compiler's wrappers (entry, entry of the function each calls),
@@ -93,26 +94,23 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     let Some(tls_offset) = tls_offset(&file) else {
         return unsupported("it has no runtime.tlsg where its threads keep their goroutine");
     };
-    let Some((goid_offset, startpc_offset)) = g_offsets(&file)?.or_else(|| known_g_offsets(&version)) else {
+    let structs = Structs::read(&file, &scheduler::STRUCTS)?;
+    let Some((goid_offset, startpc_offset)) = g_offsets(&structs).or_else(|| known_g_offsets(&version))
+    else {
         return unsupported(&format!(
             "it has no DWARF to find runtime.g's fields in (built with -ldflags=-w?), and probe knows them \
              without for {} only",
             KNOWN_G_OFFSETS.map(|(release, _, _)| release).join(", ")
         ));
     };
-    let position_independent = file.kind() == object::ObjectKind::Dynamic;
-    let gomaxprocs = file
-        .symbols()
-        .find(|symbol| symbol.name() == Ok("runtime.gomaxprocs"))
-        .map(|symbol| symbol.address())
-        .filter(|_| !position_independent);
+    let scheduler = scheduler::Layout::new(path, &file, &structs).map(Box::new);
     let wrapped = wrapped_functions(&file).unwrap_or_default();
     Ok(Inspection::Go(GoBinary {
         version,
         goid_offset,
         startpc_offset,
         tls_offset,
-        gomaxprocs,
+        scheduler,
         functions,
         wrapped,
     }))
@@ -241,7 +239,7 @@ fn wrapped_functions(file: &object::File) -> Option<Vec<(u64, u64)>> {
 }
 
 /// Where a thread's `g` is, from its FS base. Without cgo the runtime has
-/// no TLS segment and keeps it at -8 itself; with cgo it is `runtime.tlsg`,
+/// no TLS segment and keeps it at -8 itself; otherwise it is `runtime.tlsg`,
 /// in the executable's TLS block, which on x86-64 ends at the thread
 /// pointer (variant II).
 fn tls_offset(file: &object::File) -> Option<i64> {
@@ -257,7 +255,12 @@ fn tls_offset(file: &object::File) -> Option<i64> {
         return Some(NO_CGO);
     };
     let (size, align) = (tls.p_memsz(endian), tls.p_align(endian).max(1));
-    let tlsg = file.symbols().find(|symbol| symbol.name() == Ok("runtime.tlsg"))?.address();
+    // A block of one slot (a PIE build's, or a stripped one's) is the g's.
+    let tlsg = match file.symbols().find(|symbol| symbol.name() == Ok("runtime.tlsg")) {
+        Some(symbol) => symbol.address(),
+        None if size <= 8 => 0,
+        None => return None,
+    };
     Some(tlsg as i64 - size.next_multiple_of(align) as i64)
 }
 
@@ -287,60 +290,10 @@ fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
 }
 
 /// `runtime.g`'s `goid` and `startpc` offsets, from the DWARF.
-fn g_offsets(file: &object::File) -> Result<Option<(u32, u32)>> {
-    let load = |id: gimli::SectionId| -> Result<Cow<[u8]>, gimli::Error> {
-        Ok(file
-            .section_by_name(id.name())
-            .and_then(|section| section.uncompressed_data().ok())
-            .unwrap_or_default())
-    };
-    let sections = gimli::DwarfSections::load(load)?;
-    let dwarf = sections.borrow(|section| gimli::EndianSlice::new(section, gimli::LittleEndian));
-    let mut units = dwarf.units();
-    while let Some(header) = units.next()? {
-        let unit = dwarf.unit(header)?;
-        let mut tree = unit.entries_tree(None)?;
-        let mut children = tree.root()?.children();
-        while let Some(node) = children.next()? {
-            let entry = node.entry();
-            if entry.tag() != gimli::DW_TAG_structure_type || !has_name(&dwarf, &unit, entry, "runtime.g")? {
-                continue;
-            }
-            let (mut goid, mut startpc) = (None, None);
-            let mut members = node.children();
-            while let Some(member) = members.next()? {
-                let member = member.entry();
-                let offset = match member.attr_value(gimli::DW_AT_data_member_location) {
-                    Some(gimli::AttributeValue::Udata(offset)) => offset as u32,
-                    Some(gimli::AttributeValue::Data1(offset)) => u32::from(offset),
-                    Some(gimli::AttributeValue::Data2(offset)) => u32::from(offset),
-                    Some(gimli::AttributeValue::Data4(offset)) => offset,
-                    _ => continue,
-                };
-                if has_name(&dwarf, &unit, member, "goid")? {
-                    goid = Some(offset);
-                } else if has_name(&dwarf, &unit, member, "startpc")? {
-                    startpc = Some(offset);
-                }
-            }
-            return Ok(goid.zip(startpc));
-        }
-    }
-    Ok(None)
-}
-
-type Slice<'a> = gimli::EndianSlice<'a, gimli::LittleEndian>;
-
-fn has_name(
-    dwarf: &gimli::Dwarf<Slice>,
-    unit: &gimli::Unit<Slice>,
-    entry: &gimli::DebuggingInformationEntry<Slice>,
-    name: &str,
-) -> Result<bool> {
-    let Some(value) = entry.attr_value(gimli::DW_AT_name) else {
-        return Ok(false);
-    };
-    Ok(dwarf.attr_string(unit, value)?.slice() == name.as_bytes())
+fn g_offsets(structs: &Structs) -> Option<(u32, u32)> {
+    let offset =
+        |member| structs.field("runtime.g", member).and_then(|field| u32::try_from(field.offset).ok());
+    offset("goid").zip(offset("startpc"))
 }
 
 #[cfg(test)]

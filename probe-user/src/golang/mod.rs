@@ -6,8 +6,13 @@
 //! sysmon's thread): no uprobes, no cost at goroutine switches.
 
 pub mod binary;
+pub mod dwarf;
+pub mod scheduler;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
 
 use probe_common::{SyscallEvent, GOROUTINE_UNREAD, NO_GOROUTINE};
 use rustc_hash::FxHashMap;
@@ -18,6 +23,7 @@ use crate::{
     report::{syscall_reports, GoProcessReport, GoThreadReport, GoroutineReport},
 };
 use binary::GoBinary;
+use scheduler::Scheduler;
 
 /// Exited goroutines kept one by one per process; the rest are added up in
 /// one row, so that a server that starts a goroutine per request does not
@@ -64,11 +70,24 @@ pub struct Goroutines {
     binary: GoBinary,
     processes: BTreeMap<u32, Process>,
     goroutines: BTreeMap<(u32, u64), Goroutine>,
+    scheduler: Scheduler,
 }
 
 impl Goroutines {
     pub fn new(binary: GoBinary) -> Self {
-        Self { binary, processes: BTreeMap::new(), goroutines: BTreeMap::new() }
+        Self {
+            binary,
+            processes: BTreeMap::new(),
+            goroutines: BTreeMap::new(),
+            scheduler: Scheduler::default(),
+        }
+    }
+
+    /// Follows process `pid`, which runs the binary (or will, once it
+    /// execs): its scheduler is read whether or not its goroutines are
+    /// followed.
+    pub fn watch(&mut self, pid: u32) {
+        self.processes.entry(pid).or_default();
     }
 
     /// Counts a new thread of a followed process among its threads: one
@@ -126,28 +145,28 @@ impl Goroutines {
         }
     }
 
-    /// Reads each live process's `runtime.gomaxprocs`; the last value read
-    /// stays once it exits.
+    /// Reads the scheduler of each live process when due (see
+    /// [`scheduler::PERIOD`]); the last snapshot stays once it exits.
     pub fn refresh(&mut self, world: &dyn World) {
-        let mut gone = Vec::new();
-        for (pid, process) in &mut self.processes {
-            if !world.process_alive(*pid) {
-                gone.push(*pid);
-                continue;
-            }
-            let mut bytes = [0u8; 4];
-            if let Some(address) = self.binary.gomaxprocs {
-                if procfs::read_memory(*pid, address, &mut bytes).is_ok() {
-                    process.gomaxprocs = Some(i32::from_ne_bytes(bytes));
-                }
-            }
-        }
+        let (live, gone): (Vec<u32>, Vec<u32>) =
+            self.processes.keys().copied().partition(|&pid| world.process_alive(pid));
         // A process's end is all its goroutines' end.
         for pid in gone {
             let goids: Vec<u64> =
                 self.goroutines.range((pid, 0)..=(pid, u64::MAX)).map(|(&(_, goid), _)| goid).collect();
             for goid in goids {
                 self.exited(pid, goid);
+            }
+        }
+        self.scheduler.read(self.binary.scheduler.as_deref(), live.into_iter(), Instant::now());
+        for (pid, process) in &mut self.processes {
+            if let Ok(snapshot) = self.scheduler.snapshot(*pid) {
+                process.gomaxprocs = i32::try_from(snapshot.sched.gomaxprocs).ok();
+                // Threads that made no syscall and started before the
+                // trace are known from the runtime's list.
+                for m in snapshot.sched.ms.iter().filter(|m| m.tid != 0) {
+                    process.threads.entry(m.tid).or_default();
+                }
             }
         }
     }
@@ -181,7 +200,7 @@ impl Goroutines {
                         0 => "[start not read: its first call's record was lost]".to_owned(),
                         pc => self
                             .binary
-                            .start_function(pc)
+                            .start_function(pc.wrapping_sub(self.scheduler.bias(pid).unwrap_or(0)))
                             .map_or_else(|| format!("[no function at {pc:#x}]"), escape::visible),
                     },
                 },
@@ -193,6 +212,7 @@ impl Goroutines {
             .collect();
         let calls = |g: &GoroutineReport| g.syscalls.iter().map(|call| call.count).sum::<u64>();
         goroutines.sort_by(|a, b| calls(b).cmp(&calls(a)).then((a.pid, a.goid).cmp(&(b.pid, b.goid))));
+        let now = Instant::now();
         let processes = self
             .processes
             .iter()
@@ -200,6 +220,10 @@ impl Goroutines {
                 let (gomaxprocs, gomaxprocs_from) = match process.gomaxprocs {
                     Some(value) => (Some(value), "runtime"),
                     None => (gomaxprocs_from_environment(pid), "environment"),
+                };
+                let (sched, goroutine_states, sched_unavailable) = match self.scheduler.report(pid, now) {
+                    Ok((sched, states)) => (Some(sched), Some(states), None),
+                    Err(why) => (None, None, Some(why)),
                 };
                 GoProcessReport {
                     pid,
@@ -209,9 +233,15 @@ impl Goroutines {
                     threads: process
                         .threads
                         .iter()
-                        .map(|(&tid, thread)| GoThreadReport { tid, role: role(thread) })
+                        .map(|(&tid, thread)| GoThreadReport {
+                            tid,
+                            role: self.scheduler.role(pid, tid).unwrap_or_else(|| role(thread)),
+                        })
                         .collect(),
                     goroutines_seen: process.seen,
+                    sched,
+                    goroutine_states,
+                    sched_unavailable,
                 }
             })
             .collect();

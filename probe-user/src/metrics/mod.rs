@@ -24,7 +24,7 @@ use crate::{
     aggregate::{sched::SchedStats, SyscallStats, Table, ThreadKey, ThreadStats},
     clock::WallClock,
     output::{Flow, Interval, Sink},
-    report::{errno_name, syscall_name, Report},
+    report::{errno_name, syscall_name, GoProcessReport, GoSchedReport, Report},
 };
 
 /// Upper bounds of the latency buckets, in seconds: 1 µs to 10 s in steps
@@ -204,6 +204,8 @@ pub struct Store {
     threads: FxHashMap<ThreadKey, Series>,
     others: FxHashMap<u32, Series>,
     totals: ProbeTotals,
+    /// The live Go processes' schedulers, as last read.
+    go: Vec<GoProcessReport>,
 }
 
 /// Whose a process series is: one process, all the processes of a name,
@@ -231,6 +233,7 @@ impl Store {
             threads: FxHashMap::default(),
             others: FxHashMap::default(),
             totals: ProbeTotals::default(),
+            go: Vec::new(),
         }
     }
 
@@ -366,6 +369,9 @@ impl Sink for Export {
             Some(tid) => world.thread_alive(pid, tid),
             None => world.process_alive(pid),
         });
+        // A process gone has no scheduler now.
+        store.go = interval.goroutines.map(|goroutines| goroutines.report().1).unwrap_or_default();
+        store.go.retain(|process| world.process_alive(process.pid));
         Ok(Flow::Continue)
     }
 
@@ -413,8 +419,73 @@ impl Collector for Metrics {
                 .collect();
             encode_series(&mut encoder, "probe_thread", &threads)?;
         }
+        encode_go(&mut encoder, &store.go)?;
         encode_health(&mut encoder, &store)
     }
+}
+
+/// A Go scheduler gauge: its name after `probe_go_`, its help, its value.
+type GoGauge = (&'static str, &'static str, fn(&GoSchedReport) -> i64);
+
+const GO_GAUGES: [GoGauge; 6] = [
+    ("gomaxprocs", "GOMAXPROCS, read from the runtime.", |s| s.gomaxprocs),
+    ("idle_procs", "Ps idle (schedtrace's idleprocs).", |s| s.idle_procs),
+    ("threads", "Threads (Ms) the runtime made and has not freed.", |s| s.threads),
+    ("spinning_threads", "Threads spinning: looking for work.", |s| s.spinning_threads),
+    ("idle_threads", "Threads parked for want of work.", |s| s.idle_threads),
+    ("global_runqueue", "Goroutines in the global run queue.", |s| s.runqueue),
+];
+
+/// The live Go processes' schedulers as gauges, labelled by pid (and p,
+/// state or wait reason), as last read.
+fn encode_go(encoder: &mut DescriptorEncoder, go: &[GoProcessReport]) -> Result<(), std::fmt::Error> {
+    let pid = |process: &GoProcessReport| vec![("pid", process.pid.to_string())];
+    let gauge = |value: i64| Value::Gauge(value.max(0) as u64);
+    let read: Vec<_> = go.iter().filter_map(|process| Some((process, process.sched.as_ref()?))).collect();
+    for (name, help, value) in GO_GAUGES {
+        let samples = read.iter().map(|(process, sched)| (pid(process), gauge(value(sched))));
+        family(encoder, &format!("probe_go_{name}"), help, samples)?;
+    }
+    family(
+        encoder,
+        "probe_go_snapshot_age_seconds",
+        "Age of the read of the runtime these gauges come from, when the last interval closed.",
+        read.iter().map(|(process, sched)| (pid(process), Value::GaugeSeconds(sched.age_ms * 1_000_000))),
+    )?;
+    family(
+        encoder,
+        "probe_go_p_runqueue",
+        "Goroutines in a P's local run queue, runnext included.",
+        read.iter().flat_map(|(process, sched)| {
+            sched.ps.iter().map(|p| {
+                (
+                    with(&pid(process), &[("p", p.id.to_string())]),
+                    Value::Gauge(p.runqueue + u64::from(p.runnext)),
+                )
+            })
+        }),
+    )?;
+    let states = go.iter().filter_map(|process| Some((process, process.goroutine_states.as_ref()?)));
+    family(
+        encoder,
+        "probe_go_goroutines",
+        "Goroutines by state (the runtime's own among them).",
+        states.clone().flat_map(|(process, states)| {
+            states.states.iter().map(|state| {
+                (with(&pid(process), &[("state", state.name.clone())]), Value::Gauge(state.count))
+            })
+        }),
+    )?;
+    family(
+        encoder,
+        "probe_go_goroutines_waiting",
+        "Waiting goroutines by the runtime's wait reason.",
+        states.flat_map(|(process, states)| {
+            states.wait_reasons.iter().map(|reason| {
+                (with(&pid(process), &[("reason", reason.name.clone())]), Value::Gauge(reason.count))
+            })
+        }),
+    )
 }
 
 /// A counter, a gauge or a histogram, encoded from values at hand.
@@ -635,6 +706,26 @@ mod tests {
             state: ThreadState::Blocked,
             before_attach: true,
             comm: "stuck".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_go_processs_scheduler_is_a_set_of_gauges_by_pid_and_p() {
+        let limits = Limits { processes: 100, by_pid: true, threads: 0, grace: Duration::ZERO };
+        let store = Arc::new(Mutex::new(Store::new(limits)));
+        store.lock().unwrap().go = vec![crate::report::go_process_example(42, true)];
+        let text = scrape(&store);
+        for line in [
+            "probe_go_gomaxprocs{pid=\"42\"} 2",
+            "probe_go_global_runqueue{pid=\"42\"} 3",
+            "probe_go_snapshot_age_seconds{pid=\"42\"} 0.25",
+            "probe_go_p_runqueue{pid=\"42\",p=\"0\"} 3",
+            "probe_go_p_runqueue{pid=\"42\",p=\"1\"} 0",
+            "probe_go_idle_threads{pid=\"42\"} 2",
+            "probe_go_goroutines{pid=\"42\",state=\"waiting\"} 10",
+            "probe_go_goroutines_waiting{pid=\"42\",reason=\"chan receive\"} 10",
+        ] {
+            assert!(text.contains(line), "no {line} in {text}");
         }
     }
 

@@ -323,6 +323,30 @@ fn write_go(out: &mut dyn Write, report: &Report) -> io::Result<()> {
             process.threads.len(),
             process.goroutines_seen
         )?;
+        match (&process.sched, &process.goroutine_states, &process.sched_unavailable) {
+            (Some(sched), Some(states), _) => {
+                writeln!(
+                    out,
+                    "  scheduler, read {} ms before this report: {}",
+                    sched.age_ms,
+                    sched.summary()
+                )?;
+                writeln!(out, "  {}", states.summary())?;
+                for p in &sched.ps {
+                    let thread = p.tid.map_or_else(String::new, |tid| format!(", thread {tid}"));
+                    writeln!(
+                        out,
+                        "  P{:<3} {:<8} runq {:<6} schedtick {:<9} syscalltick {}{thread}",
+                        p.id,
+                        p.status,
+                        p.queue(),
+                        p.schedtick,
+                        p.syscalltick
+                    )?;
+                }
+            }
+            (_, _, why) => writeln!(out, "  scheduler: not read: {}", why.as_deref().unwrap_or("unknown"))?,
+        }
         for thread in &process.threads {
             writeln!(out, "  thread {:>7}: {}", thread.tid, thread.role)?;
         }

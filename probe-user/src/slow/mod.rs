@@ -34,7 +34,7 @@ use crate::{
 
 pub use args::Arg;
 pub use tail::{DetailFloors, FIRST_FLOOR_NS};
-pub use unwind::End;
+pub use unwind::{load_bias, End};
 
 /// One frame of a stack, symbolized where the object allows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

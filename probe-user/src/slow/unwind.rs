@@ -144,6 +144,14 @@ impl Process {
     }
 }
 
+/// How far from the addresses its file gives them an object's addresses
+/// are in a process: its mapping at `map_start`, from file offset
+/// `map_offset`, holds part of the segment that the file puts at
+/// `segment_address` from file offset `segment_offset`.
+pub fn load_bias(map_start: u64, map_offset: u64, segment_address: u64, segment_offset: u64) -> u64 {
+    map_start.wrapping_sub(segment_address.wrapping_sub(segment_offset).wrapping_add(map_offset))
+}
+
 /// The unwind information of an ELF object mapped executable at `range`
 /// from file offset `offset`.
 fn module(data: &ReadCache<&File>, range: &Range<u64>, offset: u64) -> Option<Module<Vec<u8>>> {
@@ -157,7 +165,7 @@ fn module(data: &ReadCache<&File>, range: &Range<u64>, offset: u64) -> Option<Mo
         executable && offset < start + len && start < offset + (range.end - range.start)
     })?;
     let (file_start, _) = segment.file_range();
-    let base_avma = range.start.wrapping_sub(segment.address().wrapping_sub(file_start).wrapping_add(offset));
+    let base_avma = load_bias(range.start, offset, segment.address(), file_start);
     let section = |name: &str| file.section_by_name(name);
     let svma = |name: &str| section(name).map(|s| s.address()..s.address() + s.size());
     let bytes = |name: &str| section(name).and_then(|s| s.uncompressed_data().ok()).map(|d| d.into_owned());

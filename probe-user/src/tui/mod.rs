@@ -175,7 +175,8 @@ impl Sink for Live {
         let report = Report::new(Kind::Interval, interval.table, interval.span, None);
         self.update(&report, interval.cost, |key| interval.world.thread_alive(key.pid, key.tid));
         if let Some(goroutines) = interval.goroutines {
-            self.view.update_goroutines(goroutines.report().0);
+            let (goroutines, go) = goroutines.report();
+            self.view.update_goroutines(goroutines, go);
         }
         self.show_detail(interval.total);
         self.draw()?;

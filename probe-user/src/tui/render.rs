@@ -168,7 +168,7 @@ pub fn draw(frame: &mut Frame, view: &View) {
             Paragraph::new(format!("thread {} of process {}: no data yet", key.tid, key.pid)),
             body,
         ),
-        None if view.show_goroutines => draw_goroutines(frame, body, view),
+        None if view.show_goroutines => draw_go(frame, body, view),
         None => draw_table(frame, body, view),
     }
     if slow > 0 {
@@ -253,7 +253,59 @@ fn title_line(column: Column, sorted: bool) -> TextLine<'static> {
     ])
 }
 
-/// The Go view: every goroutine since probe started, most syscalls first.
+/// The Go view: each Go process's scheduler as last read (its Ps with the
+/// thread that holds each and that thread's CPU, its threads and what each
+/// is to the runtime, its goroutines by state), then every goroutine since
+/// probe started, most syscalls first.
+fn draw_go(frame: &mut Frame, area: Rect, view: &View) {
+    let lines = go_scheduler_lines(view);
+    let height = match view.goroutines.is_empty() {
+        true => area.height,
+        false => (lines.len() as u16).min(area.height / 2),
+    };
+    let [panel, table] = Layout::vertical([Constraint::Length(height), Constraint::Min(0)]).areas(area);
+    frame.render_widget(Paragraph::new(lines), panel);
+    if !view.goroutines.is_empty() {
+        draw_goroutines(frame, table, view);
+    }
+}
+
+fn go_scheduler_lines(view: &View) -> Vec<TextLine<'static>> {
+    let mut lines = Vec::new();
+    for process in &view.go {
+        let title = format!("Go process {} ({})", process.pid, process.version);
+        let (Some(sched), Some(states)) = (&process.sched, &process.goroutine_states) else {
+            let why = process.sched_unavailable.as_deref().unwrap_or("unknown");
+            lines.push(TextLine::from(format!("{title}: scheduler not read: {why}")).bold());
+            continue;
+        };
+        lines.push(
+            TextLine::from(format!("{title} · read {} ms ago · {}", sched.age_ms, sched.summary())).bold(),
+        );
+        lines.push(TextLine::from(format!("  {}", states.summary())));
+        let on = |tid: u32| {
+            let cpu = view.cpu_of(process.pid, tid).map_or_else(|| "?".to_owned(), |cpu| cpu.to_string());
+            format!("thread {tid} on CPU {cpu}")
+        };
+        for p in &sched.ps {
+            let thread = p.tid.map_or_else(String::new, on);
+            lines.push(TextLine::from(format!(
+                "  P{:<3} {:<8} runq {:<6} schedtick {:<8} syscalltick {:<8} {thread}",
+                p.id,
+                p.status,
+                p.queue(),
+                p.schedtick,
+                p.syscalltick
+            )));
+        }
+        for m in &sched.ms {
+            lines.push(TextLine::from(format!("  M{:<3} {}: {}", m.id, on(m.tid), m.role)).dim());
+        }
+    }
+    lines
+}
+
+/// Every goroutine since probe started, most syscalls first.
 fn draw_goroutines(frame: &mut Frame, area: Rect, view: &View) {
     let header = ["PID", "GOID", "STARTED AS", "SYSCALLS", "BUSIEST", "P99", "THREADS", "MOVES"];
     let rows = view.goroutines.iter().map(|goroutine| {
@@ -438,7 +490,8 @@ fn draw_footer(frame: &mut Frame, area: Rect, view: &View) {
     let text = if view.editing_filter {
         format!("filter (name, pid or tid): {}▏ · enter: keep · esc: clear", view.filter)
     } else if view.show_goroutines {
-        "goroutines since probe started (dim: ended) · g: threads · space: pause · q: quit".to_owned()
+        "Go: schedulers as last read, goroutines since probe started (dim: ended) · g: threads · space: pause · q: quit"
+            .to_owned()
     } else if view.detail.is_some() {
         "↑↓ syscall · esc: back · space: pause · q: quit".to_owned()
     } else {
@@ -447,7 +500,7 @@ fn draw_footer(frame: &mut Frame, area: Rect, view: &View) {
             false => format!(" · filter \"{}\" (esc clears)", view.filter),
         };
         let order = if view.descending { "▼" } else { "▲" };
-        let goroutines = if view.goroutines.is_empty() { "" } else { " · g: goroutines" };
+        let goroutines = if view.has_go() { " · g: Go" } else { "" };
         format!(
             "sorted by {}{order} · underlined key: sort by it (again: reverse) · /: filter · space: pause · enter: thread{goroutines} · q: quit{filter}",
             title(view.sort)
@@ -631,7 +684,10 @@ mod tests {
             threads: vec![10, 11],
             moves: 3,
         };
-        view.update_goroutines(vec![goroutine(1, "runtime.main", false), goroutine(7, "main.worker", true)]);
+        view.update_goroutines(
+            vec![goroutine(1, "runtime.main", false), goroutine(7, "main.worker", true)],
+            Vec::new(),
+        );
         press(&mut view, 'g');
         let text = screen(&view, 80, 24);
         assert!(text.contains("STARTED AS"), "{text}");
@@ -640,6 +696,26 @@ mod tests {
         assert!(text.contains("main.worker"), "{text}");
         press(&mut view, 'g');
         assert!(screen(&view, 80, 24).contains("PID/TID"));
+    }
+
+    #[test]
+    fn the_go_view_shows_each_p_with_its_threads_cpu_and_each_threads_role() {
+        use crate::report::go_process_example;
+        let mut view = view_of(&[(10, 10, "server", 5)]);
+        view.update_goroutines(Vec::new(), vec![go_process_example(10, true), go_process_example(11, false)]);
+        view.key(KeyEvent::new(KeyCode::Char('g'), KeyModifiers::NONE));
+        let text = screen(&view, 160, 24);
+        assert!(
+            text.contains(
+                "Go process 10 (go1.19.8) · read 250 ms ago · GOMAXPROCS 2 of 4 CPUs: 1 idle P, 5 threads"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("10 goroutines: 10 waiting (chan receive 10)"), "{text}");
+        let p0 = text.lines().find(|line| line.contains("P0")).unwrap();
+        assert!(p0.contains("runq 2+next") && p0.contains("thread 10 on CPU"), "{text}");
+        assert!(text.contains("M1   thread 12 on CPU ?: sysmon"), "{text}");
+        assert!(text.contains("Go process 11 (go1.19.8): scheduler not read: the process is gone"), "{text}");
     }
 
     #[test]

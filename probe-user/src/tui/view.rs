@@ -10,7 +10,7 @@ use rustc_hash::FxHashMap;
 
 use crate::{
     aggregate::ThreadKey,
-    report::{GoroutineReport, Report, ThreadDetail, ThreadReport},
+    report::{GoProcessReport, GoroutineReport, Report, ThreadDetail, ThreadReport},
 };
 
 /// Intervals a thread may stay silent before its row is dropped, once its
@@ -242,9 +242,11 @@ pub struct View {
     /// The traced COMMAND's latest output lines, and how many came in all.
     pub output: VecDeque<String>,
     pub output_lines: u64,
-    /// The goroutines of a traced Go program, since probe started; shown
-    /// instead of the threads while `show_goroutines`.
+    /// The goroutines of a traced Go program, since probe started, and
+    /// its processes' schedulers; shown instead of the threads while
+    /// `show_goroutines`.
     pub goroutines: Vec<GoroutineReport>,
+    pub go: Vec<GoProcessReport>,
     pub show_goroutines: bool,
     /// `--slow`'s latest calls, one line each, and how many came in all.
     pub slow: VecDeque<String>,
@@ -267,6 +269,7 @@ impl Default for View {
             output: VecDeque::new(),
             output_lines: 0,
             goroutines: Vec::new(),
+            go: Vec::new(),
             show_goroutines: false,
             slow: VecDeque::new(),
             slow_calls: 0,
@@ -300,11 +303,23 @@ impl View {
         self.rows = rows;
     }
 
-    /// Takes the goroutines as of now. Ignored while paused.
-    pub fn update_goroutines(&mut self, goroutines: Vec<GoroutineReport>) {
+    /// Takes the goroutines and Go processes as of now. Ignored while
+    /// paused.
+    pub fn update_goroutines(&mut self, goroutines: Vec<GoroutineReport>, go: Vec<GoProcessReport>) {
         if !self.paused {
             self.goroutines = goroutines;
+            self.go = go;
         }
+    }
+
+    /// Whether there is a Go view to show.
+    pub fn has_go(&self) -> bool {
+        !self.goroutines.is_empty() || !self.go.is_empty()
+    }
+
+    /// The CPU thread `tid` of process `pid` last ran on.
+    pub fn cpu_of(&self, pid: u32, tid: u32) -> Option<u32> {
+        self.rows.iter().find(|(key, _)| key.pid == pid && key.tid == tid).and_then(|(_, row)| row.last_cpu)
     }
 
     /// Takes the selected thread's detail.
@@ -425,7 +440,7 @@ impl View {
             KeyCode::Char(' ') => self.paused = !self.paused,
             _ if self.detail.is_some() => self.detail_key(key.code),
             KeyCode::Char('/') => self.editing_filter = true,
-            KeyCode::Char('g') => self.show_goroutines = !self.show_goroutines && !self.goroutines.is_empty(),
+            KeyCode::Char('g') => self.show_goroutines = !self.show_goroutines && self.has_go(),
             KeyCode::Esc => self.filter.clear(),
             KeyCode::Enter => {
                 let thread = match self.selected {
