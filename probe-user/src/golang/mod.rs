@@ -5,7 +5,8 @@
 //! (`runtime.schedule`), ends a goroutine (`runtime.goexit1`) or becomes the
 //! monitor (`runtime.sysmon`); a thread's syscall belongs to the goroutine
 //! it last started, or to the runtime itself (goroutine 0, `g0`) when it is
-//! in the scheduler.
+//! in the scheduler. What each thread is to the runtime, and the scheduler's
+//! state, are read from the process's memory ([`scheduler`]).
 
 pub mod binary;
 pub mod dwarf;
