@@ -10,6 +10,7 @@
 
 pub mod binary;
 pub mod dwarf;
+mod memory;
 pub mod scheduler;
 
 use std::{
