@@ -4,9 +4,13 @@
 //! the thread's TLS at each syscall's entry and sends it with the call's
 //! record (goroutine 0, `g0`, is the runtime itself: its scheduler, and
 //! sysmon's thread): no uprobes, no cost at goroutine switches.
+//!
+//! What each thread is to the runtime, and the scheduler's state, are
+//! read from the process's memory ([`scheduler`]).
 
 pub mod binary;
 pub mod dwarf;
+mod memory;
 pub mod scheduler;
 
 use std::{
