@@ -332,6 +332,8 @@ pub struct GoroutineReport {
     pub goid: u64,
     /// The function the goroutine was started with.
     pub start_fn: String,
+    /// A read of the process's scheduler found it ended while the process
+    /// lived.
     pub exited: bool,
     /// Same fields as a thread's.
     pub syscalls: Vec<SyscallReport>,

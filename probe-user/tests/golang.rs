@@ -8,11 +8,12 @@ mod common;
 
 use std::{
     collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
-use common::{report_path, trace_program, Trace, PROBE};
+use common::{report_path, trace_pid, trace_program, Running, Trace, PROBE};
 use serde_json::Value;
 
 /// Each test body runs once per toolchain, as `TEST::go119` and
@@ -37,6 +38,8 @@ on_both_toolchains!(
     each_goroutines_calls_are_counted_exactly_wherever_it_ran,
     a_stripped_go_binary_is_followed_with_the_layout_probe_knows_for_its_release,
     a_cgo_binary_keeps_its_goroutine_where_runtime_tlsg_says,
+    a_running_go_program_is_followed_by_pid,
+    a_busy_http_servers_calls_are_its_connections_and_its_clients,
     with_no_goroutines_a_go_program_gets_its_threads_only,
     a_go_programs_slow_reads_name_their_goroutines_and_functions,
     the_scheduler_read_finds_goroutines_in_the_states_the_program_put_them_in,
@@ -182,11 +185,15 @@ fn greeted_by_goroutine_one(trace: &Trace, stdout: &str) {
 
 fn each_goroutines_calls_are_counted_exactly_wherever_it_ran(go: Go) {
     let binary = build(go, "goroutines", &[]);
-    let (trace, stdout, _) = trace(&format!("go-goroutines-{}", go.name()), &binary, &["6"]);
+    // It lives on for 400 ms after its workers end: a read of its
+    // scheduler then finds them gone.
+    let (trace, stdout, _) = trace(&format!("go-goroutines-{}", go.name()), &binary, &["6", "400"]);
     let mut moved = 0;
+    assert_eq!(goroutine(&trace, 1)["exited"], false);
     for line in stdout.lines() {
         let account: Value = serde_json::from_str(line).unwrap();
         let entry = goroutine(&trace, account["goid"].as_u64().unwrap());
+        assert_eq!(entry["exited"], true, "{entry}");
         assert!(entry["start_fn"].as_str().unwrap().starts_with("main.main.func"), "{entry}");
         assert_eq!(succeeded(entry, "getppid"), account["getppid"].as_u64().unwrap(), "{entry}");
         assert_eq!(succeeded(entry, "read"), account["reads"].as_u64().unwrap(), "{entry}");
@@ -211,6 +218,72 @@ fn a_cgo_binary_keeps_its_goroutine_where_runtime_tlsg_says(go: Go) {
     let binary = build(go, "hello", &["-tags=withcgo"]);
     let (trace, stdout, _) = trace(&format!("go-cgo-{}", go.name()), &binary, &[]);
     greeted_by_goroutine_one(&trace, &stdout);
+}
+
+fn a_running_go_program_is_followed_by_pid(go: Go) {
+    // It waits on stdin until probe traces it; then each worker's calls are
+    // its, as with a COMMAND.
+    let binary = build(go, "goroutines", &[]);
+    let mut program = Running::spawn(
+        Command::new(&binary).args(["4", "0", "wait"]).stdin(Stdio::piped()).stdout(Stdio::piped()),
+    );
+    let mut stdout = BufReader::new(program.stdout.take().unwrap());
+    let mut ready = String::new();
+    stdout.read_line(&mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let mut stdin = program.stdin.take().unwrap();
+    let (trace, rest) = trace_pid(&format!("go-pid-{}", go.name()), &[], &mut program, stdout, || {
+        stdin.write_all(b"go\n").unwrap();
+    });
+    assert_eq!(rest.lines().count(), 4, "{rest}");
+    for line in rest.lines() {
+        let account: Value = serde_json::from_str(line).unwrap();
+        let entry = goroutine(&trace, account["goid"].as_u64().unwrap());
+        assert_eq!(succeeded(entry, "getppid"), account["getppid"].as_u64().unwrap(), "{entry}");
+        assert_eq!(succeeded(entry, "read"), account["reads"].as_u64().unwrap(), "{entry}");
+    }
+}
+
+fn a_busy_http_servers_calls_are_its_connections_and_its_clients(go: Go) {
+    // 4 clients, 500 keep-alive requests each, to a net/http server in the
+    // same program, which names the goroutines that accepted and served
+    // them: each response is one write of its connection's goroutine, each
+    // request one write of its client's transport (a goroutine of
+    // net/http's own).
+    const CLIENTS: u64 = 4;
+    let binary = build(go, "server", &[]);
+    let (trace, stdout, _) = trace(&format!("go-server-{}", go.name()), &binary, &["4", "500", "300"]);
+    let account: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let served = account["served"].as_u64().unwrap();
+    assert_eq!(served, CLIENTS * 500);
+    let serving: Vec<u64> =
+        account["served_by"].as_array().unwrap().iter().map(|id| id.as_u64().unwrap()).collect();
+    assert_eq!(serving.len() as u64, CLIENTS, "{account}");
+    let mut responses = 0;
+    for &goid in &serving {
+        let connection = goroutine(&trace, goid);
+        assert!(connection["start_fn"].as_str().unwrap().starts_with("net/http."), "{connection}");
+        responses += succeeded(connection, "write");
+    }
+    assert_eq!(responses, served);
+    let acceptor = goroutine(&trace, account["accepted_by"].as_u64().unwrap());
+    assert_eq!(succeeded(acceptor, "accept4"), CLIENTS, "{acceptor}");
+    // The other goroutines' writes: the clients' requests, and a few of
+    // the runtime's own to wake its network poller (Go 1.19's is a pipe).
+    let others: u64 = trace.summary["goroutines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["goid"].as_u64().is_some_and(|goid| goid != 1 && !serving.contains(&goid)))
+        .map(|g| succeeded(g, "write"))
+        .sum();
+    assert!((served..=served + 5).contains(&others), "{others} writes for {served} requests");
+    // Its threads, each with what it is to the runtime, and each P.
+    let process = go_process(&trace);
+    let threads = process["threads"].as_array().unwrap();
+    assert!(threads.iter().any(|t| t["role"].as_str().unwrap().starts_with("sysmon")), "{threads:?}");
+    let ps = process["sched"]["ps"].as_array().unwrap();
+    assert_eq!(Some(ps.len() as i64), process["gomaxprocs"].as_i64(), "{process}");
 }
 
 fn with_no_goroutines_a_go_program_gets_its_threads_only(go: Go) {

@@ -152,17 +152,10 @@ impl Goroutines {
     /// Reads the scheduler of each live process when due (see
     /// [`scheduler::PERIOD`]); the last snapshot stays once it exits.
     pub fn refresh(&mut self, world: &dyn World) {
-        let (live, gone): (Vec<u32>, Vec<u32>) =
-            self.processes.keys().copied().partition(|&pid| world.process_alive(pid));
-        // A process's end is all its goroutines' end.
-        for pid in gone {
-            let goids: Vec<u64> =
-                self.goroutines.range((pid, 0)..=(pid, u64::MAX)).map(|(&(_, goid), _)| goid).collect();
-            for goid in goids {
-                self.exited(pid, goid);
-            }
-        }
-        self.scheduler.read(self.binary.scheduler.as_deref(), live.into_iter(), Instant::now());
+        let live: Vec<u32> = self.processes.keys().copied().filter(|&pid| world.process_alive(pid)).collect();
+        let now = Instant::now();
+        self.scheduler.read(self.binary.scheduler.as_deref(), live.into_iter(), now);
+        let mut ended = Vec::new();
         for (pid, process) in &mut self.processes {
             if let Ok(snapshot) = self.scheduler.snapshot(*pid) {
                 process.gomaxprocs = i32::try_from(snapshot.sched.gomaxprocs).ok();
@@ -171,7 +164,22 @@ impl Goroutines {
                 for m in snapshot.sched.ms.iter().filter(|m| m.tid != 0) {
                     process.threads.entry(m.tid).or_default();
                 }
+                // A goroutine seen in a record was alive before this read:
+                // not among its goroutines, it has ended (an older read
+                // knows nothing of goroutines started since).
+                if let Some(live) = snapshot.live.as_ref().filter(|_| snapshot.taken == now) {
+                    let seen = self.goroutines.range((*pid, 1)..(*pid, GOROUTINE_UNREAD));
+                    ended.extend(
+                        seen.filter(|(&(_, goid), goroutine)| {
+                            !goroutine.exited && live.binary_search(&goid).is_err()
+                        })
+                        .map(|(&key, _)| key),
+                    );
+                }
             }
+        }
+        for (pid, goid) in ended {
+            self.exited(pid, goid);
         }
     }
 

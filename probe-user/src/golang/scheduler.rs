@@ -207,6 +207,9 @@ pub struct Snapshot {
     settled: bool,
     pub sched: GoSchedReport,
     pub goroutines: GoroutineStatesReport,
+    /// The ids of the goroutines alive then, sorted; `None` when not all
+    /// of `allgs` was read, so that an exit cannot be told.
+    pub live: Option<Vec<u64>>,
 }
 
 /// What is known of one process.
@@ -349,7 +352,7 @@ impl Watched {
             self.wait_reasons =
                 layout.wait_reasons.and_then(|(address, size)| wait_reasons(&memory, at(address), size));
         }
-        let goroutines = self.goroutines(layout, &memory, allgs, gs).map_err(unreadable)?;
+        let (goroutines, live) = self.goroutines(layout, &memory, allgs, gs).map_err(unreadable)?;
         let schedt = &layout.schedt;
         Ok(Some(Snapshot {
             taken: now,
@@ -367,6 +370,7 @@ impl Watched {
                 ms,
             },
             goroutines,
+            live,
         }))
     }
 
@@ -496,33 +500,36 @@ impl Watched {
         Ok((ms, settled))
     }
 
-    /// The goroutines by state and wait reason: at most
-    /// [`MAX_GOROUTINES`] of the `count` in `allgs`.
+    /// The goroutines by state and wait reason, at most [`MAX_GOROUTINES`]
+    /// of the `count` in `allgs`; and the ids of those alive, when all were
+    /// read.
     fn goroutines(
         &self,
         layout: &Layout,
         memory: &Memory,
         allgs: u64,
         count: u64,
-    ) -> Result<GoroutineStatesReport, Errno> {
+    ) -> Result<(GoroutineStatesReport, Option<Vec<u64>>), Errno> {
         let plan = &layout.g;
         let addresses = memory.pointers(allgs, count.min(MAX_GOROUTINES))?;
         let (bytes, read) = memory.structs(&addresses, plan)?;
         let (mut states, mut reasons) = (BTreeMap::<u64, u64>::new(), BTreeMap::<u64, u64>::new());
+        let mut live = Vec::new();
         for (g, _) in bytes.chunks_exact(plan.len).zip(&read).filter(|(_, read)| **read) {
             let status = plan.get(g, "atomicstatus") & !G_SCAN;
             *states.entry(status).or_default() += 1;
             if status == G_WAITING {
                 *reasons.entry(plan.get(g, "waitreason")).or_default() += 1;
             }
+            // A dead g keeps its last goroutine's id until it is reused.
+            if status != G_DEAD {
+                live.push(plan.get(g, "goid"));
+            }
         }
-        Ok(tally(
-            &states,
-            &reasons,
-            self.wait_reasons.as_deref(),
-            count,
-            read.iter().filter(|r| **r).count() as u64,
-        ))
+        let read = read.iter().filter(|r| **r).count() as u64;
+        live.sort_unstable();
+        let states = tally(&states, &reasons, self.wait_reasons.as_deref(), count, read);
+        Ok((states, (read == count).then_some(live)))
     }
 }
 

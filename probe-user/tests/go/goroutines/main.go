@@ -4,6 +4,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"os"
@@ -27,6 +28,14 @@ func goid() int {
 }
 
 func main() {
+	// An optional third argument, "wait": say "ready" and wait for a line
+	// on stdin before starting, so that a tracer can attach first.
+	if len(os.Args) > 3 && os.Args[3] == "wait" {
+		fmt.Println("ready")
+		if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+			panic(err)
+		}
+	}
 	workers, _ := strconv.Atoi(os.Args[1])
 	var wg sync.WaitGroup
 	var out sync.Mutex
