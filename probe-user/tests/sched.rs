@@ -306,8 +306,15 @@ fn switches_and_migrations_equal_the_kernels_own_counts() {
         }
         let (on_cpu, runq) = (field(sched, "on_cpu_ns") as f64, field(sched, "runq_wait_ns") as f64);
         let kernel = (thread.run_ns + thread.wait_ns) as f64;
+        // After its counters are read, the thread waits for the others, is
+        // woken with all of them at once and runs to its exit among them:
+        // a wait for a CPU at that wakeup, and maybe one more on the way
+        // out (each at most its longest), are probe's to see and not the
+        // read's (a ping-pong thread once showed 12.8 ms more than its
+        // read, its longest wait 5.7 ms).
+        let after_read = 2.0 * field(sched, "runq_max_ns") as f64;
         assert!(
-            what == "affinity" || (on_cpu + runq - kernel).abs() <= 0.05 * kernel + 5e6,
+            what == "affinity" || (on_cpu + runq - kernel).abs() <= 0.05 * kernel + 5e6 + after_read,
             "{what}: on-CPU + run queue {} ms, kernel {} ms: {sched}",
             (on_cpu + runq) / 1e6,
             kernel / 1e6

@@ -132,7 +132,7 @@ impl Goroutines {
 
     /// Marks goroutine `goid` of process `pid` as ended; beyond the cap,
     /// the oldest ended one is folded into the process's row of them.
-    pub fn exited(&mut self, pid: u32, goid: u64) {
+    fn exited(&mut self, pid: u32, goid: u64) {
         let (Some(process), Some(goroutine)) =
             (self.processes.get_mut(&pid), self.goroutines.get_mut(&(pid, goid)))
         else {
