@@ -19,7 +19,7 @@ use crate::{
     clock, escape,
     golang::{
         self,
-        binary::{GoBinary, Inspection},
+        binary::{file_id, GoBinary, Inspection},
         Goroutines,
     },
     metrics::{server::Endpoint, Limits, Store},
@@ -90,12 +90,10 @@ fn raise_descriptor_limit() {
 }
 
 /// The traced executable, if it is a Go program whose goroutines probe can
-/// follow (its scheduler, and its goroutines at each syscall), with its
-/// device and inode; a Go program it cannot follow gets a
-/// note on stderr, and so does an executable that is not Go at all when
-/// `asked` (--goroutines).
-fn followable_go_program(path: &Path, asked: bool) -> Result<Option<(GoBinary, u64, u64)>> {
-    use std::os::unix::fs::MetadataExt;
+/// follow (its scheduler, and its goroutines at each syscall); a Go program
+/// it cannot follow gets a note on stderr, and so does an executable that
+/// is not Go at all when `asked` (--goroutines).
+fn followable_go_program(path: &Path, asked: bool) -> Result<Option<GoBinary>> {
     match golang::binary::inspect(path)? {
         Inspection::NotGo => {
             if asked {
@@ -113,18 +111,8 @@ fn followable_go_program(path: &Path, asked: bool) -> Result<Option<(GoBinary, u
             );
             Ok(None)
         }
-        Inspection::Go(binary) => {
-            let file = std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
-            Ok(Some((binary, file.dev(), file.ino())))
-        }
+        Inspection::Go(binary) => Ok(Some(binary)),
     }
-}
-
-/// Whether process `pid` runs the executable with device `dev` and inode
-/// `ino`.
-fn runs(pid: u32, (dev, ino): (u64, u64)) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(format!("/proc/{pid}/exe")).is_ok_and(|exe| (exe.dev(), exe.ino()) == (dev, ino))
 }
 
 fn run(args: Args) -> Result<i32> {
@@ -192,9 +180,9 @@ fn run(args: Args) -> Result<i32> {
             .slow
             .map_or(0, |threshold| u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX).max(1)),
         tail_details,
-        go: go_program.as_ref().map(|&(ref binary, dev, ino)| GoTarget {
-            dev,
-            ino,
+        go: go_program.as_ref().map(|binary| GoTarget {
+            dev: binary.file.0,
+            ino: binary.file.1,
             tls_offset: binary.tls_offset,
             goid_offset: binary.goid_offset,
             startpc_offset: binary.startpc_offset,
@@ -232,12 +220,19 @@ fn run(args: Args) -> Result<i32> {
         }
         None => None,
     };
-    let go_executable = go_program.as_ref().map(|&(_, dev, ino)| (dev, ino));
-    let mut goroutines = go_program.map(|(binary, _, _)| Goroutines::new(binary));
-    if let (Some(goroutines), Some(exe)) = (&mut goroutines, go_executable) {
+    // The --pid targets that run the Go program.
+    let go_pids: Vec<u32> = match &go_program {
+        Some(binary) => pids
+            .iter()
+            .map(|target| target.pid)
+            .filter(|&pid| file_id(Path::new(&format!("/proc/{pid}/exe"))).is_ok_and(|id| id == binary.file))
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut goroutines = go_program.map(Goroutines::new);
+    if let Some(goroutines) = &mut goroutines {
         let command = gated.iter().map(|gated| gated.pid.as_raw() as u32);
-        let same_binary = pids.iter().map(|target| target.pid).filter(|&pid| runs(pid, exe));
-        command.chain(same_binary).for_each(|pid| goroutines.watch(pid));
+        command.chain(go_pids.iter().copied()).for_each(|pid| goroutines.watch(pid));
     }
     let mut pipeline = Pipeline::new(goroutines);
     pipeline.explain_calls(args.slow, tail_details);
@@ -261,7 +256,7 @@ fn run(args: Args) -> Result<i32> {
         (Traced::System, None)
     } else {
         for target in &pids {
-            probe.trace_pid(target.pid, go_executable.is_some_and(|exe| runs(target.pid, exe)))?;
+            probe.trace_pid(target.pid, go_pids.contains(&target.pid))?;
         }
         (Traced::Pids(pids), None)
     };

@@ -464,9 +464,7 @@ impl Pipeline {
         interval.name_unnamed(world);
         self.total.merge(&interval, world);
         self.total.retire_dead(world);
-        if let Some(goroutines) = &mut self.goroutines {
-            goroutines.refresh(world);
-        }
+        self.read_go_schedulers(world);
         interval
     }
 

@@ -215,9 +215,14 @@ impl GoSchedReport {
 }
 
 impl GoPReport {
-    /// `runq 3+next`: its local run queue, and whether `runnext` waits too.
-    pub fn queue(&self) -> String {
-        format!("{}{}", self.runqueue, if self.runnext { "+next" } else { "" })
+    /// `P0   running  runq 3+next schedtick 38        syscalltick 3`: its
+    /// columns, for the text summary and the live view alike.
+    pub fn summary(&self) -> String {
+        let queue = format!("{}{}", self.runqueue, if self.runnext { "+next" } else { "" });
+        format!(
+            "P{:<3} {:<8} runq {queue:<6} schedtick {:<9} syscalltick {}",
+            self.id, self.status, self.schedtick, self.syscalltick
+        )
     }
 }
 

@@ -3,7 +3,7 @@
 //! their goroutine (its TLS), where `runtime.g` keeps the goroutine's id and
 //! start function (its DWARF), and the names of its functions.
 
-use std::{fs, path::Path};
+use std::{fs, io, os::unix::fs::MetadataExt, path::Path};
 
 use anyhow::{Context, Result};
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
@@ -33,6 +33,9 @@ pub struct GoBinary {
     pub tls_offset: i64,
     /// Where its scheduler's state is, or why it cannot be read.
     pub scheduler: Result<Box<scheduler::Layout>, String>,
+    /// The executable, by [`file_id`]: what a process that runs it is told
+    /// by.
+    pub file: (u64, u64),
     /// Function symbols, by address.
     functions: Vec<(u64, u64, String)>,
     /// The compiler's wrappers (entry, entry of the function each calls),
@@ -62,6 +65,17 @@ impl GoBinary {
         let (start, size, name) = &self.functions[at];
         (pc < start + size.max(&1)).then_some((*start, name.as_str()))
     }
+}
+
+/// A file's device (userspace's encoding) and inode: an executable's
+/// identity, however it is named (`/proc/PID/exe`, a path, a symlink).
+pub fn file_id(path: &Path) -> io::Result<(u64, u64)> {
+    fs::metadata(path).map(|metadata| (metadata.dev(), metadata.ino()))
+}
+
+/// The address of the symbol `name`, if the binary has it.
+fn symbol_address(file: &object::File, name: &str) -> Option<u64> {
+    file.symbols().find(|symbol| symbol.name() == Ok(name)).map(|symbol| symbol.address())
 }
 
 /// Reads the executable at `path`.
@@ -103,7 +117,8 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
             KNOWN_G_OFFSETS.map(|(release, _, _)| release).join(", ")
         ));
     };
-    let scheduler = scheduler::Layout::new(path, &file, &structs).map(Box::new);
+    let file_id = file_id(path).with_context(|| format!("cannot stat {}", path.display()))?;
+    let scheduler = scheduler::Layout::new(file_id, &file, &structs).map(Box::new);
     let wrapped = wrapped_functions(&file).unwrap_or_default();
     Ok(Inspection::Go(GoBinary {
         version,
@@ -111,6 +126,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         startpc_offset,
         tls_offset,
         scheduler,
+        file: file_id,
         functions,
         wrapped,
     }))
@@ -163,10 +179,7 @@ impl<'a> PcHeader<'a> {
             // at runtime.text, or, stripped of it, at the section (a Go
             // linker's own output: with cgo's, C code may come first).
             text: match word_at(24)? {
-                0 => file
-                    .symbols()
-                    .find(|symbol| symbol.name() == Ok("runtime.text"))
-                    .map(|symbol| symbol.address())
+                0 => symbol_address(file, "runtime.text")
                     .or_else(|| Some(file.section_by_name(".text")?.address()))?,
                 text => text,
             },
@@ -218,7 +231,7 @@ fn wrapped_functions(file: &object::File) -> Option<Vec<(u64, u64)>> {
     const FUNC_SIZE: usize = 44;
     let header = PcHeader::read(file).filter(|header| header.magic == GO120_MAGIC)?;
     // moduledata.gofunc of the (only) module.
-    let gofunc = file.symbols().find(|symbol| symbol.name() == Ok("go:func.*"))?.address();
+    let gofunc = symbol_address(file, "go:func.*")?;
     let mut wrapped = Vec::new();
     for index in 0..header.functions {
         let (entry, func) = header.function(index)?;
@@ -256,8 +269,8 @@ fn tls_offset(file: &object::File) -> Option<i64> {
     };
     let (size, align) = (tls.p_memsz(endian), tls.p_align(endian).max(1));
     // A block of one slot (a PIE build's, or a stripped one's) is the g's.
-    let tlsg = match file.symbols().find(|symbol| symbol.name() == Ok("runtime.tlsg")) {
-        Some(symbol) => symbol.address(),
+    let tlsg = match symbol_address(file, "runtime.tlsg") {
+        Some(address) => address,
         None if size <= 8 => 0,
         None => return None,
     };

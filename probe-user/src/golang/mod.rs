@@ -64,7 +64,6 @@ struct Process {
     /// Goroutines seen making calls.
     seen: u64,
     exited: Vec<u64>,
-    gomaxprocs: Option<i32>,
 }
 
 /// Goroutines and runtime threads of the traced processes that run the Go
@@ -158,7 +157,6 @@ impl Goroutines {
         let mut ended = Vec::new();
         for (pid, process) in &mut self.processes {
             if let Ok(snapshot) = self.scheduler.snapshot(*pid) {
-                process.gomaxprocs = i32::try_from(snapshot.sched.gomaxprocs).ok();
                 // Threads that made no syscall and started before the
                 // trace are known from the runtime's list.
                 for m in snapshot.sched.ms.iter().filter(|m| m.tid != 0) {
@@ -224,15 +222,21 @@ impl Goroutines {
             .collect();
         let calls = |g: &GoroutineReport| g.syscalls.iter().map(|call| call.count).sum::<u64>();
         goroutines.sort_by(|a, b| calls(b).cmp(&calls(a)).then((a.pid, a.goid).cmp(&(b.pid, b.goid))));
+        (goroutines, self.processes())
+    }
+
+    /// The processes: their runtime as last read, and their threads.
+    pub fn processes(&self) -> Vec<GoProcessReport> {
         let now = Instant::now();
-        let processes = self
-            .processes
+        self.processes
             .iter()
             .map(|(&pid, process)| {
-                let (gomaxprocs, gomaxprocs_from) = match process.gomaxprocs {
-                    Some(value) => (Some(value), "runtime"),
-                    None => (gomaxprocs_from_environment(pid), "environment"),
-                };
+                let read = self.scheduler.snapshot(pid).ok();
+                let (gomaxprocs, gomaxprocs_from) =
+                    match read.and_then(|s| i32::try_from(s.sched.gomaxprocs).ok()) {
+                        Some(value) => (Some(value), "runtime"),
+                        None => (gomaxprocs_from_environment(pid), "environment"),
+                    };
                 let (sched, goroutine_states, sched_unavailable) = match self.scheduler.report(pid, now) {
                     Ok((sched, states)) => (Some(sched), Some(states), None),
                     Err(why) => (None, None, Some(why)),
@@ -256,8 +260,7 @@ impl Goroutines {
                     sched_unavailable,
                 }
             })
-            .collect();
-        (goroutines, processes)
+            .collect()
     }
 }
 

@@ -11,8 +11,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    fs,
-    os::unix::fs::MetadataExt,
     path::Path,
     time::{Duration, Instant},
 };
@@ -21,6 +19,7 @@ use nix::{errno::Errno, unistd::Pid};
 use object::{Object, ObjectSegment, ObjectSymbol};
 
 use super::{
+    binary::file_id,
     dwarf::Structs,
     memory::{word, Memory, Plan},
 };
@@ -108,8 +107,8 @@ const G: &[&[&str]] = &[&["atomicstatus"], &["goid"], &["waitreason"]];
 /// structures' layouts.
 #[derive(Debug)]
 pub struct Layout {
-    /// The file, by device and inode: a process is read only once it runs
-    /// it (a COMMAND is probe's own fork until it execs).
+    /// The file, by [`file_id`]: a process is read only once it runs it (a
+    /// COMMAND is probe's own fork until it execs).
     file: (u64, u64),
     /// (address, file offset, file size) of each loadable segment, to find
     /// where a position-independent binary was loaded.
@@ -131,13 +130,12 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// The layout of the Go binary at `path`, parsed as `file`; says what
+    /// The layout of the Go binary `file_id`, parsed as `file`; says what
     /// it lacks.
-    pub fn new(path: &Path, file: &object::File, structs: &Structs) -> Result<Self, String> {
+    pub fn new(file_id: (u64, u64), file: &object::File, structs: &Structs) -> Result<Self, String> {
         if !structs.has("runtime.schedt") {
             return Err("it has no DWARF (built with -ldflags=-w?): rebuild it without -w".to_owned());
         }
-        let metadata = fs::metadata(path).map_err(|err| format!("cannot stat {}: {err}", path.display()))?;
         let symbols: HashMap<&str, (u64, u64)> = file
             .symbols()
             .filter(|symbol| symbol.name().is_ok_and(|name| name.starts_with("runtime.")))
@@ -155,7 +153,7 @@ impl Layout {
                 .collect()
         });
         Ok(Self {
-            file: (metadata.dev(), metadata.ino()),
+            file: file_id,
             segments,
             sched: symbol("runtime.sched")?,
             allp: symbol("runtime.allp")?,
@@ -303,8 +301,7 @@ impl Watched {
     /// binary yet or its runtime has not started.
     fn read(&mut self, layout: &Layout, pid: u32, now: Instant) -> Result<Option<Snapshot>, String> {
         let gone = |_| "the process is gone".to_owned();
-        let exe = fs::metadata(format!("/proc/{pid}/exe")).map_err(gone)?;
-        if (exe.dev(), exe.ino()) != layout.file {
+        if file_id(Path::new(&format!("/proc/{pid}/exe"))).map_err(gone)? != layout.file {
             return Ok(None);
         }
         let bias = match self.bias {

@@ -23,6 +23,7 @@ use rustc_hash::FxHashMap;
 use crate::{
     aggregate::{sched::SchedStats, SyscallStats, Table, ThreadKey, ThreadStats},
     clock::WallClock,
+    golang::Goroutines,
     output::{Flow, Interval, Sink},
     report::{errno_name, syscall_name, GoProcessReport, GoSchedReport, Report},
 };
@@ -370,7 +371,7 @@ impl Sink for Export {
             None => world.process_alive(pid),
         });
         // A process gone has no scheduler now.
-        store.go = interval.goroutines.map(|goroutines| goroutines.report().1).unwrap_or_default();
+        store.go = interval.goroutines.map(Goroutines::processes).unwrap_or_default();
         store.go.retain(|process| world.process_alive(process.pid));
         Ok(Flow::Continue)
     }

@@ -334,15 +334,7 @@ fn write_go(out: &mut dyn Write, report: &Report) -> io::Result<()> {
                 writeln!(out, "  {}", states.summary())?;
                 for p in &sched.ps {
                     let thread = p.tid.map_or_else(String::new, |tid| format!(", thread {tid}"));
-                    writeln!(
-                        out,
-                        "  P{:<3} {:<8} runq {:<6} schedtick {:<9} syscalltick {}{thread}",
-                        p.id,
-                        p.status,
-                        p.queue(),
-                        p.schedtick,
-                        p.syscalltick
-                    )?;
+                    writeln!(out, "  {}{thread}", p.summary())?;
                 }
             }
             (_, _, why) => writeln!(out, "  scheduler: not read: {}", why.as_deref().unwrap_or("unknown"))?,

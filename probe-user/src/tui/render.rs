@@ -288,15 +288,8 @@ fn go_scheduler_lines(view: &View) -> Vec<TextLine<'static>> {
             format!("thread {tid} on CPU {cpu}")
         };
         for p in &sched.ps {
-            let thread = p.tid.map_or_else(String::new, on);
-            lines.push(TextLine::from(format!(
-                "  P{:<3} {:<8} runq {:<6} schedtick {:<8} syscalltick {:<8} {thread}",
-                p.id,
-                p.status,
-                p.queue(),
-                p.schedtick,
-                p.syscalltick
-            )));
+            let thread = p.tid.map_or_else(String::new, |tid| format!(", {}", on(tid)));
+            lines.push(TextLine::from(format!("  {}{thread}", p.summary())));
         }
         for m in &sched.ms {
             lines.push(TextLine::from(format!("  M{:<3} {}: {}", m.id, on(m.tid), m.role)).dim());
