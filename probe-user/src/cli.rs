@@ -148,7 +148,7 @@ pub struct Args {
     pub web_config: Option<PathBuf>,
 
     /// Write a timeline to FILE in the Chrome trace-event format (opens in
-    /// Perfetto UI and chrome://tracing).
+    /// Perfetto UI, chrome://tracing and speedscope).
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
 

@@ -9,7 +9,7 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
     os::unix::process::CommandExt,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -856,47 +856,96 @@ fn latency_buckets_carry_the_slowest_calls_as_exemplars() {
     assert!(!text.contains(" # {"), "an exemplar in the classic text");
 }
 
+/// Debian's Prometheus server scraping probe on `target` every second,
+/// with its data and log in a directory of its own, which goes with it.
+struct Prometheus {
+    server: Running,
+    /// The port of its web API.
+    web: u16,
+    directory: PathBuf,
+}
+
+impl Prometheus {
+    fn start(target: u16, flags: &[&str]) -> Self {
+        let directory =
+            std::env::temp_dir().join(format!("probe-test-prometheus-{}-{target}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        std::fs::create_dir_all(&directory).unwrap();
+        let config = directory.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: probe\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
+            ),
+        )
+        .unwrap();
+        let web = free_port();
+        let log = std::fs::File::create(directory.join("prometheus.log")).unwrap();
+        let server = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", directory.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus is missing: run the tests with `cargo xtask test`, which installs it");
+        Self { server: Running(server), web, directory }
+    }
+
+    /// The `data` of its answer to `GET /api/v1/ENDPOINT` with `params`;
+    /// None while it is starting, or if the answer is an error.
+    fn api(&self, endpoint: &str, params: &[(&str, &str)]) -> Option<Json> {
+        let mut request = ureq::get(&format!("http://127.0.0.1:{}/api/v1/{endpoint}", self.web));
+        for (name, value) in params {
+            request = request.query(*name, *value);
+        }
+        let body = request.call().ok()?.body_mut().read_to_string().ok()?;
+        let answer: Json = serde_json::from_str(&body).ok()?;
+        (answer["status"] == "success").then(|| answer["data"].clone())
+    }
+
+    /// The series of the instant vector `promql` evaluates to now, as
+    /// (labels, value); none while it is starting.
+    fn query(&self, promql: &str) -> Vec<(Json, f64)> {
+        let Some(data) = self.api("query", &[("query", promql)]) else { return Vec::new() };
+        let series = data["result"].as_array().cloned().unwrap_or_default();
+        series
+            .into_iter()
+            .filter_map(|series| {
+                let value = series["value"][1].as_str()?.parse().ok()?;
+                Some((series["metric"].clone(), value))
+            })
+            .collect()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.directory.join("prometheus.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}
+
 #[test]
 fn prometheus_stores_the_exemplars() {
     let port = free_port();
     let (_probe, pid, sleeper, before, after) = sleeps_under_probe(port);
-    let directory = std::env::temp_dir().join(format!("probe-test-prometheus-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&directory);
-    std::fs::create_dir_all(&directory).unwrap();
-    let config = directory.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: probe\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
-        ),
-    )
-    .unwrap();
-    let web = free_port();
-    let log = std::fs::File::create(directory.join("prometheus.log")).unwrap();
-    let prometheus = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", directory.join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
-        .arg("--enable-feature=exemplar-storage")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("prometheus is missing: run the tests with `cargo xtask test`, which installs it");
-    let prometheus = Running(prometheus);
+    let prometheus = Prometheus::start(port, &["--enable-feature=exemplar-storage"]);
     let query = format!("probe_syscall_latency_seconds_bucket{{pid=\"{pid}\",syscall=\"clock_nanosleep\"}}");
+    let (start, end) = ((before - 60.0).to_string(), (after + 600.0).to_string());
     let deadline = Instant::now() + Duration::from_secs(30);
     let exemplars = loop {
-        let answer = ureq::get(&format!("http://127.0.0.1:{web}/api/v1/query_exemplars"))
-            .query("query", &query)
-            .query("start", (before - 60.0).to_string())
-            .query("end", (after + 600.0).to_string())
-            .call()
-            .ok()
-            .and_then(|mut response| response.body_mut().read_to_string().ok())
-            .and_then(|body| serde_json::from_str::<Json>(&body).ok());
+        let answer =
+            prometheus.api("query_exemplars", &[("query", &query), ("start", &start), ("end", &end)]);
         let exemplars: BTreeMap<String, Exemplar> = answer
             .iter()
-            .flat_map(|answer| answer["data"].as_array().cloned().unwrap_or_default())
+            .flat_map(|data| data.as_array().cloned().unwrap_or_default())
             .filter_map(|series| {
                 let le = series["seriesLabels"]["le"].as_str()?.to_owned();
                 // The latest, should Prometheus have several.
@@ -913,11 +962,162 @@ fn prometheus_stores_the_exemplars() {
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    drop(prometheus);
-    let log = std::fs::read_to_string(directory.join("prometheus.log")).unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&directory);
-    assert!(!exemplars.is_empty(), "Prometheus stored no exemplar; its log:\n{log}");
+    assert!(!exemplars.is_empty(), "Prometheus stored no exemplar; its log:\n{}", prometheus.log());
     assert_sleep_exemplars(&exemplars, &pid, &sleeper, (before, after));
+}
+
+/// The bucket of `bounds` (upper bounds, ascending, +Inf last) that
+/// `seconds` falls in, as Prometheus counts: le is inclusive.
+fn bucket_index(bounds: &[f64], seconds: f64) -> usize {
+    bounds.partition_point(|&le| le < seconds)
+}
+
+/// Prometheus itself scrapes probe and answers PromQL: each workload
+/// thread's counter is the count the thread made, and `histogram_quantile`
+/// over its latency buckets lands in the bucket of probe's own p99 (from
+/// its JSON summary), or in one beside it.
+#[test]
+fn prometheus_queries_agree_with_the_workload_and_probes_own_p99() {
+    let port = free_port();
+    let report = report_path("prometheus-query");
+    let mut probe = Running::spawn(
+        Command::new(PROBE)
+            .args(["--prometheus", &format!("127.0.0.1:{port}"), "-i", "200ms"])
+            .args(["-e", "getppid,clock_nanosleep", "--prometheus-pids", "--prometheus-threads", "100"])
+            .args(["--json", "-o"])
+            .arg(&report)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let _stderr = wait_until_tracing(&mut probe);
+    let prometheus = Prometheus::start(port, &[]);
+    // getppid: a storm, mostly in the lowest buckets; clock_nanosleep:
+    // 1 ms sleeps, late by what the scheduler adds.
+    let run = run_workload(&["--getppid", "20000,5000", "--sleep", "100x1"]);
+    let pid = run.pid.to_string();
+    let workers: Vec<&common::Thread> =
+        run.threads.iter().filter(|t| ["getppid", "clock_nanosleep"].contains(&t.syscall.as_str())).collect();
+    assert_eq!(workers.len(), 3, "{:?}", run.threads);
+    let selector = |thread: &common::Thread| {
+        format!("{{pid=\"{pid}\",tid=\"{}\",syscall=\"{}\"}}", thread.tid, thread.syscall)
+    };
+    // Once Prometheus has scraped the interval after the workload's end,
+    // every counter is final.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let counters = loop {
+        let counters: Vec<Vec<f64>> = workers
+            .iter()
+            .map(|thread| {
+                let query = format!("probe_thread_syscalls_total{}", selector(thread));
+                prometheus.query(&query).into_iter().map(|(_, value)| value).collect()
+            })
+            .collect();
+        let done = counters.iter().zip(&workers).all(|(values, thread)| values == &[thread.calls as f64]);
+        if done || Instant::now() > deadline {
+            break counters;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    for (values, thread) in counters.iter().zip(&workers) {
+        assert_eq!(
+            values,
+            &[thread.calls as f64],
+            "Prometheus's count of thread {}'s {}; its log:\n{}",
+            thread.tid,
+            thread.syscall,
+            prometheus.log()
+        );
+    }
+    let storm: u64 = run.doing("getppid").map(|t| t.calls).sum();
+    let process = prometheus.query(&format!("probe_syscalls_total{{pid=\"{pid}\",syscall=\"getppid\"}}"));
+    assert_eq!(process.iter().map(|(_, value)| *value).collect::<Vec<_>>(), [storm as f64]);
+    // Asked while probe serves: once it is gone, its series are stale.
+    let quantiles: Vec<(Vec<f64>, f64)> = workers
+        .iter()
+        .map(|thread| {
+            let buckets =
+                prometheus.query(&format!("probe_thread_syscall_latency_seconds_bucket{}", selector(thread)));
+            let mut bounds: Vec<f64> =
+                buckets.iter().map(|(labels, _)| labels["le"].as_str().unwrap().parse().unwrap()).collect();
+            bounds.sort_by(f64::total_cmp);
+            assert_eq!(bounds.last(), Some(&f64::INFINITY), "{buckets:?}");
+            let quantile = prometheus.query(&format!(
+                "histogram_quantile(0.99, probe_thread_syscall_latency_seconds_bucket{})",
+                selector(thread)
+            ));
+            let &[(_, p99)] = &quantile[..] else { panic!("no quantile: {quantile:?}") };
+            (bounds, p99)
+        })
+        .collect();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(probe.id() as i32, libc::SIGINT) };
+    assert!(wait_with_timeout(&mut probe, Duration::from_secs(10)).success());
+    let trace = Trace::read(&report);
+    std::fs::remove_file(&report).unwrap();
+    for (thread, (bounds, prometheus_p99)) in workers.iter().zip(quantiles) {
+        let p99 = trace.syscall(thread.tid, &thread.syscall)["p99_ns"].as_f64().unwrap() / 1e9;
+        let (theirs, ours) = (bucket_index(&bounds, prometheus_p99), bucket_index(&bounds, p99));
+        eprintln!(
+            "thread {} {}: histogram_quantile(0.99) {prometheus_p99} s (bucket {theirs}), probe's p99 {p99} s (bucket {ours})",
+            thread.tid, thread.syscall
+        );
+        assert!(
+            theirs.abs_diff(ours) <= 1,
+            "thread {} {}: Prometheus's p99 {prometheus_p99} s, probe's {p99} s, buckets {bounds:?}",
+            thread.tid,
+            thread.syscall
+        );
+    }
+}
+
+/// `promtool check metrics`, Prometheus's own linter, has nothing to say
+/// of the classic text of a scrape with every kind of series probe makes
+/// for a workload running: per process and thread, errnos, histograms,
+/// the in-flight gauge.
+#[test]
+fn promtool_finds_nothing_to_fix_in_a_scrape() {
+    let port = free_port();
+    let _probe = serve(port, &["--prometheus-pids", "--prometheus-threads", "20"]);
+    let workload = Running::spawn(
+        Command::new(workload())
+            .args(["--getppid", "5000", "--enoent", "20", "--sleep", "30x100"])
+            .stdout(Stdio::null()),
+    );
+    let pid = workload.id().to_string();
+    let pid = pid.as_str();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let agent = agent(None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let (status, content_type, text) = get(&agent, &url, &[]);
+        assert_eq!((status, content_type.as_str()), (200, "text/plain; version=0.0.4; charset=utf-8"));
+        let samples = Scrape::parse(text.lines().map(|line| Ok(line.to_owned()))).unwrap().samples;
+        let has = |metric| !find(&samples, metric, &[("pid", pid)]).is_empty();
+        let kinds = [
+            "probe_syscall_errors_total",
+            "probe_thread_syscall_latency_seconds_count",
+            "probe_oldest_syscall_in_flight_seconds",
+        ];
+        if kinds.into_iter().all(has) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no series of the workload after 10 s: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "promtool is missing: run the tests with `cargo xtask test`, which installs Debian's prometheus",
+        );
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && said.is_empty(), "promtool check metrics ({}): {said}", output.status);
 }
 
 #[test]

