@@ -11,13 +11,24 @@ use std::{
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::command::{self, run};
+
+mod servers;
+
+/// Which workloads `cargo xtask bench --only` runs.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Suite {
+    /// The syscall workloads, probe's own and Go's, timed by themselves.
+    Syscalls,
+    /// redis, nginx and a Go HTTP server under load from their clients.
+    Servers,
+}
 
 /// A workload: its program, its flag, and the size of each of its
 /// threads' loops.
@@ -30,7 +41,11 @@ struct Workload {
     unit: &'static str,
 }
 
-const WORKLOADS: [Workload; 5] = [
+/// No pipe ping-pong between two threads: its round trips are wakeup
+/// latency, which on this VM varies more between untraced runs than any
+/// tracer adds, and pinning its threads to CPU 0 and CPU 1 made each round
+/// trip cross CPUs, several times slower and no steadier.
+const WORKLOADS: [Workload; 4] = [
     Workload { name: "getppid storm", go: false, flag: "--getppid", sizes: &[2_000_000], unit: "ns/syscall" },
     Workload {
         name: "mixed storm",
@@ -38,13 +53,6 @@ const WORKLOADS: [Workload; 5] = [
         flag: "--mixed",
         sizes: &[250_000, 250_000],
         unit: "ns/syscall",
-    },
-    Workload {
-        name: "pipe ping-pong",
-        go: false,
-        flag: "--pingpong",
-        sizes: &[100_000],
-        unit: "ns/round trip",
     },
     Workload {
         name: "Go getppid loop",
@@ -86,6 +94,8 @@ enum Tracer {
     /// `--slow 10ms`: what its details cost where no call is that slow
     /// (stacks at each blocking switch, wakers) beside `ProbeCommand`.
     ProbeSlow,
+    /// `--prometheus 127.0.0.1:0`, scraped (the servers only).
+    ProbePrometheus,
     Bpftrace,
     PerfTrace,
     Strace,
@@ -137,6 +147,7 @@ impl Tracer {
             Tracer::ProbeNoSched => "probe --no-sched",
             Tracer::ProbeNoGoroutines => "probe --no-goroutines",
             Tracer::ProbeSlow => "probe --slow 10ms",
+            Tracer::ProbePrometheus => "probe --prometheus",
             Tracer::Bpftrace => "bpftrace histogram",
             Tracer::PerfTrace => "perf trace -s",
             Tracer::Strace => "strace -f -c",
@@ -151,7 +162,7 @@ const BPFTRACE_PROGRAM: &str = "tracepoint:raw_syscalls:sys_enter /pid == cpid/ 
      tracepoint:raw_syscalls:sys_exit /pid == cpid && @start[tid]/ { @ns[tid] = hist(nsecs - @start[tid]); delete(@start[tid]); }";
 
 /// One run of one workload under one tracer.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Sample {
     ns_per_op: f64,
     /// probe's own numbers, when probe traced.
@@ -174,8 +185,15 @@ struct Paths {
 
 /// Runs every workload under every tracer, `rounds` times, and prints and
 /// saves the medians; with `against`, also under that build of probe (the
-/// commit before a change, say), interleaved in the same rounds.
-pub fn bench(root: &Path, rounds: usize, against: Option<PathBuf>) -> Result<()> {
+/// commit before a change, say), interleaved in the same rounds. `only`
+/// runs one suite; `duration` is how long each server's load runs.
+pub fn bench(
+    root: &Path,
+    rounds: usize,
+    against: Option<PathBuf>,
+    only: Option<Suite>,
+    duration: Duration,
+) -> Result<()> {
     install_peers()?;
     let mut tracers = TRACERS.to_vec();
     if against.is_some() {
@@ -185,12 +203,16 @@ pub fn bench(root: &Path, rounds: usize, against: Option<PathBuf>) -> Result<()>
         against,
         probe: root.join("target/release/probe"),
         workload: root.join("target/release/examples/workload"),
-        go_workload: build_go_workload(root)?,
+        go_workload: build_go(root, "workload", "go-workload")?,
         report: root.join("target/bench/probe-report.json"),
     };
     std::fs::create_dir_all(root.join("target/bench"))?;
     let mut samples: BTreeMap<(usize, Tracer), Vec<Sample>> = BTreeMap::new();
-    for round in 1..=rounds {
+    let syscall_rounds = match only {
+        Some(Suite::Servers) => 0,
+        _ => rounds,
+    };
+    for round in 1..=syscall_rounds {
         eprintln!("xtask: bench round {round} of {rounds}");
         for (w, workload) in WORKLOADS.iter().enumerate() {
             for tracer in tracers_of(workload, &tracers) {
@@ -200,20 +222,26 @@ pub fn bench(root: &Path, rounds: usize, against: Option<PathBuf>) -> Result<()>
             }
         }
     }
-    let table = summarize(&samples);
+    let mut table = summarize(&samples);
+    // The rounds asked for, also when only the servers ran.
+    table["rounds"] = rounds.into();
     print_table(&table);
+    if only != Some(Suite::Syscalls) {
+        table["servers"] = servers::bench(root, &paths, rounds, duration)?;
+    }
     let out = root.join("target/bench/bench.json");
     std::fs::write(&out, serde_json::to_string_pretty(&table)?)?;
     eprintln!("xtask: wrote {}", out.display());
     Ok(())
 }
 
-/// Builds the Go workloads with Debian's Go (installed when missing).
-fn build_go_workload(root: &Path) -> Result<PathBuf> {
+/// Builds the Go program in `xtask/go/DIR` with Debian's Go (installed when
+/// missing) as `target/bench/OUTPUT`.
+fn build_go(root: &Path, dir: &str, output: &str) -> Result<PathBuf> {
     command::install_missing(&[("go", "golang-go")])?;
-    let binary = root.join("target/bench/go-workload");
+    let binary = root.join("target/bench").join(output);
     run(Command::new("go")
-        .current_dir(root.join("xtask/go/workload"))
+        .current_dir(root.join("xtask/go").join(dir))
         .env("GOTOOLCHAIN", "local")
         .env("GOCACHE", root.join("target/bench/go-cache"))
         .args(["build", "-o"])
@@ -257,6 +285,7 @@ fn measure(paths: &Paths, workload: &Workload, tracer: Tracer) -> Result<Sample>
         Tracer::ProbeNoSched => traced_by_probe(paths, with_workload(probe(&["--no-sched"])), true),
         Tracer::ProbeNoGoroutines => traced_by_probe(paths, with_workload(probe(&["--no-goroutines"])), true),
         Tracer::ProbeSlow => traced_by_probe(paths, with_workload(probe(&["--slow", "10ms"])), true),
+        Tracer::ProbePrometheus => bail!("the syscall workloads run without --prometheus"),
         Tracer::ProbePid => probe_pid(paths, &args, probe(&[])),
         Tracer::ProbeSystem => probe_system(paths, &args, probe(&[])),
         Tracer::AgainstPid => probe_pid(paths, &args, against()?),
@@ -352,16 +381,27 @@ fn traced_by_probe(paths: &Paths, mut command: Command, numbers: bool) -> Result
     Ok(sample)
 }
 
-/// Starts probe and returns how long it took to say it is tracing.
-fn start_probe(command: &mut Command) -> Result<(Child, f64)> {
+/// Starts probe and returns how long it took to say it is tracing, and
+/// the URL of its metrics if it serves them.
+fn start_probe(command: &mut Command) -> Result<(Child, f64, Option<String>)> {
     let start = Instant::now();
     let mut child = command.stderr(Stdio::piped()).spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stderr.take().context("no stderr")?).read_line(&mut line)?;
-    if !line.starts_with("probe: tracing") {
-        bail!("probe did not start: {line}");
+    let mut stderr = BufReader::new(child.stderr.take().context("no stderr")?);
+    let mut metrics = None;
+    loop {
+        let mut line = String::new();
+        stderr.read_line(&mut line)?;
+        if let Some(url) = line.strip_prefix("probe: serving metrics at ") {
+            metrics = Some(url.trim().to_owned());
+            continue;
+        }
+        if !line.starts_with("probe: tracing") {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("probe did not start: {line}");
+        }
+        return Ok((child, start.elapsed().as_secs_f64() * 1e3, metrics));
     }
-    Ok((child, start.elapsed().as_secs_f64() * 1e3))
 }
 
 fn probe_pid(paths: &Paths, args: &[String], mut probe: Command) -> Result<Sample> {
@@ -370,7 +410,7 @@ fn probe_pid(paths: &Paths, args: &[String], mut probe: Command) -> Result<Sampl
     let mut stdout = BufReader::new(target.stdout.take().context("no stdout")?);
     let mut ready = String::new();
     stdout.read_line(&mut ready)?;
-    let (mut child, attach_ms) = start_probe(probe.args(["-p", &target.id().to_string()]))?;
+    let (mut child, attach_ms, _) = start_probe(probe.args(["-p", &target.id().to_string()]))?;
     // SAFETY: signalling our own child.
     unsafe { libc::kill(target.id() as i32, libc::SIGUSR1) };
     let mut rest = String::new();
@@ -383,7 +423,7 @@ fn probe_pid(paths: &Paths, args: &[String], mut probe: Command) -> Result<Sampl
 }
 
 fn probe_system(paths: &Paths, args: &[String], mut probe: Command) -> Result<Sample> {
-    let (mut child, attach_ms) = start_probe(&mut probe)?;
+    let (mut child, attach_ms, _) = start_probe(&mut probe)?;
     let mut command = Command::new(&paths.workload);
     command.args(args);
     let stdout = stdout_of(command)?;
@@ -412,6 +452,7 @@ fn summarize(samples: &BTreeMap<(usize, Tracer), Vec<Sample>>) -> Value {
     let workloads: Vec<Value> = WORKLOADS
         .iter()
         .enumerate()
+        .filter(|&(w, _)| samples.keys().any(|&(sw, _)| sw == w))
         .map(|(w, workload)| {
             let ns = |tracer| pick(w, tracer, |s| Some(s.ns_per_op)).unwrap_or(f64::NAN);
             let base = ns(Tracer::Untraced);
@@ -446,7 +487,7 @@ fn summarize(samples: &BTreeMap<(usize, Tracer), Vec<Sample>>) -> Value {
             json!({"workload": workload.name, "unit": workload.unit, "rows": rows})
         })
         .collect();
-    json!({"machine": machine(), "rounds": samples.values().next().map_or(0, Vec::len), "workloads": workloads})
+    json!({"machine": machine(), "workloads": workloads})
 }
 
 fn machine() -> String {

@@ -20,15 +20,17 @@ pub fn run(command: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Whether `program` is on PATH.
+pub fn on_path(program: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
+}
+
 /// Installs from Debian's packages each `(program, package)` whose program
 /// is not on PATH.
 pub fn install_missing(programs: &[(&str, &str)]) -> Result<()> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let missing: Vec<&str> = programs
-        .iter()
-        .filter(|(program, _)| !std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
-        .map(|(_, package)| *package)
-        .collect();
+    let missing: Vec<&str> =
+        programs.iter().filter(|(program, _)| !on_path(program)).map(|(_, package)| *package).collect();
     if missing.is_empty() {
         return Ok(());
     }

@@ -12,6 +12,7 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
@@ -41,7 +42,8 @@ enum Task {
     /// Build, check formatting and lints, and run every test (as root).
     Test,
     /// Measure probe's overhead beside the floor and bpftrace, perf trace and
-    /// strace (as root; installs the peers from Debian's packages).
+    /// strace, on syscall workloads and on servers (as root; installs the
+    /// peers and the servers from Debian's packages).
     Bench {
         /// Rounds of every workload under every tracer.
         #[arg(long, default_value_t = 5)]
@@ -50,6 +52,12 @@ enum Task {
         /// change), in the same rounds.
         #[arg(long, value_name = "BINARY")]
         against: Option<PathBuf>,
+        /// Run one suite alone.
+        #[arg(long, value_enum)]
+        only: Option<bench::Suite>,
+        /// How long each server's load runs, in seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..))]
+        duration: u64,
     },
     /// Run probe for minutes against a thread and process churn, printing
     /// its memory and losses (as root).
@@ -77,9 +85,9 @@ fn run(task: Task) -> Result<()> {
             command::exec(root.join("target/release/probe"), &args)
         }
         Task::Test => test(&root),
-        Task::Bench { rounds, against } => {
+        Task::Bench { rounds, against, only, duration } => {
             build_with_workload(&root)?;
-            bench::bench(&root, rounds, against)
+            bench::bench(&root, rounds, against, only, Duration::from_secs(duration))
         }
         Task::Soak { minutes } => {
             build_with_workload(&root)?;
