@@ -449,6 +449,7 @@ pub enum Record {
 impl Record {
     /// Decodes one ring-buffer record, whatever its bytes: `None` unless it
     /// starts with a known tag and has exactly its type's size.
+    #[inline]
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let tag = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
         Some(match EventKind::from_u32(tag)? {

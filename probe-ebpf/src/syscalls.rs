@@ -116,7 +116,9 @@ fn active_lost_calls() -> &'static HashMap<LostCall, u64> {
 /// event: see `LostCall`), so that its count stays exact. Only the thread
 /// itself counts its calls and switches, and it runs on one CPU at a time:
 /// the increment needs no atomics (wakeups, counted by their wakers, only
-/// mark a thread's times as sampled).
+/// mark a thread's times as sampled). Called only after the dropped
+/// record was counted (`Counter::LostEvents`): userspace skips reading the
+/// maps while that count stands still.
 #[inline(never)]
 pub(crate) fn count_lost(key: LostCall) {
     let lost = active_lost_calls();

@@ -194,7 +194,17 @@ struct LostCalls {
     active: usize,
     /// Entries taken at the last turn, for the health report.
     last_taken: usize,
+    /// The kernel's count of dropped records at each of the last
+    /// `QUIET_TURNS` turns, oldest first: see [`LostCalls::turn`].
+    dropped_at: [Option<u64>; QUIET_TURNS],
 }
+
+/// Turns without a dropped record after which the idle lost-call map is
+/// known to be empty. The map to empty was made the one counted into two
+/// turns ago; a program that wrote into it since read which map is active
+/// after that switch, and counted its dropped record just before: at most
+/// one turn earlier, the grace the two maps already grant a program.
+const QUIET_TURNS: usize = 3;
 
 /// What the kernel programs stream to userspace, for the event loop to own.
 pub struct Streams {
@@ -467,6 +477,7 @@ impl Probe {
                 active_index: take_map(&mut ebpf, map::LOST_CALLS_ACTIVE)?,
                 active: 0,
                 last_taken: 0,
+                dropped_at: [None; QUIET_TURNS],
             },
             calls_off_cpu: take_map(&mut ebpf, map::CALLS_OFF_CPU)?,
             cpu_state: take_map(&mut ebpf, map::CPU_STATE)?,
@@ -573,10 +584,10 @@ impl Probe {
     /// call. With `all`, when the trace is over, the other map too, after
     /// the programs have had time to finish.
     pub fn take_lost_calls(&mut self, all: bool) -> Result<Vec<(LostCall, u64)>> {
-        let mut taken = self.lost_calls.turn()?;
+        let mut taken = self.lost_calls.turn(self.drops()?.ring_buffer, all)?;
         if all {
             std::thread::sleep(LAST_TURN_GRACE);
-            taken.extend(self.lost_calls.turn()?);
+            taken.extend(self.lost_calls.turn(self.drops()?.ring_buffer, all)?);
         }
         Ok(taken)
     }
@@ -584,14 +595,24 @@ impl Probe {
 
 impl LostCalls {
     /// Empties the map the programs stopped counting into at the previous
-    /// turn, then makes it the one they count into.
-    fn turn(&mut self) -> Result<Vec<(LostCall, u64)>> {
+    /// turn, then makes it the one they count into. Every write into these
+    /// maps follows a dropped record's count (`dropped`, the kernel's count
+    /// now): while that count has not moved for `QUIET_TURNS` turns, the
+    /// map is empty and is not read, a walk of its million buckets that
+    /// took a tenth of probe's CPU under a syscall storm. With `all`, at the
+    /// end, it is read whatever the count.
+    fn turn(&mut self, dropped: u64, all: bool) -> Result<Vec<(LostCall, u64)>> {
         let idle = 1 - self.active;
-        let taken = batch(&self.maps[idle], BPF_MAP_LOOKUP_AND_DELETE_BATCH)
-            .context("cannot read the counts of lost calls")?;
+        let taken = match !all && self.dropped_at[0] == Some(dropped) {
+            true => Vec::new(),
+            false => batch(&self.maps[idle], BPF_MAP_LOOKUP_AND_DELETE_BATCH)
+                .context("cannot read the counts of lost calls")?,
+        };
         self.active_index.set(0, idle as u32, 0).context("cannot switch the map of lost calls")?;
         self.active = idle;
         self.last_taken = taken.len();
+        self.dropped_at.rotate_left(1);
+        self.dropped_at[QUIET_TURNS - 1] = Some(dropped);
         Ok(taken)
     }
 }

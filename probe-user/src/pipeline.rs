@@ -190,9 +190,12 @@ impl Pipeline {
                     goroutines.syscall(event);
                 }
                 let key = self.generations.syscall(event.pid, event.tid);
-                self.interval.record(key, event);
                 if event.flags & SYSCALL_NO_RETURN == 0 {
                     let end = event.start_ns.saturating_add(event.duration_ns);
+                    // Counted with the call: one look-up of its thread and
+                    // syscall.
+                    let split = self.tracker.split(key, event.start_ns, end);
+                    self.interval.record(key, event, split);
                     let slow = self.slow_ns.is_some_and(|slow_ns| event.duration_ns >= slow_ns);
                     let detail = match self.details.is_empty() {
                         true => None,
@@ -219,10 +222,6 @@ impl Pipeline {
                     }
                     let blocked =
                         sleeps.iter().filter(|_| slow || exemplar).max_by_key(|sleep| sleep.ns()).copied();
-                    let split = self.tracker.split(key, event.start_ns, end);
-                    if let Some(split) = split {
-                        self.interval.record_split(key, event, split);
-                    }
                     if slow || exemplar {
                         self.slow_calls.push(SlowCallSeen {
                             report: slow,
@@ -243,6 +242,7 @@ impl Pipeline {
                         });
                     }
                 } else {
+                    self.interval.record(key, event, None);
                     self.generations.exited(key);
                 }
             }
@@ -640,6 +640,23 @@ mod tests {
         let sched = thread.sched.as_ref().unwrap();
         assert_eq!((sched.voluntary, sched.pairs.len(), sched.blocked_ns), (1, 1, 50));
         assert_eq!(thread.comm, "worker");
+    }
+
+    #[test]
+    fn a_call_after_calls_without_time_off_the_cpu_is_split_by_its_own() {
+        use EventKind::*;
+        let mut pipeline = Pipeline::new(None);
+        // Two getppids (110) on the CPU, then the read that blocks.
+        let [switch_in, rest @ ..] = blocked_read();
+        feed(&mut pipeline, &[switch_in, syscall(2, 110, 20, 5), syscall(2, 110, 40, 5)]);
+        feed(&mut pipeline, &rest);
+        // And one more on the CPU after it.
+        feed(&mut pipeline, &[syscall(2, 110, 190, 5), sched(SwitchOut, 2, 1, 0, 200)]);
+        let interval = pipeline.close_interval(&Listed(vec![(1, 2)]));
+        let thread = interval.get(ThreadKey::new(1, 2)).unwrap();
+        let (getppid, read) = (&thread.syscalls[&110], &thread.syscalls[&0]);
+        assert_eq!((getppid.count, getppid.split_ns, getppid.blocked_ns, getppid.runq_ns), (3, 15, 0, 0));
+        assert_eq!((read.count, read.split_ns, read.blocked_ns, read.runq_ns), (1, 90, 50, 20));
     }
 
     #[test]

@@ -31,10 +31,10 @@ impl Latencies {
             self.min = ns;
         }
         self.max = self.max.max(ns);
-        if self.histogram.is_none() && self.samples.len() < EXACT_SAMPLES {
-            self.samples.push(ns);
-        } else {
-            add(self.histogram_mut(), ns);
+        match &mut self.histogram {
+            Some(histogram) => add(histogram, ns),
+            None if self.samples.len() < EXACT_SAMPLES => self.samples.push(ns),
+            None => add(self.histogram_mut(), ns),
         }
     }
 

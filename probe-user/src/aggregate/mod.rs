@@ -86,6 +86,10 @@ impl ThreadKey {
 #[derive(Debug, Default)]
 pub struct Generations {
     by_tid: FxHashMap<u32, Generation>,
+    /// The tid of the latest syscall record and what `by_tid` holds for
+    /// it: a thread's records come in runs, the rest of which need no
+    /// look-up.
+    latest: Option<(u32, Option<Generation>)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -107,9 +111,15 @@ impl Generations {
     /// The thread of a syscall record: a new one if the last thread with
     /// these ids made its `exit` call.
     pub fn syscall(&mut self, pid: u32, tid: u32) -> ThreadKey {
-        match self.by_tid.get(&tid) {
+        let seen = match self.latest {
+            Some((latest, seen)) if latest == tid => seen,
+            _ => self.by_tid.get(&tid).copied(),
+        };
+        self.latest = Some((tid, seen));
+        match seen {
             Some(seen) if seen.pid == pid && seen.exited => self.new_thread(pid, tid),
-            _ => self.current(pid, tid),
+            Some(seen) if seen.pid == pid => ThreadKey { pid, tid, generation: seen.generation },
+            _ => ThreadKey::new(pid, tid),
         }
     }
 
@@ -121,12 +131,14 @@ impl Generations {
             _ => 0,
         };
         self.by_tid.insert(tid, Generation { pid, generation, exited: false });
+        self.latest = None;
         ThreadKey { pid, tid, generation }
     }
 
     /// Notes that the thread `key` has exited: its ids may come back.
     pub fn exited(&mut self, key: ThreadKey) {
         self.by_tid.insert(key.tid, Generation { pid: key.pid, generation: key.generation, exited: true });
+        self.latest = None;
     }
 }
 
@@ -166,8 +178,9 @@ pub struct SyscallStats {
 }
 
 impl SyscallStats {
-    /// Counts one call.
-    pub fn record(&mut self, event: &SyscallEvent) {
+    /// Counts one call, with how it split between on-CPU, blocked and
+    /// run-queue time when the scheduler's events could tell.
+    pub fn record(&mut self, event: &SyscallEvent, split: Option<Split>) {
         self.count += 1;
         if event.flags & SYSCALL_NO_RETURN != 0 {
             return;
@@ -175,11 +188,16 @@ impl SyscallStats {
         self.add_errors(errno_of(event.ret), 1);
         self.total_ns = self.total_ns.saturating_add(event.duration_ns);
         self.latency.record(event.duration_ns);
+        if let Some(split) = split {
+            self.split_ns = self.split_ns.saturating_add(event.duration_ns);
+            self.blocked_ns = self.blocked_ns.saturating_add(split.blocked_ns);
+            self.runq_ns = self.runq_ns.saturating_add(split.runq_ns);
+        }
         self.slowest.offer(SlowCall {
             duration_ns: event.duration_ns,
             started_ns: event.start_ns,
             ret: event.ret,
-            split: None,
+            split,
         });
     }
 
@@ -288,6 +306,9 @@ pub struct ThreadStats {
     pub io_uring: FxHashMap<u32, IoUringStats>,
     /// The thread was seen to exit.
     pub exited: bool,
+    /// The name as the latest record that carried one had it: a record
+    /// with the same bytes leaves `comm` as it is, without reading it.
+    comm_bytes: [u8; COMM_LEN],
 }
 
 impl ThreadStats {
@@ -309,6 +330,10 @@ impl ThreadStats {
     /// only paid when they do. An empty name (no name in the record) is
     /// ignored.
     fn set_comm(&mut self, comm: &[u8; COMM_LEN]) {
+        if *comm == self.comm_bytes {
+            return;
+        }
+        self.comm_bytes = *comm;
         let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
         let comm = &comm[..end];
         // Only a hostile name differs from its visible form, and pays for
@@ -351,10 +376,11 @@ impl Table {
         Self { fold_processes: true, ..Self::default() }
     }
 
-    /// Adds one syscall record of thread `key`.
-    pub fn record(&mut self, key: ThreadKey, event: &SyscallEvent) {
+    /// Adds one syscall record of thread `key`, with how the call split
+    /// between on-CPU, blocked and run-queue time, if known.
+    pub fn record(&mut self, key: ThreadKey, event: &SyscallEvent, split: Option<Split>) {
         let thread = self.thread(key, &event.comm);
-        thread.syscalls.entry(event.nr).or_default().record(event);
+        thread.syscalls.entry(event.nr).or_default().record(event, split);
         if event.flags & SYSCALL_NO_RETURN != 0 {
             self.mark_exited(key);
         }
@@ -407,19 +433,6 @@ impl Table {
             self.exited.push(key);
         }
         thread.exited = true;
-    }
-
-    /// Adds how a timed syscall of `key` that was just recorded split
-    /// between on-CPU, blocked and run-queue time.
-    pub fn record_split(&mut self, key: ThreadKey, event: &SyscallEvent, split: Split) {
-        let Some(stats) = self.threads.get_mut(&key).and_then(|thread| thread.syscalls.get_mut(&event.nr))
-        else {
-            return;
-        };
-        stats.split_ns = stats.split_ns.saturating_add(event.duration_ns);
-        stats.blocked_ns = stats.blocked_ns.saturating_add(split.blocked_ns);
-        stats.runq_ns = stats.runq_ns.saturating_add(split.runq_ns);
-        stats.slowest.set_split(event.start_ns, split);
     }
 
     /// Adds the sleeps of a syscall of `key` that was just recorded to
@@ -679,7 +692,7 @@ pub(crate) mod tests {
 
     /// Records `event` as the first thread with its ids.
     pub(crate) fn record(table: &mut Table, event: &SyscallEvent) {
-        table.record(ThreadKey::new(event.pid, event.tid), event);
+        table.record(ThreadKey::new(event.pid, event.tid), event, None);
     }
 
     pub(crate) fn event(tid: u32, nr: u32, ret: i64, duration_ns: u64) -> SyscallEvent {

@@ -245,12 +245,17 @@ pub struct SchedTracker {
     /// off), so that a syscall looks its thread up for them only when
     /// `--slow` sent any.
     sleeps_kept: usize,
+    /// The thread whose latest syscall left it no off-CPU span, none
+    /// applied since: its next syscall is split without a look-up (each
+    /// change of a thread's state forgets it).
+    spanless: Option<ThreadKey>,
 }
 
 impl SchedTracker {
     /// Moves thread `key` to its new state after `event`, charging what it
     /// did since its previous event to its statistics in `table`.
     pub fn apply(&mut self, key: ThreadKey, event: &SchedEvent, table: &mut Table) {
+        self.spanless = None;
         let ts = event.ts_ns;
         if EventKind::from_u32(event.kind) == Some(EventKind::SwitchIn) {
             self.end_lost_run(key, event.cpu, ts, table);
@@ -369,6 +374,7 @@ impl SchedTracker {
     /// switch-out whose record was dropped: the moves since the count last
     /// seen are its, even when no later switch-out of it is ever seen.
     pub fn migrated(&mut self, key: ThreadKey, nr_migrations: u64, table: &mut Table) {
+        self.spanless = None;
         let Some(state) = self.threads.get_mut(&key) else {
             return;
         };
@@ -381,6 +387,7 @@ impl SchedTracker {
     /// `waker` is waking thread `key` (its `Wakeup` follows): kept for the
     /// sleep this ends, if the thread is asleep and not already being woken.
     pub fn woken_by(&mut self, key: ThreadKey, waker: Waker) {
+        self.spanless = None;
         if let Some(state) = self.threads.get_mut(&key) {
             let asleep =
                 state.running.is_none() && state.ready.is_none() && state.off.is_some_and(|(_, v)| v);
@@ -411,6 +418,7 @@ impl SchedTracker {
     /// Thread `key`, unseen so far, has been asleep since `ts` (found so at
     /// attach): its time asleep is charged from then.
     pub fn asleep_since(&mut self, key: ThreadKey, ts: u64) {
+        self.spanless = None;
         let state = self.threads.entry(key).or_default();
         state.off = Some((ts, true));
         state.charged_to = ts;
@@ -421,6 +429,9 @@ impl SchedTracker {
     /// showed; `None` for a thread without scheduler events. The syscall
     /// record comes at the syscall's exit, after every span inside it.
     pub fn split(&mut self, key: ThreadKey, start: u64, end: u64) -> Option<Split> {
+        if self.spanless == Some(key) {
+            return Some(Split::default());
+        }
         let state = self.threads.get_mut(&key)?;
         let mut split = Split::default();
         for &(from, to, blocked) in &state.off_spans {
@@ -432,6 +443,7 @@ impl SchedTracker {
             }
         }
         state.off_spans.retain(|&(_, to, _)| to > end);
+        self.spanless = state.off_spans.is_empty().then_some(key);
         // Clocks of different CPUs may disagree by a little: never more
         // off-CPU time than the call took.
         let duration = end.saturating_sub(start);
@@ -477,6 +489,7 @@ impl SchedTracker {
     /// that exited during a drain, and the moves that switch counted): it
     /// is dropped when found gone at two settles in a row.
     pub fn forget_dead(&mut self, world: &dyn World) {
+        self.spanless = None;
         self.threads.retain(|key, state| {
             let alive = world.thread_alive(key.pid, key.tid);
             let keep = alive || !state.gone;
@@ -493,6 +506,7 @@ impl SchedTracker {
     /// span of any thread, and a thread that never changes state still
     /// shows its time every interval.
     pub fn charge_until(&mut self, now: u64, table: &mut Table) {
+        self.spanless = None;
         // A thread found gone has ended: its last switch, when it comes,
         // charges what is left of its time.
         for (key, state) in self.threads.iter_mut().filter(|(_, state)| !state.gone) {

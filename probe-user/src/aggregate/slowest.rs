@@ -48,14 +48,6 @@ impl Slowest {
         self.len < KEPT || duration_ns > self.calls[KEPT - 1].duration_ns
     }
 
-    /// Gives the call that began at `started_ns`, if kept, its split (which
-    /// is known just after the call is counted).
-    pub fn set_split(&mut self, started_ns: u64, split: Split) {
-        if let Some(call) = self.calls[..self.len].iter_mut().find(|call| call.started_ns == started_ns) {
-            call.split = Some(split);
-        }
-    }
-
     /// Adds a later span's slowest calls.
     pub fn merge(&mut self, other: &Self) {
         for &call in other.calls() {
@@ -80,16 +72,16 @@ mod tests {
 
     #[test]
     fn the_slowest_are_kept_slowest_first_with_their_splits() {
+        let split = Split { blocked_ns: 15, runq_ns: 1 };
         let mut slowest = Slowest::default();
         for (i, duration) in [5, 30, 1, 30, 20, 2].into_iter().enumerate() {
-            slowest.offer(call(duration, i as u64));
+            // The calls that began at 0, 2 and 4 were split.
+            slowest.offer(SlowCall { split: (i % 2 == 0).then_some(split), ..call(duration, i as u64) });
         }
-        assert_eq!(slowest.calls(), [call(30, 1), call(30, 3), call(20, 4)]);
-        let split = Split { blocked_ns: 15, runq_ns: 1 };
-        slowest.set_split(4, split);
-        slowest.set_split(0, split);
-        assert_eq!(slowest.calls()[2].split, Some(split));
-        assert!(slowest.calls()[..2].iter().all(|call| call.split.is_none()));
+        assert_eq!(
+            slowest.calls(),
+            [call(30, 1), call(30, 3), SlowCall { split: Some(split), ..call(20, 4) }]
+        );
     }
 
     proptest! {

@@ -126,7 +126,7 @@ impl Goroutines {
             goroutine.moves += 1;
         }
         goroutine.last_thread = Some(event.tid);
-        goroutine.syscalls.entry(event.nr).or_default().record(event);
+        goroutine.syscalls.entry(event.nr).or_default().record(event, None);
     }
 
     /// Marks goroutine `goid` of process `pid` as ended; beyond the cap,
