@@ -50,11 +50,19 @@ fn unified_mount() -> PathBuf {
 /// A workload waiting for SIGUSR1, moved into `cgroup` before it starts
 /// its threads (which are then born there).
 fn workload_in(cgroup: &Path, args: &[&str]) -> (Running, BufReader<ChildStdout>) {
+    let (workload, stdout) = waiting_workload(args);
+    move_into(cgroup, &workload);
+    (workload, stdout)
+}
+
+fn waiting_workload(args: &[&str]) -> (Running, BufReader<ChildStdout>) {
     let mut all = vec!["--wait-signal"];
     all.extend_from_slice(args);
-    let (workload, stdout) = start_workload(&all, "{\"ready\"");
+    start_workload(&all, "{\"ready\"")
+}
+
+fn move_into(cgroup: &Path, workload: &Running) {
     std::fs::write(cgroup.join("cgroup.procs"), workload.id().to_string()).unwrap();
-    (workload, stdout)
 }
 
 /// Lets a waiting workload go, and returns its account once it exits.
@@ -81,7 +89,9 @@ fn only_the_cgroup_and_its_descendants_are_traced() {
     // Exact counts in each, and in the first a sleeper and a thread that
     // moves itself between CPUs for the scheduler view.
     let (a, a_out) = workload_in(first, &["--getppid", "3000,5000", "--sleep", "50x1", "--affinity", "50"]);
-    let (c, c_out) = workload_in(child, &["--getppid", "7000", "--enoent", "11"]);
+    // Moved once probe traces: its main thread was not among the threads
+    // of the cgroups at attach.
+    let (c, c_out) = waiting_workload(&["--getppid", "7000", "--enoent", "11"]);
     let (b, b_out) = workload_in(sibling, &["--getppid", "9000", "--sleep", "50x1", "--spin", "50"]);
     let sibling_pid = u64::from(b.id());
 
@@ -91,6 +101,7 @@ fn only_the_cgroup_and_its_descendants_are_traced() {
         Command::new(PROBE).args(["--json", "--cgroup", &names[0], "-o"]).arg(&report).stderr(Stdio::piped()),
     );
     let stderr = wait_until_tracing(&mut probe);
+    move_into(child, &c);
     let (a, c, b) = (finish(a, a_out), finish(c, c_out), finish(b, b_out));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(probe.id() as i32, libc::SIGINT) };
@@ -129,7 +140,7 @@ fn only_the_cgroup_and_its_descendants_are_traced() {
     // The scheduler view of the traced threads holds under the filter: the
     // kernel's own counts (read by each thread before the switches of its
     // exit).
-    for thread in &a.threads {
+    for thread in a.threads.iter().chain(&c.threads) {
         let sched = &trace.thread(thread.tid)["sched"];
         assert!(sched.is_object(), "no sched view: {}", trace.thread(thread.tid));
         for (name, kernel) in [
