@@ -3,6 +3,7 @@
 //! Everything is put together here and nowhere else.
 
 use std::{
+    collections::HashSet,
     io::IsTerminal,
     path::{Path, PathBuf},
     process::ExitCode,
@@ -200,7 +201,7 @@ fn run(args: Args) -> Result<i32> {
         Some(cgroups) => {
             let tids = cgroups.threads();
             probe.mark_in_cgroups(&tids)?;
-            Some(tids)
+            Some(tids.into_iter().collect::<HashSet<u32>>())
         }
         None => None,
     };
