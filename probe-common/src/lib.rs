@@ -481,6 +481,10 @@ fn read_record<T: Copy>(bytes: &[u8]) -> Option<T> {
 /// Capacity of the map of parked calls: threads blocked in a syscall at once.
 pub const MAX_PARKED_CALLS: u32 = 65_536;
 
+/// Most cgroups `--cgroup` takes: one `bpf_current_task_under_cgroup` each
+/// in every check of a thread, so a few.
+pub const MAX_CGROUPS: u32 = 8;
+
 /// Syscall numbers `SYSCALL_FLAGS` covers, exclusive: x86-64's below
 /// `COMPAT_FLAGS_BASE`, the i386 table's from there.
 pub const MAX_SYSCALL_NR: u32 = 1024;

@@ -91,6 +91,7 @@ pub mod global {
     pub const PT_REGS_SP_OFFSET: &str = "PT_REGS_SP_OFFSET";
     /// Offset of `stack` in `task_struct`: the task's kernel stack.
     pub const TASK_STACK_OFFSET: &str = "TASK_STACK_OFFSET";
+    pub const FILTER_CGROUPS: &str = "FILTER_CGROUPS";
 }
 
 /// Maps the loader sizes, fills or reads.
@@ -119,6 +120,8 @@ pub mod map {
     pub const KERNEL_STACKS: &str = "KERNEL_STACKS";
     /// Per syscall, the duration from which its calls send their details.
     pub const DETAIL_NS: &str = "DETAIL_NS";
+    pub const CGROUPS: &str = "CGROUPS";
+    pub const IN_CGROUPS: &str = "IN_CGROUPS";
 }
 
 /// Programs, by function name.

@@ -14,7 +14,10 @@ use probe_common::{
     Counter, EventKind, IoRequest, IoUringEvent, IO_URING_ASYNC, MAX_IO_REQUESTS, OP_NAME_LEN,
 };
 
-use crate::shared::{bump, config, cpu, cpu_state, is_traced, now, send};
+use crate::{
+    cgroup::current_passes,
+    shared::{bump, config, cpu, cpu_state, is_traced, now, send},
+};
 
 // Field offsets in the io_uring tracepoints' records, which change between
 // kernels: the loader reads them from each tracepoint's format file, and
@@ -77,7 +80,7 @@ shared!(program io_uring_create as IO_URING_CREATE);
 
 fn try_io_uring_create(ctx: &TracePointContext) -> Result<u32, u32> {
     let tid_pid = bpf_get_current_pid_tgid();
-    if !is_traced((tid_pid >> 32) as u32) {
+    if !is_traced((tid_pid >> 32) as u32) || !current_passes(tid_pid as u32) {
         return Ok(0);
     }
     let ring: u64 = field(ctx, &IOU_CREATE_CTX)?;
@@ -95,7 +98,7 @@ shared!(program io_uring_submit_req as IO_URING_SUBMIT_REQ);
 
 fn try_io_uring_submit_req(ctx: &TracePointContext) -> Result<u32, u32> {
     let mut tid_pid = bpf_get_current_pid_tgid();
-    if !is_traced((tid_pid >> 32) as u32) {
+    if !is_traced((tid_pid >> 32) as u32) || !current_passes(tid_pid as u32) {
         return Ok(0);
     }
     let req: u64 = field(ctx, &IOU_SUBMIT_REQ)?;

@@ -10,6 +10,7 @@
 //!
 //! One module per feature:
 //! - `shared`: the configuration, maps and helpers several features use;
+//! - `cgroup`: `--cgroup`'s filter;
 //! - `syscalls`: `sys_enter`, `sys_exit` and the syscalls' own maps;
 //! - `process`: `sched_process_fork` and `sched_process_exit`, which keep
 //!   `TRACED` and the parked calls to live processes and threads;
@@ -65,6 +66,7 @@ macro_rules! shared {
     };
 }
 
+mod cgroup;
 mod check;
 mod golang;
 mod io_uring;

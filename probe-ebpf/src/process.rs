@@ -4,6 +4,7 @@
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext};
 
 use crate::{
+    cgroup::inherit,
     shared::{config, is_traced, task_ids, FILTER_PIDS, TRACED},
     syscalls::CALLS_OFF_CPU,
 };
@@ -58,7 +59,9 @@ fn try_sched_process_free(ctx: &RawTracePointContext) -> Result<u32, u32> {
 }
 
 /// A traced process's new child process is traced from its first
-/// instruction (threads are traced anyway: they share the tgid).
+/// instruction (threads are traced anyway: they share the tgid). With
+/// `--cgroup`, every new thread of the system starts with its creator's
+/// cgroup verdict.
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn sched_process_fork(ctx: RawTracePointContext) -> u32 {
     match try_sched_process_fork(&ctx) {
@@ -70,13 +73,17 @@ shared!(program sched_process_fork as SCHED_PROCESS_FORK);
 fn try_sched_process_fork(ctx: &RawTracePointContext) -> Result<u32, u32> {
     // TP_PROTO(struct task_struct *parent, struct task_struct *child),
     // as the parent.
-    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !is_traced(pid) {
+    let tid_pid = bpf_get_current_pid_tgid();
+    let child = ctx.arg::<*const u8>(1);
+    inherit(tid_pid as u32, child)?;
+    // Attached for --cgroup alone too, when every process is traced.
+    let pid = (tid_pid >> 32) as u32;
+    if config(&FILTER_PIDS) == 0 || !is_traced(pid) {
         return Ok(0);
     }
     // A new thread (it fires for those too) keeps its process's mark,
     // `TRACED_GO` included.
-    let (_, child_pid) = task_ids(ctx.arg::<*const u8>(1))?;
+    let (_, child_pid) = task_ids(child)?;
     if child_pid != pid {
         TRACED.set(child_pid, 1u8, 0).map_err(|_| 0u32)?;
     }

@@ -11,6 +11,7 @@ use probe_common::{
 };
 
 use crate::{
+    cgroup::{leaving_thread_passes, thread_passes},
     shared::{config, cpu, cpu_state, current_task_field, is_traced, now, send, task_ids, write_comm},
     slow::{kernel_stack, slow_ns},
     syscalls::{count_lost, keep_lost_max, park_call},
@@ -89,7 +90,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let now = now();
     let prev_pid = (prev >> 32) as u32;
     // pid 0 is the idle task: not a thread anyone traces.
-    if prev_pid != 0 && is_traced(prev_pid) {
+    if prev_pid != 0 && is_traced(prev_pid) && leaving_thread_passes(prev as u32) {
         let preempt = ctx.arg::<u64>(0) & 1 != 0;
         let prev_state = ctx.arg::<u64>(3) as u32;
         // The kernel's own rule for nvcsw: it blocked, not preempted.
@@ -119,6 +120,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let (tid, pid) = task_ids(ctx.arg::<*const u8>(2))?;
     if pid != 0
         && is_traced(pid)
+        && thread_passes(tid)
         && !send(state, &sched_event(EventKind::SwitchIn, tid, pid, 0, 0, now, false))
     {
         count_lost(LostCall { pid, tid, nr: LOST_SWITCH_IN, errno: 0 });
@@ -130,7 +132,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
 fn woken(ctx: &RawTracePointContext, kind: EventKind) -> Result<u32, u32> {
     // TP_PROTO(struct task_struct *p): runs as the waker, not as p.
     let (tid, pid) = task_ids(ctx.arg::<*const u8>(0))?;
-    if pid == 0 || !is_traced(pid) {
+    if pid == 0 || !is_traced(pid) || !thread_passes(tid) {
         return Ok(0);
     }
     if !send(cpu_state()?, &sched_event(kind, tid, pid, 0, 0, now(), false)) {

@@ -24,6 +24,7 @@ use probe_common::{
 };
 
 use crate::{
+    cgroup::thread_passes,
     shared::{
         config, cpu, cpu_state, current_task_field, is_traced, now, reserve, send, task_ids, write_comm,
     },
@@ -172,7 +173,7 @@ shared!(program sched_waking as SCHED_WAKING);
 fn try_sched_waking(ctx: &RawTracePointContext) -> Result<u32, u32> {
     // TP_PROTO(struct task_struct *p): runs as the waker, not as p.
     let (tid, pid) = task_ids(ctx.arg::<*const u8>(0))?;
-    if pid == 0 || !is_traced(pid) {
+    if pid == 0 || !is_traced(pid) || !thread_passes(tid) {
         return Ok(0);
     }
     // Only a sleep in a traced call can make one slow; such a call was

@@ -22,6 +22,7 @@ use probe_common::{
 };
 
 use crate::{
+    cgroup::{current_passes, thread_passes},
     golang::goroutine,
     shared::{bump, config, cpu, cpu_state, current_task_field, is_traced, now, send, traced, write_comm},
     slow::{send_detail, wants_detail},
@@ -189,8 +190,12 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<u32, u32> {
     if config(&FILTER_SYSCALLS) != 0 && flags & syscall_flags::WANTED == 0 {
         return Ok(0);
     }
-    let state = cpu_state()?;
     let tid = tid_pid as u32;
+    // Last: the cgroup check costs a helper call per cgroup.
+    if !current_passes(tid) {
+        return Ok(0);
+    }
+    let state = cpu_state()?;
     let (goid, go_start_pc) = if traced == TRACED_GO { goroutine(state, tid) } else { (NO_GOROUTINE, 0) };
     let call = InFlight { start_ns: now(), nr, tid, pid, flags: u32::from(flags), goid, go_start_pc };
     if flags & syscall_flags::NO_RETURN != 0 {
@@ -223,7 +228,10 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
         // The thread left its CPU during the call, or the call was never
         // timed (unwanted with -e, or in progress when probe attached).
         let tid_pid = bpf_get_current_pid_tgid();
-        if !is_traced((tid_pid >> 32) as u32) {
+        // The cgroup verdict sys_enter left, not a new check: then the calls
+        // of every thread outside the cgroups cost an array read here, not
+        // a helper call and the map lookup below.
+        if !is_traced((tid_pid >> 32) as u32) || !thread_passes(tid_pid as u32) {
             return Ok(0);
         }
         let report_unseen = config(&REPORT_UNSEEN) != 0;

@@ -3,6 +3,7 @@
 //! Everything is put together here and nowhere else.
 
 use std::{
+    collections::HashSet,
     io::IsTerminal,
     path::{Path, PathBuf},
     process::ExitCode,
@@ -15,6 +16,7 @@ use probe_common::COMPAT_NR;
 
 use crate::{
     bpf::{Config, GoTarget, Probe},
+    cgroup::Cgroups,
     cli::Args,
     clock, escape,
     golang::{
@@ -144,6 +146,10 @@ fn run(args: Args) -> Result<i32> {
         args.prometheus.map(|address| Endpoint::bind(address, args.web_config.as_deref())).transpose()?;
     let timeline = args.trace.as_deref().map(|path| Timeline::create(path, args.trace_limit)).transpose()?;
     let pids = args.pid.iter().map(|&pid| PidTarget::open(pid)).collect::<Result<Vec<_>>>()?;
+    let mut cgroups = match args.cgroups.is_empty() {
+        true => None,
+        false => Some(Cgroups::open(&args.cgroups)?),
+    };
     // Fork before anything starts a thread: the child must stay
     // single-threaded until it execs.
     let gated = match args.command.is_empty() {
@@ -180,6 +186,7 @@ fn run(args: Args) -> Result<i32> {
             .slow
             .map_or(0, |threshold| u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX).max(1)),
         tail_details,
+        cgroups: cgroups.as_mut().map(|cgroups| std::mem::take(&mut cgroups.dirs)).unwrap_or_default(),
         go: go_program.as_ref().map(|binary| GoTarget {
             dev: binary.file.0,
             ino: binary.file.1,
@@ -189,6 +196,15 @@ fn run(args: Args) -> Result<i32> {
         }),
     };
     let (mut probe, streams) = Probe::attach(&config, args.verbose > 0)?;
+    // After attaching: a thread created since is marked by the programs.
+    let in_cgroups = match &cgroups {
+        Some(cgroups) => {
+            let tids = cgroups.threads();
+            probe.mark_in_cgroups(&tids)?;
+            Some(tids.into_iter().collect::<HashSet<u32>>())
+        }
+        None => None,
+    };
     // The trace has begun: what the programs see from now on is counted.
     let attached_ns = clock::monotonic_ns();
     let traced = match (&gated, pids.is_empty()) {
@@ -198,6 +214,14 @@ fn run(args: Args) -> Result<i32> {
         (None, true) => "whole system".to_owned(),
         (None, false) => {
             format!("PID {}", pids.iter().map(|target| target.pid.to_string()).collect::<Vec<_>>().join(","))
+        }
+    };
+    let traced = match args.cgroups.is_empty() {
+        true => traced,
+        false => {
+            let paths: Vec<String> =
+                args.cgroups.iter().map(|path| path.to_string_lossy().into_owned()).collect();
+            format!("{traced}, cgroups {}", escape::visible(&paths.join(",")))
         }
     };
     // The live view and the metrics show what the programs cost; without
@@ -271,6 +295,10 @@ fn run(args: Args) -> Result<i32> {
             procfs::calls_in_progress(Some(&pids), attached_ns)
         }
     };
+    // With --cgroup, only the threads in the cgroups.
+    if let Some(tids) = &in_cgroups {
+        calls_at_attach.retain(|call| tids.contains(&call.tid));
+    }
     // With -e, only the syscalls traced.
     if !args.syscalls.is_empty() {
         calls_at_attach.retain(|call| {

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, CgroupArray, HashMap, IterableMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
@@ -73,6 +73,9 @@ pub struct Config {
     /// their registers and user stack, and (with `sched`) the kernel stacks
     /// they blocked in and their wakers; 0: none.
     pub slow_ns: u64,
+    /// Trace only the threads in these cgroups (v2 directories, open) and
+    /// their descendants; every thread when empty.
+    pub cgroups: Vec<OwnedFd>,
     /// The run's slowest calls are explained too: the programs send the
     /// details of calls from the floors userspace sets, and (with `sched`)
     /// the wakers of traced calls, without kernel stacks.
@@ -161,6 +164,8 @@ pub struct Probe {
     /// Keeps the kernel's BPF run-time statistics on, once asked for.
     stats: Option<OwnedFd>,
     traced: Array<MapData, u8>,
+    /// With --cgroup: each thread's last cgroup verdict, by tid.
+    in_cgroups: Option<Array<MapData, u8>>,
     counters: PerCpuArray<MapData, u64>,
     lost_calls: LostCalls,
     calls_off_cpu: HashMap<MapData, u32, InFlight>,
@@ -230,6 +235,9 @@ impl Probe {
         let filter_pids = u8::from(config.filter_pids);
         let filter_syscalls = u8::from(!config.only.is_empty());
         let trace_sched = u8::from(config.sched);
+        let filter_cgroups = if config.floor { 0 } else { config.cgroups.len() as u32 };
+        // The last cgroup verdict of each thread, by tid.
+        let in_cgroups_entries = if filter_cgroups != 0 { procfs::pid_max()? } else { 1 };
         let btf = btf::KernelBtf::default();
         // Where sys_exit reads the number of a call it did not see start.
         let syscall_nr_offset = match config.report_unseen && config.syscalls && !config.floor {
@@ -363,8 +371,10 @@ impl Probe {
             .override_global(global::SLOW_NS, &slow_ns, true)
             .override_global(global::PT_REGS_SP_OFFSET, &sp_offset, true)
             .override_global(global::TASK_STACK_OFFSET, &task_stack_offset, true)
+            .override_global(global::FILTER_CGROUPS, &filter_cgroups, true)
             .map_max_entries(map::EVENTS, ring_bytes)
             .map_max_entries(map::TRACED, procfs::pid_max()?)
+            .map_max_entries(map::IN_CGROUPS, in_cgroups_entries)
             .load(OBJECT)
             .map_err(|err| load_error(err.into()))?;
 
@@ -375,6 +385,15 @@ impl Probe {
             false => None,
         };
         set_syscall_flags(&mut ebpf, &config.only)?;
+        if filter_cgroups != 0 {
+            let mut cgroups: CgroupArray<_> =
+                ebpf.map_mut(map::CGROUPS).context("the BPF object lacks the map CGROUPS")?.try_into()?;
+            for (index, dir) in config.cgroups.iter().enumerate() {
+                cgroups
+                    .set(index as u32, dir.as_raw_fd(), 0)
+                    .context("cannot give the kernel programs a --cgroup")?;
+            }
+        }
 
         if config.floor {
             let floor: &mut RawTracePoint = ebpf
@@ -393,7 +412,7 @@ impl Probe {
                     .attach(tracepoint)
                     .with_context(|| format!("cannot attach to the raw tracepoint {tracepoint}"))?;
             }
-            return Self::assemble(ebpf, logs, None);
+            return Self::assemble(ebpf, logs, None, false);
         }
         if reads_tasks {
             check_offsets(&mut ebpf, offsets, task_stack_offset != 0)?;
@@ -406,7 +425,9 @@ impl Probe {
                 programs.push(program::SCHED_WAKING);
             }
         }
-        if config.follow_forks && config.filter_pids {
+        // With --cgroup, a new thread's first scheduler events need the
+        // cgroup verdict it inherits.
+        if (config.follow_forks && config.filter_pids) || (filter_cgroups != 0 && config.sched) {
             programs.push(program::SCHED_PROCESS_FORK);
         }
         if untrace_at_free != 0 {
@@ -452,7 +473,7 @@ impl Probe {
                     .with_context(|| format!("cannot attach to io_uring:{event}"))?;
             }
         }
-        Self::assemble(ebpf, logs, regs)
+        Self::assemble(ebpf, logs, regs, filter_cgroups != 0)
     }
 
     /// Takes the maps userspace uses once the programs are loaded (taken
@@ -461,6 +482,7 @@ impl Probe {
         mut ebpf: Ebpf,
         logs: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
         regs: Option<RegsLayout>,
+        cgroups: bool,
     ) -> Result<(Self, Streams)> {
         let events = take_map(&mut ebpf, map::EVENTS)?;
         let (kernel_stacks, detail_ns) = match regs {
@@ -471,6 +493,7 @@ impl Probe {
         };
         let probe = Self {
             traced: take_map(&mut ebpf, map::TRACED)?,
+            in_cgroups: if cgroups { Some(take_map(&mut ebpf, map::IN_CGROUPS)?) } else { None },
             counters: take_map(&mut ebpf, map::COUNTERS)?,
             lost_calls: LostCalls {
                 maps: [raw_map(&mut ebpf, map::LOST_CALLS_0)?, raw_map(&mut ebpf, map::LOST_CALLS_1)?],
@@ -520,6 +543,18 @@ impl Probe {
     pub fn trace_pid(&mut self, pid: u32, go: bool) -> Result<()> {
         let value = if go { TRACED_GO } else { 1 };
         self.traced.set(pid, value, 0).with_context(|| format!("cannot add PID {pid} to the trace"))
+    }
+
+    /// Marks threads as in the --cgroup cgroups, for the scheduler events
+    /// about them before they run a program themselves (which checks them).
+    pub fn mark_in_cgroups(&mut self, tids: &[u32]) -> Result<()> {
+        let Some(in_cgroups) = self.in_cgroups.as_mut() else {
+            return Ok(());
+        };
+        for &tid in tids {
+            in_cgroups.set(tid, 1, 0).with_context(|| format!("cannot mark thread {tid} as in --cgroup"))?;
+        }
+        Ok(())
     }
 
     /// Has the kernel time every run of every BPF program from now on, for

@@ -26,6 +26,13 @@ pub struct Args {
     #[arg(short, long, value_name = "PID", value_delimiter = ',', value_parser = parse_pid, conflicts_with = "command", allow_negative_numbers = true)]
     pub pid: Vec<u32>,
 
+    /// Trace only the threads in these cgroups (v2) and their descendants,
+    /// at most 8: paths under the cgroup2 mount, absolute or relative to it
+    /// (e.g. system.slice/docker-abc.scope). With --pid or a COMMAND, only
+    /// their threads in these cgroups are traced.
+    #[arg(long = "cgroup", value_name = "PATH", value_delimiter = ',')]
+    pub cgroups: Vec<PathBuf>,
+
     /// Report every DURATION (e.g. 500ms, 2s, 1m).
     #[arg(short, long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval, allow_hyphen_values = true)]
     pub interval: Duration,

@@ -17,6 +17,7 @@ mod aggregate;
 pub mod app;
 mod bpf;
 mod btf;
+mod cgroup;
 mod cli;
 mod clock;
 mod escape;

@@ -6,7 +6,7 @@
 use std::{
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
-    process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio},
+    process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -227,19 +227,25 @@ pub fn trace_pid(
             .args(["-p", &workload.id().to_string()])
             .stderr(Stdio::piped()),
     );
-    let mut probe_stderr = wait_until_tracing(&mut probe);
+    let probe_stderr = wait_until_tracing(&mut probe);
     started();
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
     assert!(workload.wait().unwrap().success());
     // probe ends by itself once its only target is gone.
-    let status = wait_with_timeout(&mut probe, Duration::from_secs(10));
+    (ended_trace(&mut probe, probe_stderr, &report), rest)
+}
+
+/// Waits for `probe` to end (10 s at most), which it must do well, and
+/// returns the trace it wrote to `report`, removing the file.
+pub fn ended_trace(probe: &mut Child, mut stderr: BufReader<ChildStderr>, report: &Path) -> Trace {
+    let status = wait_with_timeout(probe, Duration::from_secs(10));
     let mut errors = String::new();
-    probe_stderr.read_to_string(&mut errors).unwrap();
+    stderr.read_to_string(&mut errors).unwrap();
     assert!(status.success(), "probe failed: {errors}");
-    let trace = Trace::read(&report);
-    std::fs::remove_file(&report).unwrap();
-    (trace, rest)
+    let trace = Trace::read(report);
+    std::fs::remove_file(report).unwrap();
+    trace
 }
 
 /// Reads stderr of a probe until it says it is tracing (a note may come
