@@ -384,17 +384,20 @@ impl Sink for Export {
             cpu_ns: interval.cost.cpu_ns,
         };
         let world = interval.world;
-        let mut store = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // `/proc` and the cgroups are read without the lock, which holds
+        // the scrapes off.
         let pids: FxHashSet<u32> = interval
             .table
             .iter()
             .map(|(key, _)| key.pid)
             .chain(interval.table.in_flight().keys().map(|key| key.pid))
             .collect();
-        store.places = pids
+        let places: FxHashMap<u32, Labels> = pids
             .iter()
             .filter_map(|&pid| Some((pid, place_labels(&*interval.cgroups.labels(pid)?))))
             .collect();
+        let mut store = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        store.places = places;
         store.add_interval(interval.table, totals, Instant::now(), WallClock::now(), |pid, tid| match tid {
             Some(tid) => world.thread_alive(pid, tid),
             None => world.process_alive(pid),
@@ -404,18 +407,22 @@ impl Sink for Export {
         store.go.retain(|process| world.process_alive(process.pid));
         // Cgroups only of processes with series of their own: as many at
         // most.
-        let mut seen = FxHashSet::default();
-        let own: Vec<u32> =
-            pids.into_iter().filter(|&pid| store.process_key(pid) != ProcessKey::Other).collect();
-        store.throttling = own
+        let own: Vec<(u32, Labels)> = pids
             .into_iter()
-            .filter_map(|pid| {
+            .filter(|&pid| store.process_key(pid) != ProcessKey::Other)
+            .map(|pid| (pid, store.places.get(&pid).cloned().unwrap_or_default()))
+            .collect();
+        drop(store);
+        let mut seen = FxHashSet::default();
+        let throttling = own
+            .into_iter()
+            .filter_map(|(pid, place)| {
                 let throttling = interval.cgroups.throttling(pid)?;
-                let mut labels = vec![("cgroup", throttling.cgroup.clone())];
-                labels.extend(store.places.get(&pid).into_iter().flatten().cloned());
+                let labels = with(&vec![("cgroup", throttling.cgroup.clone())], &place);
                 seen.insert(throttling.cgroup.clone()).then_some((labels, throttling))
             })
             .collect();
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).throttling = throttling;
         Ok(Flow::Continue)
     }
 
