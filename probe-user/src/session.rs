@@ -138,6 +138,8 @@ pub async fn run(
         Traced::Pids(targets) => {
             remaining = targets.len();
             for target in targets {
+                // Its cgroup, known even if it ends before the first report.
+                cgroups.labels(target.pid);
                 let exited = exited.clone();
                 let pidfd = readable(target.pidfd)?;
                 tokio::spawn(async move {
@@ -148,6 +150,7 @@ pub async fn run(
             }
         }
         Traced::Command(pid) => {
+            cgroups.labels(pid.as_raw() as u32);
             command_pid = Some(pid);
             command = Some(tokio::task::spawn_blocking(move || waitpid(pid, None)));
         }

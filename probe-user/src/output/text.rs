@@ -243,7 +243,12 @@ fn by_cgroup(report: &Report) -> Vec<(Option<&ProcessReport>, Vec<&ThreadReport>
 /// run-queue wait of its threads shown.
 fn write_place(out: &mut dyn Write, process: &ProcessReport) -> io::Result<()> {
     write!(out, "── {}", process.brief())?;
-    if let Some(throttling) = &process.throttling {
+    // A cgroup with no quota that was never throttled has nothing to say.
+    let throttling = process
+        .throttling
+        .as_ref()
+        .filter(|throttling| throttling.quota_us.is_some() || throttling.throttled_periods > 0);
+    if let Some(throttling) = throttling {
         let quota = match (throttling.quota_us, throttling.period_us) {
             (Some(quota), Some(period)) => {
                 format!("quota {} per {}", human_ns(quota * 1000), human_ns(period * 1000))
