@@ -16,7 +16,7 @@ use probe_common::COMPAT_NR;
 
 use crate::{
     bpf::{Config, GoTarget, Probe},
-    cgroup::Cgroups,
+    cgroup::filter::Filter,
     cli::Args,
     clock, escape,
     golang::{
@@ -148,7 +148,7 @@ fn run(args: Args) -> Result<i32> {
     let pids = args.pid.iter().map(|&pid| PidTarget::open(pid)).collect::<Result<Vec<_>>>()?;
     let mut cgroups = match args.cgroups.is_empty() {
         true => None,
-        false => Some(Cgroups::open(&args.cgroups)?),
+        false => Some(Filter::open(&args.cgroups)?),
     };
     // Fork before anything starts a thread: the child must stay
     // single-threaded until it execs.

@@ -9,7 +9,8 @@
 //! goroutines. Every interval and at the end the loop hands the tables to
 //! the [`output`]s: the text or JSON [`report`] stream, the live view
 //! ([`tui`]), the Prometheus endpoint ([`metrics`]) and the Perfetto
-//! [`timeline`]. Only [`procfs`] reads `/proc`; the tables ask it through
+//! [`timeline`], each shown process placed in its container or cgroup
+//! by [`cgroup`]. Only [`procfs`] reads `/proc`; the tables ask it through
 //! [`aggregate::World`]. The binary allocates through [`memory`], which
 //! turns running out of memory into one line.
 
@@ -17,7 +18,7 @@ mod aggregate;
 pub mod app;
 mod bpf;
 mod btf;
-mod cgroup;
+pub mod cgroup;
 mod cli;
 mod clock;
 mod escape;

@@ -356,6 +356,20 @@ pub fn environment_variable(pid: u32, name: &str) -> Option<Vec<u8>> {
     })
 }
 
+/// Process `pid`'s cgroups, a line of `/proc/PID/cgroup` per hierarchy
+/// (`0` the unified one), as the procfs crate parses them.
+pub fn cgroups(pid: u32) -> Option<Vec<::procfs::ProcessCGroup>> {
+    let process = ::procfs::process::Process::new(pid as i32).ok()?;
+    process.cgroups().ok().map(|groups| groups.0)
+}
+
+/// probe's mounts, from `/proc/self/mountinfo`.
+pub fn mounts() -> Vec<::procfs::process::MountInfo> {
+    ::procfs::process::Process::myself()
+        .and_then(|me| me.mountinfo())
+        .map_or_else(|_| Vec::new(), |infos| infos.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ use serde::Serialize;
 use syscalls::{Errno, Sysno};
 
 use crate::{
+    cgroup::{Cgroups, Container, Labels, Throttling},
     pipeline::SlowCallSeen,
     slow::{Explanation, FIRST_FLOOR_NS},
 };
@@ -94,6 +95,27 @@ pub struct Report {
     /// Their goroutines, most syscalls first, in the summary.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub goroutines: Vec<GoroutineReport>,
+    /// The processes of `threads`, in their order: where each runs.
+    pub processes: Vec<ProcessReport>,
+}
+
+/// Where a process runs (README, "Containers and cgroups"): its cgroup
+/// and what the cgroup's name says, `null` each when unknown: the cgroup
+/// when the process was gone before a report showed it.
+#[derive(Debug, Serialize)]
+pub struct ProcessReport {
+    pub pid: u32,
+    pub cgroup: Option<String>,
+    pub container: Option<Container>,
+    pub pod_uid: Option<String>,
+    pub pod_qos: Option<&'static str>,
+    pub unit: Option<String>,
+    /// Its cpu cgroup's CFS throttling when the report was made; `null`
+    /// without a cpu controller or once the process is gone.
+    pub throttling: Option<Throttling>,
+    /// Its threads' run-queue wait in the span, added up (the scheduler's
+    /// side of a throttled cgroup's wait).
+    pub runq_wait_ns: u64,
 }
 
 /// A Go process: its runtime and what each of its threads is to it.
@@ -630,7 +652,63 @@ impl Report {
             threads,
             go: Vec::new(),
             goroutines: Vec::new(),
+            processes: Vec::new(),
         }
+    }
+
+    /// Says where each process of its threads runs, from `cgroups`.
+    pub fn place(&mut self, cgroups: &Cgroups) {
+        let mut processes: Vec<ProcessReport> = Vec::new();
+        let mut index: FxHashMap<u32, usize> = FxHashMap::default();
+        for thread in &self.threads {
+            let i = *index.entry(thread.pid).or_insert_with(|| {
+                processes.push(ProcessReport::new(thread.pid, cgroups));
+                processes.len() - 1
+            });
+            processes[i].runq_wait_ns += thread.sched.as_ref().map_or(0, |sched| sched.runq_wait_ns);
+        }
+        self.processes = processes;
+    }
+
+    /// Each process's report, by pid.
+    pub fn process(&self, pid: u32) -> Option<&ProcessReport> {
+        self.processes.iter().find(|process| process.pid == pid)
+    }
+}
+
+impl ProcessReport {
+    fn new(pid: u32, cgroups: &Cgroups) -> Self {
+        let labels = cgroups.labels(pid);
+        let labels = labels.as_deref();
+        Self {
+            pid,
+            cgroup: labels.map(|labels| labels.cgroup.clone()),
+            container: labels.and_then(|labels| labels.container.clone()),
+            pod_uid: labels.and_then(|labels| labels.pod_uid.clone()),
+            pod_qos: labels.and_then(|labels| labels.pod_qos),
+            unit: labels.and_then(|labels| labels.unit.clone()),
+            throttling: cgroups.throttling(pid),
+            runq_wait_ns: 0,
+        }
+    }
+
+    /// What the text report and the live view show of it.
+    pub fn brief(&self) -> String {
+        self.labels().map_or_else(
+            || "cgroup unknown (the process was gone before it was read)".to_owned(),
+            |labels| labels.brief(),
+        )
+    }
+
+    /// Its labels, if its cgroup is known.
+    pub fn labels(&self) -> Option<Labels> {
+        Some(Labels {
+            cgroup: self.cgroup.clone()?,
+            container: self.container.clone(),
+            pod_uid: self.pod_uid.clone(),
+            pod_qos: self.pod_qos,
+            unit: self.unit.clone(),
+        })
     }
 }
 

@@ -18,6 +18,7 @@ use tokio::{
 
 use crate::{
     bpf::{Probe, Streams},
+    cgroup::Cgroups,
     clock::{monotonic_ns, process_cpu_ns},
     output::{Cost, Flow, Interval, Outputs},
     pipeline::Pipeline,
@@ -127,6 +128,7 @@ pub async fn run(
         Traced::Command(_) => {}
     }
 
+    let cgroups = Cgroups::default();
     let (exited, mut exits) = mpsc::unbounded_channel();
     let mut remaining = 0usize;
     let mut command = None;
@@ -136,6 +138,8 @@ pub async fn run(
         Traced::Pids(targets) => {
             remaining = targets.len();
             for target in targets {
+                // Its cgroup, known even if it ends before the first report.
+                cgroups.labels(target.pid);
                 let exited = exited.clone();
                 let pidfd = readable(target.pidfd)?;
                 tokio::spawn(async move {
@@ -146,6 +150,7 @@ pub async fn run(
             }
         }
         Traced::Command(pid) => {
+            cgroups.labels(pid.as_raw() as u32);
             command_pid = Some(pid);
             command = Some(tokio::task::spawn_blocking(move || waitpid(pid, None)));
         }
@@ -198,6 +203,7 @@ pub async fn run(
             _ = tick.tick() => {
                 let (now_ns, calls_off_cpu) = settle(&mut probe, events.get_mut(), &mut pipeline, &mut outputs, slow.as_ref(), false)?;
                 let table = pipeline.close_interval(&Proc);
+                cgroups.next_interval();
                 let span = measure(&probe, &pipeline, now_ns - start_ns, now_ns - last_ns, calls_off_cpu)?;
                 last_ns = now_ns;
                 let interval = Interval {
@@ -207,6 +213,7 @@ pub async fn run(
                     cost: Cost { bpf_ns: probe.run_time_ns(), cpu_ns: process_cpu_ns() },
                     goroutines: pipeline.goroutines(),
                     world: &Proc,
+                    cgroups: &cgroups,
                 };
                 match End::of(outputs.interval(&interval)?) {
                     // A COMMAND is not left behind: the trace goes on, unseen,
@@ -277,6 +284,8 @@ pub async fn run(
         (summary.goroutines, summary.go) = goroutines.report();
     }
     summary.exit_code = exit_code;
+    cgroups.next_interval();
+    summary.place(&cgroups);
     outputs.finish(&summary)?;
     Ok(exit_code.unwrap_or(0))
 }

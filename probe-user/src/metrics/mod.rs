@@ -18,10 +18,11 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet},
     metrics::{exemplar::Exemplar, MetricType},
 };
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::{
     aggregate::{sched::SchedStats, SyscallStats, Table, ThreadKey, ThreadStats},
+    cgroup::{self, Throttling},
     clock::WallClock,
     golang::Goroutines,
     output::{Flow, Interval, Sink},
@@ -144,6 +145,9 @@ impl SlowExemplar {
 #[derive(Debug)]
 struct Series {
     comm: String,
+    /// Where its process runs (`container`, `pod_uid`, `unit`), as last
+    /// read, for a series of one process.
+    place: Labels,
     syscalls: FxHashMap<u32, SyscallSeries>,
     sched: Option<SchedStats>,
     last_active: Instant,
@@ -158,6 +162,7 @@ impl Series {
     fn new(now: Instant) -> Self {
         Self {
             comm: String::new(),
+            place: Labels::new(),
             syscalls: FxHashMap::default(),
             sched: None,
             last_active: now,
@@ -202,19 +207,25 @@ pub struct Store {
     /// Each process's name (its main thread's), as last seen, for the
     /// processes of the interval at hand.
     names: FxHashMap<u32, String>,
+    /// Where each process of the interval at hand runs, as labels.
+    places: FxHashMap<u32, Labels>,
     threads: FxHashMap<ThreadKey, Series>,
     others: FxHashMap<u32, Series>,
     totals: ProbeTotals,
     /// The live Go processes' schedulers, as last read.
     go: Vec<GoProcessReport>,
+    /// The throttling of the cgroups of the processes with series of
+    /// their own, as the last interval read it, labelled by cgroup.
+    throttling: Vec<(Labels, Throttling)>,
 }
 
-/// Whose a process series is: one process, all the processes of a name,
-/// or those beyond `Limits::processes`.
+/// Whose a process series is: one process, all the processes of a name
+/// in one place (container, pod, unit), or those beyond
+/// `Limits::processes`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum ProcessKey {
     Pid(u32),
-    Name(String),
+    Name(String, Labels),
     Other,
 }
 
@@ -231,10 +242,12 @@ impl Store {
             limits,
             processes: FxHashMap::default(),
             names: FxHashMap::default(),
+            places: FxHashMap::default(),
             threads: FxHashMap::default(),
             others: FxHashMap::default(),
             totals: ProbeTotals::default(),
             go: Vec::new(),
+            throttling: Vec::new(),
         }
     }
 
@@ -265,6 +278,9 @@ impl Store {
             let process = self.processes.entry(process_key).or_insert_with(|| Series::new(now));
             process.add(thread, key, wall, now);
             process.gone_since = None;
+            if let Some(place) = self.places.get(&key.pid) {
+                process.place.clone_from(place);
+            }
             if !name.is_empty() {
                 process.comm = name;
             }
@@ -309,7 +325,7 @@ impl Store {
             // the rest's) when no process of it did anything for a while.
             let gone = match key {
                 ProcessKey::Pid(pid) => !alive(*pid, None),
-                ProcessKey::Name(_) | ProcessKey::Other => now.duration_since(series.last_active) > grace,
+                ProcessKey::Name(..) | ProcessKey::Other => now.duration_since(series.last_active) > grace,
             };
             if series.last_active != now && series.gone_since.is_none() && gone {
                 series.gone_since = Some(now);
@@ -338,7 +354,10 @@ impl Store {
     fn process_key(&self, pid: u32) -> ProcessKey {
         let key = match self.limits.by_pid {
             true => ProcessKey::Pid(pid),
-            false => ProcessKey::Name(self.names.get(&pid).cloned().unwrap_or_default()),
+            false => ProcessKey::Name(
+                self.names.get(&pid).cloned().unwrap_or_default(),
+                self.places.get(&pid).cloned().unwrap_or_default(),
+            ),
         };
         match self.processes.contains_key(&key) || self.processes.len() < self.limits.processes {
             true => key,
@@ -365,7 +384,20 @@ impl Sink for Export {
             cpu_ns: interval.cost.cpu_ns,
         };
         let world = interval.world;
+        // `/proc` and the cgroups are read without the lock, which holds
+        // the scrapes off.
+        let pids: FxHashSet<u32> = interval
+            .table
+            .iter()
+            .map(|(key, _)| key.pid)
+            .chain(interval.table.in_flight().keys().map(|key| key.pid))
+            .collect();
+        let places: FxHashMap<u32, Labels> = pids
+            .iter()
+            .filter_map(|&pid| Some((pid, place_labels(&*interval.cgroups.labels(pid)?))))
+            .collect();
         let mut store = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        store.places = places;
         store.add_interval(interval.table, totals, Instant::now(), WallClock::now(), |pid, tid| match tid {
             Some(tid) => world.thread_alive(pid, tid),
             None => world.process_alive(pid),
@@ -373,6 +405,24 @@ impl Sink for Export {
         // A process gone has no scheduler now.
         store.go = interval.goroutines.map(Goroutines::processes).unwrap_or_default();
         store.go.retain(|process| world.process_alive(process.pid));
+        // Cgroups only of processes with series of their own: as many at
+        // most.
+        let own: Vec<(u32, Labels)> = pids
+            .into_iter()
+            .filter(|&pid| store.process_key(pid) != ProcessKey::Other)
+            .map(|pid| (pid, store.places.get(&pid).cloned().unwrap_or_default()))
+            .collect();
+        drop(store);
+        let mut seen = FxHashSet::default();
+        let throttling = own
+            .into_iter()
+            .filter_map(|(pid, place)| {
+                let throttling = interval.cgroups.throttling(pid)?;
+                let labels = with(&vec![("cgroup", throttling.cgroup.clone())], &place);
+                seen.insert(throttling.cgroup.clone()).then_some((labels, throttling))
+            })
+            .collect();
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).throttling = throttling;
         Ok(Flow::Continue)
     }
 
@@ -395,8 +445,10 @@ impl Collector for Metrics {
             .iter()
             .map(|(key, series)| {
                 let labels = match key {
-                    ProcessKey::Pid(pid) => vec![("pid", pid.to_string()), ("comm", series.comm.clone())],
-                    ProcessKey::Name(name) => vec![("comm", name.clone())],
+                    ProcessKey::Pid(pid) => {
+                        with(&vec![("pid", pid.to_string()), ("comm", series.comm.clone())], &series.place)
+                    }
+                    ProcessKey::Name(name, place) => with(&vec![("comm", name.clone())], place),
                     ProcessKey::Other => vec![("comm", OTHER.to_owned())],
                 };
                 (labels, series)
@@ -421,8 +473,58 @@ impl Collector for Metrics {
             encode_series(&mut encoder, "probe_thread", &threads)?;
         }
         encode_go(&mut encoder, &store.go)?;
+        encode_throttling(&mut encoder, &store.throttling)?;
         encode_health(&mut encoder, &store)
     }
+}
+
+/// The labels of a process series that say where it runs: those its
+/// cgroup's name gives.
+fn place_labels(labels: &cgroup::Labels) -> Labels {
+    let container = labels.container.as_ref().map(|container| ("container", container.id.clone()));
+    let pod = labels.pod_uid.as_ref().map(|uid| ("pod_uid", uid.clone()));
+    let unit = labels.unit.as_ref().map(|unit| ("unit", unit.clone()));
+    container.into_iter().chain(pod).chain(unit).collect()
+}
+
+/// The CFS throttling of the cgroups of the processes with series.
+fn encode_throttling(
+    encoder: &mut DescriptorEncoder,
+    cgroups: &[(Labels, Throttling)],
+) -> Result<(), std::fmt::Error> {
+    let each = |value: fn(&Throttling) -> Option<Value<'static>>| {
+        cgroups.iter().filter_map(move |(labels, throttling)| Some((labels.clone(), value(throttling)?)))
+    };
+    family(
+        encoder,
+        "probe_cgroup_cpu_periods",
+        "CFS enforcement periods in which the cgroup had runnable threads (its cpu.stat nr_periods).",
+        each(|t| Some(Value::Count(t.periods))),
+    )?;
+    family(
+        encoder,
+        "probe_cgroup_cpu_throttled_periods",
+        "Of them, periods in which the cgroup used up its quota and was throttled (nr_throttled).",
+        each(|t| Some(Value::Count(t.throttled_periods))),
+    )?;
+    family(
+        encoder,
+        "probe_cgroup_cpu_throttled_seconds",
+        "Time the cgroup's threads spent throttled (throttled_time, throttled_usec).",
+        each(|t| Some(Value::Seconds(t.throttled_ns))),
+    )?;
+    family(
+        encoder,
+        "probe_cgroup_cpu_quota_seconds",
+        "The cgroup's CPU time per period (absent: no quota of its own).",
+        each(|t| Some(Value::GaugeSeconds(t.quota_us? * 1000))),
+    )?;
+    family(
+        encoder,
+        "probe_cgroup_cpu_period_seconds",
+        "The cgroup's CFS enforcement period.",
+        each(|t| Some(Value::GaugeSeconds(t.period_us? * 1000))),
+    )
 }
 
 /// A Go scheduler gauge: its name after `probe_go_`, its help, its value.

@@ -22,6 +22,7 @@ use probe_common::Record;
 
 use crate::{
     aggregate::{Table, World},
+    cgroup::Cgroups,
     golang::Goroutines,
     pipeline::SlowCallSeen,
     report::{Report, Span},
@@ -58,6 +59,8 @@ pub struct Interval<'a> {
     pub goroutines: Option<&'a Goroutines>,
     /// Which threads still exist, for what no record says.
     pub world: &'a dyn World,
+    /// Where the processes run, read as the outputs ask.
+    pub cgroups: &'a Cgroups,
 }
 
 /// What an output wants of the trace after it took something.

@@ -142,7 +142,9 @@ impl Sink for Stream {
         let (Some(top), Some(reports)) = (self.top, &self.reports) else {
             return Ok(Flow::Continue);
         };
-        let bytes = self.render(&Report::new(Kind::Interval, interval.table, interval.span, Some(top)))?;
+        let mut report = Report::new(Kind::Interval, interval.table, interval.span, Some(top));
+        report.place(interval.cgroups);
+        let bytes = self.render(&report)?;
         match reports.try_send(bytes) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.dropped += 1,

@@ -2,7 +2,10 @@
 
 use std::io::{self, Write};
 
-use crate::report::{InFlightReport, IoUringReport, Kind, Report, SchedReport, SlowCallLine, SyscallReport};
+use crate::report::{
+    InFlightReport, IoUringReport, Kind, ProcessReport, Report, SchedReport, SlowCallLine, SyscallReport,
+    ThreadReport,
+};
 use crate::slow::{End, Explanation, Stack};
 
 /// Migration pairs shown per thread; JSON has them all.
@@ -202,7 +205,72 @@ pub fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
         write!(out, " {:>7} {:>5}  ERRNOS", "BLOCKED", "RUNQ")?;
     }
     writeln!(out)?;
+    for (place, threads) in by_cgroup(report) {
+        if let Some(process) = place {
+            write_place(out, process)?;
+        }
+        write_threads(out, &threads, summary)?;
+    }
+    if !summary {
+        writeln!(out)?;
+    }
+    if summary {
+        write_unfinished(out, report)?;
+    }
+    write_go(out, report)
+}
+
+/// The report's threads in groups by cgroup, each under a process of it,
+/// the groups in the order of their first thread; one group, unheaded,
+/// when they all share one (or none is known).
+fn by_cgroup(report: &Report) -> Vec<(Option<&ProcessReport>, Vec<&ThreadReport>)> {
+    let mut groups: Vec<(Option<&ProcessReport>, Vec<&ThreadReport>)> = Vec::new();
     for thread in &report.threads {
+        let process = report.process(thread.pid);
+        let cgroup = process.and_then(|process| process.cgroup.as_ref());
+        match groups.iter_mut().find(|(place, _)| place.and_then(|place| place.cgroup.as_ref()) == cgroup) {
+            Some((_, threads)) => threads.push(thread),
+            None => groups.push((process, vec![thread])),
+        }
+    }
+    if groups.len() == 1 {
+        groups[0].0 = None;
+    }
+    groups
+}
+
+/// A group's header: the container or cgroup, its throttling, and the
+/// run-queue wait of its threads shown.
+fn write_place(out: &mut dyn Write, process: &ProcessReport) -> io::Result<()> {
+    write!(out, "── {}", process.brief())?;
+    // A cgroup with no quota that was never throttled has nothing to say.
+    let throttling = process
+        .throttling
+        .as_ref()
+        .filter(|throttling| throttling.quota_us.is_some() || throttling.throttled_periods > 0);
+    if let Some(throttling) = throttling {
+        let quota = match (throttling.quota_us, throttling.period_us) {
+            (Some(quota), Some(period)) => {
+                format!("quota {} per {}", human_ns(quota * 1000), human_ns(period * 1000))
+            }
+            _ => "no quota of its own".to_owned(),
+        };
+        write!(
+            out,
+            "; cpu throttled {} of {} periods, {} in all ({quota}, {} {})",
+            throttling.throttled_periods,
+            throttling.periods,
+            human_ns(throttling.throttled_ns),
+            throttling.hierarchy,
+            throttling.cgroup
+        )?;
+    }
+    writeln!(out, "; run-queue wait of its threads here {}", human_ns(process.runq_wait_ns))
+}
+
+/// The rows of `threads`.
+fn write_threads(out: &mut dyn Write, threads: &[&ThreadReport], summary: bool) -> io::Result<()> {
+    for thread in threads {
         // The thread's ids head its first row; later rows are indented.
         let mut ids = Some(format!("{:>7} {:>7} {:<16}", thread.pid, thread.tid, thread.comm));
         let mut lead = |out: &mut dyn Write| write!(out, "{:32}", ids.take().unwrap_or_default());
@@ -240,13 +308,7 @@ pub fn write(out: &mut dyn Write, report: &Report) -> io::Result<()> {
             writeln!(out)?;
         }
     }
-    if !summary {
-        writeln!(out)?;
-    }
-    if summary {
-        write_unfinished(out, report)?;
-    }
-    write_go(out, report)
+    Ok(())
 }
 
 /// `in read for 12.3s (blocked)`: a call in progress, and how long so far
@@ -524,6 +586,64 @@ mod tests {
         let mut out = Vec::new();
         write(&mut out, &Report::new(kind, &table, span, None)).unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn threads_of_several_cgroups_come_under_a_header_each() {
+        use crate::cgroup::{Labels, Throttling};
+        let mut table = Table::default();
+        record(&mut table, &event(11, 39, 0, 250));
+        let mut other = event(21, 39, 0, 250);
+        other.pid = 200;
+        record(&mut table, &other);
+        record(&mut table, &other);
+        let span = Span { elapsed_ns: 1, span_ns: 1, lost: Losses::default(), health: Health::default() };
+        let mut report = Report::new(Kind::Interval, &table, span, None);
+        let place = |pid, labels: Labels, throttling| ProcessReport {
+            pid,
+            cgroup: Some(labels.cgroup),
+            container: labels.container,
+            pod_uid: labels.pod_uid,
+            pod_qos: labels.pod_qos,
+            unit: labels.unit,
+            throttling,
+            runq_wait_ns: 5_000_000,
+        };
+        let throttling = Throttling {
+            cgroup: "/docker".into(),
+            hierarchy: "v1",
+            periods: 50,
+            throttled_periods: 12,
+            throttled_ns: 80_000_000,
+            quota_us: Some(10_000),
+            period_us: Some(100_000),
+        };
+        let docker = Labels::of_path(&format!("/system.slice/docker-{}.scope", "0f".repeat(32)));
+        report.processes = vec![
+            place(100, Labels::of_path("/user.slice/\x1b[2J.service"), None),
+            place(200, docker, Some(throttling)),
+        ];
+        let mut out = Vec::new();
+        write(&mut out, &report).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(
+            lines[2],
+            "── container docker 0f0f0f0f0f0f, cgroup /system.slice/docker-0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f.scope; cpu throttled 12 of 50 periods, 80.0ms in all (quota 10.0ms per 100ms, v1 /docker); run-queue wait of its threads here 5.00ms",
+            "{text}"
+        );
+        assert!(lines[3].starts_with("    200      21"), "{text}");
+        assert!(
+            lines[4].starts_with("── unit \\x1b[2J.service, cgroup /user.slice/\\x1b[2J.service; run-queue"),
+            "{text}"
+        );
+        assert!(lines[5].starts_with("    100      11"), "{text}");
+        // One cgroup: no header.
+        report.processes.truncate(1);
+        report.threads.retain(|thread| thread.pid == 100);
+        let mut out = Vec::new();
+        write(&mut out, &report).unwrap();
+        assert!(!String::from_utf8(out).unwrap().contains("──"));
     }
 
     #[test]

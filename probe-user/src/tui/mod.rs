@@ -28,7 +28,7 @@ use tokio::{
     sync::mpsc,
 };
 
-use view::{Control, Header, View};
+use view::{Control, Grouping, Header, View};
 
 use crate::{
     aggregate::Table,
@@ -172,7 +172,11 @@ impl Live {
 impl Sink for Live {
     fn interval(&mut self, interval: &Interval<'_>) -> Result<Flow> {
         // Every thread: the view sorts and filters them.
-        let report = Report::new(Kind::Interval, interval.table, interval.span, None);
+        let mut report = Report::new(Kind::Interval, interval.table, interval.span, None);
+        // Cgroups are read only for a view grouped by them.
+        if self.view.grouping != Grouping::Process {
+            report.place(interval.cgroups);
+        }
         self.update(&report, interval.cost, |key| interval.world.thread_alive(key.pid, key.tid));
         if let Some(goroutines) = interval.goroutines {
             let (goroutines, go) = goroutines.report();

@@ -123,6 +123,11 @@ fn short_age(ns: u64) -> String {
 
 fn cell(column: Column, line: &Line) -> String {
     let row = &line.row;
+    match (column, &line.place) {
+        (Column::Id, Some(_)) => return "▸".to_owned(),
+        (Column::Name, Some(place)) => return place.clone(),
+        _ => {}
+    }
     match column {
         Column::Id => match line.threads {
             Some(_) => row.key.pid.to_string(),
@@ -217,9 +222,10 @@ fn draw_table(frame: &mut Frame, area: Rect, view: &View) {
     let titles = columns.iter().map(|&column| title_line(column, column == view.sort));
     let rows = lines.iter().map(|line| {
         let row = TableRow::new(columns.iter().map(|&column| cell(column, line)));
-        match line.threads {
-            Some(_) => row.style(Style::new().bold()),
-            None => row,
+        match (line.threads, &line.place) {
+            (_, Some(_)) => row.style(Style::new().bold().underlined()),
+            (Some(_), None) => row.style(Style::new().bold()),
+            (None, None) => row,
         }
     });
     let table = Table::new(rows, columns.iter().map(|&column| Constraint::Length(width(column))))
@@ -495,8 +501,9 @@ fn draw_footer(frame: &mut Frame, area: Rect, view: &View) {
         let order = if view.descending { "▼" } else { "▲" };
         let goroutines = if view.has_go() { " · g: Go" } else { "" };
         format!(
-            "sorted by {}{order} · underlined key: sort by it (again: reverse) · /: filter · space: pause · enter: thread{goroutines} · q: quit{filter}",
-            title(view.sort)
+            "sorted by {}{order} · underlined key: sort by it (again: reverse) · /: filter · o: group by {} · space: pause · enter: thread{goroutines} · q: quit{filter}",
+            title(view.sort),
+            view.grouping.next().name()
         )
     };
     frame.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }).dim(), area);
@@ -743,7 +750,7 @@ mod tests {
             runq_p99_ns: Some(u64::MAX),
             ..Row::default()
         };
-        let line = Line { row, threads: None };
+        let line = Line { row, threads: None, place: None };
         for column in Column::ALL {
             let text = cell(column, &line);
             assert!(!text.is_empty(), "{column:?}");

@@ -1,5 +1,6 @@
 //! What the live view shows, and how keys change it: a row per thread
-//! grouped under its process, sorted and filtered; a selection; pause; and
+//! grouped under its process (and, with `o`, the processes under their
+//! container or cgroup), sorted and filtered; a selection; pause; and
 //! one thread's detail. Drawing is `render`'s; nothing here touches the
 //! terminal, so the tests drive it with plain values.
 
@@ -10,7 +11,7 @@ use rustc_hash::FxHashMap;
 
 use crate::{
     aggregate::ThreadKey,
-    report::{GoProcessReport, GoroutineReport, Report, ThreadDetail, ThreadReport},
+    report::{GoProcessReport, GoroutineReport, ProcessReport, Report, ThreadDetail, ThreadReport},
 };
 
 /// Intervals a thread may stay silent before its row is dropped, once its
@@ -200,13 +201,77 @@ enum Value<'a> {
     Text(&'a str),
 }
 
-/// A line of the table: a process with its totals, or one of its threads.
+/// A line of the table: a container or cgroup with its processes'
+/// totals, a process with its threads', or one of its threads.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Line {
     pub row: Row,
-    /// Threads under it, for a process line; `None` for a thread line.
+    /// Threads under it, for a process line (processes, for a place's);
+    /// `None` for a thread line.
     pub threads: Option<usize>,
+    /// For a container's or cgroup's line, its name.
+    pub place: Option<String>,
 }
+
+/// What the processes are grouped under, besides their threads under
+/// them; `o` goes to the next.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Grouping {
+    #[default]
+    Process,
+    Container,
+    Cgroup,
+}
+
+impl Grouping {
+    pub fn next(self) -> Self {
+        match self {
+            Grouping::Process => Grouping::Container,
+            Grouping::Container => Grouping::Cgroup,
+            Grouping::Cgroup => Grouping::Process,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Grouping::Process => "process",
+            Grouping::Container => "container",
+            Grouping::Cgroup => "cgroup",
+        }
+    }
+
+    /// The name of the place of `process` this grouping puts it under,
+    /// short enough for a name's cell: a container's id, a pod's, a unit,
+    /// or the end of a cgroup's path.
+    fn place_of(self, process: &ProcessReport) -> String {
+        let Some(cgroup) = &process.cgroup else {
+            return "(unknown)".to_owned();
+        };
+        let name = match self {
+            Grouping::Process => return String::new(),
+            Grouping::Container => match (&process.container, &process.pod_uid, &process.unit) {
+                (Some(container), _, _) => container.id.clone(),
+                (None, Some(uid), _) => format!("pod {uid}"),
+                (None, None, Some(unit)) => unit.clone(),
+                (None, None, None) => "(host)".to_owned(),
+            },
+            Grouping::Cgroup => cgroup.clone(),
+        };
+        // The end of a long name tells more than its start.
+        match name.chars().count() {
+            count if count > PLACE_CELLS => {
+                format!("…{}", name.chars().skip(count - PLACE_CELLS + 1).collect::<String>())
+            }
+            _ => name,
+        }
+    }
+}
+
+/// A process's line and its threads' rows.
+type ProcessLines<'a> = (Line, Vec<&'a Row>);
+
+/// Cells of a place's name: the name column's.
+const PLACE_CELLS: usize = 15;
 
 /// What the selection points at; kept by identity, so that it stays on
 /// the same thread however the rows move.
@@ -234,6 +299,9 @@ pub struct View {
     /// Keys go to the filter while it is typed.
     pub editing_filter: bool,
     pub paused: bool,
+    pub grouping: Grouping,
+    /// Each process's place in `grouping`, as last reported.
+    places: FxHashMap<u32, String>,
     selected: Option<Selected>,
     /// The thread whose detail is shown, and its data as of the last update.
     pub detail: Option<(ThreadKey, Option<ThreadDetail>)>,
@@ -263,6 +331,8 @@ impl Default for View {
             filter: String::new(),
             editing_filter: false,
             paused: false,
+            grouping: Grouping::default(),
+            places: FxHashMap::default(),
             selected: None,
             detail: None,
             detail_row: 0,
@@ -301,6 +371,11 @@ impl View {
             }
         }
         self.rows = rows;
+        for process in &interval.processes {
+            self.places.insert(process.pid, self.grouping.place_of(process));
+        }
+        let rows = &self.rows;
+        self.places.retain(|pid, _| rows.keys().any(|key| key.pid == *pid));
     }
 
     /// Takes the goroutines and Go processes as of now. Ignored while
@@ -373,7 +448,7 @@ impl View {
                         return None;
                     }
                 }
-                let line = Line { threads: Some(threads.len()), row: process };
+                let line = Line { threads: Some(threads.len()), row: process, place: None };
                 // A single-threaded process is its one line.
                 if let [only] = threads[..] {
                     if only.key.tid == only.key.pid {
@@ -384,11 +459,40 @@ impl View {
             })
             .collect();
         groups.sort_by(|a, b| self.order(&a.0.row, &b.0.row));
-        groups
+        fn process_lines((process, threads): ProcessLines<'_>) -> impl Iterator<Item = Line> + '_ {
+            std::iter::once(process).chain(threads.into_iter().map(|row| Line {
+                row: row.clone(),
+                threads: None,
+                place: None,
+            }))
+        }
+        if self.grouping == Grouping::Process {
+            return groups.into_iter().flat_map(process_lines).collect();
+        }
+        // Each place's line, with its processes' totals, over its
+        // processes; the places in the same order.
+        let mut places: Vec<(String, Vec<ProcessLines>)> = Vec::new();
+        for group in groups {
+            let place =
+                self.places.get(&group.0.row.key.pid).cloned().unwrap_or_else(|| "(not read yet)".to_owned());
+            match places.iter_mut().find(|(name, _)| *name == place) {
+                Some((_, members)) => members.push(group),
+                None => places.push((place, vec![group])),
+            }
+        }
+        let mut places: Vec<(Line, Vec<ProcessLines>)> = places
             .into_iter()
-            .flat_map(|(process, threads)| {
-                std::iter::once(process)
-                    .chain(threads.into_iter().map(|row| Line { row: row.clone(), threads: None }))
+            .map(|(place, members)| {
+                let rows: Vec<&Row> = members.iter().map(|(process, _)| &process.row).collect();
+                let line = Line { row: process_row(&rows), threads: Some(members.len()), place: Some(place) };
+                (line, members)
+            })
+            .collect();
+        places.sort_by(|a, b| self.order(&a.0.row, &b.0.row));
+        places
+            .into_iter()
+            .flat_map(|(place, members)| {
+                std::iter::once(place).chain(members.into_iter().flat_map(process_lines))
             })
             .collect()
     }
@@ -412,7 +516,7 @@ impl View {
     /// The selected line's index in `lines`, if it is there.
     pub fn selected_index(&self, lines: &[Line]) -> Option<usize> {
         let selected = self.selected?;
-        lines.iter().position(|line| selection(line) == selected)
+        lines.iter().position(|line| selection(line) == Some(selected))
     }
 
     /// Applies a key.
@@ -441,6 +545,11 @@ impl View {
             _ if self.detail.is_some() => self.detail_key(key.code),
             KeyCode::Char('/') => self.editing_filter = true,
             KeyCode::Char('g') => self.show_goroutines = !self.show_goroutines && self.has_go(),
+            KeyCode::Char('o') => {
+                // The places come with the next interval.
+                self.grouping = self.grouping.next();
+                self.places.clear();
+            }
             KeyCode::Esc => self.filter.clear(),
             KeyCode::Enter => {
                 let thread = match self.selected {
@@ -502,14 +611,26 @@ impl View {
             Some(at) => at.saturating_add_signed(by).min(lines.len() - 1),
             None => 0,
         };
-        self.selected = Some(selection(&lines[at]));
+        // A place's line is passed over, the way the move goes (or back
+        // at an end).
+        let onward = |at: usize| match by < 0 {
+            true => lines[..=at].iter().rev().find_map(selection),
+            false => lines[at..].iter().find_map(selection),
+        };
+        let backward = |at: usize| match by < 0 {
+            true => lines[at..].iter().find_map(selection),
+            false => lines[..=at].iter().rev().find_map(selection),
+        };
+        self.selected = onward(at).or_else(|| backward(at));
     }
 }
 
-fn selection(line: &Line) -> Selected {
-    match line.threads {
-        Some(_) => Selected::Process(line.row.key.pid),
-        None => Selected::Thread(line.row.key),
+/// What selecting `line` selects: a place's line is not selectable.
+fn selection(line: &Line) -> Option<Selected> {
+    match (line.threads, &line.place) {
+        (_, Some(_)) => None,
+        (Some(_), None) => Some(Selected::Process(line.row.key.pid)),
+        (None, None) => Some(Selected::Thread(line.row.key)),
     }
 }
 
@@ -551,6 +672,7 @@ pub(super) mod tests {
             tests::{event, record},
             Table,
         },
+        cgroup::Labels,
         report::{Health, Kind, Losses, Span},
     };
     use probe_common::COMM_LEN;
@@ -618,6 +740,57 @@ pub(super) mod tests {
         assert_eq!(lines[0].row.comm, "server");
         assert_eq!(lines[0].row.syscalls_per_s, 57.0);
         assert_eq!(lines[1].row.busiest.as_deref(), Some("read"));
+    }
+
+    #[test]
+    fn o_groups_processes_under_their_container_then_cgroup() {
+        let mut view = View::default();
+        press(&mut view, "o");
+        assert_eq!(view.grouping, Grouping::Container);
+        let threads = [(10, 10, "server", 5), (20, 20, "db", 30), (30, 30, "cron", 1)];
+        let mut report = interval(&threads);
+        let docker = Labels::of_path(&format!("/system.slice/docker-{}.scope", "ab".repeat(32)));
+        let placed = |pid, labels: Option<&Labels>| ProcessReport {
+            pid,
+            cgroup: labels.map(|labels| labels.cgroup.clone()),
+            container: labels.and_then(|labels| labels.container.clone()),
+            pod_uid: None,
+            pod_qos: None,
+            unit: labels.and_then(|labels| labels.unit.clone()),
+            throttling: None,
+            runq_wait_ns: 0,
+        };
+        let cron = Labels::of_path("/system.slice/cron.service");
+        report.processes =
+            vec![placed(10, Some(&docker)), placed(20, Some(&docker)), placed(30, Some(&cron))];
+        view.update(Header::default(), &report, |_| true);
+        let lines = view.lines();
+        let places: Vec<_> = lines.iter().map(|line| (line.place.clone(), line.row.key.pid)).collect();
+        // The container's two processes make 37 calls a second.
+        assert_eq!(
+            places,
+            [
+                (Some("abababababab".to_owned()), 20),
+                (None, 20),
+                (None, 10),
+                (Some("cron.service".to_owned()), 30),
+                (None, 30)
+            ]
+        );
+        assert_eq!((lines[0].threads, lines[0].row.syscalls_per_s), (Some(2), 37.0));
+        // The selection passes over the places' lines.
+        press(&mut view, "\x1b");
+        view.key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE));
+        assert_eq!(view.selected_index(&lines), Some(1));
+        view.key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE));
+        view.key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE));
+        assert_eq!(view.selected_index(&lines), Some(4));
+        press(&mut view, "o");
+        view.update(Header::default(), &report, |_| true);
+        let long = view.lines()[0].place.clone().unwrap();
+        assert_eq!((long.chars().count(), long.starts_with('…')), (15, true), "{long}");
+        press(&mut view, "o");
+        assert_eq!(view.lines().iter().filter(|line| line.place.is_some()).count(), 0);
     }
 
     #[test]

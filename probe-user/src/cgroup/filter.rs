@@ -26,7 +26,7 @@ use probe_common::MAX_CGROUPS;
 use crate::escape;
 
 /// The given cgroups, open, and where the unified hierarchy is mounted.
-pub struct Cgroups {
+pub struct Filter {
     /// The unified hierarchy's mount, open.
     mount: OwnedFd,
     /// Each cgroup's path relative to the mount.
@@ -35,7 +35,7 @@ pub struct Cgroups {
     pub dirs: Vec<OwnedFd>,
 }
 
-impl Cgroups {
+impl Filter {
     /// Opens each of `paths` (absolute under the cgroup2 mount, or relative
     /// to it): a directory of the unified hierarchy, reached without a
     /// symbolic link or another mount on the way.
