@@ -10,10 +10,9 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     helpers::bpf_get_current_pid_tgid,
     macros::{map, raw_tracepoint},
-    maps::{Array, HashMap},
+    maps::Array,
     programs::RawTracePointContext,
 };
 use probe_common::{
@@ -52,13 +51,19 @@ static TASK_START_TIME_OFFSET: u32 = 0;
 static LOADED_NS: u64 = 0;
 shared!(global TASK_MIGRATIONS_OFFSET, TASK_START_TIME_OFFSET, LOADED_NS);
 
-/// Traced threads that are waiting for a CPU (woken or preempted, not yet
-/// switched in nor blocked again), with `-p` only. A set, not a count
-/// alone: a thread woken twice, or woken while still on its CPU (the
-/// kernel's `ttwu_runnable`, whose switch-in never comes), is one waiter,
-/// and a thread already waiting when probe attached is none.
+/// `WAITING[tid] != 0`: traced thread `tid` is waiting for a CPU (woken or
+/// preempted, not yet switched in nor blocked again), with `-p` only. A
+/// set, not a count alone: a thread woken twice, or woken while still on
+/// its CPU (the kernel's `ttwu_runnable`, whose switch-in never comes), is
+/// one waiter, and a thread already waiting when probe attached is none.
+/// A byte per tid, as `TRACED`: the verifier inlines an array lookup where
+/// a hash map costs a helper call (about 250 ns a wakeup on this VM). No
+/// atomics: every event of one task (its wakeup, switches, moves) happens
+/// under its run queue's lock, so two never race on its byte. The loader
+/// sizes it to `pid_max` with `-p`.
 #[map]
-static WAITING: HashMap<u32, u8> = HashMap::with_max_entries(16_384, 0);
+static WAITING: Array<u8> = Array::with_max_entries(1, 0);
+shared!(map WAITING);
 
 /// How many threads `WAITING` holds: while it is not 0, the threads that
 /// are not traced send their switch-outs. One count for all CPUs, not one
@@ -71,9 +76,6 @@ static WAITING: HashMap<u32, u8> = HashMap::with_max_entries(16_384, 0);
 #[map]
 static WAITERS: Array<u64> = Array::with_max_entries(1, 0);
 
-/// `errno` of an insert into a map that already has the key.
-const EEXIST: i32 = 17;
-
 /// With `-p`: traced thread `tid` waits for a CPU from now on. Called
 /// before the wait's timestamp is taken: a switch on another CPU that read
 /// the count just before it went up can only be nanoseconds older than
@@ -83,19 +85,31 @@ fn waits(tid: u32) {
     if config(&FILTER_PIDS) == 0 {
         return;
     }
-    match WAITING.insert(&tid, &1, u64::from(BPF_NOEXIST)) {
-        Err(err) if err == EEXIST => {}
-        // Counted also when the set is full, and then never taken off: the
-        // switch-outs go on being sent, which costs records, never blame.
-        _ => add_waiters(1),
+    if let Some(waiting) = WAITING.get_ptr_mut(tid) {
+        // SAFETY: the thread's own byte; its events are serialized (above).
+        unsafe {
+            if *waiting == 0 {
+                *waiting = 1;
+                add_waiters(1);
+            }
+        }
     }
 }
 
 /// With `-p`: traced thread `tid` got a CPU or blocked.
 #[inline(always)]
 fn stops_waiting(tid: u32) {
-    if config(&FILTER_PIDS) != 0 && WAITING.remove(&tid).is_ok() {
-        add_waiters(u64::MAX);
+    if config(&FILTER_PIDS) == 0 {
+        return;
+    }
+    if let Some(waiting) = WAITING.get_ptr_mut(tid) {
+        // SAFETY: as in `waits`.
+        unsafe {
+            if *waiting != 0 {
+                *waiting = 0;
+                add_waiters(u64::MAX);
+            }
+        }
     }
 }
 

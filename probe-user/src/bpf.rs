@@ -355,6 +355,8 @@ impl Probe {
             .override_global(global::TASK_STACK_OFFSET, &task_stack_offset, true)
             .map_max_entries(map::EVENTS, ring_bytes)
             .map_max_entries(map::TRACED, procfs::pid_max()?)
+            // The whole system needs no count of its waiting threads.
+            .map_max_entries(map::WAITING, if config.filter_pids { procfs::pid_max()? } else { 1 })
             .load(OBJECT)
             .map_err(|err| load_error(err.into()))?;
 
