@@ -76,38 +76,22 @@ shared!(map WAITING);
 #[map]
 static WAITERS: Array<u64> = Array::with_max_entries(1, 0);
 
-/// With `-p`: traced thread `tid` waits for a CPU from now on. Called
-/// before the wait's timestamp is taken: a switch on another CPU that read
-/// the count just before it went up can only be nanoseconds older than
-/// the wait's start (see `aggregate::sched`).
+/// With `-p`: traced thread `tid` waits for a CPU from now on (`waiting`),
+/// or got one or blocked. A wait's mark comes before its timestamp is
+/// taken: a switch on another CPU that read the count just before it went
+/// up can only be nanoseconds older than the wait's start (see
+/// `aggregate::sched`).
 #[inline(always)]
-fn waits(tid: u32) {
+fn mark_waiting(tid: u32, waiting: bool) {
     if config(&FILTER_PIDS) == 0 {
         return;
     }
-    if let Some(waiting) = WAITING.get_ptr_mut(tid) {
+    if let Some(mark) = WAITING.get_ptr_mut(tid) {
         // SAFETY: the thread's own byte; its events are serialized (above).
         unsafe {
-            if *waiting == 0 {
-                *waiting = 1;
-                add_waiters(1);
-            }
-        }
-    }
-}
-
-/// With `-p`: traced thread `tid` got a CPU or blocked.
-#[inline(always)]
-fn stops_waiting(tid: u32) {
-    if config(&FILTER_PIDS) == 0 {
-        return;
-    }
-    if let Some(waiting) = WAITING.get_ptr_mut(tid) {
-        // SAFETY: as in `waits`.
-        unsafe {
-            if *waiting != 0 {
-                *waiting = 0;
-                add_waiters(u64::MAX);
+            if (*mark != 0) != waiting {
+                *mark = u8::from(waiting);
+                add_waiters(if waiting { 1 } else { u64::MAX });
             }
         }
     }
@@ -192,11 +176,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
         if prev_state & TASK_DEAD != 0 {
             flags |= SWITCH_EXITED;
         }
-        if flags & SWITCH_VOLUNTARY != 0 {
-            stops_waiting(prev as u32);
-        } else {
-            waits(prev as u32);
-        }
+        mark_waiting(prev as u32, flags & SWITCH_VOLUNTARY == 0);
         // Said by every switch-out, not only by the thread's WakeupNew:
         // that record may be dropped, and then its moves before the first
         // switch-out seen would pass for moves made before the trace.
@@ -223,7 +203,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
     }
     let (tid, pid) = next?;
     if next_traced {
-        stops_waiting(tid);
+        mark_waiting(tid, false);
         if !send(state, &sched_event(EventKind::SwitchIn, tid, pid, 0, 0, now, false)) {
             count_lost(LostCall { pid, tid, nr: LOST_SWITCH_IN, errno: 0 });
         }
@@ -255,7 +235,7 @@ fn woken(ctx: &RawTracePointContext, kind: EventKind) -> Result<u32, u32> {
     if pid == 0 || !is_traced(pid) {
         return Ok(0);
     }
-    waits(tid);
+    mark_waiting(tid, true);
     if !send(cpu_state()?, &sched_event(kind, tid, pid, 0, 0, now(), false)) {
         count_lost(LostCall { pid, tid, nr: LOST_WAKEUP, errno: 0 });
     }
