@@ -34,6 +34,9 @@ pub enum EventKind {
     /// A [`WakeEvent`]: who is waking a thread (`sched_waking`), with
     /// `--slow`; the [`EventKind::Wakeup`] follows.
     WokenBy = 12,
+    /// A [`RanEvent`]: a thread that is not traced (or the idle task) left
+    /// a CPU while a traced thread waited in a run queue.
+    Ran = 13,
 }
 
 impl EventKind {
@@ -48,6 +51,7 @@ impl EventKind {
             10 => Some(Self::IoUring),
             11 => Some(Self::SlowDetail),
             12 => Some(Self::WokenBy),
+            13 => Some(Self::Ran),
             _ => None,
         }
     }
@@ -162,6 +166,26 @@ pub struct SchedEvent {
     pub nr_migrations: u64,
     /// The thread's name, in a `SwitchOut` (the only event that runs as the
     /// thread itself); zeros otherwise.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// A thread that is not traced left CPU `cpu` at `ts_ns` while a traced
+/// thread waited in a run queue (or in whole-system mode, where only probe
+/// itself is not traced): it held the CPU since the CPU's previous switch,
+/// so userspace can say who a traced thread waited behind. pid and tid 0:
+/// the idle task, sent only when the next task is not traced either (a
+/// traced one's `SwitchIn` already ends the idle time).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RanEvent {
+    /// Always [`EventKind::Ran`].
+    pub kind: u32,
+    pub cpu: u32,
+    pub pid: u32,
+    pub tid: u32,
+    /// `bpf_ktime_get_ns()` of the switch.
+    pub ts_ns: u64,
+    /// Its name.
     pub comm: [u8; COMM_LEN],
 }
 
@@ -443,6 +467,7 @@ pub enum Record {
     IoUring(IoUringEvent),
     SlowDetail(alloc::boxed::Box<SlowDetail>),
     WokenBy(WakeEvent),
+    Ran(RanEvent),
 }
 
 #[cfg(feature = "user")]
@@ -460,6 +485,7 @@ impl Record {
             EventKind::IoUring => Self::IoUring(read_record(bytes)?),
             EventKind::SlowDetail => Self::SlowDetail(alloc::boxed::Box::new(read_record(bytes)?)),
             EventKind::WokenBy => Self::WokenBy(read_record(bytes)?),
+            EventKind::Ran => Self::Ran(read_record(bytes)?),
         })
     }
 }
@@ -522,6 +548,7 @@ const _: () = assert!(core::mem::size_of::<IoRequest>() == 24);
 const _: () = assert!(core::mem::size_of::<OffsetCheck>() == 24);
 const _: () = assert!(core::mem::size_of::<LostCall>() == 16);
 const _: () = assert!(core::mem::size_of::<WakeEvent>() == 64);
+const _: () = assert!(core::mem::size_of::<RanEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<SlowDetail>() == 32 + 8 * REGS_WORDS + STACK_BYTES);
 
 #[cfg(all(test, feature = "user"))]

@@ -100,6 +100,9 @@ pub mod map {
     pub const EVENTS: &str = "EVENTS";
     /// Traced tgids (a byte per PID); the loader sizes it to `pid_max`.
     pub const TRACED: &str = "TRACED";
+    /// Traced threads waiting for a CPU (a byte per tid), with `-p`; the
+    /// loader sizes it to `pid_max` then.
+    pub const WAITING: &str = "WAITING";
     /// Per-CPU counters, indexed by `Counter`.
     pub const COUNTERS: &str = "COUNTERS";
     /// `syscall_flags` per syscall number.

@@ -27,6 +27,9 @@
 //! is the name in `probe_common::names`.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the count of waiting threads (`sched`) is shared by all CPUs.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 /// Checks at compile time that shared items are spelled as the loader's
 /// constants in `probe_common::names`, and that they exist here:

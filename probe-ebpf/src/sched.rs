@@ -1,18 +1,30 @@
 //! The scheduler: which traced thread leaves or gets a CPU, and when it
 //! becomes runnable. `sched_switch` also parks the call of a thread that
 //! leaves its CPU mid-syscall, whether or not scheduler events are sent.
+//! While a traced thread waits in a run queue, the threads that are not
+//! traced say when they leave a CPU too (`RanEvent`): who held the CPUs.
 
-use core::mem::MaybeUninit;
+use core::{
+    intrinsics::{atomic_xadd, AtomicOrdering},
+    mem::MaybeUninit,
+};
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{map, raw_tracepoint},
+    maps::Array,
+    programs::RawTracePointContext,
+};
 use probe_common::{
-    EventKind, LostCall, SchedEvent, LOST_INVOLUNTARY_SWITCH, LOST_MIGRATIONS, LOST_SWITCH_IN,
+    EventKind, LostCall, RanEvent, SchedEvent, LOST_INVOLUNTARY_SWITCH, LOST_MIGRATIONS, LOST_SWITCH_IN,
     LOST_VOLUNTARY_SWITCH, LOST_WAKEUP, SWITCH_EXITED, SWITCH_NEW_THREAD, SWITCH_VOLUNTARY,
 };
 
 use crate::{
     cgroup::{leaving_thread_passes, thread_passes},
-    shared::{config, cpu, cpu_state, current_task_field, is_traced, now, send, task_ids, write_comm},
+    shared::{
+        config, cpu, cpu_state, current_task_field, is_traced, now, send, task_ids, write_comm, FILTER_PIDS,
+    },
     slow::{kernel_stack, slow_ns},
     syscalls::{count_lost, keep_lost_max, park_call},
 };
@@ -39,6 +51,71 @@ static TASK_START_TIME_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static LOADED_NS: u64 = 0;
 shared!(global TASK_MIGRATIONS_OFFSET, TASK_START_TIME_OFFSET, LOADED_NS);
+
+/// `WAITING[tid] != 0`: traced thread `tid` is waiting for a CPU (woken or
+/// preempted, not yet switched in nor blocked again), with `-p` only. A
+/// set, not a count alone: a thread woken twice, or woken while still on
+/// its CPU (the kernel's `ttwu_runnable`, whose switch-in never comes), is
+/// one waiter, and a thread already waiting when probe attached is none.
+/// A byte per tid, as `TRACED`: the verifier inlines an array lookup where
+/// a hash map costs a helper call (about 250 ns a wakeup on this VM). No
+/// atomics: every event of one task (its wakeup, switches, moves) happens
+/// under its run queue's lock, so two never race on its byte. The loader
+/// sizes it to `pid_max` with `-p`.
+#[map]
+static WAITING: Array<u8> = Array::with_max_entries(1, 0);
+shared!(map WAITING);
+
+/// How many threads `WAITING` holds: while it is not 0, the threads that
+/// are not traced send their switch-outs. One count for all CPUs, not one
+/// per CPU: a thread may be moved to another CPU while it waits, and the
+/// CPU where its wait ends, whose every run during the wait userspace
+/// blames, is not known until then. A per-CPU count would need
+/// `sched_migrate_task` too and would still miss the runs on the CPU it
+/// moves to from before the move. A switch with no traced waiter anywhere
+/// costs one load more.
+#[map]
+static WAITERS: Array<u64> = Array::with_max_entries(1, 0);
+
+/// With `-p`: traced thread `tid` waits for a CPU from now on (`waiting`),
+/// or got one or blocked. A wait's mark comes before its timestamp is
+/// taken: a switch on another CPU that read the count just before it went
+/// up can only be nanoseconds older than the wait's start (see
+/// `aggregate::sched`).
+#[inline(always)]
+fn mark_waiting(tid: u32, waiting: bool) {
+    if config(&FILTER_PIDS) == 0 {
+        return;
+    }
+    if let Some(mark) = WAITING.get_ptr_mut(tid) {
+        // SAFETY: the thread's own byte; its events are serialized (above).
+        unsafe {
+            if (*mark != 0) != waiting {
+                *mark = u8::from(waiting);
+                add_waiters(if waiting { 1 } else { u64::MAX });
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn add_waiters(delta: u64) {
+    if let Some(count) = WAITERS.get_ptr_mut(0) {
+        // SAFETY: the map's value lives as long as the map; programs on
+        // every CPU change it, hence the atomic add (wrapping: -1 is
+        // u64::MAX). The intrinsic, because the BPF target offers no
+        // `AtomicU64::fetch_add`; its result unused, it is one `lock add`.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(count, delta) };
+    }
+}
+
+/// Whether the switch-outs of threads that are not traced are wanted: in
+/// whole-system mode (probe's own, the only ones), or while a traced thread
+/// waits.
+#[inline(always)]
+fn others_wanted() -> bool {
+    config(&FILTER_PIDS) == 0 || WAITERS.get(0).is_some_and(|&count| count != 0)
+}
 
 #[inline(always)]
 fn sched_event(
@@ -89,7 +166,9 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let prev = bpf_get_current_pid_tgid();
     let now = now();
     let prev_pid = (prev >> 32) as u32;
+    let next = task_ids(ctx.arg::<*const u8>(2));
     // pid 0 is the idle task: not a thread anyone traces.
+    let next_traced = matches!(next, Ok((tid, pid)) if pid != 0 && is_traced(pid) && thread_passes(tid));
     if prev_pid != 0 && is_traced(prev_pid) && leaving_thread_passes(prev as u32) {
         let preempt = ctx.arg::<u64>(0) & 1 != 0;
         let prev_state = ctx.arg::<u64>(3) as u32;
@@ -98,6 +177,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
         if prev_state & TASK_DEAD != 0 {
             flags |= SWITCH_EXITED;
         }
+        mark_waiting(prev as u32, flags & SWITCH_VOLUNTARY == 0);
         // Said by every switch-out, not only by the thread's WakeupNew:
         // that record may be dropped, and then its moves before the first
         // switch-out seen would pass for moves made before the trace.
@@ -116,16 +196,37 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
             let migrations = LostCall { pid: prev_pid, tid: prev as u32, nr: LOST_MIGRATIONS, errno: 0 };
             keep_lost_max(migrations, out.nr_migrations);
         }
+    } else if (prev_pid != 0 || !next_traced) && others_wanted() {
+        // Who held the CPU up to now. The idle task's time before a traced
+        // thread's switch-in needs no record: the SwitchIn ends it. A
+        // dropped one is counted in `LostEvents` only.
+        let _ = send(state, &ran_event(prev, now));
     }
-    let (tid, pid) = task_ids(ctx.arg::<*const u8>(2))?;
-    if pid != 0
-        && is_traced(pid)
-        && thread_passes(tid)
-        && !send(state, &sched_event(EventKind::SwitchIn, tid, pid, 0, 0, now, false))
-    {
-        count_lost(LostCall { pid, tid, nr: LOST_SWITCH_IN, errno: 0 });
+    let (tid, pid) = next?;
+    if next_traced {
+        mark_waiting(tid, false);
+        if !send(state, &sched_event(EventKind::SwitchIn, tid, pid, 0, 0, now, false)) {
+            count_lost(LostCall { pid, tid, nr: LOST_SWITCH_IN, errno: 0 });
+        }
     }
     Ok(0)
+}
+
+/// The current task (`pid_tgid`), not traced, leaves its CPU at `ts_ns`.
+#[inline(always)]
+fn ran_event(pid_tgid: u64, ts_ns: u64) -> RanEvent {
+    let mut record = MaybeUninit::<RanEvent>::uninit();
+    let r = record.as_mut_ptr();
+    // SAFETY: every field is written before the record is read.
+    unsafe {
+        (*r).kind = EventKind::Ran as u32;
+        (*r).cpu = cpu();
+        (*r).pid = (pid_tgid >> 32) as u32;
+        (*r).tid = pid_tgid as u32;
+        (*r).ts_ns = ts_ns;
+        write_comm(&raw mut (*r).comm, true);
+        record.assume_init()
+    }
 }
 
 #[inline(always)]
@@ -135,6 +236,7 @@ fn woken(ctx: &RawTracePointContext, kind: EventKind) -> Result<u32, u32> {
     if pid == 0 || !is_traced(pid) || !thread_passes(tid) {
         return Ok(0);
     }
+    mark_waiting(tid, true);
     if !send(cpu_state()?, &sched_event(kind, tid, pid, 0, 0, now(), false)) {
         count_lost(LostCall { pid, tid, nr: LOST_WAKEUP, errno: 0 });
     }

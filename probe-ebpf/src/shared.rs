@@ -11,7 +11,7 @@ use aya_ebpf::{
     macros::map,
     maps::{ring_buf::RingBufEntry, Array, PerCpuArray, RingBuf},
 };
-use probe_common::{Counter, CpuState, SchedEvent, SyscallEvent, COMM_LEN, COUNTER_SLOTS};
+use probe_common::{Counter, CpuState, RanEvent, SchedEvent, SyscallEvent, COMM_LEN, COUNTER_SLOTS};
 
 // Read-only configuration, set by the loader with `override_global` before
 // the programs are verified, so that branches on them are cheap or pruned.
@@ -66,6 +66,7 @@ shared!(map COUNTERS);
 // `write_comm` writes names as two aligned words.
 const _: () = assert!(core::mem::offset_of!(SyscallEvent, comm) % 8 == 0);
 const _: () = assert!(core::mem::offset_of!(SchedEvent, comm) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(RanEvent, comm) % 8 == 0);
 
 /// Fills a record's name field: the current task's name when `named`, else
 /// zeros. Raw writes, because on the BPF target a zeroed byte array becomes

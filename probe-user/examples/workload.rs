@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--sleeps MS,MS,...] [--enoent N]
-//!          [--affinity MOVES] [--spin MS,MS,...] [--fork N] [--threads N] [--churn SECONDS] [--io-uring NOPS,READS,ASYNC_READS] [--zero-read COUNTxMIB]
+//!          [--affinity MOVES] [--spin MS,MS,...] [--pinned-spin CPU,MS,NAME] [--fork N] [--threads N] [--churn SECONDS] [--io-uring NOPS,READS,ASYNC_READS] [--zero-read COUNTxMIB]
 //!          [--mixed ROUNDS,ROUNDS,...] [--pingpong ROUNDS] [--children COUNTxMICROSECONDS] [--block-read SECONDS] [--ready-when-blocked] [--exit CODE]
 //! ```
 //!
@@ -160,22 +160,24 @@ fn thread_cpu_ns(thread: libc::pthread_t) -> u64 {
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
+/// Allows the thread CPU `cpu` only, and checks that it runs there.
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+            0,
+            "sched_setaffinity({cpu})"
+        );
+        assert_eq!(libc::sched_getcpu(), cpu as i32, "still not on CPU {cpu}");
+    }
+}
+
 /// Moves the thread between CPU 0 and CPU 1, `moves` times, checking that
 /// it runs on the new CPU after each move.
 fn hop(moves: u64) -> Done {
-    let pin = |cpu: usize| {
-        // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            assert_eq!(
-                libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
-                0,
-                "sched_setaffinity({cpu})"
-            );
-            assert_eq!(libc::sched_getcpu(), cpu as i32, "still not on CPU {cpu}");
-        }
-    };
     pin(0);
     for i in 0..moves {
         pin(1 - (i % 2) as usize);
@@ -192,12 +194,40 @@ fn spin(run: Duration) -> Done {
     Done { tid: gettid(), activity: "spin", calls: 0 }
 }
 
-/// Names the thread `name` (as `prctl(PR_SET_NAME)` takes it: the first 15
-/// bytes, whatever they are), then makes `calls` getppid.
-fn renamed(name: &str, calls: u64) -> Done {
+/// Names the thread `name`, pins it to CPU `cpu` and spins there for `run`
+/// at nice -20 (root's): two of them on one CPU are each other's rivals,
+/// known by name, whatever else the shared machine runs there at nice 0
+/// or more (a weight of 88761 against 1024 at most). With autogroups, a
+/// nice value counts only within the session's group: the process makes a
+/// session of its own (once: a session leader's second `setsid` fails) and
+/// nices its group, which ends with it.
+fn pinned_spin(cpu: usize, run: Duration, name: &str) -> Done {
+    name_thread(name);
+    // SAFETY: no arguments; setpriority of this thread (its tid).
+    let reniced = unsafe {
+        libc::setsid();
+        libc::setpriority(libc::PRIO_PROCESS, gettid() as libc::id_t, -20)
+    };
+    assert_eq!(reniced, 0, "setpriority(-20) needs root");
+    if std::path::Path::new("/proc/self/autogroup").exists() {
+        std::fs::write("/proc/self/autogroup", "-20").expect("nice the autogroup");
+    }
+    pin(cpu);
+    Done { activity: "pinned-spin", ..spin(run) }
+}
+
+/// Names the thread as `prctl(PR_SET_NAME)` does (the first 15 bytes,
+/// whatever they are).
+fn name_thread(name: &str) {
     let name = std::ffi::CString::new(name).expect("a name without NUL");
     // SAFETY: PR_SET_NAME reads a NUL-terminated string.
     unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+}
+
+/// Names the thread `name` (as `prctl(PR_SET_NAME)` takes it: the first 15
+/// bytes, whatever they are), then makes `calls` getppid.
+fn renamed(name: &str, calls: u64) -> Done {
+    name_thread(name);
     getppid_storm(calls)
 }
 
@@ -568,7 +598,7 @@ fn wait_for_sigusr1() {
 fn usage(problem: &str) -> ! {
     eprintln!("workload: {problem}");
     eprintln!(
-        "usage: workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--sleeps MS,MS,...] [--enoent N] [--affinity MOVES] [--spin MS,MS,...] [--fork N] [--threads N] [--churn SECONDS] [--io-uring NOPS,READS,ASYNC_READS] [--zero-read COUNTxMIB] [--mixed ROUNDS,...] [--pingpong ROUNDS] [--children COUNTxMICROSECONDS] [--block-read SECONDS] [--ready-when-blocked] [--exit CODE]"
+        "usage: workload [--wait-signal] [--getppid N,N,...] [--sleep COUNTxMS] [--sleeps MS,MS,...] [--enoent N] [--affinity MOVES] [--spin MS,MS,...] [--pinned-spin CPU,MS,NAME] [--fork N] [--threads N] [--churn SECONDS] [--io-uring NOPS,READS,ASYNC_READS] [--zero-read COUNTxMIB] [--mixed ROUNDS,...] [--pingpong ROUNDS] [--children COUNTxMICROSECONDS] [--block-read SECONDS] [--ready-when-blocked] [--exit CODE]"
     );
     exit(2)
 }
@@ -622,6 +652,16 @@ fn main() {
                 for ms in value().split(',').map(number) {
                     jobs.push(Box::new(move || spin(Duration::from_millis(ms))));
                 }
+            }
+            "--pinned-spin" => {
+                let spec = value();
+                let mut parts = spec.splitn(3, ',');
+                let (Some(cpu), Some(ms), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+                    usage("--pinned-spin takes CPU,MS,NAME");
+                };
+                let (cpu, run, name) =
+                    (number(cpu) as usize, Duration::from_millis(number(ms)), name.to_owned());
+                jobs.push(Box::new(move || pinned_spin(cpu, run, &name)));
             }
             "--io-uring" => {
                 let counts: Vec<u64> = value().split(',').map(number).collect();

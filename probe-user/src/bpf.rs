@@ -375,6 +375,8 @@ impl Probe {
             .map_max_entries(map::EVENTS, ring_bytes)
             .map_max_entries(map::TRACED, procfs::pid_max()?)
             .map_max_entries(map::IN_CGROUPS, in_cgroups_entries)
+            // The whole system needs no count of its waiting threads.
+            .map_max_entries(map::WAITING, if config.filter_pids { procfs::pid_max()? } else { 1 })
             .load(OBJECT)
             .map_err(|err| load_error(err.into()))?;
 

@@ -267,6 +267,7 @@ impl Pipeline {
                 let key = self.generations.current(event.pid, event.tid);
                 self.tracker.woken_by(key, Waker::new(event));
             }
+            Record::Ran(event) => self.tracker.ran(event),
             // Kept by `ingest`, without a copy of its 16 KiB.
             Record::SlowDetail(_) => {}
             Record::IoUring(event) => {

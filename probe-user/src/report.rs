@@ -17,7 +17,7 @@ use crate::{
 
 use crate::aggregate::{
     in_flight::{CallInFlight, ThreadState},
-    sched::SchedStats,
+    sched::{Blamed, Holder, SchedStats},
     slowest::SlowCall,
     SyscallStats, Table, ThreadKey, ThreadStats,
 };
@@ -497,6 +497,71 @@ pub struct SchedReport {
     /// How many of its runs were seen at one end only (dropped, or a switch
     /// the kernel never reported).
     pub partial_runs: u64,
+    /// Who held the CPU while it waited in run queues, on the CPU where
+    /// each wait ended (README, "Who held the CPU"): the
+    /// [`RUNQ_BLAME_SHOWN`] largest holders, most first, then the rest
+    /// summed in one entry whose `holder` is `"other"`. The entries add up
+    /// to its waits that ended in the span, each whole (`runq_wait_ns` has
+    /// only the span's part of a wait, and waits still in progress).
+    pub runq_blame: Vec<BlameEntry>,
+}
+
+/// Holders a thread's `runq_blame` names before it sums the rest.
+pub const RUNQ_BLAME_SHOWN: usize = 8;
+
+/// Who held a CPU while a thread waited for it, and for how long.
+#[derive(Debug, Serialize)]
+pub struct BlameEntry {
+    /// `"thread"`; `"idle"`: no task (a CPU leaving idle for the woken
+    /// thread); `"unknown"`: runs too many to keep during the wait;
+    /// `"other"`: the holders not shown, summed.
+    pub holder: &'static str,
+    /// The thread's process and id; `null` but for a `"thread"`.
+    pub pid: Option<u32>,
+    pub tid: Option<u32>,
+    /// The thread's name at its latest run blamed, escaped; `null` but for
+    /// a `"thread"`.
+    pub comm: Option<String>,
+    pub ns: u64,
+}
+
+impl BlameEntry {
+    /// The one place a holder becomes a report entry: a container label
+    /// (`probe-user/src/cgroup.rs`, from `pid`) goes here, beside `comm`.
+    fn new(holder: Holder, blamed: &Blamed) -> Self {
+        let (kind, pid, tid, comm) = match holder {
+            Holder::Thread { pid, tid } => {
+                let comm =
+                    crate::escape::visible_bytes(blamed.comm.split(|&b| b == 0).next().unwrap_or_default());
+                ("thread", Some(pid), Some(tid), Some(comm))
+            }
+            Holder::Idle => ("idle", None, None, None),
+            Holder::Unknown => ("unknown", None, None, None),
+        };
+        Self { holder: kind, pid, tid, comm, ns: blamed.ns }
+    }
+
+    /// How it reads in a sentence: `tid 123 (java) of pid 120`, `idle`.
+    pub fn describe(&self) -> String {
+        match (self.pid, self.tid, &self.comm) {
+            (Some(pid), Some(tid), Some(comm)) if pid == tid => format!("pid {pid} ({comm})"),
+            (Some(pid), Some(tid), Some(comm)) => format!("tid {tid} ({comm}) of pid {pid}"),
+            _ => self.holder.to_owned(),
+        }
+    }
+}
+
+/// The largest `shown` holders, most first, and the rest in one `"other"`.
+pub fn blame_entries(blame: &FxHashMap<Holder, Blamed>, shown: usize) -> Vec<BlameEntry> {
+    let mut holders: Vec<_> = blame.iter().filter(|(_, blamed)| blamed.ns > 0).collect();
+    holders.sort_by(|a, b| b.1.ns.cmp(&a.1.ns).then(a.0.cmp(b.0)));
+    let mut entries: Vec<_> =
+        holders.iter().take(shown).map(|&(&holder, blamed)| BlameEntry::new(holder, blamed)).collect();
+    let rest: u64 = holders.iter().skip(shown).map(|(_, blamed)| blamed.ns).sum();
+    if rest > 0 {
+        entries.push(BlameEntry { holder: "other", pid: None, tid: None, comm: None, ns: rest });
+    }
+    entries
 }
 
 /// Migrations from one CPU to another.
@@ -974,6 +1039,7 @@ fn sched_report(stats: &SchedStats) -> SchedReport {
         sampled: stats.sampled(),
         lost_records: stats.lost_records,
         partial_runs: stats.partial_runs,
+        runq_blame: blame_entries(&stats.runq_blame, RUNQ_BLAME_SHOWN),
     }
 }
 

@@ -306,7 +306,7 @@ impl Sink for Timeline {
             Record::Syscall(event) => self.syscall(event),
             Record::Sched(event) => self.sched(event),
             Record::WokenBy(event) => self.woken(event),
-            Record::IoUring(_) | Record::SlowDetail(_) => {}
+            Record::IoUring(_) | Record::SlowDetail(_) | Record::Ran(_) => {}
         }
     }
 

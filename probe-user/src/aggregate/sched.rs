@@ -13,13 +13,27 @@
 //! voluntary SwitchOut to the Wakeup, and run-queue wait from becoming ready
 //! (Wakeup, or a preempting SwitchOut) to the next SwitchIn. A migration is a
 //! SwitchIn on another CPU than the thread's previous run.
+//!
+//! Who held the CPU while a thread waited (`runq_blame`): every switch on a
+//! CPU ends the run of the task that leaves it (a traced thread's
+//! SwitchOut, another thread's `RanEvent`, or for the idle task a gap up to
+//! the next record), so the tracker keeps each CPU's runs and, when a wait
+//! ends with a SwitchIn on CPU c, blames the overlap of each run on c with
+//! the wait. With `-p` the kernel sends the other threads' switch-outs
+//! while any traced thread waits, so every switch on c during a wait is
+//! seen. What is approximated: a thread moved to c while it waited is
+//! blamed on c's runs for all of its wait, also for the time it was queued
+//! on another CPU (no record says when it moved); and with `-p`, a switch
+//! that raced the wakeup on another CPU by the nanoseconds of one atomic
+//! add may be missed. Records the full ring buffer dropped (`lost_events`)
+//! blame their time on the run before them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use rustc_hash::FxHashMap;
 
 use probe_common::{
-    EventKind, SchedEvent, WakeEvent, COMM_LEN, KERNEL_STACK_NOT_TAKEN, NO_SYSCALL, SWITCH_EXITED,
+    EventKind, RanEvent, SchedEvent, WakeEvent, COMM_LEN, KERNEL_STACK_NOT_TAKEN, NO_SYSCALL, SWITCH_EXITED,
     SWITCH_NEW_THREAD, SWITCH_VOLUNTARY, WAKER_INTERRUPT,
 };
 
@@ -62,6 +76,31 @@ pub struct SchedStats {
     /// never reported the switch. Their time on the CPU is unknown and not
     /// counted, so the times are a sample when this is not 0.
     pub partial_runs: u64,
+    /// Who held the CPU during its run-queue waits, in ns (see the module's
+    /// comment). A wait is blamed whole when it ends, in the interval it
+    /// ends in (`runq_wait_ns` splits it at interval ends): over the whole
+    /// trace the two add up but for the waits in progress at its end.
+    pub runq_blame: FxHashMap<Holder, Blamed>,
+}
+
+/// Who held a CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Holder {
+    /// A thread, traced or not.
+    Thread { pid: u32, tid: u32 },
+    /// No task: the CPU was idle (a wakeup's target CPU leaving idle).
+    Idle,
+    /// Runs the tracker no longer kept (more than `KEPT_RUNS` on the CPU
+    /// during one wait).
+    Unknown,
+}
+
+/// A holder's share of a thread's waits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Blamed {
+    pub ns: u64,
+    /// The holder's name at its latest run blamed, raw.
+    pub comm: [u8; COMM_LEN],
 }
 
 impl SchedStats {
@@ -88,6 +127,11 @@ impl SchedStats {
         self.runq.merge(&other.runq);
         self.lost_records += other.lost_records;
         self.partial_runs += other.partial_runs;
+        for (&holder, blamed) in &other.runq_blame {
+            let mine = self.runq_blame.entry(holder).or_default();
+            add(&mut mine.ns, blamed.ns);
+            mine.comm = blamed.comm;
+        }
     }
 
     /// Whether its times, run-queue waits and CPU pairs miss something.
@@ -233,10 +277,57 @@ pub struct Split {
     pub runq_ns: u64,
 }
 
+/// Runs kept per CPU at most: a wait longer than they cover blames the rest
+/// on `Holder::Unknown`.
+const KEPT_RUNS: usize = 1 << 16;
+
+/// One task's time on a CPU, up to a switch.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    from: u64,
+    to: u64,
+    holder: Holder,
+    comm: [u8; COMM_LEN],
+}
+
+/// The runs on one CPU that a wait in progress may still be blamed on.
+#[derive(Debug, Default)]
+struct CpuRuns {
+    /// The latest switch seen on the CPU, where the next run starts; 0
+    /// before the first, whose task held the CPU since before any wait.
+    last_switch: u64,
+    /// Oldest first.
+    runs: VecDeque<Run>,
+    /// How many runs the latest pruning left: the next one is due at twice
+    /// as many, so that its walk over the threads is paid rarely.
+    pruned_to: usize,
+}
+
+/// Blames each run on `runs` that overlaps the wait from `from` to `to` for
+/// its overlap, and what no kept run covers on `Holder::Unknown`.
+fn blame(runs: Option<&CpuRuns>, from: u64, to: u64, stats: &mut SchedStats) {
+    let mut covered = 0;
+    for run in runs.into_iter().flat_map(|runs| runs.runs.iter().rev()).take_while(|run| run.to > from) {
+        let overlap = run.to.min(to).saturating_sub(run.from.max(from));
+        if overlap > 0 {
+            let blamed = stats.runq_blame.entry(run.holder).or_default();
+            add(&mut blamed.ns, overlap);
+            blamed.comm = run.comm;
+            covered += overlap;
+        }
+    }
+    let unknown = to.saturating_sub(from).saturating_sub(covered);
+    if unknown > 0 {
+        add(&mut stats.runq_blame.entry(Holder::Unknown).or_default().ns, unknown);
+    }
+}
+
 /// The state of every thread seen, across intervals: spans that cross an
 /// interval's end are charged to the interval each part falls in.
 #[derive(Debug, Default)]
 pub struct SchedTracker {
+    /// Each CPU's runs, for `runq_blame`.
+    cpu_runs: FxHashMap<u32, CpuRuns>,
     threads: FxHashMap<ThreadKey, RunState>,
     /// The traced thread each CPU last switched to, to repair a lost
     /// SwitchOut: the next SwitchIn on that CPU ends the run.
@@ -257,8 +348,19 @@ impl SchedTracker {
     pub fn apply(&mut self, key: ThreadKey, event: &SchedEvent, table: &mut Table) {
         self.spanless = None;
         let ts = event.ts_ns;
-        if EventKind::from_u32(event.kind) == Some(EventKind::SwitchIn) {
-            self.end_lost_run(key, event.cpu, ts, table);
+        match EventKind::from_u32(event.kind) {
+            Some(EventKind::SwitchIn) => {
+                self.end_lost_run(key, event.cpu, ts, table);
+                // Time since the CPU's previous record that no record
+                // claimed: the idle task's (any other task's switch-out is
+                // sent while a traced thread waits).
+                self.held(event.cpu, ts, Holder::Idle, [0; COMM_LEN]);
+            }
+            Some(EventKind::SwitchOut) => {
+                let holder = Holder::Thread { pid: event.pid, tid: event.tid };
+                self.held(event.cpu, ts, holder, event.comm);
+            }
+            _ => {}
         }
         let stats = table.sched_mut(key);
         let state = self.threads.entry(key).or_default();
@@ -341,6 +443,7 @@ impl SchedTracker {
                                 usize::from(state.slept(off, ready, ts.saturating_sub(ready)));
                         }
                         wait(stats, ts.saturating_sub(ready), ts.saturating_sub(ready.max(charged)));
+                        blame(self.cpu_runs.get(&event.cpu), ready, ts, stats);
                         state.off_cpu(ready, ts, false);
                     }
                     // The wakeup was not seen: all of it counts as blocked.
@@ -351,7 +454,8 @@ impl SchedTracker {
                     }
                     // A new thread's first run.
                     (None, Some(ready)) => {
-                        wait(stats, ts.saturating_sub(ready), ts.saturating_sub(ready.max(charged)))
+                        wait(stats, ts.saturating_sub(ready), ts.saturating_sub(ready.max(charged)));
+                        blame(self.cpu_runs.get(&event.cpu), ready, ts, stats);
                     }
                     (None, None) => {}
                 }
@@ -368,6 +472,45 @@ impl SchedTracker {
             // refuses them.
             _ => {}
         }
+    }
+
+    /// A thread that is not traced (or the idle task, pid 0) left CPU
+    /// `event.cpu`: it held it since the CPU's previous switch.
+    pub fn ran(&mut self, event: &RanEvent) {
+        let holder = match event.pid {
+            0 => Holder::Idle,
+            pid => Holder::Thread { pid, tid: event.tid },
+        };
+        self.held(event.cpu, event.ts_ns, holder, event.comm);
+    }
+
+    /// `holder` held `cpu` from its previous switch to `ts`.
+    fn held(&mut self, cpu: u32, ts: u64, holder: Holder, comm: [u8; COMM_LEN]) {
+        let cpu_runs = self.cpu_runs.entry(cpu).or_default();
+        let from = cpu_runs.last_switch;
+        cpu_runs.last_switch = cpu_runs.last_switch.max(ts);
+        if ts <= from {
+            return;
+        }
+        cpu_runs.runs.push_back(Run { from, to: ts, holder, comm });
+        if cpu_runs.runs.len() <= (2 * cpu_runs.pruned_to).max(1024) {
+            return;
+        }
+        // Only runs a wait in progress overlaps are kept.
+        let oldest_wait = self
+            .threads
+            .values()
+            .filter(|state| state.running.is_none())
+            .filter_map(|state| state.ready)
+            .min()
+            .unwrap_or(ts);
+        let cpu_runs = self.cpu_runs.get_mut(&cpu).expect("inserted above");
+        while cpu_runs.runs.front().is_some_and(|run| run.to <= oldest_wait)
+            || cpu_runs.runs.len() > KEPT_RUNS
+        {
+            cpu_runs.runs.pop_front();
+        }
+        cpu_runs.pruned_to = cpu_runs.runs.len();
     }
 
     /// The kernel counted `nr_migrations` moves of thread `key` by a
@@ -816,6 +959,46 @@ mod tests {
         // The other's never comes: found gone again, it is forgotten.
         tracker.forget_dead(&gone);
         assert!(tracker.state_now(lost).is_none());
+    }
+
+    #[test]
+    fn a_wait_is_blamed_on_the_runs_of_the_cpu_where_it_ends() {
+        use EventKind::*;
+        let mut tracker = SchedTracker::default();
+        let mut table = Table::default();
+        let (waiter, traced) = (ThreadKey::new(1, 2), ThreadKey::new(1, 3));
+        let other = |pid: u32, ts_ns: u64| RanEvent {
+            kind: Ran as u32,
+            cpu: 1,
+            pid,
+            tid: pid,
+            ts_ns,
+            comm: *b"rival\0\0\0\0\0\0\0\0\0\0\0",
+        };
+        // Thread 2 is preempted on CPU 0 at 50, moved unseen to CPU 1 and
+        // runs there at 190: its wait is blamed on CPU 1's runs from 50. On
+        // CPU 1, untraced thread 7 runs until 100, the idle task to 120,
+        // traced thread 3 to 150, the idle task (its switch-out unsent: a
+        // traced thread's switch-in ends it) to 190. Thread 2 is preempted
+        // at 200 and waits behind untraced thread 9 until 300.
+        tracker.apply(waiter, &ev(SwitchIn, 0, 10, 0), &mut table);
+        tracker.apply(waiter, &ev(SwitchOut, 0, 50, 0), &mut table);
+        tracker.ran(&other(7, 100));
+        tracker.ran(&other(0, 120));
+        tracker.apply(traced, &ev(SwitchIn, 1, 120, 0), &mut table);
+        tracker.apply(traced, &SchedEvent { tid: 3, ..ev(SwitchOut, 1, 150, SWITCH_VOLUNTARY) }, &mut table);
+        tracker.apply(waiter, &ev(SwitchIn, 1, 190, 0), &mut table);
+        tracker.apply(waiter, &ev(SwitchOut, 1, 200, 0), &mut table);
+        tracker.ran(&other(9, 300));
+        tracker.apply(waiter, &ev(SwitchIn, 1, 300, 0), &mut table);
+        let stats = table.sched_mut(waiter).clone();
+        let ns = |holder| stats.runq_blame.get(&holder).map_or(0, |blamed| blamed.ns);
+        assert_eq!(ns(Holder::Thread { pid: 7, tid: 7 }), 50);
+        assert_eq!(ns(Holder::Idle), 20 + 40);
+        assert_eq!(ns(Holder::Thread { pid: 1, tid: 3 }), 30);
+        assert_eq!(ns(Holder::Thread { pid: 9, tid: 9 }), 100);
+        assert_eq!(stats.runq_blame.values().map(|blamed| blamed.ns).sum::<u64>(), stats.runq_wait_ns);
+        assert_eq!(&stats.runq_blame[&Holder::Thread { pid: 9, tid: 9 }].comm[..6], b"rival\0");
     }
 
     #[test]

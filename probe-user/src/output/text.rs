@@ -11,6 +11,9 @@ use crate::slow::{End, Explanation, Stack};
 /// Migration pairs shown per thread; JSON has them all.
 const PAIRS_SHOWN: usize = 3;
 
+/// Holders a thread's run-queue line names before "other".
+const BLAME_SHOWN: usize = 3;
+
 /// `1234` → `1.23µs`: three significant digits in the largest fitting unit.
 pub fn human_ns(ns: u64) -> String {
     const UNITS: [(f64, &str); 3] = [(1e9, "s"), (1e6, "ms"), (1e3, "µs")];
@@ -299,6 +302,10 @@ fn write_threads(out: &mut dyn Write, threads: &[&ThreadReport], summary: bool) 
         if let Some(sched) = &thread.sched {
             lead(out)?;
             write_sched(out, sched)?;
+            if !sched.runq_blame.is_empty() {
+                lead(out)?;
+                write_runq_blame(out, sched)?;
+            }
         }
         if let Some(call) = &thread.in_flight {
             lead(out)?;
@@ -522,6 +529,21 @@ fn write_sched(out: &mut dyn Write, sched: &SchedReport) -> io::Result<()> {
         )?;
     }
     writeln!(out)
+}
+
+/// ` waited 41.0ms in run queues: 60% tid 123 (java) of pid 120, 30% idle,
+/// 10% other`: who held the CPU while the thread waited.
+fn write_runq_blame(out: &mut dyn Write, sched: &SchedReport) -> io::Result<()> {
+    let total: u64 = sched.runq_blame.iter().map(|entry| entry.ns).sum();
+    let percent = |ns: u64| 100.0 * ns as f64 / total.max(1) as f64;
+    let named = sched.runq_blame.iter().filter(|entry| entry.holder != "other").take(BLAME_SHOWN);
+    let mut shares: Vec<_> =
+        named.clone().map(|entry| format!("{:.0}% {}", percent(entry.ns), entry.describe())).collect();
+    let rest = total - named.map(|entry| entry.ns).sum::<u64>();
+    if rest > 0 {
+        shares.push(format!("{:.0}% other", percent(rest)));
+    }
+    writeln!(out, " waited {} in run queues: {}", human_ns(total), shares.join(", "))
 }
 
 #[cfg(test)]

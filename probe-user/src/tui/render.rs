@@ -465,6 +465,14 @@ fn scheduler_lines(thread: &crate::report::ThreadReport) -> Vec<TextLine<'static
     lines.extend(sched.cpus.iter().map(|(cpu, &ns)| {
         TextLine::from(format!("  cpu {cpu:>3}  {:>5.1}%", ns as f64 * 100.0 / on_cpu as f64))
     }));
+    let waited: u64 = sched.runq_blame.iter().map(|entry| entry.ns).sum();
+    if waited > 0 {
+        lines.push(TextLine::from(format!("run-queue waits ({}) behind:", human_ns(waited)).bold()));
+        lines.extend(sched.runq_blame.iter().map(|entry| {
+            let share = entry.ns as f64 * 100.0 / waited as f64;
+            TextLine::from(format!("  {share:>5.1}%  {:>8}  {}", human_ns(entry.ns), entry.describe()))
+        }));
+    }
     if !sched.migration_pairs.is_empty() {
         lines.push(TextLine::from("migrations:".bold()));
         lines.extend(
