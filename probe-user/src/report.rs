@@ -522,12 +522,15 @@ pub struct BlameEntry {
     /// The thread's name at its latest run blamed, escaped; `null` but for
     /// a `"thread"`.
     pub comm: Option<String>,
+    /// The container the thread's process runs in, when its cgroup names
+    /// one; filled in by [`Report::place`].
+    pub container: Option<Container>,
     pub ns: u64,
 }
 
 impl BlameEntry {
-    /// The one place a holder becomes a report entry: a container label
-    /// (`probe-user/src/cgroup.rs`, from `pid`) goes here, beside `comm`.
+    /// The one place a holder becomes a report entry; its container comes
+    /// later, from the cgroups read for the report ([`Report::place`]).
     fn new(holder: Holder, blamed: &Blamed) -> Self {
         let (kind, pid, tid, comm) = match holder {
             Holder::Thread { pid, tid } => {
@@ -538,14 +541,22 @@ impl BlameEntry {
             Holder::Idle => ("idle", None, None, None),
             Holder::Unknown => ("unknown", None, None, None),
         };
-        Self { holder: kind, pid, tid, comm, ns: blamed.ns }
+        Self { holder: kind, pid, tid, comm, container: None, ns: blamed.ns }
     }
 
     /// How it reads in a sentence: `tid 123 (java) of pid 120`, `idle`.
     pub fn describe(&self) -> String {
         match (self.pid, self.tid, &self.comm) {
-            (Some(pid), Some(tid), Some(comm)) if pid == tid => format!("pid {pid} ({comm})"),
-            (Some(pid), Some(tid), Some(comm)) => format!("tid {tid} ({comm}) of pid {pid}"),
+            (Some(pid), Some(tid), Some(comm)) => {
+                let thread = match pid == tid {
+                    true => format!("pid {pid} ({comm})"),
+                    false => format!("tid {tid} ({comm}) of pid {pid}"),
+                };
+                match &self.container {
+                    Some(container) => format!("{thread}, container {} {}", container.runtime, container.id),
+                    None => thread,
+                }
+            }
             _ => self.holder.to_owned(),
         }
     }
@@ -559,7 +570,14 @@ pub fn blame_entries(blame: &FxHashMap<Holder, Blamed>, shown: usize) -> Vec<Bla
         holders.iter().take(shown).map(|&(&holder, blamed)| BlameEntry::new(holder, blamed)).collect();
     let rest: u64 = holders.iter().skip(shown).map(|(_, blamed)| blamed.ns).sum();
     if rest > 0 {
-        entries.push(BlameEntry { holder: "other", pid: None, tid: None, comm: None, ns: rest });
+        entries.push(BlameEntry {
+            holder: "other",
+            pid: None,
+            tid: None,
+            comm: None,
+            container: None,
+            ns: rest,
+        });
     }
     entries
 }
@@ -725,7 +743,13 @@ impl Report {
     pub fn place(&mut self, cgroups: &Cgroups) {
         let mut processes: Vec<ProcessReport> = Vec::new();
         let mut index: FxHashMap<u32, usize> = FxHashMap::default();
-        for thread in &self.threads {
+        for thread in &mut self.threads {
+            // Who a thread waited behind, by container too: read once per
+            // process and interval like the shown processes' own cgroups.
+            let blamed = thread.sched.iter_mut().flat_map(|sched| sched.runq_blame.iter_mut());
+            for entry in blamed {
+                entry.container = entry.pid.and_then(|pid| cgroups.labels(pid)?.container.clone());
+            }
             let i = *index.entry(thread.pid).or_insert_with(|| {
                 processes.push(ProcessReport::new(thread.pid, cgroups));
                 processes.len() - 1

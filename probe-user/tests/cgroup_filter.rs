@@ -7,45 +7,12 @@ mod common;
 
 use std::{
     io::{BufReader, Read},
-    path::{Path, PathBuf},
+    path::Path,
     process::{ChildStdout, Command, Stdio},
 };
 
-use common::*;
+use common::{cgroup::*, *};
 use serde_json::Value;
-
-/// Cgroups made for one test under the unified hierarchy, removed (deepest
-/// first) when dropped, once their processes are gone.
-struct TestCgroups {
-    paths: Vec<PathBuf>,
-}
-
-impl TestCgroups {
-    /// Makes `names` (relative, parents first) under the unified mount.
-    fn make(names: &[String]) -> Self {
-        let mount = unified_mount();
-        let paths: Vec<PathBuf> = names.iter().map(|name| mount.join(name)).collect();
-        for path in &paths {
-            std::fs::create_dir(path).unwrap_or_else(|err| panic!("cannot make {}: {err}", path.display()));
-        }
-        Self { paths }
-    }
-}
-
-impl Drop for TestCgroups {
-    fn drop(&mut self) {
-        for path in self.paths.iter().rev() {
-            let _ = std::fs::remove_dir(path);
-        }
-    }
-}
-
-/// Where cgroup2 is mounted (/sys/fs/cgroup/unified on a hybrid layout).
-fn unified_mount() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let line = mounts.lines().find(|line| line.contains(" - cgroup2 ")).expect("no cgroup2 mount");
-    PathBuf::from(line.split(' ').nth(4).unwrap())
-}
 
 /// A workload waiting for SIGUSR1, moved into `cgroup` before it starts
 /// its threads (which are then born there).
@@ -83,16 +50,18 @@ fn field(sched: &Value, name: &str) -> u64 {
 fn only_the_cgroup_and_its_descendants_are_traced() {
     let base = format!("probe-test-cgroup-filter-{}", std::process::id());
     let names = [format!("{base}-a"), format!("{base}-a/child"), format!("{base}-b")];
-    let cgroups = TestCgroups::make(&names);
-    let (first, child, sibling) = (&cgroups.paths[0], &cgroups.paths[1], &cgroups.paths[2]);
+    let mount = unified_mount();
+    // The child's cgroup is made with its parent, the first, and removes both.
+    let made = (TestCgroup::make(&mount, &names[1]), TestCgroup::make(&mount, &names[2]));
+    let (first, child, sibling) = (mount.join(&names[0]), made.0.dir(), made.1.dir());
 
     // Exact counts in each, and in the first a sleeper and a thread that
     // moves itself between CPUs for the scheduler view.
-    let (a, a_out) = workload_in(first, &["--getppid", "3000,5000", "--sleep", "50x1", "--affinity", "50"]);
+    let (a, a_out) = workload_in(&first, &["--getppid", "3000,5000", "--sleep", "50x1", "--affinity", "50"]);
     // Moved once probe traces: its main thread was not among the threads
     // of the cgroups at attach.
     let (c, c_out) = waiting_workload(&["--getppid", "7000", "--enoent", "11"]);
-    let (b, b_out) = workload_in(sibling, &["--getppid", "9000", "--sleep", "50x1", "--spin", "50"]);
+    let (b, b_out) = workload_in(&sibling, &["--getppid", "9000", "--sleep", "50x1", "--spin", "50"]);
     let sibling_pid = u64::from(b.id());
 
     let report = report_path("cgroup-filter");
@@ -101,12 +70,12 @@ fn only_the_cgroup_and_its_descendants_are_traced() {
         Command::new(PROBE).args(["--json", "--cgroup", &names[0], "-o"]).arg(&report).stderr(Stdio::piped()),
     );
     let stderr = wait_until_tracing(&mut probe);
-    move_into(child, &c);
+    move_into(&child, &c);
     let (a, c, b) = (finish(a, a_out), finish(c, c_out), finish(b, b_out));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(probe.id() as i32, libc::SIGINT) };
     let trace = ended_trace(&mut probe, stderr, &report);
-    drop(cgroups);
+    drop(made);
 
     assert_eq!(trace.summary["lost_events"], 0);
     // Every syscall-making thread's count (the CPU hopper's moves are not
@@ -170,7 +139,7 @@ fn refused(args: &[&str]) -> String {
 fn bad_cgroups_are_one_line_and_a_failure() {
     let mount = unified_mount();
     let base = format!("probe-test-cgroup-refused-{}", std::process::id());
-    let cgroups = TestCgroups::make(std::slice::from_ref(&base));
+    let cgroup = TestCgroup::make(&mount, &base);
     let stderr = refused(&["--cgroup", "probe-no-such-cgroup"]);
     assert!(stderr.contains("no such cgroup"), "{stderr}");
     let stderr = refused(&["--cgroup", "/tmp"]);
@@ -191,17 +160,18 @@ fn bad_cgroups_are_one_line_and_a_failure() {
     let nine = [base.as_str(); 9].join(",");
     let stderr = refused(&["--cgroup", &nine]);
     assert!(stderr.contains("at most 8"), "{stderr}");
-    drop(cgroups);
+    drop(cgroup);
 }
 
 #[test]
 fn with_pid_only_its_threads_in_the_cgroup_are_traced() {
     let base = format!("probe-test-cgroup-pid-{}", std::process::id());
     let names = [format!("{base}-in"), format!("{base}-out")];
-    let cgroups = TestCgroups::make(&names);
+    let mount = unified_mount();
+    let cgroups: Vec<TestCgroup> = names.iter().map(|name| TestCgroup::make(&mount, name)).collect();
     let args = ["--cgroup", &names[0]];
     // --pid of a process in the cgroup: its calls, exactly.
-    let (mut inside, stdout) = workload_in(&cgroups.paths[0], &["--getppid", "2000", "--enoent", "7"]);
+    let (mut inside, stdout) = workload_in(&cgroups[0].dir(), &["--getppid", "2000", "--enoent", "7"]);
     let pid = inside.id() as i32;
     // SAFETY: signalling our own child.
     let (trace, rest) = trace_pid("cgroup-pid-in", &args, &mut inside, stdout, || unsafe {
@@ -209,7 +179,7 @@ fn with_pid_only_its_threads_in_the_cgroup_are_traced() {
     });
     assert_exact(&trace, &Workload::parse(&rest));
     // --pid of a process outside it: the intersection is empty.
-    let (mut outside, stdout) = workload_in(&cgroups.paths[1], &["--getppid", "2000"]);
+    let (mut outside, stdout) = workload_in(&cgroups[1].dir(), &["--getppid", "2000"]);
     let pid = outside.id() as i32;
     // SAFETY: signalling our own child.
     let (trace, rest) = trace_pid("cgroup-pid-out", &args, &mut outside, stdout, || unsafe {

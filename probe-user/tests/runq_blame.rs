@@ -10,7 +10,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use common::{cgroup::*, *};
 use serde_json::Value;
 
 /// The rival: its own process, spinning longer than the traced thread.
@@ -48,6 +48,10 @@ fn assert_blamed_on_rival(trace: &Trace, workload: &Workload, rival_pid: u64) {
 #[test]
 fn pid_mode_blames_the_untraced_rival() {
     let (_rival, rival_pid) = start_rival();
+    // The rival in a cgroup named the way docker names a container's.
+    let id = format!("b1a3e{:059x}", std::process::id());
+    let container = TestCgroup::make(&unified_mount(), &format!("system.slice/docker-{id}.scope"));
+    container.enter(rival_pid as u32);
     let (mut workload, stdout) =
         start_workload(&["--wait-signal", "--pinned-spin", "1,1000,traced-spin"], "{\"ready\"");
     let pid = workload.id() as i32;
@@ -57,9 +61,14 @@ fn pid_mode_blames_the_untraced_rival() {
     });
     assert_eq!(trace.summary["lost_events"], 0);
     assert_blamed_on_rival(&trace, &Workload::parse(&rest), rival_pid);
-    // The rival itself is not traced.
+    // The rival itself is not traced, but its container is named.
     let threads = trace.summary["threads"].as_array().unwrap();
     assert!(threads.iter().all(|thread| thread["pid"] != rival_pid));
+    let blame =
+        threads.iter().flat_map(|thread| thread["sched"]["runq_blame"].as_array().into_iter().flatten());
+    let rival = blame.clone().find(|entry| entry["pid"] == rival_pid).unwrap();
+    assert_eq!(rival["container"], serde_json::json!({"runtime": "docker", "id": &id[..12]}), "{rival}");
+    assert!(blame.filter(|entry| entry["holder"] == "idle").all(|entry| entry["container"].is_null()));
 }
 
 #[test]

@@ -12,6 +12,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod cgroup;
+
 pub const PROBE: &str = env!("CARGO_BIN_EXE_probe");
 
 /// A child process that a failing test does not leave running: it is
