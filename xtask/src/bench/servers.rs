@@ -24,9 +24,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::{
-    build_go, median, probe_numbers, start_probe, wait_rusage, Paths, Sample, Tracer, BPFTRACE_PROGRAM,
-};
+use super::{build_go, median, probe_numbers, start_probe, wait_rusage, Paths, Sample, Tracer};
 use crate::command::{self, run};
 
 /// The tracers a server runs under, in each round's order.
@@ -281,7 +279,7 @@ fn measure(setup: &Setup, server: Server, tracer: Tracer) -> Result<Vec<ServerSa
         Tracer::ProbePid => Traced::probe(probe(&["-p", &pid.to_string()]), true)?,
         Tracer::ProbeSystem => Traced::probe(probe(&[]), true)?,
         Tracer::ProbePrometheus => Traced::probe(probe(&["--prometheus", "127.0.0.1:0"]), true)?,
-        Tracer::Bpftrace => Traced::bpftrace(pid)?,
+        Tracer::Bpftrace => Traced::bpftrace()?,
         Tracer::PerfTrace => {
             let guard = Guard::spawn(
                 Command::new("perf")
@@ -331,18 +329,16 @@ impl Traced {
         Ok(Traced::Probe { guard, numbers, scraper })
     }
 
-    /// bpftrace's histogram of the server's calls (filtered on its PID), once
-    /// it says it has attached: BEGIN runs after every probe is.
-    fn bpftrace(pid: u32) -> Result<Self> {
-        let program = format!(
-            "BEGIN {{ printf(\"attached\\n\"); }} {}",
-            BPFTRACE_PROGRAM.replace("cpid", &pid.to_string())
-        );
+    /// bpftrace's per-thread histogram of every call on the machine (the
+    /// syscall workloads' script without its PID filter, beside probe on the
+    /// whole system), once it says it has attached: BEGIN runs after every
+    /// probe is.
+    fn bpftrace() -> Result<Self> {
+        let program = "BEGIN { printf(\"attached\\n\"); } \
+             tracepoint:raw_syscalls:sys_enter { @start[tid] = nsecs; } \
+             tracepoint:raw_syscalls:sys_exit /@start[tid]/ { @ns[tid] = hist(nsecs - @start[tid]); delete(@start[tid]); }";
         let mut guard = Guard::spawn(
-            Command::new("bpftrace")
-                .args(["-q", "-e", &program])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null()),
+            Command::new("bpftrace").args(["-q", "-e", program]).stdout(Stdio::piped()).stderr(Stdio::null()),
         )?;
         let mut stdout = BufReader::new(guard.child().stdout.take().context("no stdout")?);
         let mut line = String::new();
@@ -652,8 +648,8 @@ fn print_table(tables: &Value) {
     }
     println!();
     println!(
-        "(floor and probe without --pid trace the whole system, the clients too; bpftrace's histogram and \
-         perf trace -s follow the server's PID; probe --prometheus is scraped once a second)"
+        "(floor, probe without --pid and bpftrace's histogram trace the whole system, the clients too; \
+         perf trace -s follows the server's PID; probe --prometheus is scraped once a second)"
     );
 }
 
