@@ -568,7 +568,7 @@ pub fn blame_entries(blame: &FxHashMap<Holder, Blamed>, shown: usize) -> Vec<Bla
     holders.sort_by(|a, b| b.1.ns.cmp(&a.1.ns).then(a.0.cmp(b.0)));
     let mut entries: Vec<_> =
         holders.iter().take(shown).map(|&(&holder, blamed)| BlameEntry::new(holder, blamed)).collect();
-    let rest: u64 = holders.iter().skip(shown).map(|(_, blamed)| blamed.ns).sum();
+    let rest = holders.iter().skip(shown).fold(0, |sum: u64, (_, blamed)| sum.saturating_add(blamed.ns));
     if rest > 0 {
         entries.push(BlameEntry {
             holder: "other",

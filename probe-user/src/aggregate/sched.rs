@@ -313,7 +313,7 @@ fn blame(runs: Option<&CpuRuns>, from: u64, to: u64, stats: &mut SchedStats) {
             let blamed = stats.runq_blame.entry(run.holder).or_default();
             add(&mut blamed.ns, overlap);
             blamed.comm = run.comm;
-            covered += overlap;
+            covered = overlap.saturating_add(covered);
         }
     }
     let unknown = to.saturating_sub(from).saturating_sub(covered);

@@ -534,12 +534,13 @@ fn write_sched(out: &mut dyn Write, sched: &SchedReport) -> io::Result<()> {
 /// ` waited 41.0ms in run queues: 60% tid 123 (java) of pid 120, 30% idle,
 /// 10% other`: who held the CPU while the thread waited.
 fn write_runq_blame(out: &mut dyn Write, sched: &SchedReport) -> io::Result<()> {
-    let total: u64 = sched.runq_blame.iter().map(|entry| entry.ns).sum();
+    // Saturating: the times come from records, which may be garbage.
+    let total = sched.runq_blame.iter().fold(0, |sum: u64, entry| sum.saturating_add(entry.ns));
     let percent = |ns: u64| 100.0 * ns as f64 / total.max(1) as f64;
     let named = sched.runq_blame.iter().filter(|entry| entry.holder != "other").take(BLAME_SHOWN);
     let mut shares: Vec<_> =
         named.clone().map(|entry| format!("{:.0}% {}", percent(entry.ns), entry.describe())).collect();
-    let rest = total - named.map(|entry| entry.ns).sum::<u64>();
+    let rest = total.saturating_sub(named.fold(0, |sum: u64, entry| sum.saturating_add(entry.ns)));
     if rest > 0 {
         shares.push(format!("{:.0}% other", percent(rest)));
     }

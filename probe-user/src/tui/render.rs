@@ -465,7 +465,7 @@ fn scheduler_lines(thread: &crate::report::ThreadReport) -> Vec<TextLine<'static
     lines.extend(sched.cpus.iter().map(|(cpu, &ns)| {
         TextLine::from(format!("  cpu {cpu:>3}  {:>5.1}%", ns as f64 * 100.0 / on_cpu as f64))
     }));
-    let waited: u64 = sched.runq_blame.iter().map(|entry| entry.ns).sum();
+    let waited = sched.runq_blame.iter().fold(0, |sum: u64, entry| sum.saturating_add(entry.ns));
     if waited > 0 {
         lines.push(TextLine::from(format!("run-queue waits ({}) behind:", human_ns(waited)).bold()));
         lines.extend(sched.runq_blame.iter().map(|entry| {
