@@ -295,7 +295,7 @@ fn with_no_goroutines_a_go_program_gets_its_threads_only(go: Go) {
 }
 
 fn a_go_programs_slow_reads_name_their_goroutines_and_functions(go: Go) {
-    // Each worker's first read waits for main's first write, 5 ms on.
+    // Each worker's first read waits for main's first write, 20 ms on.
     let binary = build(go, "goroutines", &[]);
     // It lives on for 300 ms after, for its objects to be read.
     let (trace, output) =

@@ -66,8 +66,11 @@ func main() {
 			out.Unlock()
 		}(i)
 	}
+	// 20 ms a round: long enough for every worker to be in its read
+	// before the write even when its getppid calls run slowly (traced, on
+	// a busy machine), so that each read blocks and is slow.
 	for r := 0; r < workers; r++ {
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
 		for i := r; i < workers; i++ {
 			syscall.Write(pipes[i][1], []byte{1})
 		}
