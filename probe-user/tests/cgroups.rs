@@ -9,16 +9,12 @@ mod common;
 use std::{
     fs,
     io::Read,
-    net::TcpListener,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{cgroup::*, *};
-use prometheus_parse::{Sample, Scrape};
+use common::{cgroup::*, metrics::*, *};
 use serde_json::Value;
-
-const ACCEPT: &str = "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.2";
 
 /// Hex digits unique to this test run, `len` of them.
 fn hex(seed: u64, len: usize) -> String {
@@ -34,21 +30,6 @@ fn hex(seed: u64, len: usize) -> String {
     }
     digits.truncate(len);
     digits
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn scrape(port: u16) -> Vec<Sample> {
-    let body = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
-        .header("Accept", ACCEPT)
-        .call()
-        .expect("the endpoint answers")
-        .body_mut()
-        .read_to_string()
-        .unwrap();
-    Scrape::parse(body.lines().map(|line| Ok(line.to_owned()))).expect("the scrape parses").samples
 }
 
 fn signal(pid: u32) {

@@ -20,16 +20,12 @@ use std::{
 
 use base64::Engine;
 use common::{
+    metrics::{free_port, scrape, PROMETHEUS_ACCEPT},
     report_path, trace_command, wait_until_tracing, wait_with_timeout, workload, Running, Trace, Workload,
     PROBE,
 };
 use prometheus_parse::{Sample, Scrape, Value};
 use serde_json::Value as Json;
-
-/// A loopback port nothing listens on (free when this returns).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// `probe --prometheus` on the whole system, already tracing.
 fn serve(port: u16, args: &[&str]) -> Running {
@@ -42,18 +38,6 @@ fn serve(port: u16, args: &[&str]) -> Running {
     );
     wait_until_tracing(&mut probe);
     probe
-}
-
-fn scrape(port: u16) -> Vec<Sample> {
-    let body = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
-        .header("Accept", PROMETHEUS_ACCEPT)
-        .call()
-        .expect("the endpoint answers")
-        .body_mut()
-        .read_to_string()
-        .unwrap();
-    assert!(body.ends_with("# EOF\n"), "not OpenMetrics: {}", &body[body.len().saturating_sub(200)..]);
-    Scrape::parse(body.lines().map(|line| Ok(line.to_owned()))).expect("the scrape parses").samples
 }
 
 fn value(sample: &Sample) -> f64 {
@@ -264,9 +248,6 @@ fn a_port_in_use_is_one_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("the port is in use"), "{stderr}");
 }
-
-/// What Prometheus 3 sends as `Accept`.
-const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1";
 
 /// Starts `command` (a probe with `--prometheus`) and reads its stderr
 /// until it traces: the address it serves metrics at, from its line

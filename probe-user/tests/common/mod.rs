@@ -13,6 +13,7 @@ use std::{
 use serde_json::Value;
 
 pub mod cgroup;
+pub mod metrics;
 
 pub const PROBE: &str = env!("CARGO_BIN_EXE_probe");
 
