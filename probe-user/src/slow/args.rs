@@ -13,13 +13,23 @@
 //! [`Arg`]'s `Display` and `Serialize` pass them through [`escape`], so no
 //! output can show them unescaped.
 
-use std::{ffi::CString, fmt, fs, io::IoSliceMut, net::SocketAddr, os::unix::ffi::OsStrExt, path::PathBuf};
+use std::{
+    ffi::CString,
+    fmt, fs,
+    io::IoSliceMut,
+    net::SocketAddr,
+    os::unix::ffi::OsStrExt,
+    path::PathBuf,
+    sync::{Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant},
+};
 
 use nix::{
     sys::uio::{process_vm_readv, RemoteIoVec},
     unistd::Pid,
 };
 use probe_common::COMPAT_NR;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 use serde::{Serialize, Serializer};
 use syscalls::Sysno;
 
@@ -511,18 +521,45 @@ impl Task {
     /// `LOCAL->REMOTE` (`LOCAL` alone for an unconnected one) of TCP or UDP
     /// socket `inode`, from the thread's net namespace's table.
     fn inet(&self, protocol: &str, inode: u64) -> Option<String> {
+        let tcp = matches!(protocol, "TCP" | "TCPv6");
+        // Reading a TCP table walks every bucket of the kernel's hash of
+        // established sockets (262,144 on this 24 GiB VM), about a
+        // millisecond, whatever the sockets: a busy server's calls are
+        // described from one read of its table, not one per call.
+        let netns = tcp.then(|| self.net_namespace()).flatten();
+        if let Some(netns) = netns {
+            if let Some(known) = tcp_sockets().known.get(&(netns, inode)) {
+                return Some(known.clone());
+            }
+        }
         let process = procfs::process::Process::new_with_root(PathBuf::from(self.dir())).ok()?;
-        let (local, remote) = match protocol {
-            "TCP" => find_tcp(process.tcp().ok()?, inode)?,
-            "TCPv6" => find_tcp(process.tcp6().ok()?, inode)?,
-            "UDP" => find_udp(process.udp().ok()?, inode)?,
-            _ => find_udp(process.udp6().ok()?, inode)?,
+        if tcp {
+            let table = match protocol {
+                "TCP" => process.tcp().ok()?,
+                _ => process.tcp6().ok()?,
+            };
+            let found = table.iter().find(|entry| entry.inode == inode).map(inet_text);
+            if let Some(netns) = netns {
+                remember_tcp(netns, &table);
+            }
+            return found;
+        }
+        let table = match protocol {
+            "UDP" => process.udp().ok()?,
+            _ => process.udp6().ok()?,
         };
-        Some(if remote.ip().is_unspecified() && remote.port() == 0 {
-            local.to_string()
-        } else {
-            format!("{local}->{remote}")
-        })
+        table
+            .iter()
+            .find(|entry| entry.inode == inode)
+            .map(|entry| addresses(entry.local_address, entry.remote_address))
+    }
+
+    /// The inode of the thread's net namespace.
+    fn net_namespace(&self) -> Option<u64> {
+        let link = fs::read_link(format!("{}/ns/net", self.dir())).ok()?;
+        let link = link.as_os_str().as_bytes();
+        let inode = link.strip_prefix(b"net:[")?.strip_suffix(b"]")?;
+        std::str::from_utf8(inode).ok()?.parse().ok()
     }
 
     /// The NUL-terminated string at `addr` in the process's memory, at most
@@ -573,18 +610,61 @@ fn socket_protocol(link: &str) -> Option<String> {
     (!name.is_empty()).then(|| String::from_utf8_lossy(name).into_owned())
 }
 
-fn find_tcp(table: Vec<procfs::net::TcpNetEntry>, inode: u64) -> Option<(SocketAddr, SocketAddr)> {
-    table
-        .into_iter()
-        .find(|entry| entry.inode == inode)
-        .map(|entry| (entry.local_address, entry.remote_address))
+/// `LOCAL->REMOTE`, or `LOCAL` alone for an unconnected socket.
+fn addresses(local: SocketAddr, remote: SocketAddr) -> String {
+    if remote.ip().is_unspecified() && remote.port() == 0 {
+        local.to_string()
+    } else {
+        format!("{local}->{remote}")
+    }
 }
 
-fn find_udp(table: Vec<procfs::net::UdpNetEntry>, inode: u64) -> Option<(SocketAddr, SocketAddr)> {
-    table
-        .into_iter()
-        .find(|entry| entry.inode == inode)
-        .map(|entry| (entry.local_address, entry.remote_address))
+fn inet_text(entry: &procfs::net::TcpNetEntry) -> String {
+    addresses(entry.local_address, entry.remote_address)
+}
+
+/// TCP sockets whose addresses can no longer change (connected, or
+/// listening), as their tables last showed them, by net namespace and
+/// socket inode, and since when.
+#[derive(Default)]
+struct TcpSockets {
+    known: FxHashMap<(u64, u64), String>,
+    since: Option<Instant>,
+}
+
+/// Most sockets remembered: beyond, they are forgotten all at once.
+const MAX_TCP_SOCKETS: usize = 16_384;
+
+/// How long sockets are remembered: socket inodes come from a 32-bit
+/// counter that every new inode of the system moves, so one may name
+/// another socket after it wraps, which takes far longer.
+const TCP_SOCKETS_FOR: Duration = Duration::from_secs(10);
+
+/// The sockets remembered, forgotten first if they are too old.
+fn tcp_sockets() -> MutexGuard<'static, TcpSockets> {
+    static SOCKETS: Mutex<TcpSockets> =
+        Mutex::new(TcpSockets { known: FxHashMap::with_hasher(FxBuildHasher), since: None });
+    let mut sockets = SOCKETS.lock().unwrap_or_else(PoisonError::into_inner);
+    if sockets.since.is_some_and(|since| since.elapsed() > TCP_SOCKETS_FOR) {
+        *sockets = TcpSockets::default();
+    }
+    sockets
+}
+
+/// Remembers the sockets of net namespace `netns`'s TCP `table` that
+/// will not change.
+fn remember_tcp(netns: u64, table: &[procfs::net::TcpNetEntry]) {
+    let mut sockets = tcp_sockets();
+    sockets.since.get_or_insert_with(Instant::now);
+    let settled = table.iter().filter(|entry| {
+        entry.remote_address.port() != 0 || matches!(entry.state, procfs::net::TcpState::Listen)
+    });
+    for entry in settled {
+        if sockets.known.len() >= MAX_TCP_SOCKETS {
+            sockets.known.clear();
+        }
+        sockets.known.insert((netns, entry.inode), inet_text(entry));
+    }
 }
 
 /// The path of unix socket `inode` in a `/proc/net/unix` table: `Some(None)`
