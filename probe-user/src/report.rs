@@ -19,7 +19,7 @@ use crate::aggregate::{
     in_flight::{CallInFlight, ThreadState},
     sched::{Blamed, Holder, SchedStats},
     slowest::SlowCall,
-    SyscallStats, Table, ThreadKey, ThreadStats,
+    SyscallStats, Syscalls, Table, ThreadKey, ThreadStats,
 };
 
 /// Which report this is.
@@ -884,10 +884,7 @@ fn io_uring_reports(thread: &ThreadStats) -> Vec<IoUringReport> {
 
 /// Syscall rows, most total time first; with thread `key` of `table`, their
 /// wait sites named and their slowest calls explained, as `--slow` told.
-pub fn syscall_reports(
-    syscalls: &FxHashMap<u32, SyscallStats>,
-    of: Option<(&Table, ThreadKey)>,
-) -> Vec<SyscallReport> {
+pub fn syscall_reports(syscalls: &Syscalls, of: Option<(&Table, ThreadKey)>) -> Vec<SyscallReport> {
     let mut rows: Vec<_> = syscalls.iter().map(|(&nr, stats)| syscall_report(nr, stats, of)).collect();
     rows.sort_by(|a, b| (b.total_ns, b.count).cmp(&(a.total_ns, a.count)).then_with(|| a.name.cmp(&b.name)));
     rows

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 
 // FxHash: these maps are keyed by kernel-assigned ids and looked up on every
 // event; SipHash's resistance to chosen keys buys nothing here.
-use rustc_hash::{FxHashMap, FxHashSet};
+use indexmap::IndexMap;
+use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
 
 use sched::Sleep;
 
@@ -291,6 +292,9 @@ impl IoUringStats {
     }
 }
 
+/// Syscall statistics by syscall number.
+pub type Syscalls = IndexMap<u32, SyscallStats, FxBuildHasher>;
+
 /// One thread's syscalls and scheduling.
 #[derive(Clone, Debug, Default)]
 pub struct ThreadStats {
@@ -299,7 +303,10 @@ pub struct ThreadStats {
     /// Records seen for this thread.
     pub events: u64,
     /// Per syscall number.
-    pub syscalls: FxHashMap<u32, SyscallStats>,
+    pub syscalls: Syscalls,
+    /// The syscall of the latest call recorded and its index in
+    /// `syscalls`: storms repeat one call.
+    latest_syscall: Option<(u32, usize)>,
     /// What the scheduler did, once a scheduler event was seen.
     pub sched: Option<SchedStats>,
     /// io_uring requests it submitted, per opcode.
@@ -312,6 +319,21 @@ pub struct ThreadStats {
 }
 
 impl ThreadStats {
+    /// The row of syscall `nr`, made if new.
+    fn syscall_mut(&mut self, nr: u32) -> &mut SyscallStats {
+        let index = match self.latest_syscall {
+            Some((latest, index)) if latest == nr => index,
+            _ => {
+                let entry = self.syscalls.entry(nr);
+                let index = entry.index();
+                entry.or_default();
+                self.latest_syscall = Some((nr, index));
+                index
+            }
+        };
+        &mut self.syscalls[index]
+    }
+
     /// Adds another span's (or thread's) counts and times.
     fn add(&mut self, other: &ThreadStats) {
         self.events += other.events;
@@ -330,7 +352,9 @@ impl ThreadStats {
     /// only paid when they do. An empty name (no name in the record) is
     /// ignored.
     fn set_comm(&mut self, comm: &[u8; COMM_LEN]) {
-        if *comm == self.comm_bytes {
+        // Most syscall records carry no name: a thread's unnamed and named
+        // records then do not take turns at `comm_bytes`.
+        if comm[0] == 0 || *comm == self.comm_bytes {
             return;
         }
         self.comm_bytes = *comm;
@@ -347,7 +371,10 @@ impl ThreadStats {
 /// Statistics for a set of threads over some span of time.
 #[derive(Clone, Debug, Default)]
 pub struct Table {
-    threads: FxHashMap<ThreadKey, ThreadStats>,
+    threads: IndexMap<ThreadKey, ThreadStats, FxBuildHasher>,
+    /// The thread of the latest record and its row's index: a thread's
+    /// records come in runs, the rest of which need no look-up.
+    latest: Option<(ThreadKey, usize)>,
     events: u64,
     /// Exited threads still kept one by one.
     exited: Vec<ThreadKey>,
@@ -380,7 +407,7 @@ impl Table {
     /// between on-CPU, blocked and run-queue time, if known.
     pub fn record(&mut self, key: ThreadKey, event: &SyscallEvent, split: Option<Split>) {
         let thread = self.thread(key, &event.comm);
-        thread.syscalls.entry(event.nr).or_default().record(event, split);
+        thread.syscall_mut(event.nr).record(event, split);
         if event.flags & SYSCALL_NO_RETURN != 0 {
             self.mark_exited(key);
         }
@@ -390,7 +417,7 @@ impl Table {
     /// attached, and took at least `lower_bound_ns`.
     pub fn record_unfinished(&mut self, key: ThreadKey, event: &SyscallEvent, lower_bound_ns: u64) {
         let thread = self.thread(key, &event.comm);
-        thread.syscalls.entry(event.nr).or_default().record_unfinished(event, lower_bound_ns);
+        thread.syscall_mut(event.nr).record_unfinished(event, lower_bound_ns);
     }
 
     /// Sets the syscalls in progress at the end of the span.
@@ -406,9 +433,9 @@ impl Table {
     /// Adds what the kernel counted of thread `key` after its records were
     /// dropped: syscalls, or scheduler events (`LOST_*` in `call.nr`).
     pub fn record_lost(&mut self, key: ThreadKey, call: &LostCall, count: u64) {
-        let thread = self.threads.entry(key).or_default();
+        let thread = self.row(key);
         if call.nr < LOST_VOLUNTARY_SWITCH {
-            thread.syscalls.entry(call.nr).or_default().record_lost(call.errno, count);
+            thread.syscall_mut(call.nr).record_lost(call.errno, count);
             return;
         }
         let sched = thread.sched.get_or_insert_with(SchedStats::default);
@@ -428,11 +455,12 @@ impl Table {
     /// Notes that a thread has exited, making its row one that can be
     /// folded beyond the cap.
     pub fn mark_exited(&mut self, key: ThreadKey) {
-        let thread = self.threads.entry(key).or_default();
-        if !thread.exited && key.tid != FOLDED_TID {
+        let thread = self.row(key);
+        let newly = !thread.exited && key.tid != FOLDED_TID;
+        thread.exited = true;
+        if newly {
             self.exited.push(key);
         }
-        thread.exited = true;
     }
 
     /// Adds the sleeps of a syscall of `key` that was just recorded to
@@ -514,15 +542,31 @@ impl Table {
 
     /// A thread's scheduler statistics, without counting a record.
     pub fn sched_mut(&mut self, key: ThreadKey) -> &mut SchedStats {
-        self.threads.entry(key).or_default().sched.get_or_insert_with(SchedStats::default)
+        self.row(key).sched.get_or_insert_with(SchedStats::default)
     }
 
+    /// Counts a record of thread `key`, named `comm` in it.
     fn thread(&mut self, key: ThreadKey, comm: &[u8; COMM_LEN]) -> &mut ThreadStats {
         self.events += 1;
-        let thread = self.threads.entry(key).or_default();
+        let thread = self.row(key);
         thread.events += 1;
         thread.set_comm(comm);
         thread
+    }
+
+    /// Thread `key`'s row, made if new.
+    fn row(&mut self, key: ThreadKey) -> &mut ThreadStats {
+        let index = match self.latest {
+            Some((latest, index)) if latest == key => index,
+            _ => {
+                let entry = self.threads.entry(key);
+                let index = entry.index();
+                entry.or_default();
+                self.latest = Some((key, index));
+                index
+            }
+        };
+        &mut self.threads[index]
     }
 
     /// Adds `other`'s records, as if they had been recorded here after this
@@ -621,7 +665,9 @@ impl Table {
     }
 
     fn fold_into(&mut self, key: ThreadKey, into: ThreadKey, name: &str) {
-        let Some(thread) = self.threads.remove(&key) else {
+        // Moves the last row into the removed one's place.
+        self.latest = None;
+        let Some(thread) = self.threads.swap_remove(&key) else {
             return;
         };
         let folded = self.threads.entry(into).or_default();

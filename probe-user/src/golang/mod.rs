@@ -19,10 +19,9 @@ use std::{
 };
 
 use probe_common::{SyscallEvent, GOROUTINE_UNREAD, NO_GOROUTINE};
-use rustc_hash::FxHashMap;
 
 use crate::{
-    aggregate::{SyscallStats, World},
+    aggregate::{Syscalls, World},
     escape, procfs,
     report::{syscall_reports, GoProcessReport, GoThreadReport, GoroutineReport},
 };
@@ -42,7 +41,7 @@ const FOLDED_GOID: u64 = u64::MAX;
 struct Goroutine {
     /// Where it started (`runtime.g.startpc`); 0 until a record brought it.
     start_pc: u64,
-    syscalls: FxHashMap<u32, SyscallStats>,
+    syscalls: Syscalls,
     threads: BTreeSet<u32>,
     last_thread: Option<u32>,
     /// Calls made on another thread than its previous call.
