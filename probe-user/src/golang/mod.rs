@@ -117,14 +117,17 @@ impl Goroutines {
         if event.go_start_pc != 0 {
             goroutine.start_pc = event.go_start_pc;
         }
-        goroutine.threads.insert(event.tid);
-        // g0 is one per thread, not one goroutine that moves; nor are the
-        // calls no goroutine made.
-        let moves = event.goid != 0 && event.goid != GOROUTINE_UNREAD;
-        if moves && goroutine.last_thread.is_some_and(|last| last != event.tid) {
-            goroutine.moves += 1;
+        // A goroutine's calls come in runs on one thread, already in its set.
+        if goroutine.last_thread != Some(event.tid) {
+            goroutine.threads.insert(event.tid);
+            // g0 is one per thread, not one goroutine that moves; nor are
+            // the calls no goroutine made.
+            let moves = event.goid != 0 && event.goid != GOROUTINE_UNREAD;
+            if moves && goroutine.last_thread.is_some() {
+                goroutine.moves += 1;
+            }
+            goroutine.last_thread = Some(event.tid);
         }
-        goroutine.last_thread = Some(event.tid);
         goroutine.syscalls.entry(event.nr).or_default().record(event, None);
     }
 
