@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{Array, CgroupArray, HashMap, IterableMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, CgroupArray, HashMap, IterableMap, MapData, PerCpuArray, StackTraceMap},
     programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
@@ -22,6 +22,7 @@ use syscalls::{x86::Sysno as I386, Sysno};
 use crate::{
     btf::{self, RegsLayout, TaskOffsets},
     clock, procfs,
+    ring::Ring,
     tracefs::{self, Format},
 };
 
@@ -214,7 +215,7 @@ const QUIET_TURNS: usize = 3;
 /// What the kernel programs stream to userspace, for the event loop to own.
 pub struct Streams {
     /// Completed syscalls and scheduler events.
-    pub events: RingBuf<MapData>,
+    pub events: Ring,
     /// The kernel programs' diagnostics, for `-v`.
     pub logs: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
@@ -486,7 +487,10 @@ impl Probe {
         regs: Option<RegsLayout>,
         cgroups: bool,
     ) -> Result<(Self, Streams)> {
-        let events = take_map(&mut ebpf, map::EVENTS)?;
+        let events = match ebpf.take_map(map::EVENTS).context("the BPF object lacks the ring buffer")? {
+            aya::maps::Map::RingBuf(data) => Ring::new(data)?,
+            _ => bail!("the map {} has an unexpected type", map::EVENTS),
+        };
         let (kernel_stacks, detail_ns) = match regs {
             Some(_) => {
                 (Some(take_map(&mut ebpf, map::KERNEL_STACKS)?), Some(take_map(&mut ebpf, map::DETAIL_NS)?))

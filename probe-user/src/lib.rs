@@ -29,6 +29,7 @@ mod output;
 mod pipeline;
 mod procfs;
 mod report;
+mod ring;
 mod session;
 mod slow;
 mod target;

@@ -7,7 +7,6 @@
 use std::{future::pending, io, os::fd::AsRawFd, time::Duration};
 
 use anyhow::{Context, Result};
-use aya::maps::{MapData, RingBuf};
 use nix::{sys::wait::waitpid, unistd::Pid};
 use tokio::{
     io::{unix::AsyncFd, Interest},
@@ -24,6 +23,7 @@ use crate::{
     pipeline::Pipeline,
     procfs::{self, Proc},
     report::{Health, Kind, Losses, Report, Span},
+    ring::Ring,
     slow::Slow,
     target::{exit_code, PidTarget},
 };
@@ -293,15 +293,20 @@ pub async fn run(
 /// Takes every record waiting in the ring buffer, in its order; the slow
 /// calls among them go out at once, or once explained when `slow` is there.
 fn drain(
-    ring: &mut RingBuf<MapData>,
+    ring: &mut Ring,
     pipeline: &mut Pipeline,
     outputs: &mut Outputs,
     probe: &Probe,
     slow: Option<&Slow>,
 ) {
-    while let Some(bytes) = ring.next() {
-        if let Some(record) = pipeline.ingest(&bytes) {
-            outputs.record(&record);
+    loop {
+        while let Some(bytes) = ring.next() {
+            if let Some(record) = pipeline.ingest(bytes) {
+                outputs.record(&record);
+            }
+        }
+        if !ring.publish() {
+            break;
         }
     }
     let calls = pipeline.take_slow_calls();
@@ -323,7 +328,7 @@ fn drain(
 /// clock counted twice: on the CPU, and off it.
 fn settle(
     probe: &mut Probe,
-    ring: &mut RingBuf<MapData>,
+    ring: &mut Ring,
     pipeline: &mut Pipeline,
     outputs: &mut Outputs,
     slow: Option<&Slow>,
