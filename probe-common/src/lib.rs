@@ -37,6 +37,8 @@ pub enum EventKind {
     /// A [`RanEvent`]: a thread that is not traced (or the idle task) left
     /// a CPU while a traced thread waited in a run queue.
     Ran = 13,
+    /// A [`SyscallBatch`]: several [`SyscallEvent`]s of one CPU, in order.
+    SyscallBatch = 14,
 }
 
 impl EventKind {
@@ -52,6 +54,7 @@ impl EventKind {
             11 => Some(Self::SlowDetail),
             12 => Some(Self::WokenBy),
             13 => Some(Self::Ran),
+            14 => Some(Self::SyscallBatch),
             _ => None,
         }
     }
@@ -104,6 +107,55 @@ pub struct SyscallEvent {
     /// not read (the thread's previous call on this CPU was the same
     /// goroutine's, whose start userspace already has).
     pub go_start_pc: u64,
+}
+
+/// Syscall records a CPU gathers before it sends them as one
+/// [`SyscallBatch`]: a ring-buffer record costs a helper call (about 50 ns
+/// on the test VM) whatever its size.
+pub const BATCH_EVENTS: usize = 16;
+
+/// Syscall records of one CPU, in the order their calls returned, sent as
+/// one ring-buffer record of `8 + count * 80` bytes (only the first `count`
+/// events). A CPU sends its batch when it is full, before any other record
+/// of the thread leaving the CPU (`sched_switch`), with a slow call's, and
+/// when userspace asks for it (each interval, and at the end).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallBatch {
+    /// Always [`EventKind::SyscallBatch`].
+    pub kind: u32,
+    /// Events in `events`, at most [`BATCH_EVENTS`].
+    pub count: u32,
+    pub events: [SyscallEvent; BATCH_EVENTS],
+}
+
+/// Bytes before a [`SyscallBatch`]'s events.
+pub const BATCH_HEADER: usize = core::mem::offset_of!(SyscallBatch, events);
+
+/// The records one ring-buffer entry holds, each as the bytes
+/// [`Record::decode`] takes: a batch's events one by one, in order; any
+/// other entry as it is (a batch whose count does not match its size too,
+/// for `decode` to refuse).
+#[cfg(feature = "user")]
+pub fn entry_records(entry: &[u8]) -> impl Iterator<Item = &[u8]> {
+    const EVENT: usize = core::mem::size_of::<SyscallEvent>();
+    let tag = entry.get(..4).map(|tag| u32::from_ne_bytes([tag[0], tag[1], tag[2], tag[3]]));
+    let count = entry.get(4..8).map(|count| u32::from_ne_bytes([count[0], count[1], count[2], count[3]]));
+    let events = match (tag, count) {
+        (Some(tag), Some(count))
+            if tag == EventKind::SyscallBatch as u32
+                && (count as usize) <= BATCH_EVENTS
+                && entry.len() == BATCH_HEADER + count as usize * EVENT =>
+        {
+            Some(&entry[BATCH_HEADER..])
+        }
+        _ => None,
+    };
+    let whole = match events {
+        Some(_) => None,
+        None => Some(entry),
+    };
+    events.into_iter().flat_map(|events| events.chunks_exact(EVENT)).chain(whole)
 }
 
 /// `SyscallEvent::goid` of a process that is not the followed Go program.
@@ -486,6 +538,8 @@ impl Record {
             EventKind::SlowDetail => Self::SlowDetail(alloc::boxed::Box::new(read_record(bytes)?)),
             EventKind::WokenBy => Self::WokenBy(read_record(bytes)?),
             EventKind::Ran => Self::Ran(read_record(bytes)?),
+            // Unpacked by `entry_records` before it gets here.
+            EventKind::SyscallBatch => return None,
         })
     }
 }
@@ -537,6 +591,8 @@ pub const COMPAT_NR: u32 = 0x4000_0000;
 
 // The layouts are a contract between two compilers: pin them.
 const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 80);
+const _: () = assert!(core::mem::size_of::<SyscallBatch>() == BATCH_HEADER + 80 * BATCH_EVENTS);
+const _: () = assert!(BATCH_HEADER == 8);
 const _: () = assert!(core::mem::align_of::<SyscallEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<InFlight>() == 40);
 const _: () = assert!(core::mem::size_of::<CpuState>() == 56);
@@ -597,6 +653,45 @@ mod tests {
         // A scheduler record's size under the syscall tag is refused.
         switch.kind = EventKind::Syscall as u32;
         assert_eq!(Record::decode(bytes(&switch)), None);
+    }
+
+    #[test]
+    fn a_batch_is_its_events_in_order_and_nothing_else_is_split() {
+        let event = |nr| SyscallEvent {
+            kind: EventKind::Syscall as u32,
+            cpu: 0,
+            pid: 2,
+            tid: 3,
+            nr,
+            flags: 0,
+            ret: 0,
+            start_ns: u64::from(nr),
+            duration_ns: 1,
+            comm: [0; COMM_LEN],
+            goid: NO_GOROUTINE,
+            go_start_pc: 0,
+        };
+        let mut batch =
+            SyscallBatch { kind: EventKind::SyscallBatch as u32, count: 3, events: [event(0); BATCH_EVENTS] };
+        for (nr, slot) in batch.events.iter_mut().enumerate() {
+            *slot = event(nr as u32);
+        }
+        let sent = &bytes(&batch)[..BATCH_HEADER + 3 * 80];
+        let records: alloc::vec::Vec<_> = entry_records(sent).map(Record::decode).collect();
+        assert_eq!(records, [0, 1, 2].map(|nr| Some(Record::Syscall(event(nr)))));
+
+        // A count that does not match the size: the entry as it is, which
+        // no record decodes from.
+        batch.count = 4;
+        let records: alloc::vec::Vec<_> = entry_records(&bytes(&batch)[..BATCH_HEADER + 3 * 80]).collect();
+        assert_eq!(records.len(), 1);
+        assert_eq!(Record::decode(records[0]), None);
+        batch.count = BATCH_EVENTS as u32 + 1;
+        assert_eq!(entry_records(bytes(&batch)).count(), 1);
+
+        let single = event(7);
+        assert_eq!(entry_records(bytes(&single)).collect::<alloc::vec::Vec<_>>(), [bytes(&single)]);
+        assert_eq!(entry_records(&[]).count(), 1);
     }
 }
 

@@ -140,6 +140,9 @@ pub mod program {
     pub const SYS_ENTER: &str = "sys_enter";
     /// Raw tracepoint `sys_exit` (`raw_syscalls:sys_exit`).
     pub const SYS_EXIT: &str = "sys_exit";
+    /// Sends a CPU's batch of syscall records, run by userspace on each
+    /// CPU (`BPF_PROG_TEST_RUN`), not attached.
+    pub const FLUSH_SYSCALLS: &str = "flush_syscalls";
     /// Raw tracepoint `sched_switch` (`sched:sched_switch`).
     pub const SCHED_SWITCH: &str = "sched_switch";
     /// Raw tracepoint `sched_wakeup` (`sched:sched_wakeup`).

@@ -23,7 +23,8 @@ use probe_common::{
 use crate::{
     cgroup::{leaving_thread_passes, thread_passes},
     shared::{
-        config, cpu, cpu_state, current_task_field, is_traced, now, send, task_ids, write_comm, FILTER_PIDS,
+        config, cpu, cpu_state, current_task_field, flush_batch, is_traced, now, send, task_ids, write_comm,
+        FILTER_PIDS,
     },
     slow::{kernel_stack, slow_ns},
     syscalls::{count_lost, keep_lost_max, park_call},
@@ -159,6 +160,9 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
     //          struct task_struct *next, unsigned int prev_state)
     // The tracepoint fires before the switch: prev is still current.
     let state = cpu_state()?;
+    // The leaving thread's calls come before its switch-out, and a CPU's
+    // records wait no longer than its next switch.
+    flush_batch(state);
     let in_call = park_call(ctx, state);
     if config(&TRACE_SCHED) == 0 {
         return Ok(0);

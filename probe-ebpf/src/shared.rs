@@ -11,7 +11,12 @@ use aya_ebpf::{
     macros::map,
     maps::{ring_buf::RingBufEntry, Array, PerCpuArray, RingBuf},
 };
-use probe_common::{Counter, CpuState, RanEvent, SchedEvent, SyscallEvent, COMM_LEN, COUNTER_SLOTS};
+use probe_common::{
+    Counter, CpuState, EventKind, RanEvent, SchedEvent, SyscallBatch, SyscallEvent, BATCH_EVENTS,
+    BATCH_HEADER, COMM_LEN, COUNTER_SLOTS,
+};
+
+use crate::syscalls::lost_syscall;
 
 // Read-only configuration, set by the loader with `override_global` before
 // the programs are verified, so that branches on them are cheap or pruned.
@@ -57,6 +62,23 @@ shared!(map CPU_STATE);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 shared!(map EVENTS);
+
+/// A CPU's syscall records not yet sent (`SyscallBatch`), and whether a
+/// program is adding one or sending them (`adding`). Only programs that
+/// run as a task add to the batch or send it: `sys_enter`, `sys_exit` and
+/// `sched_switch`, which cannot run within one another on a CPU
+/// (preemption is off in them, interrupts too in `sched_switch`); and
+/// `flush_syscalls`, which userspace runs on the CPU in an interrupt (an
+/// IPI) that may land in the middle of `sys_exit`: it then leaves the batch
+/// alone. A program in an interrupt (a wakeup) never touches it.
+#[repr(C)]
+struct Batch {
+    records: SyscallBatch,
+    adding: u64,
+}
+
+#[map]
+static SYSCALL_BATCH: PerCpuArray<Batch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU counters indexed by `Counter`.
 #[map]
@@ -141,19 +163,98 @@ pub(crate) fn cpu_state() -> Result<*mut CpuState, u32> {
 #[inline(always)]
 pub(crate) fn send<T: 'static>(state: *mut CpuState, record: &T) -> bool {
     // SAFETY: this CPU's state; programs on one CPU do not run concurrently.
+    if EVENTS.output::<T>(record, wake_flag(state, 1)).is_err() {
+        bump(Counter::LostEvents);
+        return false;
+    }
+    true
+}
+
+/// Counts `records` more sent by this CPU, and says whether they wake the
+/// reader.
+#[inline(always)]
+fn wake_flag(state: *mut CpuState, records: u32) -> u64 {
+    // SAFETY: this CPU's state; programs on one CPU do not run concurrently.
     let unsent = unsafe { &mut (*state).unsent };
-    *unsent += 1;
+    *unsent = unsent.saturating_add(records);
     let wake = if *unsent >= config(&WAKEUP_RECORDS) {
         *unsent = 0;
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
-    if EVENTS.output::<T>(record, wake as u64).is_err() {
-        bump(Counter::LostEvents);
-        return false;
+    wake as u64
+}
+
+/// Fills the next syscall record of this CPU's batch with `fill`, then
+/// sends the batch if it is full.
+#[inline(always)]
+pub(crate) fn add_to_batch(state: *mut CpuState, fill: impl FnOnce(*mut SyscallEvent)) {
+    let Some(batch) = SYSCALL_BATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's batch; `adding` keeps flush_syscalls out of it,
+    // and the volatile writes keep the compiler from moving the fill
+    // outside of them.
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*batch).adding, 1);
+        let count = (*batch).records.count as usize;
+        if count < BATCH_EVENTS {
+            fill((*batch).records.events.as_mut_ptr().add(count));
+            (*batch).records.count = count as u32 + 1;
+        }
+        if count + 1 >= BATCH_EVENTS {
+            send_batch(state, batch);
+        }
+        core::ptr::write_volatile(&raw mut (*batch).adding, 0);
     }
-    true
+}
+
+/// Sends this CPU's batch of syscall records, if any, before a record that
+/// must come after them (a thread's switch-out after its calls), unless
+/// the program it interrupts is adding to the batch or sending it.
+#[inline(always)]
+pub(crate) fn flush_batch(state: *mut CpuState) {
+    if let Some(batch) = SYSCALL_BATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's batch, which `adding` keeps for one program at
+        // a time (see `Batch`).
+        unsafe {
+            if core::ptr::read_volatile(&raw const (*batch).adding) == 0 {
+                core::ptr::write_volatile(&raw mut (*batch).adding, 1);
+                send_batch(state, batch);
+                core::ptr::write_volatile(&raw mut (*batch).adding, 0);
+            }
+        }
+    }
+}
+
+/// Sends the batch; the calls of one that does not fit are counted lost.
+///
+/// # Safety
+/// `batch` is this CPU's, and nothing adds to it meanwhile.
+#[inline(always)]
+unsafe fn send_batch(state: *mut CpuState, batch: *mut Batch) {
+    // SAFETY: see above.
+    let records = unsafe { &mut (*batch).records };
+    let count = records.count as usize;
+    if count == 0 {
+        return;
+    }
+    let count = count.min(BATCH_EVENTS);
+    records.kind = EventKind::SyscallBatch as u32;
+    let len = BATCH_HEADER + count * core::mem::size_of::<SyscallEvent>();
+    // The compiler makes the sum an `or`, whose bound the verifier loses:
+    // bounded again where the compiler cannot drop it.
+    let len = core::hint::black_box(len).min(core::mem::size_of::<SyscallBatch>());
+    // SAFETY: the first `len` bytes of the batch, all written.
+    let bytes = unsafe { core::slice::from_raw_parts((records as *const SyscallBatch).cast::<u8>(), len) };
+    if EVENTS.output::<[u8]>(bytes, wake_flag(state, count as u32)).is_err() {
+        for event in records.events.iter().take(count) {
+            bump(Counter::LostEvents);
+            lost_syscall(event);
+        }
+    }
+    records.count = 0;
 }
 
 /// Reserves room for one record to fill in place (one too big for the

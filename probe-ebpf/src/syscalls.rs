@@ -24,7 +24,10 @@ use probe_common::{
 use crate::{
     cgroup::{current_passes, thread_passes},
     golang::goroutine,
-    shared::{bump, config, cpu, cpu_state, current_task_field, is_traced, now, send, traced, write_comm},
+    shared::{
+        add_to_batch, bump, config, cpu, cpu_state, current_task_field, flush_batch, is_traced, now, send,
+        traced, write_comm,
+    },
     slow::{send_detail, wants_detail},
 };
 
@@ -81,10 +84,8 @@ shared!(map LOST_CALLS_0, LOST_CALLS_1, LOST_CALLS_ACTIVE);
 #[inline(always)]
 fn emit(state: *mut CpuState, call: &InFlight, ret: i64, duration_ns: u64) {
     let flags = call.flags as u8;
-    let mut record = MaybeUninit::<SyscallEvent>::uninit();
-    let r = record.as_mut_ptr();
-    // SAFETY: every field is written before the record is read.
-    let record = unsafe {
+    // SAFETY: every field is written.
+    let fill = |r: *mut SyscallEvent| unsafe {
         (*r).kind = EventKind::Syscall as u32;
         (*r).cpu = cpu();
         (*r).pid = call.pid;
@@ -97,12 +98,32 @@ fn emit(state: *mut CpuState, call: &InFlight, ret: i64, duration_ns: u64) {
         write_comm(&raw mut (*r).comm, flags & (syscall_flags::NO_RETURN | syscall_flags::RENAMES) != 0);
         (*r).goid = call.goid;
         (*r).go_start_pc = call.go_start_pc;
-        record.assume_init()
     };
-    if !send(state, &record) {
-        count_lost(LostCall { pid: call.pid, tid: call.tid, nr: call.nr, errno: errno_of(ret).unwrap_or(0) });
-    }
+    add_to_batch(state, fill);
 }
+
+/// Counts a syscall whose record was dropped.
+#[inline(always)]
+pub(crate) fn lost_syscall(event: &SyscallEvent) {
+    count_lost(LostCall {
+        pid: event.pid,
+        tid: event.tid,
+        nr: event.nr,
+        errno: errno_of(event.ret).unwrap_or(0),
+    });
+}
+
+/// Sends this CPU's batch of syscall records: run by userspace on each CPU
+/// before it reads the ring buffer for an interval, so that no record
+/// waits in a batch longer than an interval.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn flush_syscalls(_ctx: RawTracePointContext) -> u32 {
+    if let Ok(state) = cpu_state() {
+        flush_batch(state);
+    }
+    0
+}
+shared!(program flush_syscalls as FLUSH_SYSCALLS);
 
 /// The lost-call map the programs count into now.
 #[inline(always)]
@@ -267,10 +288,15 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
     // TP_PROTO(struct pt_regs *regs, long ret)
     let ret = ctx.arg::<i64>(1);
     let duration_ns = now() - call.start_ns;
-    if wants_detail(call.nr, duration_ns) {
+    let detail = wants_detail(call.nr, duration_ns);
+    if detail {
         send_detail(ctx, state, &call);
     }
     emit(state, &call, ret, duration_ns);
+    // Its detail waits in userspace for it: not for a batch to fill.
+    if detail {
+        flush_batch(state);
+    }
     Ok(0)
 }
 
@@ -337,6 +363,7 @@ fn unseen_entry(ctx: &RawTracePointContext, state: *mut CpuState, tid_pid: u64, 
         (*r).go_start_pc = 0;
         record.assume_init()
     };
+    flush_batch(state);
     send(state, &record);
 }
 

@@ -9,7 +9,9 @@ use std::{
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, CgroupArray, HashMap, IterableMap, MapData, PerCpuArray, StackTraceMap},
-    programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint, TracePoint},
+    programs::{
+        raw_trace_point::RawTracePointLinkId, RawTracePoint, RawTracePointRunOptions, TestRun, TracePoint,
+    },
     Ebpf, EbpfLoader,
 };
 use probe_common::{
@@ -457,6 +459,13 @@ impl Probe {
         for program in programs {
             attach(&mut ebpf, program, program)?;
         }
+        if config.syscalls {
+            let flush: &mut RawTracePoint = ebpf
+                .program_mut(program::FLUSH_SYSCALLS)
+                .context("the BPF object lacks the program flush_syscalls")?
+                .try_into()?;
+            flush.load().context("the kernel refused the BPF program flush_syscalls")?;
+        }
         if io_uring.is_some() {
             // Completion last: no request is then followed that nothing
             // would complete.
@@ -577,6 +586,29 @@ impl Probe {
         self.stats.as_ref()?;
         let loaded = self.ebpf.programs().filter_map(|(_, program)| program.info().ok());
         Some(loaded.map(|info| info.run_time().as_nanos() as u64).sum())
+    }
+
+    /// Has each CPU send the syscall records it holds in its batch, so
+    /// that none older than now waits for the CPU's next context switch:
+    /// `flush_syscalls` run on each online CPU (`BPF_PROG_TEST_RUN`, an
+    /// interrupt there). A CPU interrupted while adding a record to its
+    /// batch keeps it until its next switch or flush.
+    pub fn flush_batches(&self) -> Result<()> {
+        let Some(program) = self.ebpf.program(program::FLUSH_SYSCALLS) else {
+            return Ok(());
+        };
+        let flush: &RawTracePoint = program.try_into()?;
+        if flush.fd().is_err() {
+            return Ok(());
+        }
+        let cpus = aya::util::online_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
+        for cpu in cpus {
+            let options = RawTracePointRunOptions { cpu: Some(cpu), ..RawTracePointRunOptions::new() };
+            flush
+                .test_run(options)
+                .with_context(|| format!("cannot flush the syscall records of CPU {cpu}"))?;
+        }
+        Ok(())
     }
 
     /// Events lost in the kernel so far.

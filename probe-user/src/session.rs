@@ -8,6 +8,7 @@ use std::{future::pending, io, os::fd::AsRawFd, time::Duration};
 
 use anyhow::{Context, Result};
 use nix::{sys::wait::waitpid, unistd::Pid};
+use probe_common::entry_records;
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -263,7 +264,8 @@ pub async fn run(
         End::Signal | End::Duration | End::TargetsGone => None,
     };
 
-    // Every record of the finished trace is already in the ring buffer.
+    // Every record of the finished trace is in the ring buffer, or in a
+    // CPU's batch that `settle` has sent.
     let (now_ns, calls_off_cpu) =
         settle(&mut probe, events.get_mut(), &mut pipeline, &mut outputs, slow.as_ref(), true)?;
     let span = measure(&probe, &pipeline, now_ns - start_ns, now_ns - start_ns, calls_off_cpu)?;
@@ -300,9 +302,11 @@ fn drain(
     slow: Option<&Slow>,
 ) {
     loop {
-        while let Some(bytes) = ring.next() {
-            if let Some(record) = pipeline.ingest(bytes) {
-                outputs.record(&record);
+        while let Some(entry) = ring.next() {
+            for bytes in entry_records(entry) {
+                if let Some(record) = pipeline.ingest(bytes) {
+                    outputs.record(&record);
+                }
             }
         }
         if !ring.publish() {
@@ -335,6 +339,7 @@ fn settle(
     last: bool,
 ) -> Result<(u64, usize)> {
     let now_ns = monotonic_ns();
+    probe.flush_batches()?;
     drain(ring, pipeline, outputs, probe, slow);
     if let Some(sites) = slow.and_then(|slow| slow.sites.as_ref()) {
         pipeline.name_wait_sites(&mut |site| sites.name(probe, site));
