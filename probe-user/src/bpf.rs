@@ -401,11 +401,7 @@ impl Probe {
         }
 
         if config.floor {
-            let floor: &mut RawTracePoint = ebpf
-                .program_mut(program::FLOOR)
-                .context("the BPF object lacks the program floor")?
-                .try_into()?;
-            floor.load().context("the kernel refused the BPF program floor")?;
+            let floor = load(&mut ebpf, program::FLOOR)?;
             for tracepoint in [
                 program::SYS_ENTER,
                 program::SYS_EXIT,
@@ -459,12 +455,9 @@ impl Probe {
         for program in programs {
             attach(&mut ebpf, program, program)?;
         }
+        // Run by `flush_batches`, not attached.
         if config.syscalls {
-            let flush: &mut RawTracePoint = ebpf
-                .program_mut(program::FLUSH_SYSCALLS)
-                .context("the BPF object lacks the program flush_syscalls")?
-                .try_into()?;
-            flush.load().context("the kernel refused the BPF program flush_syscalls")?;
+            load(&mut ebpf, program::FLUSH_SYSCALLS)?;
         }
         if io_uring.is_some() {
             // Completion last: no request is then followed that nothing
@@ -802,12 +795,17 @@ fn set_syscall_flags(ebpf: &mut Ebpf, only: &[Sysno]) -> Result<()> {
 }
 
 fn attach(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<RawTracePointLinkId> {
+    let raw = load(ebpf, program)?;
+    raw.attach(tracepoint).with_context(|| format!("cannot attach to the raw tracepoint {tracepoint}"))
+}
+
+fn load<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut RawTracePoint> {
     let raw: &mut RawTracePoint = ebpf
         .program_mut(program)
         .with_context(|| format!("the BPF object lacks the program {program}"))?
         .try_into()?;
     raw.load().with_context(|| format!("the kernel refused the BPF program {program}"))?;
-    raw.attach(tracepoint).with_context(|| format!("cannot attach to the raw tracepoint {tracepoint}"))
+    Ok(raw)
 }
 
 /// Proves the BTF offsets on probe's own task: a program reads it at those
