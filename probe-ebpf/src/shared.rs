@@ -162,7 +162,6 @@ pub(crate) fn cpu_state() -> Result<*mut CpuState, u32> {
 /// on the syscall path every call counts.
 #[inline(always)]
 pub(crate) fn send<T: 'static>(state: *mut CpuState, record: &T) -> bool {
-    // SAFETY: this CPU's state; programs on one CPU do not run concurrently.
     if EVENTS.output::<T>(record, wake_flag(state, 1)).is_err() {
         bump(Counter::LostEvents);
         return false;
@@ -171,7 +170,8 @@ pub(crate) fn send<T: 'static>(state: *mut CpuState, record: &T) -> bool {
 }
 
 /// Counts `records` more sent by this CPU, and says whether they wake the
-/// reader.
+/// reader. (`flush_syscalls`, in an interrupt, may count in the middle of
+/// another program's count: a wakeup early or late, no record lost.)
 #[inline(always)]
 fn wake_flag(state: *mut CpuState, records: u32) -> u64 {
     // SAFETY: this CPU's state; programs on one CPU do not run concurrently.
