@@ -162,7 +162,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let state = cpu_state()?;
     // The leaving thread's calls come before its switch-out, and a CPU's
     // records wait no longer than its next switch.
-    flush_batch(state);
+    flush_batch(state, false);
     let in_call = park_call(ctx, state);
     if config(&TRACE_SCHED) == 0 {
         return Ok(0);

@@ -204,7 +204,7 @@ pub(crate) fn add_to_batch(state: *mut CpuState, fill: impl FnOnce(*mut SyscallE
             (*batch).records.count = count as u32 + 1;
         }
         if count + 1 >= BATCH_EVENTS {
-            send_batch(state, batch);
+            send_batch(state, batch, true);
         }
         core::ptr::write_volatile(&raw mut (*batch).adding, 0);
     }
@@ -212,28 +212,32 @@ pub(crate) fn add_to_batch(state: *mut CpuState, fill: impl FnOnce(*mut SyscallE
 
 /// Sends this CPU's batch of syscall records, if any, before a record that
 /// must come after them (a thread's switch-out after its calls), unless
-/// the program it interrupts is adding to the batch or sending it.
+/// the program it interrupts is adding to the batch or sending it. With
+/// `interrupt` (`flush_syscalls`), a batch the ring buffer has no room for
+/// is kept for the CPU's next send: counting its calls lost there could
+/// find the lost-call map busy in the program it interrupts.
 #[inline(always)]
-pub(crate) fn flush_batch(state: *mut CpuState) {
+pub(crate) fn flush_batch(state: *mut CpuState, interrupt: bool) {
     if let Some(batch) = SYSCALL_BATCH.get_ptr_mut(0) {
         // SAFETY: this CPU's batch, which `adding` keeps for one program at
         // a time (see `Batch`).
         unsafe {
             if core::ptr::read_volatile(&raw const (*batch).adding) == 0 {
                 core::ptr::write_volatile(&raw mut (*batch).adding, 1);
-                send_batch(state, batch);
+                send_batch(state, batch, !interrupt);
                 core::ptr::write_volatile(&raw mut (*batch).adding, 0);
             }
         }
     }
 }
 
-/// Sends the batch; the calls of one that does not fit are counted lost.
+/// Sends the batch; the calls of one that does not fit are counted lost
+/// (`count_lost`), or, without it, kept in the batch.
 ///
 /// # Safety
 /// `batch` is this CPU's, and nothing adds to it meanwhile.
 #[inline(always)]
-unsafe fn send_batch(state: *mut CpuState, batch: *mut Batch) {
+unsafe fn send_batch(state: *mut CpuState, batch: *mut Batch, count_lost: bool) {
     // SAFETY: see above.
     let records = unsafe { &mut (*batch).records };
     let count = records.count as usize;
@@ -249,6 +253,9 @@ unsafe fn send_batch(state: *mut CpuState, batch: *mut Batch) {
     // SAFETY: the first `len` bytes of the batch, all written.
     let bytes = unsafe { core::slice::from_raw_parts((records as *const SyscallBatch).cast::<u8>(), len) };
     if EVENTS.output::<[u8]>(bytes, wake_flag(state, count as u32)).is_err() {
+        if !count_lost {
+            return;
+        }
         for event in records.events.iter().take(count) {
             bump(Counter::LostEvents);
             lost_syscall(event);

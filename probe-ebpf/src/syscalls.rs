@@ -119,7 +119,7 @@ pub(crate) fn lost_syscall(event: &SyscallEvent) {
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn flush_syscalls(_ctx: RawTracePointContext) -> u32 {
     if let Ok(state) = cpu_state() {
-        flush_batch(state);
+        flush_batch(state, true);
     }
     0
 }
@@ -295,7 +295,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
     emit(state, &call, ret, duration_ns);
     // Its detail waits in userspace for it: not for a batch to fill.
     if detail {
-        flush_batch(state);
+        flush_batch(state, false);
     }
     Ok(0)
 }
@@ -363,7 +363,7 @@ fn unseen_entry(ctx: &RawTracePointContext, state: *mut CpuState, tid_pid: u64, 
         (*r).go_start_pc = 0;
         record.assume_init()
     };
-    flush_batch(state);
+    flush_batch(state, false);
     send(state, &record);
 }
 
