@@ -143,6 +143,9 @@ pub mod program {
     /// Sends a CPU's batch of syscall records, run by userspace on each
     /// CPU (`BPF_PROG_TEST_RUN`), not attached.
     pub const FLUSH_SYSCALLS: &str = "flush_syscalls";
+    /// Readies the lost-call maps' allocator on a CPU, run by userspace on
+    /// each CPU (`BPF_PROG_TEST_RUN`) before the others are attached.
+    pub const WARM_LOST_CALLS: &str = "warm_lost_calls";
     /// Raw tracepoint `sched_switch` (`sched:sched_switch`).
     pub const SCHED_SWITCH: &str = "sched_switch";
     /// Raw tracepoint `sched_wakeup` (`sched:sched_wakeup`).

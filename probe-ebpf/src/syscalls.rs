@@ -8,7 +8,7 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap},
@@ -80,6 +80,32 @@ static LOST_CALLS_1: HashMap<LostCall, u64> = HashMap::with_max_entries(MAX_LOST
 #[map]
 static LOST_CALLS_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 shared!(map LOST_CALLS_0, LOST_CALLS_1, LOST_CALLS_ACTIVE);
+
+/// Readies both lost-call maps on the CPU it runs on: run there by
+/// userspace (`BPF_PROG_TEST_RUN`) before any program is attached, not
+/// attached itself. These maps take their elements from the kernel's
+/// per-CPU caches (`bpf_mem_alloc`), which start with 4 and are refilled by
+/// an irq_work, so only once interrupts are on again. `sched_switch` runs
+/// with interrupts off and may add up to 19 keys in one run when the ring
+/// buffer refuses a batch (its 16 calls, the switch-out, the thread's
+/// migrations, the switch-in): in its first such run on a CPU, every insert
+/// past the fourth failed (-ENOMEM) and left its calls uncounted. The
+/// insert here has the kernel refill this CPU's cache (to 52, and again
+/// whenever an allocation leaves fewer than 32); the removal gives the
+/// element back.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn warm_lost_calls(_ctx: RawTracePointContext) -> u32 {
+    // No traced thread has pid 0 (the idle task), and the maps are not
+    // read before the programs are attached: the key is never seen.
+    let key = LostCall { pid: 0, tid: 0, nr: 0, errno: 0 };
+    for lost in [&LOST_CALLS_0, &LOST_CALLS_1] {
+        if lost.insert(key, 0, BPF_NOEXIST.into()).is_ok() {
+            let _ = lost.remove(key);
+        }
+    }
+    0
+}
+shared!(program warm_lost_calls as WARM_LOST_CALLS);
 
 #[inline(always)]
 fn emit(state: *mut CpuState, call: &InFlight, ret: i64, duration_ns: u64) {

@@ -452,6 +452,11 @@ impl Probe {
             (false, true) => programs.extend([program::SCHED_PROCESS_EXIT, program::SCHED_SWITCH]),
             (false, false) => {}
         }
+        // Before any program can count a lost record: see `warm_lost_calls`.
+        if !programs.is_empty() {
+            let warm = load(&mut ebpf, program::WARM_LOST_CALLS)?;
+            run_on_each_cpu(warm).context("cannot ready the maps of lost calls")?;
+        }
         for program in programs {
             attach(&mut ebpf, program, program)?;
         }
@@ -594,14 +599,7 @@ impl Probe {
         if flush.fd().is_err() {
             return Ok(());
         }
-        let cpus = aya::util::online_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
-        for cpu in cpus {
-            let options = RawTracePointRunOptions { cpu: Some(cpu), ..RawTracePointRunOptions::new() };
-            flush
-                .test_run(options)
-                .with_context(|| format!("cannot flush the syscall records of CPU {cpu}"))?;
-        }
-        Ok(())
+        run_on_each_cpu(flush).context("cannot flush the syscall records")
     }
 
     /// Events lost in the kernel so far.
@@ -797,6 +795,18 @@ fn set_syscall_flags(ebpf: &mut Ebpf, only: &[Sysno]) -> Result<()> {
 fn attach(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<RawTracePointLinkId> {
     let raw = load(ebpf, program)?;
     raw.attach(tracepoint).with_context(|| format!("cannot attach to the raw tracepoint {tracepoint}"))
+}
+
+/// Runs a loaded program that is not attached once on each online CPU
+/// (`BPF_PROG_TEST_RUN`: an interrupt there, or a plain call on the CPU
+/// probe runs on).
+fn run_on_each_cpu(program: &RawTracePoint) -> Result<()> {
+    let cpus = aya::util::online_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
+    for cpu in cpus {
+        let options = RawTracePointRunOptions { cpu: Some(cpu), ..RawTracePointRunOptions::new() };
+        program.test_run(options).with_context(|| format!("on CPU {cpu}"))?;
+    }
+    Ok(())
 }
 
 fn load<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut RawTracePoint> {
