@@ -12,11 +12,11 @@ use aya_ebpf::{
     maps::{ring_buf::RingBufEntry, Array, PerCpuArray, RingBuf},
 };
 use probe_common::{
-    Counter, CpuState, EventKind, RanEvent, SchedEvent, SyscallBatch, SyscallEvent, BATCH_EVENTS,
+    Counter, CpuState, EventKind, LostCall, RanEvent, SchedEvent, SyscallBatch, SyscallEvent, BATCH_EVENTS,
     BATCH_HEADER, COMM_LEN, COUNTER_SLOTS,
 };
 
-use crate::syscalls::lost_syscall;
+use crate::syscalls::{count_lost, lost_key};
 
 // Read-only configuration, set by the loader with `override_global` before
 // the programs are verified, so that branches on them are cheap or pruned.
@@ -140,11 +140,17 @@ pub(crate) fn traced(pid: u32) -> u8 {
 /// Adds one to a counter and returns the new value on this CPU.
 #[inline(always)]
 pub(crate) fn bump(counter: Counter) -> u64 {
+    bump_by(counter, 1)
+}
+
+/// Adds `events` to a per-CPU counter; returns its new value.
+#[inline(always)]
+pub(crate) fn bump_by(counter: Counter, events: u64) -> u64 {
     match COUNTERS.get_ptr_mut(counter as u32) {
         Some(slot) => {
             // SAFETY: per-CPU slot; programs on one CPU do not run concurrently.
             unsafe {
-                *slot += 1;
+                *slot += events;
                 *slot
             }
         }
@@ -232,12 +238,12 @@ pub(crate) fn flush_batch(state: *mut CpuState, interrupt: bool) {
 }
 
 /// Sends the batch; the calls of one that does not fit are counted lost
-/// (`count_lost`), or, without it, kept in the batch.
+/// (`count_refused`), or, without it, kept in the batch.
 ///
 /// # Safety
 /// `batch` is this CPU's, and nothing adds to it meanwhile.
 #[inline(always)]
-unsafe fn send_batch(state: *mut CpuState, batch: *mut Batch, count_lost: bool) {
+unsafe fn send_batch(state: *mut CpuState, batch: *mut Batch, count_refused: bool) {
     // SAFETY: see above.
     let records = unsafe { &mut (*batch).records };
     let count = records.count as usize;
@@ -253,12 +259,25 @@ unsafe fn send_batch(state: *mut CpuState, batch: *mut Batch, count_lost: bool) 
     // SAFETY: the first `len` bytes of the batch, all written.
     let bytes = unsafe { core::slice::from_raw_parts((records as *const SyscallBatch).cast::<u8>(), len) };
     if EVENTS.output::<[u8]>(bytes, wake_flag(state, count as u32)).is_err() {
-        if !count_lost {
+        if !count_refused {
             return;
         }
-        for event in records.events.iter().take(count) {
-            bump(Counter::LostEvents);
-            lost_syscall(event);
+        bump_by(Counter::LostEvents, count as u64);
+        // One map update per run of the same thread's same call and errno
+        // (a storm's batch is one run), not one per call.
+        let mut run: Option<(LostCall, u64)> = None;
+        for key in records.events.iter().take(count).map(lost_key) {
+            run = match run {
+                Some((same, events)) if same == key => Some((same, events + 1)),
+                Some((other, events)) => {
+                    count_lost(other, events);
+                    Some((key, 1))
+                }
+                None => Some((key, 1)),
+            };
+        }
+        if let Some((key, events)) = run {
+            count_lost(key, events);
         }
     }
     records.count = 0;
