@@ -196,7 +196,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
             if in_call && flags & SWITCH_VOLUNTARY != 0 && slow_ns() != 0 { kernel_stack(ctx) } else { 0 };
         let out = sched_event(EventKind::SwitchOut, prev as u32, prev_pid, flags, stack, now, true);
         if !send(state, &out) {
-            count_lost(LostCall { pid: prev_pid, tid: prev as u32, nr: lost, errno: 0 }, 1);
+            count_lost(LostCall { pid: prev_pid, tid: prev as u32, nr: lost, errno: 0 });
             let migrations = LostCall { pid: prev_pid, tid: prev as u32, nr: LOST_MIGRATIONS, errno: 0 };
             keep_lost_max(migrations, out.nr_migrations);
         }
@@ -210,7 +210,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
     if next_traced {
         mark_waiting(tid, false);
         if !send(state, &sched_event(EventKind::SwitchIn, tid, pid, 0, 0, now, false)) {
-            count_lost(LostCall { pid, tid, nr: LOST_SWITCH_IN, errno: 0 }, 1);
+            count_lost(LostCall { pid, tid, nr: LOST_SWITCH_IN, errno: 0 });
         }
     }
     Ok(0)
@@ -242,7 +242,7 @@ fn woken(ctx: &RawTracePointContext, kind: EventKind) -> Result<u32, u32> {
     }
     mark_waiting(tid, true);
     if !send(cpu_state()?, &sched_event(kind, tid, pid, 0, 0, now(), false)) {
-        count_lost(LostCall { pid, tid, nr: LOST_WAKEUP, errno: 0 }, 1);
+        count_lost(LostCall { pid, tid, nr: LOST_WAKEUP, errno: 0 });
     }
     Ok(0)
 }

@@ -12,7 +12,7 @@ use aya_ebpf::{
     maps::{ring_buf::RingBufEntry, Array, PerCpuArray, RingBuf},
 };
 use probe_common::{
-    Counter, CpuState, EventKind, LostCall, RanEvent, SchedEvent, SyscallBatch, SyscallEvent, BATCH_EVENTS,
+    Counter, CpuState, EventKind, RanEvent, SchedEvent, SyscallBatch, SyscallEvent, BATCH_EVENTS,
     BATCH_HEADER, COMM_LEN, COUNTER_SLOTS,
 };
 
@@ -249,7 +249,8 @@ pub(crate) fn flush_batch(state: *mut CpuState, interrupt: bool) {
 ///
 /// # Safety
 /// `batch` is this CPU's, and nothing adds to it meanwhile.
-#[inline(always)]
+// Not inlined: sys_exit sends from three places.
+#[inline(never)]
 unsafe fn send_batch(state: *mut CpuState, batch: *mut Batch, count_refused: bool) {
     // SAFETY: see above.
     let records = unsafe { &mut (*batch).records };
@@ -270,21 +271,12 @@ unsafe fn send_batch(state: *mut CpuState, batch: *mut Batch, count_refused: boo
             return;
         }
         bump_by(Counter::LostEvents, count as u64);
-        // One map update per run of the same thread's same call and errno
-        // (a storm's batch is one run), not one per call.
-        let mut run: Option<(LostCall, u64)> = None;
-        for key in records.events.iter().take(count).map(lost_key) {
-            run = match run {
-                Some((same, events)) if same == key => Some((same, events + 1)),
-                Some((other, events)) => {
-                    count_lost(other, events);
-                    Some((key, 1))
-                }
-                None => Some((key, 1)),
-            };
-        }
-        if let Some((key, events)) = run {
-            count_lost(key, events);
+        // Call by call: a loop that carried a run of equal keys from one
+        // call to the next (one update per run) left the verifier states
+        // it could not prune: the programs took 340 ms to load, against
+        // 210 with this loop and 9 with none.
+        for event in records.events.iter().take(count) {
+            count_lost(lost_key(event));
         }
     }
     records.count = 0;

@@ -25,8 +25,8 @@ use crate::{
     cgroup::{current_passes, thread_passes},
     golang::goroutine,
     shared::{
-        add_to_batch, bump, bump_by, config, cpu, cpu_state, current_task_field, flush_batch, is_traced, now,
-        send, traced, write_comm,
+        add_to_batch, bump, config, cpu, cpu_state, current_task_field, flush_batch, is_traced, now, send,
+        traced, write_comm,
     },
     slow::{send_detail, wants_detail},
 };
@@ -155,23 +155,23 @@ fn active_lost_calls() -> &'static HashMap<LostCall, u64> {
     }
 }
 
-/// Counts `events` events of `key` whose records were dropped (syscalls,
-/// or scheduler events: see `LostCall`), so that their count stays exact.
+/// Counts an event of `key` whose record was dropped (a syscall, or a
+/// scheduler event: see `LostCall`), so that its count stays exact.
 /// Only the thread itself counts its calls and switches (a batch holds
 /// the calls of the thread on the CPU, and is sent or counted before it
 /// leaves), and it runs on one CPU at a time: the increment needs no
 /// atomics (wakeups, counted by their wakers, only mark a thread's times
-/// as sampled). Called only after the dropped records were counted
+/// as sampled). Called only after the dropped record was counted
 /// (`Counter::LostEvents`): userspace skips reading the maps while that
 /// count stands still.
 #[inline(never)]
-pub(crate) fn count_lost(key: LostCall, events: u64) {
+pub(crate) fn count_lost(key: LostCall) {
     let lost = active_lost_calls();
     if let Some(count) = lost.get_ptr_mut(key) {
         // SAFETY: see above.
-        unsafe { *count += events };
-    } else if lost.insert(key, events, 0).is_err() {
-        bump_by(Counter::LostUncounted, events);
+        unsafe { *count += 1 };
+    } else if lost.insert(key, 1, 0).is_err() {
+        bump(Counter::LostUncounted);
     }
 }
 
