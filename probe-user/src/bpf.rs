@@ -179,6 +179,9 @@ pub struct Probe {
     kernel_stacks: Option<StackTraceMap<MapData>>,
     detail_ns: Option<Array<MapData, u64>>,
     regs: Option<RegsLayout>,
+    /// The CPUs online at attach, where batches are flushed: read once, as
+    /// reading them opens a file, which a probe out of descriptors cannot.
+    cpus: Vec<u32>,
 }
 
 /// The traced syscalls in progress, as the kernel programs hold them.
@@ -413,7 +416,7 @@ impl Probe {
                     .attach(tracepoint)
                     .with_context(|| format!("cannot attach to the raw tracepoint {tracepoint}"))?;
             }
-            return Self::assemble(ebpf, logs, None, false);
+            return Self::assemble(ebpf, logs, None, false, Vec::new());
         }
         if reads_tasks {
             check_offsets(&mut ebpf, offsets, task_stack_offset != 0)?;
@@ -452,10 +455,11 @@ impl Probe {
             (false, true) => programs.extend([program::SCHED_PROCESS_EXIT, program::SCHED_SWITCH]),
             (false, false) => {}
         }
+        let cpus = aya::util::online_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
         // Before any program can count a lost record: see `warm_lost_calls`.
         if !programs.is_empty() {
             let warm = load(&mut ebpf, program::WARM_LOST_CALLS)?;
-            run_on_each_cpu(warm).context("cannot ready the maps of lost calls")?;
+            run_on_each_cpu(warm, &cpus).context("cannot ready the maps of lost calls")?;
         }
         for program in programs {
             attach(&mut ebpf, program, program)?;
@@ -483,7 +487,7 @@ impl Probe {
                     .with_context(|| format!("cannot attach to io_uring:{event}"))?;
             }
         }
-        Self::assemble(ebpf, logs, regs, filter_cgroups != 0)
+        Self::assemble(ebpf, logs, regs, filter_cgroups != 0, cpus)
     }
 
     /// Takes the maps userspace uses once the programs are loaded (taken
@@ -493,6 +497,7 @@ impl Probe {
         logs: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
         regs: Option<RegsLayout>,
         cgroups: bool,
+        cpus: Vec<u32>,
     ) -> Result<(Self, Streams)> {
         let events = match ebpf.take_map(map::EVENTS).context("the BPF object lacks the ring buffer")? {
             aya::maps::Map::RingBuf(data) => Ring::new(data)?,
@@ -520,6 +525,7 @@ impl Probe {
             kernel_stacks,
             detail_ns,
             regs,
+            cpus,
             ebpf,
             stats: None,
         };
@@ -599,7 +605,7 @@ impl Probe {
         if flush.fd().is_err() {
             return Ok(());
         }
-        run_on_each_cpu(flush).context("cannot flush the syscall records")
+        run_on_each_cpu(flush, &self.cpus).context("cannot flush the syscall records")
     }
 
     /// Events lost in the kernel so far.
@@ -797,12 +803,11 @@ fn attach(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<RawTracePo
     raw.attach(tracepoint).with_context(|| format!("cannot attach to the raw tracepoint {tracepoint}"))
 }
 
-/// Runs a loaded program that is not attached once on each online CPU
+/// Runs a loaded program that is not attached once on each of `cpus`
 /// (`BPF_PROG_TEST_RUN`: an interrupt there, or a plain call on the CPU
 /// probe runs on).
-fn run_on_each_cpu(program: &RawTracePoint) -> Result<()> {
-    let cpus = aya::util::online_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
-    for cpu in cpus {
+fn run_on_each_cpu(program: &RawTracePoint, cpus: &[u32]) -> Result<()> {
+    for &cpu in cpus {
         let options = RawTracePointRunOptions { cpu: Some(cpu), ..RawTracePointRunOptions::new() };
         program.test_run(options).with_context(|| format!("on CPU {cpu}"))?;
     }
