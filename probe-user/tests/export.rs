@@ -153,9 +153,12 @@ fn thread_series_stay_under_the_cap_and_go_after_their_threads() {
 #[test]
 fn a_fork_storm_keeps_the_scrape_small() {
     // 2,000 short processes of one name, and a few of others: by default a
-    // series per name, at most --prometheus-processes of them.
+    // series per name, at most --prometheus-processes of them. The cap
+    // leaves room for the kernel threads and daemons that switch in the
+    // first interval, which take the first places (a cap of 5 went to
+    // them on a busier machine, and `true` to "other").
     let port = free_port();
-    let _probe = serve(port, &["--prometheus-processes", "5", "--prometheus-grace", "1h"]);
+    let _probe = serve(port, &["--prometheus-processes", "40", "--prometheus-grace", "1h"]);
     let storm = "i=0; while [ $i -lt 2000 ]; do /bin/true; i=$((i+1)); done; /bin/echo >/dev/null; /bin/ls >/dev/null";
     assert!(Command::new("sh").args(["-c", storm]).status().unwrap().success());
     let done = |samples: &[Sample]| {
@@ -167,7 +170,7 @@ fn a_fork_storm_keeps_the_scrape_small() {
     assert!(samples.iter().all(|sample| sample.labels.get("pid").is_none()), "pid labels by default");
     let names: std::collections::BTreeSet<String> =
         samples.iter().filter_map(|sample| sample.labels.get("comm").map(|comm| comm.to_string())).collect();
-    assert!(names.len() <= 5 + 1, "{names:?}");
+    assert!(names.len() <= 40 + 1, "{names:?}");
     // The whole scrape stays small however many processes came and went.
     let body = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
         .call()
