@@ -4,7 +4,8 @@
 //! [`target`] finds or starts what to trace, [`bpf`] loads and attaches the
 //! kernel programs (with `task_struct` offsets from [`btf`], io_uring
 //! layouts from [`tracefs`]), and [`session`], the event loop, feeds their
-//! records to the [`pipeline`], which builds the [`aggregate`] tables
+//! records, read in place from the ring buffer by [`ring`], to the
+//! [`pipeline`], which builds the [`aggregate`] tables
 //! (syscalls, the scheduler's state machine) and follows [`golang`]
 //! goroutines. Every interval and at the end the loop hands the tables to
 //! the [`output`]s: the text or JSON [`report`] stream, the live view
