@@ -24,7 +24,7 @@ use crate::{
     cgroup::{leaving_thread_passes, thread_passes},
     shared::{
         config, cpu, cpu_state, current_task_field, flush_batch, is_traced, now, send, task_ids, write_comm,
-        FILTER_PIDS,
+        Refused, FILTER_PIDS,
     },
     slow::{kernel_stack, slow_ns},
     syscalls::{count_lost, keep_lost_max, park_call},
@@ -162,7 +162,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let state = cpu_state()?;
     // The leaving thread's calls come before its switch-out, and a CPU's
     // records wait no longer than its next switch.
-    flush_batch(state, false);
+    flush_batch(state, Refused::Count);
     let in_call = park_call(ctx, state);
     if config(&TRACE_SCHED) == 0 {
         return Ok(0);

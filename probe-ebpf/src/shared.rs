@@ -193,7 +193,10 @@ fn wake_flag(state: *mut CpuState, records: u32) -> u64 {
 }
 
 /// Fills the next syscall record of this CPU's batch with `fill`, then
-/// sends the batch if it is full.
+/// sends the batch if it is full. A full batch the ring buffer refuses
+/// keeps its older calls for the next send and counts the newest lost:
+/// one lost-call update per run, as before batching (a loop over the
+/// batch here made the verifier take 340 ms over the programs).
 #[inline(always)]
 pub(crate) fn add_to_batch(state: *mut CpuState, fill: impl FnOnce(*mut SyscallEvent)) {
     let Some(batch) = SYSCALL_BATCH.get_ptr_mut(0) else {
@@ -208,55 +211,79 @@ pub(crate) fn add_to_batch(state: *mut CpuState, fill: impl FnOnce(*mut SyscallE
         if count < BATCH_EVENTS {
             fill((*batch).records.events.as_mut_ptr().add(count));
             (*batch).records.count = count as u32 + 1;
+            if count + 1 == BATCH_EVENTS && !send_batch(state, batch) {
+                (*batch).records.count = count as u32;
+                bump(Counter::LostEvents);
+                count_lost(lost_key(&(*batch).records.events[count]));
+            }
         } else {
-            // Not reached: a batch is sent as it fills, and one that
-            // flush_syscalls could not send is kept short of full. Were it
-            // reached, the call would be lost with no key to count it
-            // under: said, not hidden.
+            // Not reached: a full batch is sent, or loses its newest call.
+            // Were it reached, the call would be lost with no key to count
+            // it under: said, not hidden.
             bump(Counter::LostEvents);
             bump(Counter::LostUncounted);
-        }
-        if count + 1 >= BATCH_EVENTS {
-            send_batch(state, batch, true);
         }
         core::ptr::write_volatile(&raw mut (*batch).adding, 0);
     }
 }
 
-/// Sends this CPU's batch of syscall records, if any, before a record that
-/// must come after them (a thread's switch-out after its calls), unless
-/// the program it interrupts is adding to the batch or sending it. With
-/// `interrupt` (`flush_syscalls`), a batch the ring buffer has no room for
-/// is kept for the CPU's next send: counting its calls lost there could
-/// find the lost-call map busy in the program it interrupts.
+/// What a flush does with a batch the ring buffer refuses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Keeps it for the CPU's next send: for a flush that only hurries the
+    /// records (an interval's end, a slow call's details), where counting
+    /// them would cost a loop in the program's verification, and in an
+    /// interrupt, interrupts off, the lost-call maps' cold element caches.
+    Keep,
+    /// Counts its calls lost: before a record that must come after them (a
+    /// thread's switch-out after its calls).
+    Count,
+}
+
+/// Sends this CPU's batch of syscall records, if any, unless the program
+/// it interrupts is adding to the batch or sending it.
 #[inline(always)]
-pub(crate) fn flush_batch(state: *mut CpuState, interrupt: bool) {
+pub(crate) fn flush_batch(state: *mut CpuState, refused: Refused) {
     if let Some(batch) = SYSCALL_BATCH.get_ptr_mut(0) {
         // SAFETY: this CPU's batch, which `adding` keeps for one program at
         // a time (see `Batch`).
         unsafe {
             if core::ptr::read_volatile(&raw const (*batch).adding) == 0 {
                 core::ptr::write_volatile(&raw mut (*batch).adding, 1);
-                send_batch(state, batch, !interrupt);
+                if !send_batch(state, batch) && refused == Refused::Count {
+                    count_batch_lost(&mut (*batch).records);
+                }
                 core::ptr::write_volatile(&raw mut (*batch).adding, 0);
             }
         }
     }
 }
 
-/// Sends the batch; the calls of one that does not fit are counted lost
-/// (`count_refused`), or, without it, kept in the batch.
+/// Counts every call of a batch the ring buffer refused lost, call by
+/// call, and empties it.
+#[inline(never)]
+fn count_batch_lost(records: &mut SyscallBatch) {
+    let count = (records.count as usize).min(BATCH_EVENTS);
+    bump_by(Counter::LostEvents, count as u64);
+    for event in records.events.iter().take(count) {
+        count_lost(lost_key(event));
+    }
+    records.count = 0;
+}
+
+/// Sends the batch, if any, and empties it; whether it went (or was
+/// empty). One the ring buffer refuses is left as it is.
 ///
 /// # Safety
 /// `batch` is this CPU's, and nothing adds to it meanwhile.
 // Not inlined: sys_exit sends from three places.
 #[inline(never)]
-unsafe fn send_batch(state: *mut CpuState, batch: *mut Batch, count_refused: bool) {
+unsafe fn send_batch(state: *mut CpuState, batch: *mut Batch) -> bool {
     // SAFETY: see above.
     let records = unsafe { &mut (*batch).records };
     let count = records.count as usize;
     if count == 0 {
-        return;
+        return true;
     }
     let count = count.min(BATCH_EVENTS);
     records.kind = EventKind::SyscallBatch as u32;
@@ -267,19 +294,10 @@ unsafe fn send_batch(state: *mut CpuState, batch: *mut Batch, count_refused: boo
     // SAFETY: the first `len` bytes of the batch, all written.
     let bytes = unsafe { core::slice::from_raw_parts((records as *const SyscallBatch).cast::<u8>(), len) };
     if EVENTS.output::<[u8]>(bytes, wake_flag(state, count as u32)).is_err() {
-        if !count_refused {
-            return;
-        }
-        bump_by(Counter::LostEvents, count as u64);
-        // Call by call: a loop that carried a run of equal keys from one
-        // call to the next (one update per run) left the verifier states
-        // it could not prune: the programs took 340 ms to load, against
-        // 210 with this loop and 9 with none.
-        for event in records.events.iter().take(count) {
-            count_lost(lost_key(event));
-        }
+        return false;
     }
     records.count = 0;
+    true
 }
 
 /// Reserves room for one record to fill in place (one too big for the

@@ -26,7 +26,7 @@ use crate::{
     golang::goroutine,
     shared::{
         add_to_batch, bump, config, cpu, cpu_state, current_task_field, flush_batch, is_traced, now, send,
-        traced, write_comm,
+        traced, write_comm, Refused,
     },
     slow::{send_detail, wants_detail},
 };
@@ -140,7 +140,7 @@ pub(crate) fn lost_key(event: &SyscallEvent) -> LostCall {
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn flush_syscalls(_ctx: RawTracePointContext) -> u32 {
     if let Ok(state) = cpu_state() {
-        flush_batch(state, true);
+        flush_batch(state, Refused::Keep);
     }
     0
 }
@@ -318,7 +318,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
     emit(state, &call, ret, duration_ns);
     // Its detail waits in userspace for it: not for a batch to fill.
     if detail {
-        flush_batch(state, false);
+        flush_batch(state, Refused::Keep);
     }
     Ok(0)
 }
@@ -386,7 +386,7 @@ fn unseen_entry(ctx: &RawTracePointContext, state: *mut CpuState, tid_pid: u64, 
         (*r).go_start_pc = 0;
         record.assume_init()
     };
-    flush_batch(state, false);
+    flush_batch(state, Refused::Keep);
     send(state, &record);
 }
 
