@@ -292,6 +292,27 @@ impl IoUringStats {
     }
 }
 
+/// The index of `key`'s row in `rows`, made if new: `latest` (the key
+/// looked up last and its index) answers without a look-up while the
+/// same key comes again, as records come in runs. Rows are only removed
+/// with `swap_remove`, which must forget `latest`.
+fn row_index<K: Copy + Eq + std::hash::Hash, V: Default>(
+    rows: &mut IndexMap<K, V, FxBuildHasher>,
+    latest: &mut Option<(K, usize)>,
+    key: K,
+) -> usize {
+    match *latest {
+        Some((seen, index)) if seen == key => index,
+        _ => {
+            let entry = rows.entry(key);
+            let index = entry.index();
+            entry.or_default();
+            *latest = Some((key, index));
+            index
+        }
+    }
+}
+
 /// Syscall statistics by syscall number.
 pub type Syscalls = IndexMap<u32, SyscallStats, FxBuildHasher>;
 
@@ -321,16 +342,7 @@ pub struct ThreadStats {
 impl ThreadStats {
     /// The row of syscall `nr`, made if new.
     fn syscall_mut(&mut self, nr: u32) -> &mut SyscallStats {
-        let index = match self.latest_syscall {
-            Some((latest, index)) if latest == nr => index,
-            _ => {
-                let entry = self.syscalls.entry(nr);
-                let index = entry.index();
-                entry.or_default();
-                self.latest_syscall = Some((nr, index));
-                index
-            }
-        };
+        let index = row_index(&mut self.syscalls, &mut self.latest_syscall, nr);
         &mut self.syscalls[index]
     }
 
@@ -556,16 +568,7 @@ impl Table {
 
     /// Thread `key`'s row, made if new.
     fn row(&mut self, key: ThreadKey) -> &mut ThreadStats {
-        let index = match self.latest {
-            Some((latest, index)) if latest == key => index,
-            _ => {
-                let entry = self.threads.entry(key);
-                let index = entry.index();
-                entry.or_default();
-                self.latest = Some((key, index));
-                index
-            }
-        };
+        let index = row_index(&mut self.threads, &mut self.latest, key);
         &mut self.threads[index]
     }
 
