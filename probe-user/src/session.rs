@@ -341,6 +341,13 @@ fn settle(
     let now_ns = monotonic_ns();
     probe.flush_batches()?;
     drain(ring, pipeline, outputs, probe, slow);
+    // A batch the full ring buffer refused stays on its CPU for a later
+    // interval; at the end there is none, so it is sent again once the
+    // drain has made room.
+    if last {
+        probe.flush_batches()?;
+        drain(ring, pipeline, outputs, probe, slow);
+    }
     if let Some(sites) = slow.and_then(|slow| slow.sites.as_ref()) {
         pipeline.name_wait_sites(&mut |site| sites.name(probe, site));
     }
