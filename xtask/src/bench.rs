@@ -169,7 +169,12 @@ struct Sample {
     events: Option<f64>,
     lost: Option<f64>,
     events_per_s: Option<f64>,
+    /// probe's CPU from when it traces to its exit (every record read, and
+    /// the final report) per event: what a record costs it, apart from its
+    /// start-up, which is `start_cpu_ms`.
     cpu_ns_per_event: Option<f64>,
+    /// probe's CPU from its start until it traces.
+    start_cpu_ms: Option<f64>,
     peak_rss_mib: Option<f64>,
     attach_ms: Option<f64>,
 }
@@ -350,17 +355,36 @@ fn wait_rusage(child: &mut Child) -> Result<(i32, libc::rusage)> {
     Ok((status, usage))
 }
 
-/// Fills in probe's own numbers from its summary and its resource usage.
-fn probe_numbers(paths: &Paths, sample: &mut Sample, usage: &libc::rusage) -> Result<()> {
+/// CPU time `pid`'s threads have used so far, in nanoseconds: the
+/// scheduler's own count (`/proc/PID/task/*/schedstat`).
+fn cpu_ns(pid: u32) -> Result<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("cannot list {pid}'s threads"))?;
+    let mut total = 0.0;
+    for task in tasks {
+        // A thread that ended meanwhile has no file left: nothing to add.
+        let text = std::fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
+        total += text.split_whitespace().next().and_then(|ns| ns.parse::<f64>().ok()).unwrap_or(0.0);
+    }
+    Ok(total)
+}
+
+/// Fills in probe's own numbers from its summary and its resource usage;
+/// `start_ns` is its CPU time when it said it traces. (rusage's CPU time
+/// is the scheduler's exact sum: only its user and system shares come from
+/// clock ticks.)
+fn probe_numbers(paths: &Paths, sample: &mut Sample, start_ns: f64, usage: &libc::rusage) -> Result<()> {
     let text = std::fs::read_to_string(&paths.report).context("probe wrote no report")?;
     let summary: Value = serde_json::from_str(text.lines().last().context("empty report")?)?;
     let events = summary["events"].as_f64().unwrap_or(0.0);
     let elapsed_s = summary["elapsed_ns"].as_f64().unwrap_or(1.0) / 1e9;
-    let cpu_ns = |time: libc::timeval| time.tv_sec as f64 * 1e9 + time.tv_usec as f64 * 1e3;
     sample.events = Some(events);
     sample.lost = summary["lost_events"].as_f64();
     sample.events_per_s = Some(events / elapsed_s.max(1e-9));
-    sample.cpu_ns_per_event = Some((cpu_ns(usage.ru_utime) + cpu_ns(usage.ru_stime)) / events.max(1.0));
+    let cpu_ns = |time: libc::timeval| time.tv_sec as f64 * 1e9 + time.tv_usec as f64 * 1e3;
+    let total_ns = cpu_ns(usage.ru_utime) + cpu_ns(usage.ru_stime);
+    sample.cpu_ns_per_event = Some((total_ns - start_ns).max(0.0) / events.max(1.0));
+    sample.start_cpu_ms = Some(start_ns / 1e6);
     sample.peak_rss_mib = Some(usage.ru_maxrss as f64 / 1024.0);
     Ok(())
 }
@@ -374,8 +398,9 @@ fn traced_by_probe(paths: &Paths, mut command: Command, numbers: bool) -> Result
     let (_, usage) = wait_rusage(&mut child)?;
     let mut sample = Sample { ns_per_op: ns_per_op(&stdout)?, ..Sample::default() };
     if numbers {
-        probe_numbers(paths, &mut sample, &usage)?;
+        probe_numbers(paths, &mut sample, 0.0, &usage)?;
         sample.cpu_ns_per_event = None;
+        sample.start_cpu_ms = None;
         sample.peak_rss_mib = None;
     }
     Ok(sample)
@@ -411,6 +436,7 @@ fn probe_pid(paths: &Paths, args: &[String], mut probe: Command) -> Result<Sampl
     let mut ready = String::new();
     stdout.read_line(&mut ready)?;
     let (mut child, attach_ms, _) = start_probe(probe.args(["-p", &target.id().to_string()]))?;
+    let start_ns = cpu_ns(child.id())?;
     // SAFETY: signalling our own child.
     unsafe { libc::kill(target.id() as i32, libc::SIGUSR1) };
     let mut rest = String::new();
@@ -418,12 +444,13 @@ fn probe_pid(paths: &Paths, args: &[String], mut probe: Command) -> Result<Sampl
     target.wait()?;
     let (_, usage) = wait_rusage(&mut child)?;
     let mut sample = Sample { ns_per_op: ns_per_op(&rest)?, attach_ms: Some(attach_ms), ..Sample::default() };
-    probe_numbers(paths, &mut sample, &usage)?;
+    probe_numbers(paths, &mut sample, start_ns, &usage)?;
     Ok(sample)
 }
 
 fn probe_system(paths: &Paths, args: &[String], mut probe: Command) -> Result<Sample> {
     let (mut child, attach_ms, _) = start_probe(&mut probe)?;
+    let start_ns = cpu_ns(child.id())?;
     let mut command = Command::new(&paths.workload);
     command.args(args);
     let stdout = stdout_of(command)?;
@@ -432,7 +459,7 @@ fn probe_system(paths: &Paths, args: &[String], mut probe: Command) -> Result<Sa
     let (_, usage) = wait_rusage(&mut child)?;
     let mut sample =
         Sample { ns_per_op: ns_per_op(&stdout)?, attach_ms: Some(attach_ms), ..Sample::default() };
-    probe_numbers(paths, &mut sample, &usage)?;
+    probe_numbers(paths, &mut sample, start_ns, &usage)?;
     Ok(sample)
 }
 
@@ -481,6 +508,7 @@ fn summarize(samples: &BTreeMap<(usize, Tracer), Vec<Sample>>) -> Value {
                         "cpu_ns_per_event": pick(w, tracer, |s| s.cpu_ns_per_event),
                         "peak_rss_mib": pick(w, tracer, |s| s.peak_rss_mib),
                         "attach_ms": pick(w, tracer, |s| s.attach_ms),
+                        "start_cpu_ms": pick(w, tracer, |s| s.start_cpu_ms),
                     })
                 })
                 .collect();
@@ -517,7 +545,7 @@ fn print_table(table: &Value) {
             workload["unit"].as_str().unwrap_or("")
         );
         println!(
-            "| {:<30} | {:>9} | {:>13} | {:>8} | {:>9} | {:>8} | {:>9} | {:>10} | {:>9} | {:>8} | {:>8} | {:>8} |",
+            "| {:<30} | {:>9} | {:>13} | {:>8} | {:>9} | {:>8} | {:>9} | {:>10} | {:>9} | {:>8} | {:>8} | {:>8} | {:>9} |",
             "tracer",
             "ns/op",
             "min–max",
@@ -529,9 +557,10 @@ fn print_table(table: &Value) {
             "lost",
             "cpu ns/ev",
             "peak RSS",
-            "attach"
+            "attach",
+            "start cpu"
         );
-        println!("|{}|", ["-"; 12].map(|_| "---").join("|"));
+        println!("|{}|", ["-"; 13].map(|_| "---").join("|"));
         for row in workload["rows"].as_array().into_iter().flatten() {
             let range = format!(
                 "{}–{}",
@@ -539,7 +568,7 @@ fn print_table(table: &Value) {
                 cell(&row["ns_per_op_max"], &|v| format!("{v:.0}"))
             );
             println!(
-                "| {:<30} | {:>9} | {:>13} | {:>8} | {:>9} | {:>8} | {:>9} | {:>10} | {:>9} | {:>8} | {:>8} | {:>8} |",
+                "| {:<30} | {:>9} | {:>13} | {:>8} | {:>9} | {:>8} | {:>9} | {:>10} | {:>9} | {:>8} | {:>8} | {:>8} | {:>9} |",
                 row["tracer"].as_str().unwrap_or(""),
                 cell(&row["ns_per_op"], &|v| format!("{v:.0}")),
                 range,
@@ -552,6 +581,7 @@ fn print_table(table: &Value) {
                 cell(&row["cpu_ns_per_event"], &|v| format!("{v:.0}")),
                 cell(&row["peak_rss_mib"], &|v| format!("{v:.0} MiB")),
                 cell(&row["attach_ms"], &|v| format!("{v:.0} ms")),
+                cell(&row["start_cpu_ms"], &|v| format!("{v:.0} ms")),
             );
         }
     }

@@ -26,6 +26,7 @@ pub struct Latencies {
 
 impl Latencies {
     /// Adds one latency.
+    #[inline]
     pub fn record(&mut self, ns: u64) {
         if self.is_empty() || ns < self.min {
             self.min = ns;

@@ -111,6 +111,7 @@ impl Generations {
 
     /// The thread of a syscall record: a new one if the last thread with
     /// these ids made its `exit` call.
+    #[inline(always)]
     pub fn syscall(&mut self, pid: u32, tid: u32) -> ThreadKey {
         let seen = match self.latest {
             Some((latest, seen)) if latest == tid => seen,
@@ -126,6 +127,7 @@ impl Generations {
 
     /// A thread that has just been created: if its ids were seen before,
     /// they named another thread.
+    #[cold]
     pub fn new_thread(&mut self, pid: u32, tid: u32) -> ThreadKey {
         let generation = match self.by_tid.get(&tid) {
             Some(seen) if seen.pid == pid => seen.generation + 1,
@@ -181,6 +183,7 @@ pub struct SyscallStats {
 impl SyscallStats {
     /// Counts one call, with how it split between on-CPU, blocked and
     /// run-queue time when the scheduler's events could tell.
+    #[inline]
     pub fn record(&mut self, event: &SyscallEvent, split: Option<Split>) {
         self.count += 1;
         if event.flags & SYSCALL_NO_RETURN != 0 {
@@ -296,6 +299,12 @@ impl IoUringStats {
 /// looked up last and its index) answers without a look-up while the
 /// same key comes again, as records come in runs. Rows are only removed
 /// with `swap_remove`, which must forget `latest`.
+///
+/// This and the rest of a syscall record's path (`Table::record`, `row`,
+/// `thread`, `syscall_mut`, `Generations::syscall`) are inlined into the
+/// pipeline, the look-ups of new keys kept out of line: called, they cost
+/// a storm's record about a fifth of probe's CPU.
+#[inline(always)]
 fn row_index<K: Copy + Eq + std::hash::Hash, V: Default>(
     rows: &mut IndexMap<K, V, FxBuildHasher>,
     latest: &mut Option<(K, usize)>,
@@ -303,14 +312,24 @@ fn row_index<K: Copy + Eq + std::hash::Hash, V: Default>(
 ) -> usize {
     match *latest {
         Some((seen, index)) if seen == key => index,
-        _ => {
-            let entry = rows.entry(key);
-            let index = entry.index();
-            entry.or_default();
-            *latest = Some((key, index));
-            index
-        }
+        _ => look_up_row(rows, latest, key),
     }
+}
+
+/// [`row_index`] for a key other than the latest: out of the way of the
+/// records that repeat it.
+#[cold]
+#[inline(never)]
+fn look_up_row<K: Copy + Eq + std::hash::Hash, V: Default>(
+    rows: &mut IndexMap<K, V, FxBuildHasher>,
+    latest: &mut Option<(K, usize)>,
+    key: K,
+) -> usize {
+    let entry = rows.entry(key);
+    let index = entry.index();
+    entry.or_default();
+    *latest = Some((key, index));
+    index
 }
 
 /// Syscall statistics by syscall number.
@@ -341,6 +360,7 @@ pub struct ThreadStats {
 
 impl ThreadStats {
     /// The row of syscall `nr`, made if new.
+    #[inline(always)]
     fn syscall_mut(&mut self, nr: u32) -> &mut SyscallStats {
         let index = row_index(&mut self.syscalls, &mut self.latest_syscall, nr);
         &mut self.syscalls[index]
@@ -417,6 +437,7 @@ impl Table {
 
     /// Adds one syscall record of thread `key`, with how the call split
     /// between on-CPU, blocked and run-queue time, if known.
+    #[inline(always)]
     pub fn record(&mut self, key: ThreadKey, event: &SyscallEvent, split: Option<Split>) {
         let thread = self.thread(key, &event.comm);
         thread.syscall_mut(event.nr).record(event, split);
@@ -558,6 +579,7 @@ impl Table {
     }
 
     /// Counts a record of thread `key`, named `comm` in it.
+    #[inline(always)]
     fn thread(&mut self, key: ThreadKey, comm: &[u8; COMM_LEN]) -> &mut ThreadStats {
         self.events += 1;
         let thread = self.row(key);
@@ -567,6 +589,7 @@ impl Table {
     }
 
     /// Thread `key`'s row, made if new.
+    #[inline(always)]
     fn row(&mut self, key: ThreadKey) -> &mut ThreadStats {
         let index = row_index(&mut self.threads, &mut self.latest, key);
         &mut self.threads[index]

@@ -543,6 +543,7 @@ impl SchedTracker {
     /// The sleeps of thread `key` between `start` and `end` (a syscall,
     /// with calls' details), with what it slept in and who woke it; they
     /// are forgotten then.
+    #[inline]
     pub fn sleeps(&mut self, key: ThreadKey, start: u64, end: u64) -> Vec<Sleep> {
         if self.sleeps_kept == 0 {
             return Vec::new();
@@ -571,6 +572,7 @@ impl SchedTracker {
     /// blocked and in a run queue, from the spans the scheduler events
     /// showed; `None` for a thread without scheduler events. The syscall
     /// record comes at the syscall's exit, after every span inside it.
+    #[inline]
     pub fn split(&mut self, key: ThreadKey, start: u64, end: u64) -> Option<Split> {
         if self.spanless == Some(key) {
             return Some(Split::default());

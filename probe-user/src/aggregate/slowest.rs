@@ -32,6 +32,7 @@ pub struct Slowest {
 impl Slowest {
     /// Keeps `call` if it is among the slowest so far (a tie goes to the
     /// earlier call).
+    #[inline]
     pub fn offer(&mut self, call: SlowCall) {
         if self.len == KEPT && call.duration_ns <= self.calls[KEPT - 1].duration_ns {
             return;

@@ -24,7 +24,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::{build_go, median, probe_numbers, start_probe, wait_rusage, Paths, Sample, Tracer};
+use super::{build_go, cpu_ns, median, probe_numbers, start_probe, wait_rusage, Paths, Sample, Tracer};
 use crate::command::{self, run};
 
 /// The tracers a server runs under, in each round's order.
@@ -307,10 +307,12 @@ fn measure(setup: &Setup, server: Server, tracer: Tracer) -> Result<Vec<ServerSa
 enum Traced {
     None,
     /// probe, whose numbers are read when it stops, if `numbers`; with its
-    /// scraper when it serves metrics.
+    /// CPU time when it said it traces, and its scraper when it serves
+    /// metrics.
     Probe {
         guard: Guard,
         numbers: bool,
+        start_ns: f64,
         scraper: Option<Scraper>,
     },
     /// bpftrace, with the thread that reads its output to the end.
@@ -324,9 +326,10 @@ enum Traced {
 impl Traced {
     fn probe(mut command: Command, numbers: bool) -> Result<Self> {
         let (child, _, metrics) = start_probe(&mut command)?;
+        let start_ns = cpu_ns(child.id())?;
         let guard = Guard(Some(child));
         let scraper = metrics.map(|address| Scraper::start(&address)).transpose()?;
-        Ok(Traced::Probe { guard, numbers, scraper })
+        Ok(Traced::Probe { guard, numbers, start_ns, scraper })
     }
 
     /// bpftrace's per-thread histogram of every call on the machine (the
@@ -356,7 +359,7 @@ impl Traced {
     fn stop(self, paths: &Paths) -> Result<Option<Sample>> {
         match self {
             Traced::None => Ok(None),
-            Traced::Probe { guard, numbers, scraper } => {
+            Traced::Probe { guard, numbers, start_ns, scraper } => {
                 let scrapes = scraper.map(Scraper::stop);
                 let usage = guard.stop(libc::SIGINT)?;
                 if scrapes == Some(0) {
@@ -366,7 +369,7 @@ impl Traced {
                     return Ok(None);
                 }
                 let mut sample = Sample::default();
-                probe_numbers(paths, &mut sample, &usage)?;
+                probe_numbers(paths, &mut sample, start_ns, &usage)?;
                 Ok(Some(sample))
             }
             Traced::Bpftrace { guard, drain } => {
