@@ -10,7 +10,6 @@ use core::{
 };
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
     macros::{map, raw_tracepoint},
     maps::Array,
     programs::RawTracePointContext,
@@ -23,8 +22,8 @@ use probe_common::{
 use crate::{
     cgroup::{leaving_thread_passes, thread_passes},
     shared::{
-        config, cpu, cpu_state, current_task_field, flush_batch, is_traced, now, send, task_ids, write_comm,
-        Refused, FILTER_PIDS,
+        config, cpu, cpu_state, current_ids, current_task, flush_batch, is_traced, now, send, task_field,
+        task_ids, write_comm, Refused, FILTER_PIDS,
     },
     slow::{kernel_stack, slow_ns},
     syscalls::{count_lost, keep_lost_max, park_call},
@@ -126,7 +125,7 @@ fn sched_event(
     flags: u32,
     kernel_stack: u32,
     ts_ns: u64,
-    named: bool,
+    current: Option<*const u8>,
 ) -> SchedEvent {
     let mut record = MaybeUninit::<SchedEvent>::uninit();
     let r = record.as_mut_ptr();
@@ -139,10 +138,13 @@ fn sched_event(
         (*r).flags = flags;
         (*r).kernel_stack = kernel_stack;
         (*r).ts_ns = ts_ns;
-        // Only a SwitchOut runs as the thread it is about.
-        (*r).nr_migrations =
-            if named { current_task_field::<u64>(config(&TASK_MIGRATIONS_OFFSET)) } else { 0 };
-        write_comm(&raw mut (*r).comm, named);
+        // Only a SwitchOut runs as the thread it is about (`current`, its
+        // task).
+        (*r).nr_migrations = match current {
+            Some(task) => task_field::<u64>(task, config(&TASK_MIGRATIONS_OFFSET)),
+            None => 0,
+        };
+        write_comm(&raw mut (*r).comm, current.is_some());
         record.assume_init()
     }
 }
@@ -167,9 +169,11 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
     if config(&TRACE_SCHED) == 0 {
         return Ok(0);
     }
-    let prev = bpf_get_current_pid_tgid();
+    // One helper call for the leaving task's fields.
+    let task = current_task();
+    let (prev_tid, prev_pid) = current_ids(task);
+    let prev = (u64::from(prev_pid) << 32) | u64::from(prev_tid);
     let now = now();
-    let prev_pid = (prev >> 32) as u32;
     let next = task_ids(ctx.arg::<*const u8>(2));
     // pid 0 is the idle task: not a thread anyone traces.
     let next_traced = matches!(next, Ok((tid, pid)) if pid != 0 && is_traced(pid) && thread_passes(tid));
@@ -185,7 +189,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
         // Said by every switch-out, not only by the thread's WakeupNew:
         // that record may be dropped, and then its moves before the first
         // switch-out seen would pass for moves made before the trace.
-        if current_task_field::<u64>(config(&TASK_START_TIME_OFFSET)) >= config(&LOADED_NS) {
+        if task_field::<u64>(task, config(&TASK_START_TIME_OFFSET)) >= config(&LOADED_NS) {
             flags |= SWITCH_NEW_THREAD;
         }
         let lost =
@@ -194,7 +198,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
         // switch, so only when asked.
         let stack =
             if in_call && flags & SWITCH_VOLUNTARY != 0 && slow_ns() != 0 { kernel_stack(ctx) } else { 0 };
-        let out = sched_event(EventKind::SwitchOut, prev as u32, prev_pid, flags, stack, now, true);
+        let out = sched_event(EventKind::SwitchOut, prev as u32, prev_pid, flags, stack, now, Some(task));
         if !send(state, &out) {
             count_lost(LostCall { pid: prev_pid, tid: prev as u32, nr: lost, errno: 0 });
             let migrations = LostCall { pid: prev_pid, tid: prev as u32, nr: LOST_MIGRATIONS, errno: 0 };
@@ -209,7 +213,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let (tid, pid) = next?;
     if next_traced {
         mark_waiting(tid, false);
-        if !send(state, &sched_event(EventKind::SwitchIn, tid, pid, 0, 0, now, false)) {
+        if !send(state, &sched_event(EventKind::SwitchIn, tid, pid, 0, 0, now, None)) {
             count_lost(LostCall { pid, tid, nr: LOST_SWITCH_IN, errno: 0 });
         }
     }
@@ -241,7 +245,7 @@ fn woken(ctx: &RawTracePointContext, kind: EventKind) -> Result<u32, u32> {
         return Ok(0);
     }
     mark_waiting(tid, true);
-    if !send(cpu_state()?, &sched_event(kind, tid, pid, 0, 0, now(), false)) {
+    if !send(cpu_state()?, &sched_event(kind, tid, pid, 0, 0, now(), None)) {
         count_lost(LostCall { pid, tid, nr: LOST_WAKEUP, errno: 0 });
     }
     Ok(0)

@@ -25,8 +25,8 @@ use crate::{
     cgroup::{current_passes, thread_passes},
     golang::goroutine,
     shared::{
-        add_to_batch, bump, config, cpu, cpu_state, current_task_field, flush_batch, is_traced, now, send,
-        traced, write_comm, Refused,
+        add_to_batch, bump, config, cpu, cpu_state, current_ids, current_task, flush_batch, is_traced, now,
+        send, task_field, traced, write_comm, Refused,
     },
     slow::{send_detail, wants_detail},
 };
@@ -198,15 +198,15 @@ fn flags_of(nr: u32) -> u8 {
 /// `COMPAT_NR` when the current syscall is a 32-bit one (`in_ia32_syscall()`:
 /// `TS_COMPAT` in the thread's `thread_info.status`, set by every 32-bit
 /// entry, `int $0x80` from a 64-bit program included), else 0: its number is
-/// then one of the i386 table, not x86-64's. One read of the current task;
-/// skipped when the loader found no `thread_info.status` (offset 0).
+/// then one of the i386 table, not x86-64's. One read of `task`, the current
+/// task; skipped when the loader found no `thread_info.status` (offset 0).
 #[inline(always)]
-pub(crate) fn compat_bit() -> u32 {
+pub(crate) fn compat_bit(task: *const u8) -> u32 {
     let offset = config(&TASK_STATUS_OFFSET);
     if offset == 0 {
         return 0;
     }
-    if current_task_field::<u32>(offset) & TS_COMPAT != 0 {
+    if task_field::<u32>(task, offset) & TS_COMPAT != 0 {
         COMPAT_NR
     } else {
         0
@@ -222,19 +222,18 @@ pub fn sys_enter(ctx: RawTracePointContext) -> u32 {
 shared!(program sys_enter as SYS_ENTER);
 
 fn try_sys_enter(ctx: &RawTracePointContext) -> Result<u32, u32> {
-    let tid_pid = bpf_get_current_pid_tgid();
-    let pid = (tid_pid >> 32) as u32;
+    let task = current_task();
+    let (tid, pid) = current_ids(task);
     let traced = traced(pid);
     if traced == 0 {
         return Ok(0);
     }
     // TP_PROTO(struct pt_regs *regs, long id)
-    let nr = ctx.arg::<i64>(1) as u32 | compat_bit();
+    let nr = ctx.arg::<i64>(1) as u32 | compat_bit(task);
     let flags = flags_of(nr);
     if config(&FILTER_SYSCALLS) != 0 && flags & syscall_flags::WANTED == 0 {
         return Ok(0);
     }
-    let tid = tid_pid as u32;
     // Last: the cgroup check costs a helper call per cgroup.
     if !current_passes(tid) {
         return Ok(0);
@@ -338,7 +337,7 @@ fn syscall_nr(ctx: &RawTracePointContext) -> Result<u32, u32> {
     if nr >= u64::from(COMPAT_FLAGS_BASE) {
         return Err(0);
     }
-    Ok(nr as u32 | compat_bit())
+    Ok(nr as u32 | compat_bit(current_task()))
 }
 
 /// Sends a call that returns without a seen entry: in progress when probe
