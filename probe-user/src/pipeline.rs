@@ -395,7 +395,7 @@ impl Pipeline {
     fn state_of(&self, key: ThreadKey, world: &dyn World) -> Option<ThreadState> {
         match self.tracker.state_now(key) {
             Some(state) => Some(state),
-            None => world.thread_state(key.pid, key.tid).map(ThreadState::from_letter),
+            None => world.thread_state(key.pid(), key.tid()).map(ThreadState::from_letter),
         }
     }
 
@@ -410,7 +410,7 @@ impl Pipeline {
     }
 
     fn comm(&self, key: ThreadKey, world: &dyn World) -> String {
-        self.known_comm(key).or_else(|| world.thread_name(key.pid, key.tid)).unwrap_or_default()
+        self.known_comm(key).or_else(|| world.thread_name(key.pid(), key.tid())).unwrap_or_default()
     }
 
     /// Adds the calls the kernel counted without records (their records
@@ -679,8 +679,8 @@ mod tests {
             ],
         );
         let interval = pipeline.close_interval(&NOBODY);
-        let first = interval.get(ThreadKey { pid: 1, tid: 5, generation: 0 }).unwrap();
-        let second = interval.get(ThreadKey { pid: 1, tid: 5, generation: 1 }).unwrap();
+        let first = interval.get(ThreadKey::nth(1, 5, 0)).unwrap();
+        let second = interval.get(ThreadKey::nth(1, 5, 1)).unwrap();
         assert!(first.exited && !second.exited);
         assert_eq!((first.syscalls[&39].count, second.syscalls[&39].count), (1, 2));
         assert_eq!(first.sched.as_ref().unwrap().voluntary, 0);

@@ -827,7 +827,7 @@ impl ThreadDetail {
 }
 
 fn thread_key(thread: &ThreadReport) -> ThreadKey {
-    ThreadKey { pid: thread.pid, tid: thread.tid, generation: thread.generation }
+    ThreadKey::nth(thread.pid, thread.tid, thread.generation)
 }
 
 fn thread_report(
@@ -837,9 +837,9 @@ fn thread_report(
     in_flight: Option<&CallInFlight>,
 ) -> ThreadReport {
     ThreadReport {
-        tid: key.tid,
+        tid: key.tid(),
         generation: key.generation,
-        pid: key.pid,
+        pid: key.pid(),
         comm: thread.comm.clone(),
         exited: thread.exited,
         syscalls: syscall_reports(&thread.syscalls, Some((table, key))),
@@ -852,9 +852,9 @@ fn thread_report(
 /// A thread with no records in the span, only a call in progress.
 fn idle_report(key: ThreadKey, call: &CallInFlight) -> ThreadReport {
     ThreadReport {
-        tid: key.tid,
+        tid: key.tid(),
         generation: key.generation,
-        pid: key.pid,
+        pid: key.pid(),
         comm: call.comm.clone(),
         exited: false,
         syscalls: Vec::new(),
@@ -999,8 +999,8 @@ impl SlowCallLine {
     pub fn new(seen: &SlowCallSeen) -> Self {
         Self {
             kind: "slow_call",
-            pid: seen.key.pid,
-            tid: seen.key.tid,
+            pid: seen.key.pid(),
+            tid: seen.key.tid(),
             comm: seen.comm.clone(),
             name: syscall_name(seen.nr),
             nr: seen.nr & !COMPAT_NR,

@@ -57,17 +57,20 @@ pub const MAX_EXITED_THREADS: usize = 1024;
 pub const FOLDED_TID: u32 = 0;
 
 /// The row of every folded process that has exited.
-const FOLDED_PROCESSES: ThreadKey = ThreadKey { pid: 0, tid: FOLDED_TID, generation: 0 };
+const FOLDED_PROCESSES: ThreadKey = ThreadKey::nth(0, FOLDED_TID, 0);
 
 /// Identifies a thread for the whole run. The kernel reuses ids: a tid is
 /// unique only while its thread lives, so a thread is its process id, its
 /// tid, and which of the threads that had that tid in that process it is.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// The two ids are one word: a key made of three 4-byte parts, copied 8
+/// bytes at a time (as the compiler copies it), stalls the CPU's store
+/// forwarding, and the pipeline copies the key of every record.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ThreadKey {
-    /// Process id (tgid).
-    pub pid: u32,
-    /// Thread id.
-    pub tid: u32,
+    /// The process id (tgid) in the upper half, the thread id in the
+    /// lower: ordered by process, then thread.
+    ids: u64,
     /// 0 for the first thread seen with this tid in this process, 1 for the
     /// next one the kernel gave the same tid after the first exited, ….
     pub generation: u32,
@@ -75,8 +78,33 @@ pub struct ThreadKey {
 
 impl ThreadKey {
     /// The first (or only) thread with these ids.
-    pub fn new(pid: u32, tid: u32) -> Self {
-        Self { pid, tid, generation: 0 }
+    pub const fn new(pid: u32, tid: u32) -> Self {
+        Self::nth(pid, tid, 0)
+    }
+
+    /// The thread with these ids that is `generation` (see the field).
+    pub const fn nth(pid: u32, tid: u32, generation: u32) -> Self {
+        Self { ids: (pid as u64) << 32 | tid as u64, generation }
+    }
+
+    /// Process id (tgid).
+    pub const fn pid(self) -> u32 {
+        (self.ids >> 32) as u32
+    }
+
+    /// Thread id.
+    pub const fn tid(self) -> u32 {
+        self.ids as u32
+    }
+}
+
+impl std::fmt::Debug for ThreadKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThreadKey")
+            .field("pid", &self.pid())
+            .field("tid", &self.tid())
+            .field("generation", &self.generation)
+            .finish()
     }
 }
 
@@ -104,7 +132,7 @@ impl Generations {
     /// The thread these ids name now, as far as is known.
     pub fn current(&self, pid: u32, tid: u32) -> ThreadKey {
         match self.by_tid.get(&tid) {
-            Some(seen) if seen.pid == pid => ThreadKey { pid, tid, generation: seen.generation },
+            Some(seen) if seen.pid == pid => ThreadKey::nth(pid, tid, seen.generation),
             _ => ThreadKey::new(pid, tid),
         }
     }
@@ -120,7 +148,7 @@ impl Generations {
         self.latest = Some((tid, seen));
         match seen {
             Some(seen) if seen.pid == pid && seen.exited => self.new_thread(pid, tid),
-            Some(seen) if seen.pid == pid => ThreadKey { pid, tid, generation: seen.generation },
+            Some(seen) if seen.pid == pid => ThreadKey::nth(pid, tid, seen.generation),
             _ => ThreadKey::new(pid, tid),
         }
     }
@@ -135,12 +163,13 @@ impl Generations {
         };
         self.by_tid.insert(tid, Generation { pid, generation, exited: false });
         self.latest = None;
-        ThreadKey { pid, tid, generation }
+        ThreadKey::nth(pid, tid, generation)
     }
 
     /// Notes that the thread `key` has exited: its ids may come back.
     pub fn exited(&mut self, key: ThreadKey) {
-        self.by_tid.insert(key.tid, Generation { pid: key.pid, generation: key.generation, exited: true });
+        self.by_tid
+            .insert(key.tid(), Generation { pid: key.pid(), generation: key.generation, exited: true });
         self.latest = None;
     }
 }
@@ -183,7 +212,7 @@ pub struct SyscallStats {
 impl SyscallStats {
     /// Counts one call, with how it split between on-CPU, blocked and
     /// run-queue time when the scheduler's events could tell.
-    #[inline]
+    #[inline(always)]
     pub fn record(&mut self, event: &SyscallEvent, split: Option<Split>) {
         self.count += 1;
         if event.flags & SYSCALL_NO_RETURN != 0 {
@@ -301,9 +330,10 @@ impl IoUringStats {
 /// with `swap_remove`, which must forget `latest`.
 ///
 /// This and the rest of a syscall record's path (`Table::record`, `row`,
-/// `thread`, `syscall_mut`, `Generations::syscall`) are inlined into the
-/// pipeline, the look-ups of new keys kept out of line: called, they cost
-/// a storm's record about a fifth of probe's CPU.
+/// `thread`, `set_comm`, `syscall_mut`, `SyscallStats::record`,
+/// `Generations::syscall`) are inlined into the pipeline, the look-ups of
+/// new keys and renames kept out of line: called, they cost a storm's
+/// record about a fifth of probe's CPU.
 #[inline(always)]
 fn row_index<K: Copy + Eq + std::hash::Hash, V: Default>(
     rows: &mut IndexMap<K, V, FxBuildHasher>,
@@ -383,12 +413,18 @@ impl ThreadStats {
     /// Keeps the newest name; names change (exec, prctl), and decoding is
     /// only paid when they do. An empty name (no name in the record) is
     /// ignored.
+    #[inline(always)]
     fn set_comm(&mut self, comm: &[u8; COMM_LEN]) {
         // Most syscall records carry no name: a thread's unnamed and named
         // records then do not take turns at `comm_bytes`.
-        if comm[0] == 0 || *comm == self.comm_bytes {
-            return;
+        if comm[0] != 0 && *comm != self.comm_bytes {
+            self.rename(comm);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn rename(&mut self, comm: &[u8; COMM_LEN]) {
         self.comm_bytes = *comm;
         let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
         let comm = &comm[..end];
@@ -489,7 +525,7 @@ impl Table {
     /// folded beyond the cap.
     pub fn mark_exited(&mut self, key: ThreadKey) {
         let thread = self.row(key);
-        let newly = !thread.exited && key.tid != FOLDED_TID;
+        let newly = !thread.exited && key.tid() != FOLDED_TID;
         thread.exited = true;
         if newly {
             self.exited.push(key);
@@ -628,8 +664,8 @@ impl Table {
     /// asking `world`, once per table.
     pub fn name_unnamed(&mut self, world: &dyn World) {
         for (key, thread) in &mut self.threads {
-            if thread.comm.is_empty() && key.tid != FOLDED_TID {
-                thread.comm = world.thread_name(key.pid, key.tid).unwrap_or_default();
+            if thread.comm.is_empty() && key.tid() != FOLDED_TID {
+                thread.comm = world.thread_name(key.pid(), key.tid()).unwrap_or_default();
             }
         }
     }
@@ -641,7 +677,7 @@ impl Table {
             .threads
             .iter()
             .filter(|(key, thread)| {
-                !thread.exited && key.tid != FOLDED_TID && !world.thread_alive(key.pid, key.tid)
+                !thread.exited && key.tid() != FOLDED_TID && !world.thread_alive(key.pid(), key.tid())
             })
             .map(|(key, _)| *key)
             .collect();
@@ -655,7 +691,7 @@ impl Table {
                 .threads
                 .keys()
                 .filter(|&&key| {
-                    key.tid == FOLDED_TID && key != FOLDED_PROCESSES && !world.process_alive(key.pid)
+                    key.tid() == FOLDED_TID && key != FOLDED_PROCESSES && !world.process_alive(key.pid())
                 })
                 .copied()
                 .collect();
@@ -681,8 +717,8 @@ impl Table {
     /// exited threads, or, once the process is gone too, into the one row
     /// of folded exited processes, which then takes the process's row.
     fn fold(&mut self, key: ThreadKey, world: &dyn World) {
-        let process = ThreadKey::new(key.pid, FOLDED_TID);
-        if !self.fold_processes || world.process_alive(key.pid) {
+        let process = ThreadKey::new(key.pid(), FOLDED_TID);
+        if !self.fold_processes || world.process_alive(key.pid()) {
             self.fold_into(key, process, "[exited threads]");
         } else {
             self.fold_into(key, FOLDED_PROCESSES, "[exited processes]");
@@ -824,7 +860,7 @@ pub(crate) mod tests {
         let mut other = event(1, 0, 0, 5);
         other.pid = 200;
         record(&mut table, &other);
-        let order: Vec<_> = table.busiest().iter().map(|(k, _)| (k.pid, k.tid)).collect();
+        let order: Vec<_> = table.busiest().iter().map(|(k, _)| (k.pid(), k.tid())).collect();
         assert_eq!(order, [(100, 2), (100, 1), (200, 1)]);
         assert_eq!(table.events(), 5);
     }
@@ -865,12 +901,12 @@ pub(crate) mod tests {
         }
         let rows = total.busiest();
         assert_eq!(rows.len(), MAX_EXITED_THREADS + 1);
-        let folded = &rows.iter().find(|(key, _)| key.tid == FOLDED_TID).unwrap().1;
+        let folded = &rows.iter().find(|(key, _)| key.tid() == FOLDED_TID).unwrap().1;
         assert_eq!(folded.syscalls[&0].count, 10);
         assert_eq!(folded.syscalls[&60].count, 10);
         assert_eq!(folded.comm, "[exited threads]");
         // The busiest exited threads are kept one by one.
-        assert!(rows.iter().any(|(key, _)| key.tid == 1));
+        assert!(rows.iter().any(|(key, _)| key.tid() == 1));
     }
 
     #[test]
@@ -890,10 +926,10 @@ pub(crate) mod tests {
             apart.merge(&interval, &Listed::default());
         }
         // An interval's table folds threads per process, never processes.
-        assert!(apart.busiest().iter().all(|(key, _)| key.pid != 0));
+        assert!(apart.busiest().iter().all(|(key, _)| key.pid() != 0));
         let rows = total.busiest();
         assert!(rows.len() <= MAX_EXITED_THREADS + 2, "{} rows", rows.len());
-        let folded = &rows.iter().find(|(key, _)| key.pid == 0).unwrap().1;
+        let folded = &rows.iter().find(|(key, _)| key.pid() == 0).unwrap().1;
         assert_eq!(folded.comm, "[exited processes]");
         let calls: u64 = rows.iter().map(|(_, t)| t.syscalls[&0].count).sum();
         assert_eq!(calls, 2 * (MAX_EXITED_THREADS as u64 + 50));

@@ -636,7 +636,7 @@ impl SchedTracker {
     pub fn forget_dead(&mut self, world: &dyn World) {
         self.spanless = None;
         self.threads.retain(|key, state| {
-            let alive = world.thread_alive(key.pid, key.tid);
+            let alive = world.thread_alive(key.pid(), key.tid());
             let keep = alive || !state.gone;
             state.gone = !alive;
             keep

@@ -101,8 +101,8 @@ impl SyscallSeries {
                     // interval's call then has the later time, even one
                     // that began before the call it replaces.
                     ended: wall.at(call.started_ns.saturating_add(call.duration_ns)),
-                    pid: key.pid,
-                    tid: key.tid,
+                    pid: key.pid(),
+                    tid: key.tid(),
                     errno: errno_of(call.ret),
                 });
             }
@@ -265,20 +265,20 @@ impl Store {
         self.totals = totals;
         // A process is named after its main thread, else any of its own.
         self.names.clear();
-        let comms = table.iter().map(|(key, thread)| (key.pid, key.tid, &thread.comm));
-        let in_flight = table.in_flight().iter().map(|(key, call)| (key.pid, key.tid, &call.comm));
+        let comms = table.iter().map(|(key, thread)| (key.pid(), key.tid(), &thread.comm));
+        let in_flight = table.in_flight().iter().map(|(key, call)| (key.pid(), key.tid(), &call.comm));
         for (pid, tid, comm) in comms.chain(in_flight) {
             if !comm.is_empty() && (tid == pid || !self.names.contains_key(&pid)) {
                 self.names.insert(pid, comm.clone());
             }
         }
         for (key, thread) in table.iter() {
-            let process_key = self.process_key(key.pid);
-            let name = self.names.get(&key.pid).cloned().unwrap_or_default();
+            let process_key = self.process_key(key.pid());
+            let name = self.names.get(&key.pid()).cloned().unwrap_or_default();
             let process = self.processes.entry(process_key).or_insert_with(|| Series::new(now));
             process.add(thread, key, wall, now);
             process.gone_since = None;
-            if let Some(place) = self.places.get(&key.pid) {
+            if let Some(place) = self.places.get(&key.pid()) {
                 process.place.clone_from(place);
             }
             if !name.is_empty() {
@@ -291,7 +291,7 @@ impl Store {
             };
             let series = match slot {
                 Slot::Own => self.threads.entry(key).or_insert_with(|| Series::new(now)),
-                Slot::Other => self.others.entry(key.pid).or_insert_with(|| Series::new(now)),
+                Slot::Other => self.others.entry(key.pid()).or_insert_with(|| Series::new(now)),
                 Slot::Nowhere => continue,
             };
             series.add(thread, key, wall, now);
@@ -308,8 +308,8 @@ impl Store {
             series.oldest_in_flight_ns = 0;
         }
         for (key, call) in table.in_flight() {
-            let process_key = self.process_key(key.pid);
-            let name = self.names.get(&key.pid).cloned().unwrap_or_default();
+            let process_key = self.process_key(key.pid());
+            let name = self.names.get(&key.pid()).cloned().unwrap_or_default();
             let process = self.processes.entry(process_key).or_insert_with(|| Series::new(now));
             process.gone_since = None;
             // A process stuck in calls is not quiet.
@@ -332,7 +332,8 @@ impl Store {
             }
         }
         for (key, series) in &mut self.threads {
-            if series.last_active != now && series.gone_since.is_none() && !alive(key.pid, Some(key.tid)) {
+            if series.last_active != now && series.gone_since.is_none() && !alive(key.pid(), Some(key.tid()))
+            {
                 series.gone_since = Some(now);
             }
         }
@@ -389,8 +390,8 @@ impl Sink for Export {
         let pids: FxHashSet<u32> = interval
             .table
             .iter()
-            .map(|(key, _)| key.pid)
-            .chain(interval.table.in_flight().keys().map(|key| key.pid))
+            .map(|(key, _)| key.pid())
+            .chain(interval.table.in_flight().keys().map(|key| key.pid()))
             .collect();
         let places: FxHashMap<u32, Labels> = pids
             .iter()
@@ -462,7 +463,7 @@ impl Collector for Metrics {
             processes.iter().map(|(labels, series)| (labels.clone(), Value::GaugeSeconds(series.oldest_in_flight_ns))),
         )?;
         if store.limits.threads > 0 {
-            let own = store.threads.iter().map(|(key, series)| (key.pid, key.tid.to_string(), series));
+            let own = store.threads.iter().map(|(key, series)| (key.pid(), key.tid().to_string(), series));
             let others = store.others.iter().map(|(&pid, series)| (pid, OTHER.to_owned(), series));
             let threads: Vec<(Labels, &Series)> = own
                 .chain(others)

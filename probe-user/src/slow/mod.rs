@@ -229,12 +229,12 @@ impl Explainer {
             let read = |offset| RegsLayout::read(&detail.regs, offset);
             let (ip, sp, bp) = (read(self.regs.ip), read(self.regs.sp), read(self.regs.bp));
             let stack = &detail.stack[..(detail.stack_len as usize).min(detail.stack.len())];
-            let (addrs, end) = self.unwinders.unwind(seen.key.pid, ip, sp, bp, stack);
-            Stack { frames: self.user_frames(seen.key.pid, &addrs), end }
+            let (addrs, end) = self.unwinders.unwind(seen.key.pid(), ip, sp, bp, stack);
+            Stack { frames: self.user_frames(seen.key.pid(), &addrs), end }
         });
         let args = seen.detail.as_ref().map_or_else(Vec::new, |detail| {
             let registers = self.regs.args.map(|offset| RegsLayout::read(&detail.regs, offset));
-            args::decode(seen.key.pid, seen.key.tid, seen.nr, &registers)
+            args::decode(seen.key.pid(), seen.key.tid(), seen.nr, &registers)
         });
         let Some(blocked) = seen.blocked else {
             return Explanation { user_stack, args, ..Default::default() };

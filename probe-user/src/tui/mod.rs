@@ -177,7 +177,7 @@ impl Sink for Live {
         if self.view.grouping != Grouping::Process {
             report.place(interval.cgroups);
         }
-        self.update(&report, interval.cost, |key| interval.world.thread_alive(key.pid, key.tid));
+        self.update(&report, interval.cost, |key| interval.world.thread_alive(key.pid(), key.tid()));
         if let Some(goroutines) = interval.goroutines {
             let (goroutines, go) = goroutines.report();
             self.view.update_goroutines(goroutines, go);

@@ -130,8 +130,8 @@ fn cell(column: Column, line: &Line) -> String {
     }
     match column {
         Column::Id => match line.threads {
-            Some(_) => row.key.pid.to_string(),
-            None => format!("  {}", row.key.tid),
+            Some(_) => row.key.pid().to_string(),
+            None => format!("  {}", row.key.tid()),
         },
         Column::Name => match line.threads {
             Some(threads) if threads > 1 => format!("{} ({threads})", row.comm),
@@ -170,7 +170,7 @@ pub fn draw(frame: &mut Frame, view: &View) {
     match &view.detail {
         Some((_, Some(detail))) => draw_detail(frame, body, detail, view.detail_row),
         Some((key, None)) => frame.render_widget(
-            Paragraph::new(format!("thread {} of process {}: no data yet", key.tid, key.pid)),
+            Paragraph::new(format!("thread {} of process {}: no data yet", key.tid(), key.pid())),
             body,
         ),
         None if view.show_goroutines => draw_go(frame, body, view),
@@ -636,7 +636,7 @@ mod tests {
     }
 
     fn key(pid: u32, tid: u32) -> ThreadKey {
-        ThreadKey { pid, tid, generation: 0 }
+        ThreadKey::nth(pid, tid, 0)
     }
 
     #[test]
@@ -668,7 +668,7 @@ mod tests {
         (0..50).for_each(|_| crate::aggregate::tests::record(&mut table, &call));
         let mut view = View::default();
         view.update(Default::default(), &report, |_| true);
-        let key = ThreadKey { pid: 10, tid: 11, generation: 0 };
+        let key = ThreadKey::nth(10, 11, 0);
         view.detail = Some((key, ThreadDetail::new(&table, key)));
         let text = screen(&view, 80, 24);
         assert!(text.contains("getppid            50"), "{text}");

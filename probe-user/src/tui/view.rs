@@ -72,7 +72,7 @@ impl Row {
         let busiest = thread.syscalls.first();
         let sched = thread.sched.as_ref();
         Self {
-            key: ThreadKey { pid: thread.pid, tid: thread.tid, generation: thread.generation },
+            key: ThreadKey::nth(thread.pid, thread.tid, thread.generation),
             comm: thread.comm.clone(),
             syscalls_per_s: per_s(thread.syscalls.iter().map(|call| call.count).sum()),
             busiest: busiest.map(|call| call.name.clone()),
@@ -179,7 +179,7 @@ impl Column {
     fn value(self, row: &Row) -> Value<'_> {
         let ns = |ns: Option<u64>| Value::Number(ns.map_or(-1.0, |ns| ns as f64));
         match self {
-            Column::Id => Value::Number(f64::from(row.key.tid)),
+            Column::Id => Value::Number(f64::from(row.key.tid())),
             Column::Name => Value::Text(&row.comm),
             Column::Syscalls => Value::Number(row.syscalls_per_s),
             Column::Busiest => Value::Text(row.busiest.as_deref().unwrap_or("")),
@@ -375,7 +375,7 @@ impl View {
             self.places.insert(process.pid, self.grouping.place_of(process));
         }
         let rows = &self.rows;
-        self.places.retain(|pid, _| rows.keys().any(|key| key.pid == *pid));
+        self.places.retain(|pid, _| rows.keys().any(|key| key.pid() == *pid));
     }
 
     /// Takes the goroutines and Go processes as of now. Ignored while
@@ -394,7 +394,10 @@ impl View {
 
     /// The CPU thread `tid` of process `pid` last ran on.
     pub fn cpu_of(&self, pid: u32, tid: u32) -> Option<u32> {
-        self.rows.iter().find(|(key, _)| key.pid == pid && key.tid == tid).and_then(|(_, row)| row.last_cpu)
+        self.rows
+            .iter()
+            .find(|(key, _)| key.pid() == pid && key.tid() == tid)
+            .and_then(|(_, row)| row.last_cpu)
     }
 
     /// Takes the selected thread's detail.
@@ -435,7 +438,7 @@ impl View {
     pub fn lines(&self) -> Vec<Line> {
         let mut processes: FxHashMap<u32, Vec<&Row>> = FxHashMap::default();
         for row in self.rows.values() {
-            processes.entry(row.key.pid).or_default().push(row);
+            processes.entry(row.key.pid()).or_default().push(row);
         }
         let mut groups: Vec<(Line, Vec<&Row>)> = processes
             .into_values()
@@ -451,7 +454,7 @@ impl View {
                 let line = Line { threads: Some(threads.len()), row: process, place: None };
                 // A single-threaded process is its one line.
                 if let [only] = threads[..] {
-                    if only.key.tid == only.key.pid {
+                    if only.key.tid() == only.key.pid() {
                         return Some((Line { row: only.clone(), ..line }, Vec::new()));
                     }
                 }
@@ -473,8 +476,11 @@ impl View {
         // processes; the places in the same order.
         let mut places: Vec<(String, Vec<ProcessLines>)> = Vec::new();
         for group in groups {
-            let place =
-                self.places.get(&group.0.row.key.pid).cloned().unwrap_or_else(|| "(not read yet)".to_owned());
+            let place = self
+                .places
+                .get(&group.0.row.key.pid())
+                .cloned()
+                .unwrap_or_else(|| "(not read yet)".to_owned());
             match places.iter_mut().find(|(name, _)| *name == place) {
                 Some((_, members)) => members.push(group),
                 None => places.push((place, vec![group])),
@@ -509,8 +515,8 @@ impl View {
         let filter = self.filter.trim();
         filter.is_empty()
             || row.comm.to_lowercase().contains(&filter.to_lowercase())
-            || row.key.pid.to_string().starts_with(filter)
-            || row.key.tid.to_string().starts_with(filter)
+            || row.key.pid().to_string().starts_with(filter)
+            || row.key.tid().to_string().starts_with(filter)
     }
 
     /// The selected line's index in `lines`, if it is there.
@@ -582,9 +588,9 @@ impl View {
 
     /// A process's only thread, when it is the main thread.
     fn single_thread(&self, pid: u32) -> Option<ThreadKey> {
-        let mut threads = self.rows.keys().filter(|key| key.pid == pid);
+        let mut threads = self.rows.keys().filter(|key| key.pid() == pid);
         match (threads.next(), threads.next()) {
-            (Some(&key), None) if key.tid == pid => Some(key),
+            (Some(&key), None) if key.tid() == pid => Some(key),
             _ => None,
         }
     }
@@ -629,7 +635,7 @@ impl View {
 fn selection(line: &Line) -> Option<Selected> {
     match (line.threads, &line.place) {
         (_, Some(_)) => None,
-        (Some(_), None) => Some(Selected::Process(line.row.key.pid)),
+        (Some(_), None) => Some(Selected::Process(line.row.key.pid())),
         (None, None) => Some(Selected::Thread(line.row.key)),
     }
 }
@@ -637,12 +643,12 @@ fn selection(line: &Line) -> Option<Selected> {
 /// A process's line: its main thread's name (else its first thread's),
 /// rates summed, the worst p99s.
 fn process_row(threads: &[&Row]) -> Row {
-    let pid = threads[0].key.pid;
-    let name = threads.iter().find(|row| row.key.tid == pid).unwrap_or(&threads[0]);
+    let pid = threads[0].key.pid();
+    let name = threads.iter().find(|row| row.key.tid() == pid).unwrap_or(&threads[0]);
     let sum = |f: fn(&Row) -> f64| threads.iter().map(|row| f(row)).sum::<f64>();
     let busiest = threads.iter().max_by(|a, b| a.syscalls_per_s.total_cmp(&b.syscalls_per_s));
     Row {
-        key: ThreadKey { pid, tid: pid, generation: 0 },
+        key: ThreadKey::nth(pid, pid, 0),
         comm: name.comm.clone(),
         syscalls_per_s: sum(|row| row.syscalls_per_s),
         busiest: busiest.and_then(|row| row.busiest.clone()),
@@ -721,7 +727,7 @@ pub(super) mod tests {
     }
 
     fn shown(view: &View) -> Vec<(u32, bool)> {
-        view.lines().iter().map(|line| (line.row.key.tid, line.threads.is_some())).collect()
+        view.lines().iter().map(|line| (line.row.key.tid(), line.threads.is_some())).collect()
     }
 
     const THREADS: [(u32, u32, &str, u64); 4] =
@@ -765,7 +771,7 @@ pub(super) mod tests {
             vec![placed(10, Some(&docker)), placed(20, Some(&docker)), placed(30, Some(&cron))];
         view.update(Header::default(), &report, |_| true);
         let lines = view.lines();
-        let places: Vec<_> = lines.iter().map(|line| (line.place.clone(), line.row.key.pid)).collect();
+        let places: Vec<_> = lines.iter().map(|line| (line.place.clone(), line.row.key.pid())).collect();
         // The container's two processes make 37 calls a second.
         assert_eq!(
             places,
@@ -832,18 +838,18 @@ pub(super) mod tests {
         assert_eq!(shown(&view), [(30, true)]);
         view.key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE));
         press(&mut view, "\n");
-        assert_eq!(view.wants_detail(), Some(ThreadKey { pid: 30, tid: 30, generation: 0 }));
+        assert_eq!(view.wants_detail(), Some(ThreadKey::nth(30, 30, 0)));
     }
 
     #[test]
     fn silent_threads_stay_until_they_are_gone() {
         let mut view = view_of(&THREADS);
         let quiet = interval(&[(10, 11, "worker", 5)]);
-        view.update(Header::default(), &quiet, |key| key.tid != 21);
-        let server = view.lines().into_iter().find(|line| line.row.key.tid == 10 && line.threads.is_none());
+        view.update(Header::default(), &quiet, |key| key.tid() != 21);
+        let server = view.lines().into_iter().find(|line| line.row.key.tid() == 10 && line.threads.is_none());
         assert_eq!(server.map(|line| line.row.syscalls_per_s), Some(0.0));
         for _ in 0..IDLE_INTERVALS {
-            view.update(Header::default(), &quiet, |key| key.tid != 21);
+            view.update(Header::default(), &quiet, |key| key.tid() != 21);
         }
         assert!(!shown(&view).contains(&(21, false)), "a dead silent thread goes");
         assert!(shown(&view).contains(&(20, true)), "a live silent thread stays");
@@ -868,7 +874,7 @@ pub(super) mod tests {
         assert_eq!(view.wants_detail(), None, "a process of several threads has no detail");
         view.key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE));
         press(&mut view, "\n");
-        assert_eq!(view.wants_detail(), Some(ThreadKey { pid: 10, tid: 11, generation: 0 }));
+        assert_eq!(view.wants_detail(), Some(ThreadKey::nth(10, 11, 0)));
         press(&mut view, "\x1b");
         assert_eq!(view.wants_detail(), None);
         assert_eq!(view.key(KeyEvent::new(KeyCode::Char('q'), KeyModifiers::NONE)), Control::Quit);
