@@ -393,7 +393,7 @@ impl ThreadStats {
     #[inline(always)]
     fn syscall_mut(&mut self, nr: u32) -> &mut SyscallStats {
         let index = row_index(&mut self.syscalls, &mut self.latest_syscall, nr);
-        &mut self.syscalls[index]
+        &mut self.syscalls.as_mut_slice()[index]
     }
 
     /// Adds another span's (or thread's) counts and times.
@@ -628,7 +628,7 @@ impl Table {
     #[inline(always)]
     fn row(&mut self, key: ThreadKey) -> &mut ThreadStats {
         let index = row_index(&mut self.threads, &mut self.latest, key);
-        &mut self.threads[index]
+        &mut self.threads.as_mut_slice()[index]
     }
 
     /// Adds `other`'s records, as if they had been recorded here after this
