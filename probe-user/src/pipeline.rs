@@ -156,30 +156,31 @@ impl Pipeline {
         self.at_attach = CallsAtAttach::new(attached_ns, calls);
     }
 
-    /// Adds one record, whatever its bytes, and returns it decoded for the
-    /// outputs that follow records (none follows a slow call's detail,
-    /// which waits here for its call). A record that is not a known event of
-    /// the right size is counted, never trusted.
+    /// Adds one record, whatever its bytes, and hands it decoded to
+    /// `follow`, for the outputs that follow records (none follows a slow
+    /// call's detail, which waits here for its call): by reference, as
+    /// moving the record out costs every record a copy. A record that is
+    /// not a known event of the right size is counted, never trusted.
     ///
     /// Records must come in ring-buffer order, which is the order the
     /// programs reserved them in: for any one thread it is the order things
     /// happened to it (a thread leaves one CPU before another can switch it
     /// in), where timestamps from different CPUs may disagree by more than a
     /// migration takes.
-    pub fn ingest(&mut self, bytes: &[u8]) -> Option<Record> {
+    pub fn ingest(&mut self, bytes: &[u8], follow: impl FnOnce(&Record)) {
         let Some(record) = Record::decode(bytes) else {
             self.undecodable += 1;
-            return None;
+            return;
         };
         if let Record::SlowDetail(detail) = record {
             if self.details.len() == PENDING_DETAILS {
                 self.details.clear();
             }
             self.details.insert((detail.tid, detail.start_ns), detail);
-            return None;
+            return;
         }
         self.apply(&record);
-        Some(record)
+        follow(&record);
     }
 
     fn apply(&mut self, record: &Record) {
@@ -565,7 +566,7 @@ mod tests {
 
     fn feed(pipeline: &mut Pipeline, records: &[Vec<u8>]) {
         for record in records {
-            pipeline.ingest(record);
+            pipeline.ingest(record, |_| {});
         }
     }
 
@@ -700,7 +701,7 @@ mod tests {
         let mut intervals = Vec::new();
         for round in 0..5u64 {
             for call in 0..(round + 1) * 10 {
-                pipeline.ingest(&syscall(2 + (call % 2) as u32, 39, round * 1000 + call, 7));
+                pipeline.ingest(&syscall(2 + (call % 2) as u32, 39, round * 1000 + call, 7), |_| {});
             }
             intervals.push(pipeline.close_interval(&world));
         }
@@ -714,7 +715,7 @@ mod tests {
     #[test]
     fn lost_calls_count_for_the_thread_and_fold_the_dead() {
         let mut pipeline = Pipeline::new(None);
-        pipeline.ingest(&syscall(2, 257, 1, 5));
+        pipeline.ingest(&syscall(2, 257, 1, 5), |_| {});
         let lost = LostCall { pid: 1, tid: 2, nr: 257, errno: 2 };
         let gone = LostCall { pid: 1, tid: 9, nr: 0, errno: 0 };
         pipeline.add_lost_calls(
@@ -753,7 +754,7 @@ mod tests {
     fn threads_no_record_named_are_named_by_the_world() {
         use EventKind::*;
         let mut pipeline = Pipeline::new(None);
-        pipeline.ingest(&sched(SwitchIn, 4, 0, 0, 10));
+        pipeline.ingest(&sched(SwitchIn, 4, 0, 0, 10), |_| {});
         let interval = pipeline.close_interval(&Listed(vec![(1, 4)]));
         assert_eq!(interval.get(ThreadKey::new(1, 4)).unwrap().comm, "live");
     }
@@ -776,7 +777,9 @@ mod tests {
             duration_ns: 2,
             op_name,
         };
-        assert_eq!(pipeline.ingest(&bytes(&io)), Some(Record::IoUring(io)));
+        let mut followed = None;
+        pipeline.ingest(&bytes(&io), |record| followed = Some(record.clone()));
+        assert_eq!(followed, Some(Record::IoUring(io)));
         let interval = pipeline.close_interval(&NOBODY);
         let thread = interval.get(ThreadKey::new(1, 2)).unwrap();
         assert_eq!((thread.io_uring[&0].count, thread.io_uring[&0].name.as_str()), (1, "NOP"));

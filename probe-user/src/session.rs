@@ -304,9 +304,7 @@ fn drain(
     loop {
         while let Some(entry) = ring.next() {
             for bytes in entry_records(entry) {
-                if let Some(record) = pipeline.ingest(bytes) {
-                    outputs.record(&record);
-                }
+                pipeline.ingest(bytes, |record| outputs.record(record));
             }
         }
         if !ring.publish() {
