@@ -5,8 +5,8 @@
 use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        generated,
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, generated,
     },
     macros::map,
     maps::{ring_buf::RingBufEntry, Array, PerCpuArray, RingBuf},
@@ -352,9 +352,16 @@ pub(crate) fn current_task_field<T: Copy>(offset: u32) -> T {
 
 /// The current thread's `(tid, tgid)`, read from `task` (the current
 /// task): on the syscall path, where the task is needed anyway, one helper
-/// call fewer than `bpf_get_current_pid_tgid`.
+/// call fewer than `bpf_get_current_pid_tgid`. Without the offsets (the
+/// loader reads and checks them only when some program reads other tasks:
+/// not with `--no-sched` on the whole system), the helper tells; the
+/// verifier keeps only the branch the loader's offsets take.
 #[inline(always)]
 pub(crate) fn current_ids(task: *const u8) -> (u32, u32) {
+    if config(&TASK_TGID_OFFSET) == 0 {
+        let tid_tgid = bpf_get_current_pid_tgid();
+        return (tid_tgid as u32, (tid_tgid >> 32) as u32);
+    }
     (task_field(task, config(&TASK_PID_OFFSET)), task_field(task, config(&TASK_TGID_OFFSET)))
 }
 

@@ -140,11 +140,19 @@ fn pid_mode_sees_threads_started_after_attach_and_ends_with_the_target() {
 
 #[test]
 fn whole_system_mode_finds_the_workload_and_stops_on_sigint() {
+    whole_system(&[]);
+    // Without the scheduler view no program reads other tasks, and the
+    // syscall programs read the thread's ids without task_struct offsets.
+    whole_system(&["--no-sched"]);
+}
+
+fn whole_system(args: &[&str]) {
     let report = report_path("system");
     let mut probe = Running::spawn(
         Command::new(PROBE)
             .args(["--json", "-e", "getppid,openat", "-o"])
             .arg(&report)
+            .args(args)
             .stderr(Stdio::piped()),
     );
     let _stderr = wait_until_tracing(&mut probe);
