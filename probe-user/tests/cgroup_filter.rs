@@ -77,7 +77,7 @@ fn only_the_cgroup_and_its_descendants_are_traced() {
     let trace = ended_trace(&mut probe, stderr, &report);
     drop(made);
 
-    assert_eq!(trace.summary["lost_events"], 0);
+    assert_eq!(trace.summary["lost_events"], 0, "{}", trace.summary["lost"]);
     // Every syscall-making thread's count (the CPU hopper's moves are not
     // calls of one name).
     for thread in a.threads.iter().chain(&c.threads).filter(|thread| thread.syscall != "affinity") {

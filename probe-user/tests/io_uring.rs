@@ -27,7 +27,7 @@ fn io_uring_requests_are_counted_per_thread_and_opcode() {
         assert_eq!(op["errors"], 0, "{op}");
         assert!(op["p50_ns"].as_u64().unwrap() > 0 && op["p99_ns"].as_u64() <= op["max_ns"].as_u64(), "{op}");
     }
-    assert_eq!(trace.summary["lost_events"], 0);
+    assert_eq!(trace.summary["lost_events"], 0, "{}", trace.summary["lost"]);
 }
 
 #[test]

@@ -59,7 +59,7 @@ fn pid_mode_blames_the_untraced_rival() {
     let (trace, rest) = trace_pid("blame-pid", &[], &mut workload, stdout, || unsafe {
         libc::kill(pid, libc::SIGUSR1);
     });
-    assert_eq!(trace.summary["lost_events"], 0);
+    assert_eq!(trace.summary["lost_events"], 0, "{}", trace.summary["lost"]);
     assert_blamed_on_rival(&trace, &Workload::parse(&rest), rival_pid);
     // The rival itself is not traced, but its container is named.
     let threads = trace.summary["threads"].as_array().unwrap();

@@ -26,7 +26,7 @@ fn forced_moves_sleeps_and_a_lone_spinner() {
         &["--affinity", &MOVES.to_string(), "--sleep", "100x1", "--spin", "1000"],
     );
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(trace.summary["lost_events"], 0);
+    assert_eq!(trace.summary["lost_events"], 0, "{}", trace.summary["lost"]);
 
     // Each move puts the thread on the other CPU: one migration each, plus
     // at most the first pin and a few the scheduler made by itself; and as
@@ -123,7 +123,7 @@ fn short_lived_children_are_seen_to_their_last_switch() {
     const CHILDREN: u64 = 20;
     let (trace, workload, output) = trace_command("sched-children", &[], &["--children", "20x2000"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(trace.summary["lost_events"], 0);
+    assert_eq!(trace.summary["lost_events"], 0, "{}", trace.summary["lost"]);
     let children: Vec<_> = workload.doing("child").collect();
     assert_eq!(children.len() as u64, CHILDREN);
     let mut sampled = 0;
@@ -277,7 +277,7 @@ fn switches_and_migrations_equal_the_kernels_own_counts() {
         &["--spin", "400,400,400", "--sleep", "200x1", "--affinity", "100", "--pingpong", "2000"],
     );
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(trace.summary["lost_events"], 0);
+    assert_eq!(trace.summary["lost_events"], 0, "{}", trace.summary["lost"]);
     let mut sampled = 0;
     for thread in &workload.threads {
         let sched = sched(&trace, thread.tid);

@@ -15,12 +15,12 @@ use serde_json::Value;
 fn command_mode_counts_exactly_times_sleeps_and_names_errors() {
     let (trace, workload, output) = trace_command(
         "command",
-        &["-i", "200ms"],
+        &["-i", "200ms", HOLDS_THE_STORM[0], HOLDS_THE_STORM[1]],
         &["--getppid", "1000,25000,70000", "--sleep", "20x10", "--enoent", "37", "--exit", "3"],
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(3), "probe exits with the COMMAND's status; stderr: {stderr}");
-    assert_eq!(trace.summary["lost_events"], 0);
+    assert_eq!(trace.summary["lost_events"], 0, "{}", trace.summary["lost"]);
     assert_eq!(trace.summary["exit_code"], 3);
     assert_exact(&trace, &workload);
 
@@ -96,7 +96,7 @@ fn slow_calls_are_reported_one_by_one_as_they_return() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     // Explaining them (symbolizing the program's objects takes a while the
     // first time) holds up no record of the storm beside them.
-    assert_eq!(trace.summary["lost_events"], 0);
+    assert_eq!(trace.summary["lost_events"], 0, "{}", trace.summary["lost"]);
     assert!(!trace.slow_calls.is_empty());
     for call in &trace.slow_calls {
         assert!(call["duration_ns"].as_u64().unwrap() >= 30_000_000, "{call}");
@@ -130,11 +130,11 @@ fn pid_mode_sees_threads_started_after_attach_and_ends_with_the_target() {
         start_workload(&["--wait-signal", "--getppid", "3000,17000,42000", "--enoent", "5"], "{\"ready\"");
     let pid = workload.id() as i32;
     // SAFETY: signalling our own child.
-    let (trace, rest) = trace_pid("pid", &[], &mut workload, stdout, || unsafe {
+    let (trace, rest) = trace_pid("pid", &HOLDS_THE_STORM, &mut workload, stdout, || unsafe {
         libc::kill(pid, libc::SIGUSR1);
     });
     let workload = Workload::parse(&rest);
-    assert_eq!(trace.summary["lost_events"], 0);
+    assert_eq!(trace.summary["lost_events"], 0, "{}", trace.summary["lost"]);
     assert_exact(&trace, &workload);
 }
 

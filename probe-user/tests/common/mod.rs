@@ -17,6 +17,14 @@ pub mod metrics;
 
 pub const PROBE: &str = env!("CARGO_BIN_EXE_probe");
 
+/// `--buffer-size` for a test whose storm must be counted call by call:
+/// 32 MiB holds its every record (80 bytes a call) even if probe's reader
+/// does not run until the end. The default 4 MiB holds about 50,000
+/// calls, 10 ms of a storm on two CPUs; a CI host that stalls the reader's
+/// CPU that long turned such a test into an overload test, which
+/// `robustness.rs` is.
+pub const HOLDS_THE_STORM: [&str; 2] = ["--buffer-size", "33554432"];
+
 /// A child process that a failing test does not leave running: it is
 /// killed when dropped.
 pub struct Running(pub Child);
