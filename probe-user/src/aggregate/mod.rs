@@ -370,15 +370,33 @@ pub type Syscalls = IndexMap<u32, SyscallStats, FxBuildHasher>;
 /// Slots of [`RecentSyscalls`].
 const RECENT_SYSCALLS: usize = 16;
 
-/// A thread's syscall numbers and their rows' indices in its [`Syscalls`],
-/// a slot per number modulo 16: a storm repeats one call, and a server's
-/// thread takes turns at a few (`epoll_wait`, `read`, `write`: 232, 0 and
-/// 1 fall in slots of their own), each then found without a look-up, which
-/// cost redis's records a tenth of probe's CPU when only the latest call
-/// was remembered. Rows are never removed from a thread's table, so an
-/// index stays right.
+/// A thread's (or a goroutine's) syscall numbers and their rows' indices
+/// in its [`Syscalls`], a slot per number modulo 16: a storm repeats one
+/// call, and a server's thread takes turns at a few (`epoll_wait`, `read`,
+/// `write`: 232, 0 and 1 fall in slots of their own), each then found
+/// without a look-up, which cost redis's records a tenth of probe's CPU
+/// when only the latest call was remembered. Rows are never removed from
+/// these tables, so an index stays right.
 #[derive(Clone, Debug)]
-struct RecentSyscalls([(u32, u32); RECENT_SYSCALLS]);
+pub struct RecentSyscalls([(u32, u32); RECENT_SYSCALLS]);
+
+impl RecentSyscalls {
+    /// The row of syscall `nr` in `rows`, the table these slots are of,
+    /// made if new.
+    #[inline(always)]
+    pub fn row<'a>(&mut self, rows: &'a mut Syscalls, nr: u32) -> &'a mut SyscallStats {
+        let slot = &mut self.0[nr as usize % RECENT_SYSCALLS];
+        let index = match *slot {
+            (seen, index) if seen == nr => index as usize,
+            _ => {
+                let index = look_up_row(rows, nr);
+                *slot = (nr, index as u32);
+                index
+            }
+        };
+        &mut rows.as_mut_slice()[index]
+    }
+}
 
 impl Default for RecentSyscalls {
     /// Empty: slot `i` holds `i + 1`, a number looked up in slot `i + 1`,
@@ -414,16 +432,7 @@ impl ThreadStats {
     /// The row of syscall `nr`, made if new.
     #[inline(always)]
     fn syscall_mut(&mut self, nr: u32) -> &mut SyscallStats {
-        let slot = &mut self.recent_syscalls.0[nr as usize % RECENT_SYSCALLS];
-        let index = match *slot {
-            (seen, index) if seen == nr => index as usize,
-            _ => {
-                let index = look_up_row(&mut self.syscalls, nr);
-                *slot = (nr, index as u32);
-                index
-            }
-        };
-        &mut self.syscalls.as_mut_slice()[index]
+        self.recent_syscalls.row(&mut self.syscalls, nr)
     }
 
     /// Adds another span's (or thread's) counts and times.

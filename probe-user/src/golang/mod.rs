@@ -19,9 +19,10 @@ use std::{
 };
 
 use probe_common::{SyscallEvent, GOROUTINE_UNREAD, NO_GOROUTINE};
+use rustc_hash::FxHashMap;
 
 use crate::{
-    aggregate::{Syscalls, World},
+    aggregate::{RecentSyscalls, Syscalls, World},
     escape, procfs,
     report::{syscall_reports, GoProcessReport, GoThreadReport, GoroutineReport},
 };
@@ -42,6 +43,7 @@ struct Goroutine {
     /// Where it started (`runtime.g.startpc`); 0 until a record brought it.
     start_pc: u64,
     syscalls: Syscalls,
+    recent_syscalls: RecentSyscalls,
     threads: BTreeSet<u32>,
     last_thread: Option<u32>,
     /// Calls made on another thread than its previous call.
@@ -71,7 +73,9 @@ struct Process {
 pub struct Goroutines {
     binary: GoBinary,
     processes: BTreeMap<u32, Process>,
-    goroutines: BTreeMap<(u32, u64), Goroutine>,
+    /// By process and goroutine id: a hash map, as every call of the
+    /// program looks its goroutine up among the thousands a server starts.
+    goroutines: FxHashMap<(u32, u64), Goroutine>,
     scheduler: Scheduler,
 }
 
@@ -80,7 +84,7 @@ impl Goroutines {
         Self {
             binary,
             processes: BTreeMap::new(),
-            goroutines: BTreeMap::new(),
+            goroutines: FxHashMap::default(),
             scheduler: Scheduler::default(),
         }
     }
@@ -128,7 +132,7 @@ impl Goroutines {
             }
             goroutine.last_thread = Some(event.tid);
         }
-        goroutine.syscalls.entry(event.nr).or_default().record(event, None);
+        goroutine.recent_syscalls.row(&mut goroutine.syscalls, event.nr).record(event, None);
     }
 
     /// Marks goroutine `goid` of process `pid` as ended; beyond the cap,
@@ -168,16 +172,18 @@ impl Goroutines {
                 // not among its goroutines, it has ended (an older read
                 // knows nothing of goroutines started since).
                 if let Some(live) = snapshot.live.as_ref().filter(|_| snapshot.taken == now) {
-                    let seen = self.goroutines.range((*pid, 1)..(*pid, GOROUTINE_UNREAD));
-                    ended.extend(
-                        seen.filter(|(&(_, goid), goroutine)| {
-                            !goroutine.exited && live.binary_search(&goid).is_err()
-                        })
-                        .map(|(&key, _)| key),
-                    );
+                    ended.extend(self.goroutines.iter().filter_map(|(&(of, goid), goroutine)| {
+                        let ended = of == *pid
+                            && (1..GOROUTINE_UNREAD).contains(&goid)
+                            && !goroutine.exited
+                            && live.binary_search(&goid).is_err();
+                        ended.then_some((of, goid))
+                    }));
                 }
             }
         }
+        // Oldest first (ids grow), as the cap on ended ones folds them.
+        ended.sort_unstable();
         for (pid, goid) in ended {
             self.exited(pid, goid);
         }
