@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::command::{self, run};
@@ -381,8 +381,8 @@ fn probe_numbers(paths: &Paths, sample: &mut Sample, start_ns: f64, usage: &libc
     sample.events = Some(events);
     sample.lost = summary["lost_events"].as_f64();
     sample.events_per_s = Some(events / elapsed_s.max(1e-9));
-    let cpu_ns = |time: libc::timeval| time.tv_sec as f64 * 1e9 + time.tv_usec as f64 * 1e3;
-    let total_ns = cpu_ns(usage.ru_utime) + cpu_ns(usage.ru_stime);
+    let timeval_ns = |time: libc::timeval| time.tv_sec as f64 * 1e9 + time.tv_usec as f64 * 1e3;
+    let total_ns = timeval_ns(usage.ru_utime) + timeval_ns(usage.ru_stime);
     sample.cpu_ns_per_event = Some((total_ns - start_ns).max(0.0) / events.max(1.0));
     sample.start_cpu_ms = Some(start_ns / 1e6);
     sample.peak_rss_mib = Some(usage.ru_maxrss as f64 / 1024.0);
@@ -406,9 +406,19 @@ fn traced_by_probe(paths: &Paths, mut command: Command, numbers: bool) -> Result
     Ok(sample)
 }
 
-/// Starts probe and returns how long it took to say it is tracing, and
-/// the URL of its metrics if it serves them.
-fn start_probe(command: &mut Command) -> Result<(Child, f64, Option<String>)> {
+/// probe, started and tracing.
+struct Started {
+    child: Child,
+    /// How long it took to say it is tracing.
+    attach_ms: f64,
+    /// Its CPU time then: what "cpu ns/ev" leaves out.
+    start_ns: f64,
+    /// The URL of its metrics, if it serves them.
+    metrics: Option<String>,
+}
+
+/// Starts probe and waits until it says it is tracing.
+fn start_probe(command: &mut Command) -> Result<Started> {
     let start = Instant::now();
     let mut child = command.stderr(Stdio::piped()).spawn()?;
     let mut stderr = BufReader::new(child.stderr.take().context("no stderr")?);
@@ -420,12 +430,20 @@ fn start_probe(command: &mut Command) -> Result<(Child, f64, Option<String>)> {
             metrics = Some(url.trim().to_owned());
             continue;
         }
-        if !line.starts_with("probe: tracing") {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("probe did not start: {line}");
-        }
-        return Ok((child, start.elapsed().as_secs_f64() * 1e3, metrics));
+        let attach_ms = start.elapsed().as_secs_f64() * 1e3;
+        let start_ns = match line.starts_with("probe: tracing") {
+            true => cpu_ns(child.id()),
+            false => Err(anyhow!("probe did not start: {line}")),
+        };
+        return match start_ns {
+            Ok(start_ns) => Ok(Started { child, attach_ms, start_ns, metrics }),
+            // Not left running beside the next measurement.
+            Err(err) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(err)
+            }
+        };
     }
 }
 
@@ -435,8 +453,8 @@ fn probe_pid(paths: &Paths, args: &[String], mut probe: Command) -> Result<Sampl
     let mut stdout = BufReader::new(target.stdout.take().context("no stdout")?);
     let mut ready = String::new();
     stdout.read_line(&mut ready)?;
-    let (mut child, attach_ms, _) = start_probe(probe.args(["-p", &target.id().to_string()]))?;
-    let start_ns = cpu_ns(child.id())?;
+    let Started { mut child, attach_ms, start_ns, .. } =
+        start_probe(probe.args(["-p", &target.id().to_string()]))?;
     // SAFETY: signalling our own child.
     unsafe { libc::kill(target.id() as i32, libc::SIGUSR1) };
     let mut rest = String::new();
@@ -449,8 +467,7 @@ fn probe_pid(paths: &Paths, args: &[String], mut probe: Command) -> Result<Sampl
 }
 
 fn probe_system(paths: &Paths, args: &[String], mut probe: Command) -> Result<Sample> {
-    let (mut child, attach_ms, _) = start_probe(&mut probe)?;
-    let start_ns = cpu_ns(child.id())?;
+    let Started { mut child, attach_ms, start_ns, .. } = start_probe(&mut probe)?;
     let mut command = Command::new(&paths.workload);
     command.args(args);
     let stdout = stdout_of(command)?;

@@ -24,7 +24,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::{build_go, cpu_ns, median, probe_numbers, start_probe, wait_rusage, Paths, Sample, Tracer};
+use super::{build_go, median, probe_numbers, start_probe, wait_rusage, Paths, Sample, Started, Tracer};
 use crate::command::{self, run};
 
 /// The tracers a server runs under, in each round's order.
@@ -325,8 +325,7 @@ enum Traced {
 
 impl Traced {
     fn probe(mut command: Command, numbers: bool) -> Result<Self> {
-        let (child, _, metrics) = start_probe(&mut command)?;
-        let start_ns = cpu_ns(child.id())?;
+        let Started { child, start_ns, metrics, .. } = start_probe(&mut command)?;
         let guard = Guard(Some(child));
         let scraper = metrics.map(|address| Scraper::start(&address)).transpose()?;
         Ok(Traced::Probe { guard, numbers, start_ns, scraper })
