@@ -172,12 +172,11 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
     // One helper call for the leaving task's fields.
     let task = current_task();
     let (prev_tid, prev_pid) = current_ids(task);
-    let prev = (u64::from(prev_pid) << 32) | u64::from(prev_tid);
     let now = now();
     let next = task_ids(ctx.arg::<*const u8>(2));
     // pid 0 is the idle task: not a thread anyone traces.
     let next_traced = matches!(next, Ok((tid, pid)) if pid != 0 && is_traced(pid) && thread_passes(tid));
-    if prev_pid != 0 && is_traced(prev_pid) && leaving_thread_passes(prev as u32) {
+    if prev_pid != 0 && is_traced(prev_pid) && leaving_thread_passes(prev_tid) {
         let preempt = ctx.arg::<u64>(0) & 1 != 0;
         let prev_state = ctx.arg::<u64>(3) as u32;
         // The kernel's own rule for nvcsw: it blocked, not preempted.
@@ -185,7 +184,7 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
         if prev_state & TASK_DEAD != 0 {
             flags |= SWITCH_EXITED;
         }
-        mark_waiting(prev as u32, flags & SWITCH_VOLUNTARY == 0);
+        mark_waiting(prev_tid, flags & SWITCH_VOLUNTARY == 0);
         // Said by every switch-out, not only by the thread's WakeupNew:
         // that record may be dropped, and then its moves before the first
         // switch-out seen would pass for moves made before the trace.
@@ -198,17 +197,17 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
         // switch, so only when asked.
         let stack =
             if in_call && flags & SWITCH_VOLUNTARY != 0 && slow_ns() != 0 { kernel_stack(ctx) } else { 0 };
-        let out = sched_event(EventKind::SwitchOut, prev as u32, prev_pid, flags, stack, now, Some(task));
+        let out = sched_event(EventKind::SwitchOut, prev_tid, prev_pid, flags, stack, now, Some(task));
         if !send(state, &out) {
-            count_lost(LostCall { pid: prev_pid, tid: prev as u32, nr: lost, errno: 0 });
-            let migrations = LostCall { pid: prev_pid, tid: prev as u32, nr: LOST_MIGRATIONS, errno: 0 };
+            count_lost(LostCall { pid: prev_pid, tid: prev_tid, nr: lost, errno: 0 });
+            let migrations = LostCall { pid: prev_pid, tid: prev_tid, nr: LOST_MIGRATIONS, errno: 0 };
             keep_lost_max(migrations, out.nr_migrations);
         }
     } else if (prev_pid != 0 || !next_traced) && others_wanted() {
         // Who held the CPU up to now. The idle task's time before a traced
         // thread's switch-in needs no record: the SwitchIn ends it. A
         // dropped one is counted in `LostEvents` only.
-        let _ = send(state, &ran_event(prev, now));
+        let _ = send(state, &ran_event(prev_pid, prev_tid, now));
     }
     let (tid, pid) = next?;
     if next_traced {
@@ -220,17 +219,18 @@ fn try_sched_switch(ctx: &RawTracePointContext) -> Result<u32, u32> {
     Ok(0)
 }
 
-/// The current task (`pid_tgid`), not traced, leaves its CPU at `ts_ns`.
+/// The current task (`tid` of process `pid`), not traced, leaves its CPU
+/// at `ts_ns`.
 #[inline(always)]
-fn ran_event(pid_tgid: u64, ts_ns: u64) -> RanEvent {
+fn ran_event(pid: u32, tid: u32, ts_ns: u64) -> RanEvent {
     let mut record = MaybeUninit::<RanEvent>::uninit();
     let r = record.as_mut_ptr();
     // SAFETY: every field is written before the record is read.
     unsafe {
         (*r).kind = EventKind::Ran as u32;
         (*r).cpu = cpu();
-        (*r).pid = (pid_tgid >> 32) as u32;
-        (*r).tid = pid_tgid as u32;
+        (*r).pid = pid;
+        (*r).tid = tid;
         (*r).ts_ns = ts_ns;
         write_comm(&raw mut (*r).comm, true);
         record.assume_init()
