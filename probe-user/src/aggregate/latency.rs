@@ -1,7 +1,7 @@
 //! Latency distributions that stay small for the many threads and syscalls
 //! that see few calls, and precise for the few that see many.
 
-use hdrhistogram::Histogram;
+use hdrhistogram::{Counter, Histogram};
 
 /// Two significant digits: quantiles within 1% of the true value.
 const HISTOGRAM_SIGFIG: u8 = 2;
@@ -18,7 +18,7 @@ pub struct Latencies {
     /// The latencies themselves, until there are too many.
     samples: Vec<u64>,
     /// All latencies, once there are too many to keep.
-    histogram: Option<Box<Histogram<u64>>>,
+    histogram: Option<Box<Counts>>,
     /// Exact extremes (a histogram's are rounded to its buckets).
     min: u64,
     max: u64,
@@ -33,9 +33,9 @@ impl Latencies {
         }
         self.max = self.max.max(ns);
         match &mut self.histogram {
-            Some(histogram) => add(histogram, ns),
+            Some(histogram) => histogram.record(ns),
             None if self.samples.len() < EXACT_SAMPLES => self.samples.push(ns),
-            None => add(self.histogram_mut(), ns),
+            None => self.histogram_mut().record(ns),
         }
     }
 
@@ -49,18 +49,19 @@ impl Latencies {
             return;
         }
         let was_empty = self.is_empty();
-        self.histogram_mut().add(theirs.as_ref()).expect("auto-resizing histograms accept any value");
+        self.histogram_mut().merge(theirs);
         self.min = if was_empty { other.min } else { self.min.min(other.min) };
         self.max = self.max.max(other.max);
     }
 
     /// The histogram, made from the samples kept so far if there is none.
-    fn histogram_mut(&mut self) -> &mut Histogram<u64> {
+    fn histogram_mut(&mut self) -> &mut Counts {
         let samples = std::mem::take(&mut self.samples);
         self.histogram.get_or_insert_with(|| {
-            let mut histogram =
-                Box::new(Histogram::new(HISTOGRAM_SIGFIG).expect("2 significant figures is valid"));
-            samples.iter().for_each(|&ns| add(&mut histogram, ns));
+            let mut histogram = Box::new(Counts::Narrow(
+                Histogram::new(HISTOGRAM_SIGFIG).expect("2 significant figures is valid"),
+            ));
+            samples.iter().for_each(|&ns| histogram.record(ns));
             histogram
         })
     }
@@ -110,9 +111,7 @@ impl Latencies {
     /// 1% once a histogram holds them).
     pub fn values(&self) -> Vec<(u64, u64)> {
         match &self.histogram {
-            Some(histogram) => {
-                histogram.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect()
-            }
+            Some(histogram) => histogram.values(),
             None => {
                 let mut sorted = self.samples.clone();
                 sorted.sort_unstable();
@@ -138,11 +137,97 @@ impl Latencies {
     }
 }
 
-/// Records into a histogram: zero as 1 ns (its floor), growing it to fit.
-fn add(histogram: &mut Histogram<u64>, ns: u64) {
+/// A histogram's counts: 4 bytes each while their total is below
+/// `u32::MAX`, so that none can saturate; 8 beyond. Every call's record
+/// adds to one count, in tables the ring buffer's stream keeps pushing
+/// out of the caches: half the bytes, half the cache lines to miss.
+#[derive(Clone, Debug, PartialEq)]
+enum Counts {
+    Narrow(Histogram<u32>),
+    Wide(Histogram<u64>),
+}
+
+impl Counts {
+    #[inline]
+    fn record(&mut self, ns: u64) {
+        match self {
+            Counts::Narrow(histogram) if histogram.len() < u64::from(u32::MAX) => add(histogram, ns, 1),
+            Counts::Narrow(_) => add(self.widen(), ns, 1),
+            Counts::Wide(histogram) => add(histogram, ns, 1),
+        }
+    }
+
+    /// Adds every count of `other`.
+    fn merge(&mut self, other: &Counts) {
+        match (&mut *self, other) {
+            (Counts::Narrow(ours), Counts::Narrow(theirs))
+                if ours.len().saturating_add(theirs.len()) < u64::from(u32::MAX) =>
+            {
+                ours.add(theirs).expect("auto-resizing histograms accept any value");
+            }
+            (Counts::Wide(ours), Counts::Wide(theirs)) => {
+                ours.add(theirs).expect("auto-resizing histograms accept any value");
+            }
+            _ => {
+                let ours = self.widen();
+                for (ns, count) in other.values() {
+                    add(ours, ns, count);
+                }
+            }
+        }
+    }
+
+    /// The counts, made 8 bytes each if they are not.
+    fn widen(&mut self) -> &mut Histogram<u64> {
+        if let Counts::Narrow(narrow) = self {
+            let mut wide = Histogram::<u64>::new_from(narrow);
+            for v in narrow.iter_recorded() {
+                add(&mut wide, v.value_iterated_to(), v.count_at_value().into());
+            }
+            *self = Counts::Wide(wide);
+        }
+        match self {
+            Counts::Wide(wide) => wide,
+            Counts::Narrow(_) => unreachable!("widened above"),
+        }
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Counts::Narrow(histogram) => histogram.len(),
+            Counts::Wide(histogram) => histogram.len(),
+        }
+    }
+
+    fn value_at_quantile(&self, q: f64) -> u64 {
+        match self {
+            Counts::Narrow(histogram) => histogram.value_at_quantile(q),
+            Counts::Wide(histogram) => histogram.value_at_quantile(q),
+        }
+    }
+
+    /// Each bucket's value with its count, smallest first.
+    fn values(&self) -> Vec<(u64, u64)> {
+        match self {
+            Counts::Narrow(histogram) => histogram
+                .iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value().into()))
+                .collect(),
+            Counts::Wide(histogram) => {
+                histogram.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect()
+            }
+        }
+    }
+}
+
+/// Records `count` latencies of `ns` into a histogram: zero as 1 ns (its
+/// floor), growing it to fit (the saturating variants clamp to its range
+/// instead).
+#[inline]
+fn add<C: Counter>(histogram: &mut Histogram<C>, ns: u64, count: C) {
     let value = ns.max(1);
-    if histogram.record(value).is_err() {
-        histogram.saturating_record(value);
+    if histogram.record_n(value, count).is_err() {
+        histogram.saturating_record_n(value, count);
     }
 }
 
@@ -174,6 +259,38 @@ mod tests {
             assert!((got - exact).abs() / exact <= 0.01, "q{q}: {got} vs {exact}");
         }
         assert_eq!((latencies.min(), latencies.max()), (Some(1000), Some(10_000_000)));
+    }
+
+    #[test]
+    fn counts_widen_before_any_could_saturate() {
+        // A narrow histogram a few calls short of u32::MAX, as a long run
+        // of one call's latencies would make it.
+        let narrow = |ns: u64| {
+            let mut histogram = Histogram::<u32>::new(HISTOGRAM_SIGFIG).unwrap();
+            histogram.record_n(ns, u32::MAX - 3).unwrap();
+            Counts::Narrow(histogram)
+        };
+        let mut counts = narrow(1000);
+        (0..10).for_each(|_| counts.record(1000));
+        assert!(matches!(counts, Counts::Wide(_)));
+        assert_eq!(counts.len(), u64::from(u32::MAX) + 7);
+        // One bucket, named by its highest value (within 1% of 1000).
+        assert_eq!(counts.values(), [(1003, u64::from(u32::MAX) + 7)]);
+        // Merged, two narrow ones hold more than either could alone.
+        let mut ours = narrow(1000);
+        ours.merge(&narrow(5000));
+        assert!(matches!(ours, Counts::Wide(_)));
+        assert_eq!(ours.len(), 2 * u64::from(u32::MAX - 3));
+        assert!((4950..=5050).contains(&ours.value_at_quantile(0.9)));
+        // Small ones stay narrow, merged either way round.
+        let mut small = Latencies::default();
+        (0..100).for_each(|ns| small.record(ns));
+        let mut wide = Latencies::default();
+        wide.merge(&small);
+        assert!(matches!(wide.histogram.as_deref(), Some(Counts::Narrow(_))));
+        wide.histogram = Some(Box::new(counts));
+        wide.merge(&small);
+        assert_eq!(wide.len(), u64::from(u32::MAX) + 107);
     }
 
     #[test]
