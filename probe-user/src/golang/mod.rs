@@ -76,6 +76,10 @@ pub struct Goroutines {
     /// By process and goroutine id: a hash map, as every call of the
     /// program looks its goroutine up among the thousands a server starts.
     goroutines: FxHashMap<(u32, u64), Goroutine>,
+    /// The pid, tid and goroutine of the latest call: a goroutine's calls
+    /// come in runs on one thread, and the rows the run's first call set
+    /// hold for the rest. Cleared when a goroutine is folded away.
+    last_call: Option<(u32, u32, u64)>,
     scheduler: Scheduler,
 }
 
@@ -85,6 +89,7 @@ impl Goroutines {
             binary,
             processes: BTreeMap::new(),
             goroutines: FxHashMap::default(),
+            last_call: None,
             scheduler: Scheduler::default(),
         }
     }
@@ -110,6 +115,26 @@ impl Goroutines {
         if event.goid == NO_GOROUTINE {
             return;
         }
+        let ids = (event.pid, event.tid, event.goid);
+        let goroutine = match self.last_call == Some(ids) {
+            true => self.goroutines.get_mut(&(event.pid, event.goid)),
+            false => {
+                self.last_call = Some(ids);
+                Some(self.run_begins(event))
+            }
+        };
+        let Some(goroutine) = goroutine else {
+            return;
+        };
+        if event.go_start_pc != 0 {
+            goroutine.start_pc = event.go_start_pc;
+        }
+        goroutine.recent_syscalls.row(&mut goroutine.syscalls, event.nr).record(event, None);
+    }
+
+    /// The goroutine of a call that begins a run of its calls on a thread,
+    /// with its process's and thread's rows brought up to date.
+    fn run_begins(&mut self, event: &SyscallEvent) -> &mut Goroutine {
         let process = self.processes.entry(event.pid).or_default();
         process.threads.entry(event.tid).or_default().goroutine = Some(event.goid);
         let goroutine = self.goroutines.entry((event.pid, event.goid)).or_insert_with(|| {
@@ -118,10 +143,6 @@ impl Goroutines {
             }
             Goroutine::default()
         });
-        if event.go_start_pc != 0 {
-            goroutine.start_pc = event.go_start_pc;
-        }
-        // A goroutine's calls come in runs on one thread, already in its set.
         if goroutine.last_thread != Some(event.tid) {
             goroutine.threads.insert(event.tid);
             // g0 is one per thread, not one goroutine that moves; nor are
@@ -132,7 +153,7 @@ impl Goroutines {
             }
             goroutine.last_thread = Some(event.tid);
         }
-        goroutine.recent_syscalls.row(&mut goroutine.syscalls, event.nr).record(event, None);
+        goroutine
     }
 
     /// Marks goroutine `goid` of process `pid` as ended; beyond the cap,
@@ -193,6 +214,7 @@ impl Goroutines {
         let Some(gone) = self.goroutines.remove(&(pid, goid)) else {
             return;
         };
+        self.last_call = None;
         let folded = self.goroutines.entry((pid, FOLDED_GOID)).or_default();
         folded.exited = true;
         folded.threads.extend(gone.threads);
