@@ -11,6 +11,7 @@ use std::{
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    thread,
     time::{Duration, Instant},
 };
 
@@ -344,15 +345,44 @@ fn ns_per_op(stdout: &str) -> Result<f64> {
 
 /// Waits for a child and returns its resource usage: CPU time and peak RSS.
 fn wait_rusage(child: &mut Child) -> Result<(i32, libc::rusage)> {
+    wait4(child, 0)?.context("wait4 returned without the child")
+}
+
+/// `wait4` on our own child: its status and resource usage once it has
+/// ended; `None` while it runs, with `WNOHANG` in `options`.
+fn wait4(child: &mut Child, options: i32) -> Result<Option<(i32, libc::rusage)>> {
     let mut status = 0;
     // SAFETY: a zeroed rusage is valid to fill.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: waiting for our own child with valid out-pointers.
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    if pid < 0 {
-        bail!("cannot wait for probe: {}", std::io::Error::last_os_error());
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, options, &mut usage) };
+    match pid {
+        0 => Ok(None),
+        pid if pid < 0 => bail!("cannot wait for {}: {}", child.id(), std::io::Error::last_os_error()),
+        _ => Ok(Some((status, usage))),
     }
-    Ok((status, usage))
+}
+
+/// Sends `signal` to our own child and reaps it: its resource usage. The
+/// signal goes again every 10 s while the child lives (bpftrace once took a
+/// SIGINT here and went on tracing, and the bench waited for it until a
+/// second one); after a minute the child is killed and this fails.
+fn stop_rusage(child: &mut Child, signal: i32) -> Result<libc::rusage> {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        // SAFETY: signalling our own child, not yet reaped.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let sent = Instant::now();
+        while sent.elapsed() < Duration::from_secs(10) {
+            if let Some((_, usage)) = wait4(child, libc::WNOHANG)? {
+                return Ok(usage);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    bail!("{} did not end within a minute of signal {signal}: killed", child.id())
 }
 
 /// CPU time `pid`'s threads have used so far, in nanoseconds: the
@@ -471,9 +501,7 @@ fn probe_system(paths: &Paths, args: &[String], mut probe: Command) -> Result<Sa
     let mut command = Command::new(&paths.workload);
     command.args(args);
     let stdout = stdout_of(command)?;
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let (_, usage) = wait_rusage(&mut child)?;
+    let usage = stop_rusage(&mut child, libc::SIGINT)?;
     let mut sample =
         Sample { ns_per_op: ns_per_op(&stdout)?, attach_ms: Some(attach_ms), ..Sample::default() };
     probe_numbers(paths, &mut sample, start_ns, &usage)?;

@@ -24,7 +24,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::{build_go, median, probe_numbers, start_probe, wait_rusage, Paths, Sample, Started, Tracer};
+use super::{build_go, median, probe_numbers, start_probe, stop_rusage, Paths, Sample, Started, Tracer};
 use crate::command::{self, run};
 
 /// The tracers a server runs under, in each round's order.
@@ -165,10 +165,7 @@ impl Guard {
 
     /// Sends `signal` and reaps the child: its resource usage.
     fn stop(mut self, signal: i32) -> Result<libc::rusage> {
-        let mut child = self.0.take().expect("a guard holds its child until stopped");
-        // SAFETY: signalling our own child, not yet reaped.
-        unsafe { libc::kill(child.id() as i32, signal) };
-        Ok(wait_rusage(&mut child)?.1)
+        stop_rusage(&mut self.0.take().expect("a guard holds its child until stopped"), signal)
     }
 }
 
