@@ -224,9 +224,9 @@ fn run(args: Args) -> Result<i32> {
             format!("{traced}, cgroups {}", escape::visible(&paths.join(",")))
         }
     };
-    // The live view and the metrics show what the programs cost; without
-    // the kernel's statistics they say nothing of it.
-    if live || endpoint.is_some() {
+    // The live view shows what the programs cost, and the metrics with
+    // --bpf-stats; without the kernel's statistics they say nothing of it.
+    if live || args.bpf_stats {
         if let Err(err) = probe.enable_stats() {
             log::info!("{err:#}");
         }

@@ -148,6 +148,14 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_interval, requires = "prometheus")]
     pub prometheus_grace: Duration,
 
+    /// With --prometheus: also serve probe_bpf_run_seconds_total, the time
+    /// probe's BPF programs ran, from the kernel's BPF statistics. They add
+    /// two clock reads to every run of every BPF program on the machine
+    /// while probe runs, probe's and any other's: on a busy server about as
+    /// much as the rest of probe's work in the kernel, so only when asked.
+    #[arg(long, requires = "prometheus")]
+    pub bpf_stats: bool,
+
     /// With --prometheus: TLS and basic authentication as FILE says, in the
     /// Prometheus exporter-toolkit's web-config format (YAML with
     /// tls_server_config: cert_file, key_file; basic_auth_users: NAME: BCRYPT-HASH).

@@ -15,6 +15,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
+    thread,
     time::{Duration, Instant},
 };
 
@@ -411,6 +412,46 @@ fn the_format_follows_accept() {
         get(&agent, &url, &[("Accept", "application/openmetrics-text;version=0.0.1")]);
     assert_eq!(content_type, "application/openmetrics-text; version=0.0.1; charset=utf-8");
     assert_eq!(draft, openmetrics);
+}
+
+/// The kernel's BPF statistics add two clock reads to every run of every
+/// BPF program on the machine: the metrics have them turned on, and serve
+/// probe_bpf_run_seconds_total, only with --bpf-stats. The kernel's own
+/// count of the runs of probe's programs (their fds' `run_cnt`) says
+/// whether they were on.
+#[test]
+fn bpf_statistics_are_on_only_when_asked_for() {
+    let sysctl = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap();
+    assert_eq!(sysctl.trim(), "0", "kernel.bpf_stats_enabled is on: turn it off to run this test");
+    for asked in [false, true] {
+        let address = format!("127.0.0.1:{}", free_port());
+        let mut args = vec!["--prometheus", address.as_str(), "-i", "100ms"];
+        if asked {
+            args.push("--bpf-stats");
+        }
+        let mut probe =
+            Running::spawn(Command::new(PROBE).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()));
+        wait_until_tracing(&mut probe);
+        thread::sleep(Duration::from_millis(500));
+        let runs: u64 = std::fs::read_dir(format!("/proc/{}/fdinfo", probe.id()))
+            .unwrap()
+            .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+            .flat_map(|info| {
+                info.lines()
+                    .filter_map(|line| line.strip_prefix("run_cnt:")?.trim().parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .sum();
+        let (status, _, text) = get(&agent(None), &format!("http://{address}/metrics"), &[]);
+        assert_eq!(status, 200);
+        if asked {
+            assert!(runs > 0, "--bpf-stats, and the kernel counted no run of probe's programs");
+            assert!(text.contains("\nprobe_bpf_run_seconds_total "), "{text}");
+        } else {
+            assert_eq!(runs, 0, "the kernel's statistics were on without --bpf-stats");
+            assert!(!text.contains("probe_bpf_run_seconds"), "{text}");
+        }
+    }
 }
 
 /// Twenty scrapers in a loop while a workload makes 3 million getppid,
