@@ -21,6 +21,7 @@ use std::{
 
 use base64::Engine;
 use common::{
+    fdinfo_values,
     metrics::{free_port, scrape, PROMETHEUS_ACCEPT},
     report_path, trace_command, wait_until_tracing, wait_with_timeout, workload, Running, Trace, Workload,
     PROBE,
@@ -438,15 +439,7 @@ fn bpf_statistics_are_on_only_when_asked_for() {
             Running::spawn(Command::new(PROBE).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()));
         wait_until_tracing(&mut probe);
         thread::sleep(Duration::from_millis(500));
-        let runs: u64 = std::fs::read_dir(format!("/proc/{}/fdinfo", probe.id()))
-            .unwrap()
-            .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
-            .flat_map(|info| {
-                info.lines()
-                    .filter_map(|line| line.strip_prefix("run_cnt:")?.trim().parse::<u64>().ok())
-                    .collect::<Vec<_>>()
-            })
-            .sum();
+        let runs: u64 = fdinfo_values(probe.id(), "run_cnt").iter().sum();
         let (status, _, text) = get(&agent(None), &format!("http://{address}/metrics"), &[]);
         assert_eq!(status, 200);
         if asked {

@@ -16,15 +16,8 @@ use serde_json::Value;
 
 /// The BPF programs a process holds, through its program and link fds.
 fn programs_of(pid: u32) -> Vec<u32> {
-    let mut ids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
-        .flat_map(|info| {
-            info.lines()
-                .filter_map(|line| line.strip_prefix("prog_id:")?.trim().parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect();
+    let mut ids: Vec<u32> =
+        fdinfo_values(pid, "prog_id").into_iter().map(|id| u32::try_from(id).unwrap()).collect();
     ids.sort_unstable();
     ids.dedup();
     ids

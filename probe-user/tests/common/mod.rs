@@ -25,6 +25,21 @@ pub const PROBE: &str = env!("CARGO_BIN_EXE_probe");
 /// `robustness.rs` is.
 pub const HOLDS_THE_STORM: [&str; 2] = ["--buffer-size", "33554432"];
 
+/// The values of `key` (e.g. `prog_id`, `run_cnt`) in the fdinfo of every
+/// descriptor of process `pid` that has one: what the kernel says of the
+/// BPF programs and links it holds.
+pub fn fdinfo_values(pid: u32, key: &str) -> Vec<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+        .flat_map(|info| {
+            info.lines()
+                .filter_map(|line| line.strip_prefix(key)?.strip_prefix(':')?.trim().parse().ok())
+                .collect::<Vec<u64>>()
+        })
+        .collect()
+}
+
 /// A child process that a failing test does not leave running: it is
 /// killed when dropped.
 pub struct Running(pub Child);
