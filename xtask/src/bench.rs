@@ -380,9 +380,15 @@ fn stop_rusage(child: &mut Child, signal: i32) -> Result<libc::rusage> {
             thread::sleep(Duration::from_millis(20));
         }
     }
+    kill(child);
+    bail!("{} did not end within a minute of signal {signal}: killed", child.id())
+}
+
+/// Kills our own child and reaps it, if it has not ended already: nothing
+/// of a failed measurement is left running beside the next one.
+fn kill(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
-    bail!("{} did not end within a minute of signal {signal}: killed", child.id())
 }
 
 /// CPU time `pid`'s threads have used so far, in nanoseconds: the
@@ -467,10 +473,8 @@ fn start_probe(command: &mut Command) -> Result<Started> {
         };
         return match start_ns {
             Ok(start_ns) => Ok(Started { child, attach_ms, start_ns, metrics }),
-            // Not left running beside the next measurement.
             Err(err) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill(&mut child);
                 Err(err)
             }
         };

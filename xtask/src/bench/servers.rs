@@ -24,7 +24,9 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::{build_go, median, probe_numbers, start_probe, stop_rusage, Paths, Sample, Started, Tracer};
+use super::{
+    build_go, kill, median, probe_numbers, start_probe, stop_rusage, Paths, Sample, Started, Tracer,
+};
 use crate::command::{self, run};
 
 /// The tracers a server runs under, in each round's order.
@@ -172,8 +174,7 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill(&mut child);
         }
     }
 }
