@@ -270,8 +270,8 @@ impl Probe {
         // Together the CPUs wake the reader when the ring is at most half
         // full (a record takes its size plus an 8-byte header). A wakeup
         // costs probe about 30 µs on the test VM, and at an eighth it woke
-        // 240 times a second under redis: its CPU a record fell from 47 ns
-        // to 39 at half. The other half still holds 10 ms of the fastest
+        // 260 times a second under redis: its CPU a record fell from 47 ns
+        // to 39 at half. The other half still holds 12 ms of the fastest
         // storm's records while the reader gets a CPU.
         let record_bytes = (std::mem::size_of::<SyscallEvent>() + 8) as u32;
         let wakeup_records = (ring_bytes / 2 / record_bytes / nr_cpus()?).max(1);
