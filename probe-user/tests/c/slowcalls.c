@@ -2,9 +2,11 @@
  * program: 1000 fast getppid calls; a 20 ms nanosleep made by
  * nap_for_twenty_ms; a read of a pipe made by wait_for_writer, which a
  * thread named "writer" writes after spinning 30 ms (on the CPU, so that
- * its own wait is no slow syscall). It prints its pid, the reader's tid and
- * the writer's tid, then lingers 300 ms, unless told "exit": then it exits
- * at once, most often before probe has explained its calls. */
+ * its own wait is no slow syscall). It prints its pid, the reader's tid, the
+ * writer's tid and how long the read took around the call (the reader may
+ * get its CPU late, and start its read after the writer started), then
+ * lingers 300 ms, unless told "exit": then it exits at once, most often
+ * before probe has explained its calls. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdio.h>
@@ -20,6 +22,10 @@ __attribute__((noinline)) void nap_for_twenty_ms(void) {
     nanosleep(&ts, NULL);
 }
 
+static long ns_between(struct timespec from, struct timespec to) {
+    return (to.tv_sec - from.tv_sec) * 1000000000L + (to.tv_nsec - from.tv_nsec);
+}
+
 static void *writer(void *arg) {
     (void)arg;
     pthread_setname_np(pthread_self(), "writer");
@@ -28,18 +34,22 @@ static void *writer(void *arg) {
     clock_gettime(CLOCK_MONOTONIC, &start);
     do {
         clock_gettime(CLOCK_MONOTONIC, &now);
-    } while ((now.tv_sec - start.tv_sec) * 1000000000L + (now.tv_nsec - start.tv_nsec) < 30000000L);
+    } while (ns_between(start, now) < 30000000L);
     if (write(fds[1], "x", 1) != 1) {
         perror("write");
     }
     return NULL;
 }
 
-__attribute__((noinline)) void wait_for_writer(void) {
+__attribute__((noinline)) long wait_for_writer(void) {
     char c;
+    struct timespec before, after;
+    clock_gettime(CLOCK_MONOTONIC, &before);
     if (read(fds[0], &c, 1) != 1) {
         perror("read");
     }
+    clock_gettime(CLOCK_MONOTONIC, &after);
+    return ns_between(before, after);
 }
 
 int main(int argc, char **argv) {
@@ -53,9 +63,9 @@ int main(int argc, char **argv) {
     }
     pthread_t thread;
     pthread_create(&thread, NULL, writer, NULL);
-    wait_for_writer();
+    long read_ns = wait_for_writer();
     pthread_join(thread, NULL);
-    printf("pid %d reader %d writer %d\n", getpid(), gettid(), writer_tid);
+    printf("pid %d reader %d writer %d read_ns %ld\n", getpid(), gettid(), writer_tid, read_ns);
     fflush(stdout);
     if (argc > 1 && strcmp(argv[1], "exit") == 0) {
         return 0;
@@ -64,6 +74,6 @@ int main(int argc, char **argv) {
     clock_gettime(CLOCK_MONOTONIC, &start);
     do {
         clock_gettime(CLOCK_MONOTONIC, &now);
-    } while ((now.tv_sec - start.tv_sec) * 1000000000L + (now.tv_nsec - start.tv_nsec) < 300000000L);
+    } while (ns_between(start, now) < 300000000L);
     return 0;
 }
