@@ -178,18 +178,18 @@ pub async fn run(
                 drain(guard.get_inner_mut(), &mut pipeline, &mut outputs, &probe, slow.as_ref());
                 guard.clear_ready();
                 poll.reset();
+                // As after the poll's drain, which these hold off.
+                pipeline.read_go_schedulers(&Proc);
             }
             _ = poll.tick() => {
                 drain(events.get_mut(), &mut pipeline, &mut outputs, &probe, slow.as_ref());
-                // At once for a process not read yet: a program of 100 ms
-                // gets its snapshot.
+                // Every 250 ms, and at once for a process not read yet: a
+                // program of 100 ms gets its snapshot.
                 pipeline.read_go_schedulers(&Proc);
             }
             _ = lost_calls.tick() => {
                 // Records first: they precede the calls counted since.
                 drain(events.get_mut(), &mut pipeline, &mut outputs, &probe, slow.as_ref());
-                // When due, also while the kernel's wakeups hold the poll off.
-                pipeline.read_go_schedulers(&Proc);
                 pipeline.add_lost_calls(&probe.take_lost_calls(false)?, &Proc);
                 // Details take the ring buffer's room: their floors are
                 // raised as often, before they crowd records out.
