@@ -25,6 +25,14 @@ fn build_c(name: &str) -> std::path::PathBuf {
     program
 }
 
+/// What `slowcalls` said: "pid P reader R writer W read_ns N", the
+/// numbers.
+fn said(output: &std::process::Output) -> [u64; 4] {
+    let said = String::from_utf8_lossy(&output.stdout);
+    let ids: Vec<u64> = said.split_whitespace().filter_map(|word| word.parse().ok()).collect();
+    ids.try_into().unwrap_or_else(|_| panic!("the program said {said:?}"))
+}
+
 /// The functions of a stack, innermost first.
 fn functions(stack: &Value) -> Vec<&str> {
     let frames = stack["frames"].as_array().unwrap_or_else(|| panic!("no frames: {stack}"));
@@ -36,10 +44,7 @@ fn a_c_programs_slow_calls_come_with_their_callers_sleeps_and_wakers() {
     let program = build_c("slowcalls");
     let (trace, output) = trace_program("slow-c", &["--slow", "10ms"], &program, &[]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    // "pid P reader R writer W read_ns N"
-    let said = String::from_utf8_lossy(&output.stdout);
-    let ids: Vec<u64> = said.split_whitespace().filter_map(|word| word.parse().ok()).collect();
-    let [pid, reader, writer, read_ns] = ids[..] else { panic!("the program said {said:?}") };
+    let [pid, reader, writer, read_ns] = said(&output);
 
     // Exactly its two slow calls, none of its 1000 fast ones.
     let names: Vec<&str> = trace.slow_calls.iter().map(|call| call["name"].as_str().unwrap()).collect();
@@ -156,9 +161,7 @@ fn the_timeline_draws_an_arrow_from_the_writer_to_the_reader_it_woke() {
     // details.
     let (_, output) = trace_program("slow-timeline", &["--trace", path_arg], &program, &[]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let said = String::from_utf8_lossy(&output.stdout);
-    let ids: Vec<u64> = said.split_whitespace().filter_map(|word| word.parse().ok()).collect();
-    let [_, reader, writer, _] = ids[..] else { panic!("the program said {said:?}") };
+    let [_, reader, writer, _] = said(&output);
     let timeline: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     std::fs::remove_file(&path).unwrap();
     let events = timeline["traceEvents"].as_array().unwrap();
@@ -192,9 +195,7 @@ fn each_syscall_says_where_in_the_kernel_its_blocked_time_went() {
     let program = build_c("slowcalls");
     let (trace, output) = trace_program("slow-sites", &["--slow", "10ms"], &program, &[]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let said = String::from_utf8_lossy(&output.stdout);
-    let ids: Vec<u64> = said.split_whitespace().filter_map(|word| word.parse().ok()).collect();
-    let [_, reader, _, _] = ids[..] else { panic!("the program said {said:?}") };
+    let [_, reader, _, _] = said(&output);
     // All of the read's sleep was in the pipe, all of the nap's in the
     // timer; both sites are named by their innermost kernel functions.
     for (name, site) in [("read", "pipe_read"), ("clock_nanosleep", "do_nanosleep")] {
@@ -212,9 +213,7 @@ fn without_slow_the_runs_slowest_calls_still_come_with_their_callers_and_argumen
     let program = build_c("slowcalls");
     let (trace, output) = trace_program("slow-tail", &[], &program, &[]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let said = String::from_utf8_lossy(&output.stdout);
-    let ids: Vec<u64> = said.split_whitespace().filter_map(|word| word.parse().ok()).collect();
-    let [_, reader, _, read_ns] = ids[..] else { panic!("the program said {said:?}") };
+    let [_, reader, _, read_ns] = said(&output);
     assert!(trace.slow_calls.is_empty(), "no --slow, no slow_call lines: {:?}", trace.slow_calls);
     for (name, function) in [("read", "wait_for_writer"), ("clock_nanosleep", "nap_for_twenty_ms")] {
         let slowest = &trace.syscall(reader, name)["slowest"][0];
