@@ -199,9 +199,12 @@ impl Layout {
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub taken: Instant,
-    /// Whether each M but the spare ones for cgo callbacks had its thread:
-    /// a thread sets its M's `procid` once running, and until then its
-    /// role has no thread to go to.
+    /// Whether sysmon's M was there, and each M but the spare ones for cgo
+    /// callbacks had its thread: a thread sets its M's `procid` once
+    /// running, and until then its role has no thread to go to. A read in
+    /// the runtime's first moments finds m0 alone, settled but for sysmon,
+    /// which every Go program starts: a program of 150 ms, ended before
+    /// the next periodic read, kept that read (a flaky test's failure).
     settled: bool,
     pub sched: GoSchedReport,
     pub goroutines: GoroutineStatesReport,
@@ -456,7 +459,7 @@ impl Watched {
         let start = |index: usize| {
             (funcvals[index] != 0 && starts_read[index]).then(|| word(&starts, index * 8).wrapping_sub(bias))
         };
-        let mut settled = true;
+        let (mut settled, mut sysmon) = (true, false);
         let ms = ms
             .iter()
             .enumerate()
@@ -485,6 +488,7 @@ impl Watched {
                     curg,
                     locked_to: g(2 * index + 1).map(|(goid, _)| goid),
                 };
+                sysmon |= thread.sysmon;
                 GoMReport {
                     id: m.signed(bytes, "id"),
                     tid,
@@ -494,7 +498,7 @@ impl Watched {
                 }
             })
             .collect();
-        Ok((ms, settled))
+        Ok((ms, settled && sysmon))
     }
 
     /// The goroutines by state and wait reason, at most [`MAX_GOROUTINES`]
