@@ -56,22 +56,26 @@ impl PidTarget {
         if pid == std::process::id() {
             bail!("PID {pid} is probe itself, which never traces itself");
         }
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-        if fd < 0 {
-            let err = Errno::last();
-            if err == Errno::ESRCH {
-                bail!("no process with PID {pid}");
-            }
-            bail!("cannot open PID {pid}: {}", err.desc());
-        }
-        // SAFETY: the kernel just returned this fd, and nothing else owns it.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let pidfd = match pidfd_open(pid) {
+            Ok(pidfd) => pidfd,
+            Err(Errno::ESRCH) => bail!("no process with PID {pid}"),
+            Err(err) => bail!("cannot open PID {pid}: {}", err.desc()),
+        };
         if procfs::is_kernel_thread(pid) {
             bail!("PID {pid} is a kernel thread: it makes no syscalls to trace");
         }
         Ok(Self { pid, pidfd })
     }
+}
+
+/// A descriptor of process `pid` (`pidfd_open`), which stays its own
+/// however its PID is reused.
+pub fn pidfd_open(pid: u32) -> nix::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    let fd = Errno::result(fd)?;
+    // SAFETY: the kernel just returned this fd, and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// A COMMAND forked and held just before `exec`, so that probe can put it in

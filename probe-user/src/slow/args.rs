@@ -34,7 +34,7 @@ use rustc_hash::{FxBuildHasher, FxHashMap};
 use serde::{Serialize, Serializer};
 use syscalls::Sysno;
 
-use crate::escape;
+use crate::{escape, target::pidfd_open};
 
 /// One argument of a call.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -529,16 +529,13 @@ impl Task {
     /// milliseconds (below). `None` when the duplicate cannot be had (a
     /// security module may refuse it) or is no longer that socket.
     fn ask_socket(&self, fd: i32, inode: u64) -> Option<String> {
-        let owned = |fd: libc::c_long| -> Option<OwnedFd> {
-            let fd = RawFd::try_from(fd).ok().filter(|&fd| fd >= 0)?;
-            // SAFETY: a descriptor the kernel just returned, owned here alone.
-            Some(unsafe { OwnedFd::from_raw_fd(fd) })
-        };
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let pidfd = owned(unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid as libc::pid_t, 0) })?;
+        let pidfd = pidfd_open(self.pid).ok()?;
         // SAFETY: pidfd_getfd takes a pidfd, a descriptor number and flags,
         // and returns a new fd or -1.
-        let dup = owned(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })?;
+        let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+        let dup = RawFd::try_from(dup).ok().filter(|&dup| dup >= 0)?;
+        // SAFETY: the kernel just returned this fd, and nothing else owns it.
+        let dup = unsafe { OwnedFd::from_raw_fd(dup) };
         // The thread may have closed `fd` since, and opened another.
         if nix::sys::stat::fstat(&dup).ok()?.st_ino != inode {
             return None;
