@@ -183,7 +183,11 @@ impl Goroutines {
         self.scheduler.read(self.binary.scheduler.as_deref(), live.into_iter(), now);
         let mut ended = Vec::new();
         for (pid, process) in &mut self.processes {
-            if let Ok(snapshot) = self.scheduler.snapshot(*pid) {
+            // Only a snapshot this call read: an older one was merged when
+            // it was read, and this runs after every drain.
+            if let Some(snapshot) =
+                self.scheduler.snapshot(*pid).ok().filter(|snapshot| snapshot.taken == now)
+            {
                 // Threads that made no syscall and started before the
                 // trace are known from the runtime's list.
                 for m in snapshot.sched.ms.iter().filter(|m| m.tid != 0) {
@@ -192,7 +196,7 @@ impl Goroutines {
                 // A goroutine seen in a record was alive before this read:
                 // not among its goroutines, it has ended (an older read
                 // knows nothing of goroutines started since).
-                if let Some(live) = snapshot.live.as_ref().filter(|_| snapshot.taken == now) {
+                if let Some(live) = snapshot.live.as_ref() {
                     ended.extend(self.goroutines.iter().filter_map(|(&(of, goid), goroutine)| {
                         let ended = of == *pid
                             && (1..GOROUTINE_UNREAD).contains(&goid)
